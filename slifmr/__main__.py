@@ -1,0 +1,3 @@
+from slifmr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The `slifmr` command line. Bad input ends with one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from slifmr import log
+from slifmr.errors import SlifmrError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line ('error: ...') with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        raise SystemExit(2)
+
+
+def _sub(subparsers: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help, description=f"{help}\n\nexample:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from slifmr.data.format import read_dataset
+    from slifmr.data.info import format_summary, summary
+    from slifmr.data.ml100k import prepare_ml100k
+
+    path = prepare_ml100k(args.cache_dir, text=not args.no_text, force=args.force)
+    print(f"dataset ready: {path}")
+    print(format_summary(summary(read_dataset(path))))
+    return 0
+
+
+def _write_imported(ds, out: str, overwrite: bool) -> int:  # noqa: ANN001
+    from slifmr.data.format import write_dataset
+    from slifmr.data.info import format_summary, summary
+
+    path = write_dataset(ds, out, overwrite=overwrite)
+    print(f"wrote {path}")
+    print(format_summary(summary(ds)))
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    if args.format == "recbole":
+        from slifmr.data.recbole import import_recbole
+
+        ds = import_recbole(args.dir, args.name, split_seed=args.split_seed)
+    else:
+        from slifmr.data.mmrec import import_mmrec
+
+        ds = import_mmrec(args.dir, args.name)
+    return _write_imported(ds, args.out, args.overwrite)
+
+
+def _modalities(spec: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for part in filter(None, spec.split(",")):
+        name, _, dim = part.partition(":")
+        if not name or not dim.isdigit() or int(dim) <= 0:
+            raise SlifmrError(f"--modalities: '{part}' is not name:dim with a positive dim (e.g. text:32,image:64)")
+        out.append((name, int(dim)))
+    return tuple(out)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from slifmr.data.synth import synthesize
+
+    for flag in ("users", "items", "interactions"):
+        if getattr(args, flag) <= 0:
+            raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    ds = synthesize(
+        users=args.users, items=args.items, interactions=args.interactions, entities=args.entities,
+        triples=args.triples, relations=args.relations, modalities=_modalities(args.modalities), seed=args.seed,
+    )
+    return _write_imported(ds, args.out, args.overwrite)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from slifmr.data.format import read_dataset
+    from slifmr.data.info import format_summary, summary
+
+    s = summary(read_dataset(args.path))
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = _sub(sub, "data", "prepare, import, generate and inspect datasets", "slifmr data info ~/.cache/slifmr/ml-100k")
+    dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
+
+    p = _sub(dsub, "prepare", "build the embedded MovieLens-100K + KG dataset (with the text modality)",
+             "slifmr data prepare ml-100k --cache-dir ~/.cache/slifmr")
+    p.add_argument("dataset", choices=["ml-100k"])
+    p.add_argument("--cache-dir", help="where raw files, embeddings and the dataset go (default $XDG_CACHE_HOME/slifmr)")
+    p.add_argument("--no-text", action="store_true", help="skip the all-MiniLM-L6-v2 text modality")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cached dataset exists")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = _sub(dsub, "import", "import RecBole atomic files or an MMRec dataset folder",
+             "slifmr data import recbole ./ml-1m --out data/ml-1m")
+    p.add_argument("format", choices=["recbole", "mmrec"])
+    p.add_argument("dir", help="folder holding <name>.inter (and .item/.kg/.link, or image_feat.npy/text_feat.npy)")
+    p.add_argument("--out", required=True, help="dataset folder to write (must not exist unless --overwrite)")
+    p.add_argument("--name", help="atomic-file prefix (default: the folder name or the only .inter)")
+    p.add_argument("--split-seed", type=int, default=2026, help="seed of the per-user 8:1:1 split (when not pre-split)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import)
+
+    p = _sub(dsub, "synth", "generate a seeded synthetic dataset (power-law, KG, correlated features)",
+             "slifmr data synth --users 10000 --items 2000 --interactions 200000 --out data/synth-10k")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--interactions", type=int, default=20000)
+    p.add_argument("--entities", type=int, default=2000)
+    p.add_argument("--triples", type=int, default=10000)
+    p.add_argument("--relations", type=int, default=8)
+    p.add_argument("--modalities", default="text:32,image:64", help="name:dim,... ('' for none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = _sub(dsub, "info", "print counts, density, split, KG and feature coverage", "slifmr data info data/synth-10k")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+# ----------------------------------------------------------------------------- main
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="slifmr", description="Distributed trainer for SLIF-MR multimodal recommendation.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.setup(level=30 if args.quiet else 20)
+    try:
+        return int(args.func(args) or 0)
+    except SlifmrError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,249 @@
+"""Configuration: plain dataclasses, loaded from YAML and overridden on the command line.
+
+    cfg = load_config("my.yaml", variant="static", overrides=["model.k_corr=20", "train.lr=5e-4"])
+
+Every (switch) of DESIGN.md §1 is a field of ModelConfig. Unknown keys and values of the
+wrong type raise ConfigError (one line, exit status 2 at the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slifmr.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = 64
+    ui_layers: int = 2  # LightGCN layers over A(t)
+    kg_layers: int = 1  # attentive aggregation layers over KG(t)
+    mm_layers: int = 1  # propagation layers over A_mm(t)
+    use_kg: bool = True  # KG view (off by itself when the dataset has no KG)
+    use_mm: bool = True  # multimodal view (off by itself without features)
+    # self-loop fusion: S(t) from the previous epoch's fused item representations
+    self_loop: bool = True
+    k_corr: int = 10
+    corr_binary: bool = False  # binarise S(t) weights
+    warmup_epochs: int = 1  # epochs on the static graphs before the first fusion
+    refresh_every: int = 1  # rebuild S(t) every this many epochs
+    fuse_ui: bool = True  # A(t) item-item block gets gamma * S(t)
+    fuse_kg: bool = True  # S(t) edges join the KG as relation correlated_with
+    fuse_mm: bool = True  # A_mm(t) = (1 - beta) A_mm + beta S(t)
+    gamma: float = 0.2
+    beta: float = 0.5
+    # multimodal item graph
+    k_mm: int = 10
+    mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
+    # fusion of views
+    fusion: str = "residual"  # residual | attention
+    alpha_kg: float = 1.0
+    alpha_mm: float = 1.0
+    user_aux: bool = False  # users also get the mean auxiliary part of their training items
+    # CF graph
+    edge_dropout: float = 0.0  # FREEDOM's degree-sensitive share of user-item edges dropped per epoch
+    # KG
+    kg_add_inverse: bool = True  # add (t, r^-1, h) for every (h, r, t)
+    # losses
+    lambda_sc: float = 0.05  # semantic consistency (InfoNCE)
+    tau: float = 0.2
+    sc_max_items: int = 1024  # InfoNCE over at most this many batch items
+    lambda_reg: float = 1e-4
+    lambda_kg: float = 0.0  # TransR KG loss (off by default)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 20  # early stopping on validation Recall@20
+    seed: int = 0
+    topk: list[int] = field(default_factory=lambda: [10, 20])
+    eval_chunk: int = 1024  # users per full-ranking chunk (bounds memory)
+    threads: int = 0  # torch threads per process; 0 = the cores this process owns
+    stop_metric: str = "recall@20"
+
+
+@dataclass
+class Config:
+    variant: str = "slifmr"
+    data: str | None = None  # dataset folder; None = the embedded ml-100k
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Named variants (DESIGN.md §1): overrides applied on top of the defaults.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "slifmr": {},
+    "static": {"model.self_loop": False},
+    "no_sc": {"model.lambda_sc": 0.0},
+    "no_kg": {"model.use_kg": False},
+    "no_mm": {"model.use_mm": False},
+    "lightgcn": {"model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key ('model.k_corr', 'train.lr', 'variant') with type checking."""
+    parts = key.split(".")
+    obj: Any = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or p not in _field_types(type(obj)):
+            raise ConfigError(f"unknown config key '{key}'")
+        obj = getattr(obj, p)
+    name = parts[-1]
+    hints = _field_types(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    if name not in hints or dataclasses.is_dataclass(hints[name]):
+        raise ConfigError(f"unknown config key '{key}'")
+    setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_variant(cfg: Config, variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
+    cfg.variant = variant
+    for k, v in VARIANTS[variant].items():
+        set_key(cfg, k, v)
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    """A Config from a (nested) dict; the variant is applied first, explicit keys win."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys")
+    cfg = Config()
+    flat = _flatten(d)
+    apply_variant(cfg, str(flat.pop("variant", "slifmr")))
+    for k, v in flat.items():
+        set_key(cfg, k, v)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set '{item}': expected key=value (e.g. model.k_corr=20)")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, variant: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- --variant <- --set key=value overrides."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of config keys")
+    if variant is not None:
+        d = {**d, "variant": variant}
+    cfg = from_dict(d, str(path or "config"))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        if key == "variant":
+            raise ConfigError("use --variant to choose a variant")
+        set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    checks = [
+        (m.embedding_dim > 0, "model.embedding_dim must be positive"),
+        (m.ui_layers >= 0 and m.kg_layers >= 0 and m.mm_layers >= 0, "layer counts must be >= 0"),
+        (m.k_corr > 0 and m.k_mm > 0, "model.k_corr and model.k_mm must be positive"),
+        (m.refresh_every > 0, "model.refresh_every must be positive"),
+        (0.0 <= m.beta <= 1.0, "model.beta must be in [0, 1]"),
+        (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
+        (m.tau > 0, "model.tau must be positive"),
+        (m.fusion in ("residual", "attention"), "model.fusion must be 'residual' or 'attention'"),
+        (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
+        (t.lr > 0, "train.lr must be positive"),
+        (len(t.topk) > 0 and all(k > 0 for k in t.topk), "train.topk must list positive cutoffs"),
+        (t.stop_metric.split("@")[0] in ("recall", "ndcg", "precision", "hit")
+         and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
+         "train.stop_metric must be one of recall/ndcg/precision/hit@K with K in train.topk"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,100 @@
+"""Graphs built from a dataset's TRAINING edges, and the chunked exact kNN they share.
+
+Edge lists are (2, E) int64 `edge_index` tensors with (E,) float `weight`, as in PyG.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.utils import coalesce, to_undirected
+
+from slifmr.data.format import TRAIN, Dataset
+
+
+def train_edges(ds: Dataset) -> Tensor:
+    """(2, E_train) user-item edges of the training split only."""
+    u, i = ds.edges(TRAIN)
+    return torch.from_numpy(np.stack([u, i])).long()
+
+
+def user_item_csr(ds: Dataset) -> tuple[Tensor, Tensor]:
+    """(indptr (M+1,), indices) of each user's training items, indices sorted per user."""
+    edge = train_edges(ds)
+    edge = coalesce(edge, num_nodes=max(ds.num_users, ds.num_items))
+    counts = torch.bincount(edge[0], minlength=ds.num_users)
+    indptr = torch.zeros(ds.num_users + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(counts, 0)
+    return indptr, edge[1].contiguous()
+
+
+@torch.no_grad()
+def knn(x: Tensor, k: int, chunk_size: int = 2048, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Exact cosine top-k neighbours (self excluded) of `rows` (default: all) among all x.
+
+    x: (N, d). Returns (neighbours (R, k) int64, similarities (R, k)). Works in row chunks,
+    so memory is O(chunk_size * N), never N x N.
+    """
+    n = x.shape[0]
+    k = min(k, n - 1)
+    xn = torch.nn.functional.normalize(x.float(), dim=1)
+    rows = torch.arange(n) if rows is None else rows
+    nbrs, sims = [], []
+    for start in range(0, rows.numel(), chunk_size):
+        r = rows[start : start + chunk_size]
+        sim = xn[r] @ xn.T
+        sim[torch.arange(r.numel()), r] = -float("inf")  # exclude self
+        s, j = torch.topk(sim, k, dim=1)
+        nbrs.append(j)
+        sims.append(s)
+    if not nbrs:
+        return torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))
+    return torch.cat(nbrs), torch.cat(sims)
+
+
+def knn_edges(nbrs: Tensor, sims: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(2, R*k) edges row -> neighbour with their similarity, from `knn`'s output."""
+    r, k = nbrs.shape
+    rows = torch.arange(r) if rows is None else rows
+    edge_index = torch.stack([rows.repeat_interleave(k), nbrs.reshape(-1)])
+    return edge_index, sims.reshape(-1)
+
+
+def knn_graph(x: Tensor, k: int, binary: bool = False, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
+    """Symmetrised, normalised kNN graph of x's rows: D^-1/2 S D^-1/2 over top-k cosine.
+
+    Similarity is symmetric, so S u S^T keeps well-defined weights. Negative similarities
+    are clipped to 0 (they carry no affinity); `binary` replaces weights by 1.
+    """
+    nbrs, sims = knn(x, k, chunk_size)
+    return symmetric_graph(*knn_edges(nbrs, sims), x.shape[0], binary)
+
+
+def symmetric_graph(edge_index: Tensor, weight: Tensor, n: int, binary: bool = False) -> tuple[Tensor, Tensor]:
+    """Union with the transpose, then D^-1/2 A D^-1/2."""
+    weight = torch.ones_like(weight) if binary else weight.clamp_min(0.0)
+    edge_index, weight = to_undirected(edge_index, weight, num_nodes=n, reduce="max")
+    return edge_index, sym_norm(edge_index, weight, n)
+
+
+def sym_norm(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
+    """Weights of D^-1/2 A D^-1/2 (rows with zero degree stay zero)."""
+    deg = torch.zeros(n, dtype=weight.dtype).scatter_add_(0, edge_index[0], weight)
+    inv = deg.pow(-0.5)
+    inv[torch.isinf(inv)] = 0.0
+    return inv[edge_index[0]] * weight * inv[edge_index[1]]
+
+
+def modality_graph(features: dict[str, np.ndarray], k: int, weights: dict[str, float] | None = None) -> tuple[Tensor, Tensor] | None:
+    """A_mm = sum_m w_m A_m of frozen per-modality kNN graphs (FREEDOM); None without features."""
+    if not features:
+        return None
+    parts_i, parts_w = [], []
+    for name, x in features.items():
+        w = (weights or {}).get(name, 1.0 / len(features))
+        ei, ew = knn_graph(torch.from_numpy(np.asarray(x)), k)
+        parts_i.append(ei)
+        parts_w.append(ew * w)
+    n = next(iter(features.values())).shape[0]
+    return coalesce(torch.cat(parts_i, 1), torch.cat(parts_w), num_nodes=n, reduce="sum")

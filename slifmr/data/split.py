@@ -1,0 +1,33 @@
+"""The MMRec evaluation split: a seeded random 8:1:1 split per user (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slifmr.data.format import TEST, TRAIN, VALID
+
+
+def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_ratio: float = 0.1) -> np.ndarray:
+    """Split codes (0 train, 1 valid, 2 test) for interactions grouped by `user`.
+
+    Per user with c >= 3 interactions: max(1, round(c * ratio)) go to valid and to test, the
+    rest (at least one) to train, chosen uniformly at random with `seed`. Users with fewer
+    than 3 interactions keep them all in train.
+    """
+    n = user.shape[0]
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(n), user))  # grouped by user, random inside a user
+    sorted_users = user[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, counts)
+    c = np.repeat(counts, counts)
+    n_test = np.where(c >= 3, np.maximum(1, np.rint(c * test_ratio)), 0).astype(np.int64)
+    n_valid = np.where(c >= 3, np.maximum(1, np.rint(c * valid_ratio)), 0).astype(np.int64)
+    n_train = c - n_test - n_valid
+    code = np.full(n, TRAIN, np.int8)
+    code[(rank >= n_train) & (rank < n_train + n_valid)] = VALID
+    code[rank >= n_train + n_valid] = TEST
+    split = np.empty(n, np.int8)
+    split[order] = code
+    return split

@@ -1,0 +1,1 @@
+"""Distributed plumbing: collectives (no-ops without a process group) and checkpoints."""

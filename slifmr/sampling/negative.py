@@ -1,0 +1,55 @@
+"""BPR triples (user, positive, uniform negative) over a rank's shard of the training pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class BPRSampler:
+    """Each epoch: shuffle the training pairs, take this rank's equal-sized shard, and pair
+    each with a uniformly drawn item the user has not interacted with in training.
+
+    users, items: (E,) training pairs. All randomness comes from `generator`, so an epoch
+    is reproducible from the generator state saved in a checkpoint.
+    """
+
+    def __init__(self, users: Tensor, items: Tensor, num_items: int, batch_size: int,
+                 generator: torch.Generator, rank: int = 0, world_size: int = 1, max_tries: int = 20):
+        self.users, self.items = users, items
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.generator = generator
+        self.rank, self.world_size = rank, world_size
+        self.max_tries = max_tries
+        self.positive_keys = torch.unique(users * num_items + items)  # sorted
+
+    def __len__(self) -> int:
+        per_rank = self.users.numel() // self.world_size
+        return -(-per_rank // self.batch_size)
+
+    def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
+        keys = users * self.num_items + items
+        pos = torch.searchsorted(self.positive_keys, keys).clamp_max(self.positive_keys.numel() - 1)
+        return self.positive_keys[pos] == keys
+
+    def negatives(self, users: Tensor) -> Tensor:
+        neg = torch.randint(0, self.num_items, users.shape, generator=self.generator)
+        for _ in range(self.max_tries):
+            bad = self.is_positive(users, neg)
+            if not bad.any():
+                break
+            neg[bad] = torch.randint(0, self.num_items, (int(bad.sum()),), generator=self.generator)
+        return neg
+
+    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        n = self.users.numel()
+        perm = torch.randperm(n, generator=self.generator)
+        per_rank = n // self.world_size  # equal shards keep data-parallel steps in lock-step
+        shard = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
+        negs = self.negatives(self.users[shard])
+        for start in range(0, shard.numel(), self.batch_size):
+            idx = shard[start : start + self.batch_size]
+            yield self.users[idx], self.items[idx], negs[start : start + self.batch_size]

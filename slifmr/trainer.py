@@ -1,0 +1,261 @@
+"""The one training loop. The in-process path (`--workers 0`) and every Ray Train worker run
+`train_loop`; distribution reaches it only through `Comm` (rank, world size, collectives).
+
+Run folder:
+    config.yaml          the resolved configuration
+    metrics.jsonl        one line per epoch: losses, validation metrics, timings
+    checkpoint/          latest: model, optimizer, epoch, early stopping, RNG, last Z, S(t)
+    best/                the model at the best validation epoch
+    results.json         best epoch, its validation metrics, the test metrics (read once)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slifmr import __version__, log
+from slifmr.config import Config, from_dict, save_config
+from slifmr.data.format import TEST, VALID, Dataset, read_dataset
+from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
+from slifmr.distributed.collectives import Comm
+from slifmr.errors import SlifmrError
+from slifmr.evaluation import Evaluator
+from slifmr.model.slifmr import SLIFMR, training_pairs
+from slifmr.sampling.negative import BPRSampler
+
+Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
+
+
+@dataclass
+class EarlyStopping:
+    best: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record an epoch's validation value; True when it is the best so far."""
+        if value > self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+def set_threads(cfg: Config, comm: Comm) -> None:
+    """Each process gets the threads of the cores it owns: oversubscription costs 10x here."""
+    n = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(comm.world_size, 1))
+    torch.set_num_threads(n)
+
+
+def resolve_dataset(cfg: Config) -> Dataset:
+    if cfg.data is None:
+        from slifmr.data.ml100k import prepare_ml100k
+
+        return read_dataset(prepare_ml100k())
+    return read_dataset(cfg.data)
+
+
+def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None) -> SLIFMR:
+    torch.manual_seed(cfg.train.seed)
+    return SLIFMR(ds, cfg.model, knn_fn=knn_fn, seed=cfg.train.seed)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
+    return {"epoch": epoch, "config": cfg.to_dict(), "dataset": ds.fingerprint(), "slifmr_version": __version__}
+
+
+def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path) -> None:
+    """Refuse to resume a checkpoint made for another dataset or configuration."""
+    if meta.get("dataset") != ds.fingerprint():
+        raise SlifmrError(f"checkpoint in {where} was made on a different dataset ({meta.get('dataset', {}).get('name')})")
+    saved = from_dict(meta.get("config", {}))
+    mine, theirs = cfg.to_dict(), saved.to_dict()
+    mine["train"].pop("epochs")
+    theirs["train"].pop("epochs")
+    if mine != theirs:
+        diff = sorted(
+            f"{s}.{k}" for s in ("model", "train") for k in mine[s] if mine[s][k] != theirs[s].get(k)
+        ) + (["variant"] if mine["variant"] != theirs["variant"] else [])
+        raise SlifmrError(f"checkpoint in {where} was made with a different config (differs in: {', '.join(diff) or 'data'})")
+
+
+def _format_line(epoch: int, epochs: int, rec: dict[str, Any], stop_metric: str) -> str:
+    losses = " ".join(f"{k} {v:.4f}" for k, v in rec["loss"].items() if k != "loss")
+    valid = rec["valid"]
+    k = stop_metric.split("@")[1]
+    return (
+        f"epoch {epoch:3d}/{epochs} | loss {rec['loss']['loss']:.4f} ({losses}) | "
+        f"valid recall@{k} {valid[f'recall@{k}']:.4f} ndcg@{k} {valid[f'ndcg@{k}']:.4f} | "
+        f"{rec['epoch_seconds']:.2f}s (fusion {rec['fusion_seconds']:.2f}s)"
+        + (" *" if rec["is_best"] else "")
+    )
+
+
+def train_loop(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    comm: Comm | None = None,
+    resume: bool = False,
+    ds: Dataset | None = None,
+    reporter: Reporter | None = None,
+    knn_fn: Any = None,
+) -> dict[str, Any]:
+    """Train until early stopping or cfg.train.epochs; returns the contents of results.json."""
+    comm = comm or Comm.current()
+    run_dir = Path(run_dir)
+    set_threads(cfg, comm)
+    ds = ds if ds is not None else resolve_dataset(cfg)
+    model = build_model(cfg, ds, knn_fn)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    users, items = training_pairs(ds)
+    sampler_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
+    sampler = BPRSampler(users, items, ds.num_items, cfg.train.batch_size, sampler_rng, comm.rank, comm.world_size)
+    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm))
+    stopper = EarlyStopping()
+    start_epoch, last_z = 1, None
+    ckpt_dir, best_dir = run_dir / "checkpoint", run_dir / "best"
+    metrics_path = run_dir / "metrics.jsonl"
+
+    if resume:
+        state, meta = load_checkpoint(ckpt_dir)
+        check_compatible(meta, cfg, ds, run_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stopper = EarlyStopping(**state["early_stopping"])
+        sampler_rng.set_state(state["rng"]["sampler"])
+        model.generator.set_state(state["rng"]["model"])
+        torch.set_rng_state(state["rng"]["torch"])
+        last_z = state["last_z"]
+        if state.get("corr") is not None:
+            model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
+        start_epoch = int(state["epoch"]) + 1
+        if comm.is_main and metrics_path.exists():  # drop lines written after the checkpoint
+            lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
+            tmp = metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+            tmp.replace(metrics_path)
+        log.info(f"resuming {run_dir} at epoch {start_epoch} (best so far: epoch {stopper.best_epoch})")
+    elif comm.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        metrics_path.write_text("")
+
+    stop_metric = cfg.train.stop_metric
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if stopper.bad_epochs >= cfg.train.patience:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        model.pre_epoch(epoch, last_z)
+        totals: dict[str, float] = {}
+        n_batches = 0
+        for batch in log.progress(sampler.epoch(), desc=f"epoch {epoch}", total=len(sampler)):
+            optimizer.zero_grad(set_to_none=True)
+            parts = model.loss(batch)
+            parts["loss"].backward()
+            optimizer.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+        model.end_epoch()
+        model.eval()
+        last_z = model.item_representations().clone()
+        valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
+        is_best = stopper.step(valid[stop_metric], epoch)
+        rec = {
+            "epoch": epoch,
+            "loss": {k: v / max(n_batches, 1) for k, v in totals.items()},
+            "valid": valid,
+            "is_best": is_best,
+            "epoch_seconds": time.perf_counter() - t0,
+            "fusion_seconds": model.timings["fusion_seconds"],
+            "knn_seconds": model.timings["knn_seconds"],
+            "fused": model.corr_epoch == epoch,
+        }
+        if comm.is_main:
+            if is_best:
+                save_checkpoint(best_dir, {"model": model.state_dict(), "corr": _corr_state(model)},
+                                _checkpoint_meta(cfg, ds, epoch))
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "early_stopping": vars(stopper).copy(),
+                "rng": {"sampler": sampler_rng.get_state(), "model": model.generator.get_state(),
+                        "torch": torch.get_rng_state()},
+                "last_z": last_z,
+                "corr": _corr_state(model),
+            }
+            save_checkpoint(ckpt_dir, state, _checkpoint_meta(cfg, ds, epoch))
+            log.info(_format_line(epoch, cfg.train.epochs, rec, stop_metric))
+        if reporter is not None:
+            reporter(rec, ckpt_dir if comm.is_main else None)
+
+    return final_results(cfg, ds, run_dir, evaluator, comm)
+
+
+def _corr_state(model: SLIFMR) -> dict[str, torch.Tensor] | None:
+    if model.corr is None:
+        return None
+    return {"edge_index": model.corr[0], "weight": model.corr[1]}
+
+
+def _user_shard(ds: Dataset, comm: Comm) -> torch.Tensor:
+    start, stop = comm.shard(ds.num_users)
+    return torch.arange(start, stop)
+
+
+def load_best(cfg: Config, ds: Dataset, run_dir: Path) -> tuple[SLIFMR, dict[str, Any]]:
+    """The model of the best validation epoch, ready for scoring."""
+    state, meta = load_checkpoint(run_dir / "best")
+    check_compatible(meta, cfg, ds, run_dir)
+    model = build_model(cfg, ds)
+    model.load_state_dict(state["model"])
+    if state.get("corr") is not None:
+        model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
+    model.pre_epoch(int(meta["epoch"]), None)  # the best epoch's graphs, S(t) restored above
+    model.end_epoch()
+    model.eval()
+    return model, meta
+
+
+def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm) -> dict[str, Any]:
+    """Test metrics, read once, at the best validation epoch."""
+    model, meta = load_best(cfg, ds, run_dir)
+    valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
+    test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum)
+    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
+    results = {
+        "variant": cfg.variant,
+        "seed": cfg.train.seed,
+        "dataset": ds.name,
+        "best_epoch": int(meta["epoch"]),
+        "epochs_run": len(records),
+        "valid": valid,
+        "test": test,
+        "seconds_per_epoch": sum(r["epoch_seconds"] for r in records) / max(len(records), 1),
+        "fusion_seconds_per_epoch": sum(r["fusion_seconds"] for r in records) / max(len(records), 1),
+    }
+    if comm.is_main:
+        _atomic_json(run_dir / "results.json", results)
+        k = cfg.train.stop_metric.split("@")[1]
+        log.info(f"best epoch {results['best_epoch']}: valid recall@{k} {valid[f'recall@{k}']:.4f} | "
+                 f"test recall@{k} {test[f'recall@{k}']:.4f} ndcg@{k} {test[f'ndcg@{k}']:.4f}")
+    return results
