@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from slifmr import log
 from slifmr.errors import SlifmrError
@@ -136,9 +138,139 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_info)
 
 
+# ----------------------------------------------------------------------------- train & co
+
+
+def _run_config(run_dir: Path):  # noqa: ANN202
+    from slifmr.config import load_config
+
+    if not run_dir.is_dir():
+        raise SlifmrError(f"run folder {run_dir} does not exist")
+    if not (run_dir / "config.yaml").exists():
+        raise SlifmrError(f"{run_dir} is not a run folder (no config.yaml)")
+    return load_config(run_dir / "config.yaml")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from slifmr.config import load_config, set_key, validate
+    from slifmr.trainer import train_loop
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = _run_config(run_dir)
+        if not (run_dir / "checkpoint").exists() and not (run_dir / "checkpoint.old").exists():
+            raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
+        if args.epochs is not None:
+            cfg.train.epochs = args.epochs
+        validate(cfg)
+    else:
+        cfg = load_config(args.config, args.variant, args.set)
+        for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed)):
+            if value is not None:
+                set_key(cfg, key, value)
+        validate(cfg)
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "checkpoint").exists():
+            raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise SlifmrError(f"dataset folder {cfg.data} does not exist")
+    log.info(f"run folder: {run_dir}")
+    results = train_loop(cfg, run_dir, resume=bool(args.resume))
+    print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
+    return 0
+
+
+def _load_run(run_dir: Path):  # noqa: ANN202
+    from slifmr.trainer import load_best, resolve_dataset
+
+    cfg = _run_config(run_dir)
+    ds = resolve_dataset(cfg)
+    model, meta = load_best(cfg, ds, run_dir)
+    return cfg, ds, model, meta
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from slifmr.data.format import TEST, VALID
+    from slifmr.evaluation import Evaluator
+
+    run_dir = Path(args.run_dir)
+    cfg, ds, model, meta = _load_run(run_dir)
+    ev = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk)
+    out = {"run": str(run_dir), "best_epoch": meta["epoch"],
+           "valid": ev.evaluate(model.full_scores, VALID), "test": ev.evaluate(model.full_scores, TEST)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from slifmr.recommend import (
+        format_recommendations,
+        recommend,
+        resolve_users,
+        write_recommendations,
+    )
+
+    if args.k <= 0:
+        raise SlifmrError(f"--k must be positive, got {args.k}")
+    if bool(args.users) == bool(args.all):
+        raise SlifmrError("give either --users ID,ID,... or --all --out FILE.parquet")
+    if args.all and not args.out:
+        raise SlifmrError("--all needs --out FILE.parquet")
+    _, ds, model, _ = _load_run(Path(args.run_dir))
+    if args.all:
+        path = write_recommendations(model, ds, args.k, Path(args.out))
+        print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
+    else:
+        users = resolve_users(ds, args.users)
+        print(format_recommendations(ds, users, *recommend(model, ds, users, args.k)))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from slifmr.report import report
+
+    png, table = report([Path(d) for d in args.run_dirs], Path(args.out))
+    print(table.read_text(), end="")
+    print(f"learning curves: {png}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "train", "train a variant (in-process); no --data means the embedded ml-100k",
+             "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20")
+    p.add_argument("--data", help="dataset folder (default: the embedded ml-100k, prepared on first use)")
+    p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
+    p.add_argument("--variant", help="lightgcn | static | no_sc | no_kg | no_mm | slifmr (default slifmr)")
+    p.add_argument("--config", help="YAML file of config keys (model.*, train.*)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = _sub(sub, "evaluate", "re-evaluate the best model of a run (validation and test)", "slifmr evaluate runs/slifmr")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = _sub(sub, "recommend", "top-K items for some users, or for every user into a Parquet file",
+             "slifmr recommend runs/slifmr --users 196,186 --k 10")
+    p.add_argument("run_dir")
+    p.add_argument("--users", help="comma-separated user ids as in the source data")
+    p.add_argument("--all", action="store_true", help="every user (with --out)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", help="Parquet file for --all")
+    p.set_defaults(func=_cmd_recommend)
+
+    p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs",
+             "slifmr report runs/lightgcn runs/slifmr --out report/")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default="report", help="folder for curves.png and table.md")
+    p.set_defaults(func=_cmd_report)
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

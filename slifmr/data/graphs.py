@@ -93,7 +93,7 @@ def modality_graph(features: dict[str, np.ndarray], k: int, weights: dict[str, f
     parts_i, parts_w = [], []
     for name, x in features.items():
         w = (weights or {}).get(name, 1.0 / len(features))
-        ei, ew = knn_graph(torch.from_numpy(np.asarray(x)), k)
+        ei, ew = knn_graph(torch.tensor(np.asarray(x)), k)
         parts_i.append(ei)
         parts_w.append(ew * w)
     n = next(iter(features.values())).shape[0]
