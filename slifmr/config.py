@@ -63,7 +63,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 200
     batch_size: int = 2048
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     patience: int = 20  # early stopping on validation Recall@20
     seed: int = 0

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from slifmr.data.format import TEST, TRAIN, VALID, read_dataset, write_dataset
-from slifmr.data.mmrec import import_mmrec
 from slifmr.data.ml100k import extract_atomic_files
+from slifmr.data.mmrec import import_mmrec
 from slifmr.data.recbole import import_recbole
 from slifmr.data.synth import synthesize
 from slifmr.errors import DataError

@@ -6,6 +6,7 @@ edge lists are (2, E) `edge_index` with (E,) weights.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,11 @@ from slifmr.data.graphs import (
     symmetric_graph,
     train_edges,
 )
+
+# torch flags CSR tensors as beta and warns about skipped invariant checks on every build;
+# our CSR tensors come from coalesced COO, so both warnings are noise here.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 Graph = tuple[Tensor, Tensor]  # (edge_index (2, E), weight (E,))
 KnnFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]  # (Z (N, d), k) -> (nbrs, sims) for all N rows

@@ -59,7 +59,7 @@ class SLIFMR(nn.Module):
         self.cf = CFView(cfg.ui_layers)
 
         self.ui_edges, self.base_mm = static_graphs(ds, cfg.k_mm, with_mm=self.use_mm)
-        self.features = {m: torch.from_numpy(np.asarray(x, dtype=np.float32)) for m, x in ds.features.items()} if self.use_mm else {}
+        self.features = {m: torch.tensor(np.asarray(x, dtype=np.float32)) for m, x in ds.features.items()} if self.use_mm else {}
         if self.use_mm:
             self.mm = MMView({m: x.shape[1] for m, x in self.features.items()}, d, cfg.mm_layers, cfg.mm_propagate_ids)
         if self.use_kg:

@@ -1,0 +1,143 @@
+"""Quality of every variant on the embedded ml-100k, several seeds (DESIGN.md §3 protocol).
+
+    python benchmarks/quality.py --seeds 0 1 2 --parallel 2
+
+Trains each (variant, seed) with `slifmr`'s own training loop (in-process, `threads`
+torch threads per run, `parallel` runs at a time), then writes
+  benchmarks/results/quality.json   per variant and seed: test and validation metrics,
+                                    best epoch, seconds per epoch, seconds in fusion
+  benchmarks/results/quality.png    bar chart of test Recall@20 / NDCG@20 (mean, std)
+  benchmarks/RESULTS.md             the table, between the QUALITY markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VARIANTS = ["lightgcn", "static", "no_sc", "no_kg", "no_mm", "slifmr"]
+
+
+def run_one(variant: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:
+    from slifmr import log
+    from slifmr.config import load_config
+    from slifmr.data.ml100k import prepare_ml100k
+    from slifmr.trainer import train_loop
+
+    log.setup(level=30, progress=False)
+    cfg = load_config(variant=variant, overrides=[*overrides, f"train.seed={seed}", f"train.threads={threads}"])
+    cfg.data = str(prepare_ml100k())
+    return train_loop(cfg, Path(run_root) / f"{variant}-seed{seed}")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for v in VARIANTS:
+        rs = [r for r in runs if r["variant"] == v]
+        if not rs:
+            continue
+        row: dict[str, Any] = {"seeds": len(rs)}
+        for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"):
+            vals = [r["test"][m] for r in rs]
+            row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        row["valid_recall@20"] = statistics.mean(r["valid"]["recall@20"] for r in rs)
+        row["best_epoch"] = statistics.mean(r["best_epoch"] for r in rs)
+        row["seconds_per_epoch"] = statistics.mean(r["seconds_per_epoch"] for r in rs)
+        row["fusion_seconds"] = statistics.mean(r["fusion_seconds_per_epoch"] for r in rs)
+        out[v] = row
+    return out
+
+
+def table(summary: dict[str, dict[str, Any]]) -> str:
+    head = "| variant | seeds | test Recall@10 | test NDCG@10 | test Recall@20 | test NDCG@20 | valid Recall@20 | best epoch | s/epoch | fusion s/epoch |"
+    lines = [head, "|---" * 10 + "|"]
+    for v, r in summary.items():
+        cells = [v, str(r["seeds"])] + [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")]
+        cells += [f"{r['valid_recall@20']:.4f}", f"{r['best_epoch']:.1f}", f"{r['seconds_per_epoch']:.2f}", f"{r['fusion_seconds']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(summary)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for off, m in ((-0.2, "recall@20"), (0.2, "ndcg@20")):
+        ax.bar(x + off, [summary[n][m][0] for n in names], 0.4, yerr=[summary[n][m][1] for n in names], label=f"test {m}", capsize=3)
+    ax.set_xticks(x, names)
+    ax.set_ylim(bottom=min(summary[n]["ndcg@20"][0] for n in names) * 0.8)
+    ax.set_title("ml-100k, full ranking, mean ± std over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_results_md(section: str, body: str) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start, end = f"<!-- {section} START -->", f"<!-- {section} END -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=VARIANTS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--set", action="append", default=[], help="config override for every run")
+    ap.add_argument("--runs", default=str(HERE / "runs" / "quality"))
+    args = ap.parse_args()
+
+    start = time.time()
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
+    with ProcessPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(run_one, v, s, args.set, args.threads, args.runs) for v, s in jobs]
+        runs = []
+        for (v, s), f in zip(jobs, futures):
+            r = f.result()
+            runs.append(r)
+            print(f"{v} seed {s}: test recall@20 {r['test']['recall@20']:.4f} (best epoch {r['best_epoch']})", flush=True)
+    summary = summarise(runs)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": command, "machine": machine, "wall_seconds": time.time() - start, "overrides": args.set,
+        "runs": [{k: r[k] for k in ("variant", "seed", "best_epoch", "epochs_run", "valid", "test",
+                                    "seconds_per_epoch", "fusion_seconds_per_epoch")} for r in runs],
+        "summary": {v: {k: (list(x) if isinstance(x, tuple) else x) for k, x in row.items()} for v, row in summary.items()},
+    }
+    (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2))
+    plot(summary, RESULTS / "quality.png")
+    body = (f"## Quality on ml-100k (issue 3)\n\nCommand: `{command}`  \nMachine: {machine}; "
+            f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/quality.png)\n")
+    write_results_md("QUALITY", body)
+    print(table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from slifmr.cli import build_parser, main
+
+SMALL = ["--set", "model.embedding_dim=16", "--set", "model.k_corr=3", "--set", "train.batch_size=128"]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = int(e.code)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_subcommand_help_has_an_example() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    seen = 0
+    for name, p in sub.choices.items():
+        if name == "data":
+            inner = next(a for a in p._actions if a.dest == "data_cmd")
+            for q in inner.choices.values():
+                assert "example:" in q.format_help()
+                seen += 1
+        assert "example:" in p.format_help()
+        seen += 1
+    assert seen >= 9
+
+
+def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "slifmr", "data", "info", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: dataset folder does not exist"]
+
+
+def test_data_synth_and_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(["data", "synth", "--users", "50", "--items", "30", "--interactions", "600", "--seed", "1", "--out", str(tmp_path / "s")], capsys)
+    assert code == 0 and "users         50" in out
+    code, out, _ = run(["data", "info", str(tmp_path / "s")], capsys)
+    assert code == 0 and "items         30" in out and "text (32-d" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "synth", "--modalities", "text:abc", "--out", "X"], "--modalities: 'text:abc' is not name:dim"),
+        (["data", "synth", "--users", "0", "--out", "X"], "--users must be positive"),
+        (["data", "import", "recbole", "/nonexistent/dir", "--out", "X"], "/nonexistent/dir: folder does not exist"),
+        (["train", "--variant", "bogus"], "unknown variant 'bogus'"),
+        (["train", "--set", "model.nope=1"], "unknown config key 'model.nope'"),
+        (["train", "--set", "model.k_corr=ten"], "config key 'model.k_corr': expected an integer"),
+        (["train", "--set", "train.lr"], "--set 'train.lr': expected key=value"),
+        (["train", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+        (["train", "--resume", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
+        (["train", "--data", "/nonexistent/data", "--epochs", "1"], "dataset folder /nonexistent/data does not exist"),
+        (["evaluate", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
+        (["report", "/nonexistent/run"], "is not a run folder"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    argv = [a.replace("X", str(tmp_path / "x")) for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_evaluate_recommend_report(tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    code, out, _ = run(["-q", "train", "--data", str(tiny_path), "--out", str(run_dir), "--epochs", "2", "--seed", "3", *SMALL], capsys)
+    assert code == 0 and '"best_epoch"' in out
+    code, _, err = run(["train", "--data", str(tiny_path), "--out", str(run_dir), "--epochs", "2"], capsys)
+    assert code == 2 and "--resume" in err
+    code, out, _ = run(["-q", "train", "--resume", str(run_dir), "--epochs", "3"], capsys)
+    assert code == 0
+    code, out, _ = run(["evaluate", str(run_dir)], capsys)
+    assert code == 0 and '"test"' in out and '"recall@20"' in out
+    code, out, _ = run(["recommend", str(run_dir), "--users", "0,5", "--k", "3"], capsys)
+    assert code == 0 and out.count(". item") == 6
+    code, _, err = run(["recommend", str(run_dir), "--users", "99999"], capsys)
+    assert code == 2 and "unknown user id '99999'" in err
+    recs = tmp_path / "recs.parquet"
+    code, _, _ = run(["recommend", str(run_dir), "--all", "--k", "4", "--out", str(recs)], capsys)
+    t = pq.read_table(recs)
+    assert code == 0 and t.num_rows == 60 * 4 and t.column_names == ["user", "rank", "item", "score"]
+    code, out, _ = run(["report", str(run_dir), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0 and (tmp_path / "rep" / "curves.png").stat().st_size > 1000 and "| run |" in out
