@@ -179,3 +179,11 @@ def test_ml100k_counts(ml100k_path: Path) -> None:
     assert np.unique(ds.item_entity[:, 0]).size == 1598
     assert ds.features["text"].shape == (1682, 384)
     assert np.allclose(np.linalg.norm(ds.features["text"], axis=1), 1.0, atol=1e-4)
+
+
+def test_mmrec_ids_must_be_integers(tmp_path: Path) -> None:
+    root = write_mmrec(tmp_path / "toy")
+    text = (root / "toy.inter").read_text().replace("\n2\t", "\nx2\t", 1)
+    (root / "toy.inter").write_text(text)
+    with pytest.raises(DataError, match=r"toy\.inter, column 'userID', row 11: id 'x2' is not an integer"):
+        import_mmrec(root)
