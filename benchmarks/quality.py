@@ -101,6 +101,17 @@ def write_results_md(section: str, body: str) -> None:
     path.write_text(text)
 
 
+def train_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    runs = []
+    with ProcessPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(run_one, v, s, args.set, args.threads, args.runs) for v, s in jobs]
+        for (v, s), f in zip(jobs, futures):
+            r = f.result()
+            runs.append(r)
+            print(f"{v} seed {s}: test recall@20 {r['test']['recall@20']:.4f} (best epoch {r['best_epoch']})", flush=True)
+    return runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=VARIANTS)
@@ -109,20 +120,28 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
     ap.add_argument("--runs", default=str(HERE / "runs" / "quality"))
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
 
     start = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
-    with ProcessPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(run_one, v, s, args.set, args.threads, args.runs) for v, s in jobs]
-        runs = []
-        for (v, s), f in zip(jobs, futures):
-            r = f.result()
-            runs.append(r)
-            print(f"{v} seed {s}: test recall@20 {r['test']['recall@20']:.4f} (best epoch {r['best_epoch']})", flush=True)
+    if args.collect:
+        found = [Path(args.runs) / f"{v}-seed{s}" / "results.json" for v, s in jobs]
+        runs = [json.loads(p.read_text()) for p in found if p.exists()]
+        if not runs:
+            sys.exit(f"error: no finished runs under {args.runs}")
+    else:
+        runs = train_all(jobs, args)
     summary = summarise(runs)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    argv = [a for a in sys.argv[1:] if a != "--collect"]
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *argv])
+    command_md = f"`{command}`"
+    if args.collect:
+        command_md += f" (stopped early: the {len(runs)} finished runs, summarised with `--collect`)"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
+    if args.collect:
+        machine += f"; summarised from the finished runs under {os.path.relpath(args.runs)}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": command, "machine": machine, "wall_seconds": time.time() - start, "overrides": args.set,
@@ -132,7 +151,7 @@ def main() -> int:
     }
     (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2))
     plot(summary, RESULTS / "quality.png")
-    body = (f"## Quality on ml-100k (issue 3)\n\nCommand: `{command}`  \nMachine: {machine}; "
+    body = (f"## Quality on ml-100k (issue 3)\n\nCommand: {command_md}  \nMachine: {machine}; "
             f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/quality.png)\n")
     write_results_md("QUALITY", body)
     print(table(summary))
