@@ -9,30 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
+from slifmr.data.graphs import csr_entries, interactions_csr
 
 METRICS = ("recall", "ndcg", "precision", "hit")
 ScoreFn = Callable[[Tensor], Tensor]  # users (B,) -> scores (B, N)
-
-
-def _csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[Tensor, Tensor]:
-    order = np.lexsort((items, users))
-    indptr = np.zeros(num_users + 1, np.int64)
-    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
-    return torch.from_numpy(indptr), torch.from_numpy(items[order].astype(np.int64))
-
-
-def _rows(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
-    """(row position in the chunk, item) of every entry of the given users' rows."""
-    start, stop = indptr[users], indptr[users + 1]
-    counts = stop - start
-    row = torch.repeat_interleave(torch.arange(users.numel()), counts)
-    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return row, indices[torch.repeat_interleave(start, counts) + offsets]
 
 
 def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tensor]:
@@ -66,7 +50,7 @@ class Evaluator:
         self.num_items = ds.num_items
         self.chunk_size = chunk_size
         self.users = torch.arange(ds.num_users) if users is None else users
-        self.csr = {s: _csr(*ds.edges(s), ds.num_users) for s in (TRAIN, VALID, TEST)}
+        self.csr = {s: interactions_csr(*ds.edges(s), ds.num_users) for s in (TRAIN, VALID, TEST)}
 
     def sums(self, score_fn: ScoreFn, split: int) -> dict[str, Tensor]:
         if split not in (VALID, TEST):
@@ -77,10 +61,10 @@ class Evaluator:
             users = self.users[start : start + self.chunk_size]
             scores = score_fn(users).float().clone()
             for s in masked:
-                r, i = _rows(*self.csr[s], users)
+                r, i = csr_entries(*self.csr[s], users)
                 scores[r, i] = -math.inf
             truth = torch.zeros_like(scores, dtype=torch.bool)
-            r, i = _rows(*self.csr[split], users)
+            r, i = csr_entries(*self.csr[split], users)
             truth[r, i] = True
             for key, v in metric_sums(scores, truth, self.ks).items():
                 total[key] = total.get(key, 0.0) + v

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from slifmr.data.format import Dataset
+from slifmr.data.graphs import csr_entries, interactions_csr
 from slifmr.errors import SlifmrError
 from slifmr.model.slifmr import SLIFMR
 
@@ -33,14 +34,18 @@ def resolve_users(ds: Dataset, spec: str) -> Tensor:
     return torch.tensor([index[u] for u in raw])
 
 
+def seen_items(ds: Dataset) -> tuple[Tensor, Tensor]:
+    """CSR of every user's interactions in any split: what is never recommended."""
+    return interactions_csr(ds.user, ds.item, ds.num_users)
+
+
 @torch.no_grad()
-def recommend(model: SLIFMR, ds: Dataset, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(items (B, k), scores (B, k)) for contiguous user ids."""
+def recommend(model: SLIFMR, ds: Dataset, users: Tensor, k: int,
+              seen: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """(items (B, k), scores (B, k)) for contiguous user ids; `seen` from `seen_items`."""
     scores = model.full_scores(users).clone()
-    seen = np.isin(ds.user, users.numpy())
-    row_of = {int(u): r for r, u in enumerate(users.tolist())}
-    rows = torch.tensor([row_of[int(u)] for u in ds.user[seen]], dtype=torch.long)
-    scores[rows, torch.from_numpy(ds.item[seen]).long()] = -math.inf
+    rows, items = csr_entries(*(seen or seen_items(ds)), users)
+    scores[rows, items] = -math.inf
     top = torch.topk(scores, min(k, ds.num_items), dim=1)
     return top.indices, top.values
 
@@ -69,9 +74,10 @@ def format_recommendations(ds: Dataset, users: Tensor, items: Tensor, scores: Te
 def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> Path:
     """Every user's top-k as Parquet (user, rank, item, score), written atomically."""
     parts = []
+    seen = seen_items(ds)
     for start in range(0, ds.num_users, chunk):
         users = torch.arange(start, min(start + chunk, ds.num_users))
-        items, scores = recommend(model, ds, users, k)
+        items, scores = recommend(model, ds, users, k, seen)
         kk = items.shape[1]
         parts.append(pa.table({
             "user": _raw(ds, "users", users.repeat_interleave(kk).numpy()),

@@ -29,6 +29,7 @@ from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.slifmr import SLIFMR, training_pairs
+from slifmr.report import read_run
 from slifmr.sampling.negative import BPRSampler
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
@@ -241,7 +242,7 @@ def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator,
     model, meta = load_best(cfg, ds, run_dir)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum)
-    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
+    records = read_run(run_dir)["records"]
     results = {
         "variant": cfg.variant,
         "seed": cfg.train.seed,

@@ -21,12 +21,24 @@ def train_edges(ds: Dataset) -> Tensor:
 
 def user_item_csr(ds: Dataset) -> tuple[Tensor, Tensor]:
     """(indptr (M+1,), indices) of each user's training items, indices sorted per user."""
-    edge = train_edges(ds)
-    edge = coalesce(edge, num_nodes=max(ds.num_users, ds.num_items))
-    counts = torch.bincount(edge[0], minlength=ds.num_users)
-    indptr = torch.zeros(ds.num_users + 1, dtype=torch.long)
-    indptr[1:] = torch.cumsum(counts, 0)
-    return indptr, edge[1].contiguous()
+    return interactions_csr(*ds.edges(TRAIN), ds.num_users)
+
+
+def interactions_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[Tensor, Tensor]:
+    """(indptr (M+1,), items) of each user's interactions, items sorted per user."""
+    order = np.lexsort((items, users))
+    indptr = np.zeros(num_users + 1, np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
+    return torch.from_numpy(indptr), torch.from_numpy(items[order].astype(np.int64))
+
+
+def csr_entries(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+    """(row position in the chunk, item) of every entry of the given users' rows."""
+    start, stop = indptr[users], indptr[users + 1]
+    counts = stop - start
+    row = torch.repeat_interleave(torch.arange(users.numel()), counts)
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return row, indices[torch.repeat_interleave(start, counts) + offsets]
 
 
 @torch.no_grad()
