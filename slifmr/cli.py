@@ -175,7 +175,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     log.info(f"run folder: {run_dir}")
-    results = train_loop(cfg, run_dir, resume=bool(args.resume))
+    if args.workers < 0:
+        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    if args.workers == 0:
+        if args.gpu or args.address or args.strategy != "ddp":
+            raise SlifmrError("--gpu, --address and --strategy need --workers >= 1 (Ray Train)")
+        results = train_loop(cfg, run_dir, resume=bool(args.resume))
+    else:
+        from slifmr.distributed.launch import ray_train
+
+        results = ray_train(cfg, run_dir, args.workers, args.gpu, args.strategy, args.max_failures, args.address)
     print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
     return 0
 
@@ -237,7 +246,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "train", "train a variant (in-process); no --data means the embedded ml-100k",
-             "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20")
+             "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20\n"
+             "  slifmr train --workers 2 --max-failures 2 --out runs/slifmr-2w")
     p.add_argument("--data", help="dataset folder (default: the embedded ml-100k, prepared on first use)")
     p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
     p.add_argument("--variant", help="lightgcn | static | no_sc | no_kg | no_mm | slifmr (default slifmr)")
@@ -246,6 +256,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: in-process, no Ray)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
+    p.add_argument("--strategy", default="ddp", help="ddp (gradient all-reduce)")
+    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=_cmd_train)
 
     p = _sub(sub, "evaluate", "re-evaluate the best model of a run (validation and test)", "slifmr evaluate runs/slifmr")

@@ -24,12 +24,13 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tenso
     Users without any ground-truth item are not counted."""
     n_true = truth.sum(1)
     keep = n_true > 0
-    scores, truth, n_true = scores[keep], truth[keep], n_true[keep].float()
+    # float64 sums: they are added over chunks and workers, and must not depend on the order
+    scores, truth, n_true = scores[keep], truth[keep], n_true[keep].double()
     kmax = min(max(ks), scores.shape[1])
     top = torch.topk(scores, kmax, dim=1).indices
-    hits = truth.gather(1, top).float()  # (B, kmax)
-    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float))
-    out = {"users": torch.tensor(float(keep.sum()))}
+    hits = truth.gather(1, top).double()  # (B, kmax)
+    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
+    out = {"users": torch.tensor(float(keep.sum()), dtype=torch.float64)}
     for k in ks:
         kk = min(k, kmax)
         h = hits[:, :kk].sum(1)
@@ -38,7 +39,7 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tenso
         out[f"recall@{k}"] = (h / n_true).sum()
         out[f"ndcg@{k}"] = (dcg / ideal).sum()
         out[f"precision@{k}"] = (h / k).sum()
-        out[f"hit@{k}"] = (h > 0).float().sum()
+        out[f"hit@{k}"] = (h > 0).double().sum()
     return out
 
 

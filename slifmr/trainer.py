@@ -26,6 +26,7 @@ from slifmr.config import Config, from_dict, save_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
+from slifmr.distributed.knn import sharded_knn
 from slifmr.errors import SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.slifmr import SLIFMR, training_pairs
@@ -114,25 +115,35 @@ def train_loop(
     ds: Dataset | None = None,
     reporter: Reporter | None = None,
     knn_fn: Any = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train until early stopping or cfg.train.epochs; returns the contents of results.json."""
+    """Train until early stopping or cfg.train.epochs; returns the contents of results.json.
+
+    `resume` continues from run_dir/checkpoint, `resume_from` from another checkpoint folder
+    (the one Ray Train hands a restarted worker group)."""
     comm = comm or Comm.current()
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
+    if knn_fn is None and comm.world_size > 1:
+        knn_fn = sharded_knn(comm)
     model = build_model(cfg, ds, knn_fn)
+    comm.broadcast_parameters(model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     users, items = training_pairs(ds)
     sampler_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
-    sampler = BPRSampler(users, items, ds.num_items, cfg.train.batch_size, sampler_rng, comm.rank, comm.world_size)
+    # train.batch_size is the global batch: each of the world_size workers takes its share, so
+    # N workers take the same optimisation steps as one
+    per_worker = max(1, cfg.train.batch_size // comm.world_size)
+    sampler = BPRSampler(users, items, ds.num_items, per_worker, sampler_rng, comm.rank, comm.world_size)
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm))
     stopper = EarlyStopping()
     start_epoch, last_z = 1, None
     ckpt_dir, best_dir = run_dir / "checkpoint", run_dir / "best"
     metrics_path = run_dir / "metrics.jsonl"
 
-    if resume:
-        state, meta = load_checkpoint(ckpt_dir)
+    if resume or resume_from is not None:
+        state, meta = load_checkpoint(resume_from or ckpt_dir)
         check_compatible(meta, cfg, ds, run_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -169,6 +180,7 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             parts = model.loss(batch)
             parts["loss"].backward()
+            comm.average_gradients(model.parameters())
             optimizer.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
@@ -209,6 +221,7 @@ def train_loop(
         if reporter is not None:
             reporter(rec, ckpt_dir if comm.is_main else None)
 
+    comm.barrier()  # rank 0 has written best/ before anyone loads it
     return final_results(cfg, ds, run_dir, evaluator, comm)
 
 

@@ -5,6 +5,7 @@ functions reach it through `Comm`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,30 @@ class Comm:
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         gather(out, padded)
         return out[:n]
+
+    def average_gradients(self, params: Iterable[Tensor]) -> None:
+        """DDP's gradient step by hand: one flat all-reduce of every present gradient, / world.
+
+        The model's loss is a method, not forward(), so DDP's hooks would not see it; every
+        rank runs the same graph, so the set of parameters holding a gradient is the same."""
+        if not _active():
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_parameters(self, params: Iterable[Tensor]) -> None:
+        """Start every replica from rank 0's parameters."""
+        if _active():
+            for p in params:
+                dist.broadcast(p.data, src=0)
 
     def barrier(self) -> None:
         if _active():

@@ -1,0 +1,122 @@
+"""Ray Train launch: `slifmr train --workers N` runs the one training loop on N workers.
+
+Data parallel on CPU with gloo (Ray's process group): each worker trains on its shard of
+the training pairs, gradients are averaged every step, the per-epoch kNN is sharded
+(slifmr.distributed.knn) and evaluation is sharded by users. Rank 0 writes the run folder;
+every epoch it reports a checkpoint to Ray, which keeps the best by validation Recall@20
+plus the latest. A restarted worker group (FailureConfig) and a re-run with the same run
+folder both resume from Ray's latest checkpoint.
+
+The run folder must be on storage every node can reach (NFS, a shared disk) for multi-node
+runs; Ray's own checkpoint copies live in <run folder>/ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from slifmr.config import Config, from_dict
+from slifmr.errors import SlifmrError
+
+STRATEGIES = ("ddp",)
+RAY_RUN_NAME = "train"
+
+
+def _flat_metrics(rec: dict[str, Any]) -> dict[str, Any]:
+    out = {"epoch": rec["epoch"], "loss": rec["loss"]["loss"], "epoch_seconds": rec["epoch_seconds"],
+           "fusion_seconds": rec["fusion_seconds"]}
+    out.update({f"valid_{k}": v for k, v in rec["valid"].items()})
+    return out
+
+
+def worker_fn(config: dict[str, Any]) -> None:
+    """The per-worker function TorchTrainer runs: set up, then `train_loop`."""
+    import ray.train
+
+    from slifmr import log
+    from slifmr.distributed.collectives import Comm
+    from slifmr.trainer import train_loop
+
+    comm = Comm.current()
+    log.setup(level=20 if comm.is_main else 30, progress=False)
+    cfg = from_dict(config["config"])
+    run_dir = Path(config["run_dir"])
+
+    def report(rec: dict[str, Any], ckpt_dir: Path | None) -> None:
+        metrics = _flat_metrics(rec)
+        if ckpt_dir is not None:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
+        else:
+            ray.train.report(metrics)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            train_loop(cfg, run_dir, comm, reporter=report, resume_from=Path(folder))
+    else:
+        train_loop(cfg, run_dir, comm, reporter=report)
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        # a fresh local instance for this command; token auth is for shared clusters
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(address=address, log_to_driver=True, include_dashboard=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SlifmrError(f"--address {address}: cannot connect to a Ray cluster there ({str(e).splitlines()[0][:120]})") from e
+
+
+def check_request(workers: int, gpu: bool, strategy: str, resources: dict[str, float]) -> None:
+    """Refuse what cannot run, before any work starts."""
+    if strategy not in STRATEGIES:
+        raise SlifmrError(f"--strategy {strategy} is not supported here (supported: {', '.join(STRATEGIES)})")
+    if workers < 1:
+        raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
+    if gpu:
+        have = int(resources.get("GPU", 0))
+        if have == 0:
+            raise SlifmrError("--gpu: the Ray cluster has no GPUs")
+        raise SlifmrError("--gpu: the CUDA training path is not implemented yet; run on CPU workers")
+    have = int(resources.get("CPU", 0))
+    if workers > have:
+        raise SlifmrError(f"--workers {workers} is more than the {have} CPUs of the Ray cluster")
+
+
+def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, strategy: str = "ddp",
+              max_failures: int = 0, address: str | None = None) -> dict[str, Any]:
+    """Train with a TorchTrainer of `workers` workers; returns results.json's contents."""
+    if strategy not in STRATEGIES:  # cheap checks first, before connecting
+        check_request(workers, gpu, strategy, {})
+    _connect(address)
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    check_request(workers, gpu, strategy, ray.cluster_resources())
+    run_dir = run_dir.resolve()
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
+        run_config=RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=str(run_dir / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_recall@20",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise SlifmrError(f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
+    return json.loads((run_dir / "results.json").read_text())
