@@ -120,6 +120,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
     ap.add_argument("--runs", default=str(HERE / "runs" / "quality"))
+    ap.add_argument("--tag", default="", help="suffix of the output names: results/quality-TAG.json, its PNG, its RESULTS.md section")
     ap.add_argument("--collect", action="store_true",
                     help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
@@ -149,11 +150,13 @@ def main() -> int:
                                     "seconds_per_epoch", "fusion_seconds_per_epoch")} for r in runs],
         "summary": {v: {k: (list(x) if isinstance(x, tuple) else x) for k, x in row.items()} for v, row in summary.items()},
     }
-    (RESULTS / "quality.json").write_text(json.dumps(payload, indent=2))
-    plot(summary, RESULTS / "quality.png")
-    body = (f"## Quality on ml-100k (issue 3)\n\nCommand: {command_md}  \nMachine: {machine}; "
-            f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/quality.png)\n")
-    write_results_md("QUALITY", body)
+    stem = f"quality-{args.tag}" if args.tag else "quality"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    plot(summary, RESULTS / f"{stem}.png")
+    title = f"Quality on ml-100k ({args.tag})" if args.tag else "Quality on ml-100k"
+    body = (f"## {title} (issue 3)\n\nCommand: {command_md}  \nMachine: {machine}; "
+            f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/{stem}.png)\n")
+    write_results_md(stem.upper().replace("-", "_"), body)
     print(table(summary))
     return 0
 

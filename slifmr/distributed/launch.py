@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,26 @@ def worker_fn(config: dict[str, Any]) -> None:
         train_loop(cfg, run_dir, comm, reporter=report)
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on an unreachable host:port (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SlifmrError(f"--address {address}: expected host:port (for example 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SlifmrError(f"--address {address}: no Ray cluster reachable there ({e.strerror or e})") from e
+
+
 def _connect(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address not in (None, "auto", "local"):
+        _probe(address)
     if address is None:
         # a fresh local instance for this command; token auth is for shared clusters
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
