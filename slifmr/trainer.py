@@ -131,11 +131,10 @@ def train_loop(
     comm.broadcast_parameters(model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     users, items = training_pairs(ds)
-    sampler_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
     # train.batch_size is the global batch: each of the world_size workers takes its share, so
     # N workers take the same optimisation steps as one
     per_worker = max(1, cfg.train.batch_size // comm.world_size)
-    sampler = BPRSampler(users, items, ds.num_items, per_worker, sampler_rng, comm.rank, comm.world_size)
+    sampler = BPRSampler(users, items, ds.num_items, per_worker, cfg.train.seed + 1, comm.rank, comm.world_size)
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm))
     stopper = EarlyStopping()
     start_epoch, last_z = 1, None
@@ -148,8 +147,6 @@ def train_loop(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stopper = EarlyStopping(**state["early_stopping"])
-        sampler_rng.set_state(state["rng"]["sampler"])
-        model.generator.set_state(state["rng"]["model"])
         torch.set_rng_state(state["rng"]["torch"])
         last_z = state["last_z"]
         if state.get("corr") is not None:
@@ -176,7 +173,7 @@ def train_loop(
         model.pre_epoch(epoch, last_z)
         totals: dict[str, float] = {}
         n_batches = 0
-        for batch in log.progress(sampler.epoch(), desc=f"epoch {epoch}", total=len(sampler)):
+        for batch in log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=len(sampler)):
             optimizer.zero_grad(set_to_none=True)
             parts = model.loss(batch)
             parts["loss"].backward()
@@ -211,8 +208,7 @@ def train_loop(
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "early_stopping": vars(stopper).copy(),
-                "rng": {"sampler": sampler_rng.get_state(), "model": model.generator.get_state(),
-                        "torch": torch.get_rng_state()},
+                "rng": {"torch": torch.get_rng_state()},  # sampler and model reseed per epoch
                 "last_z": last_z,
                 "corr": _corr_state(model),
             }

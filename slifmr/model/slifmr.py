@@ -33,6 +33,7 @@ from slifmr.model.graphs import (
 )
 from slifmr.model.losses import bpr_loss, info_nce, l2_reg
 from slifmr.model.views import CFView, KGView, MMView
+from slifmr.sampling.negative import derive_seed
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (users, positive items, negative items), each (B,)
 
@@ -50,6 +51,8 @@ class SLIFMR(nn.Module):
         if cfg.use_mm and not self.use_mm:
             log.warning(f"dataset {ds.name} has no modality features: the multimodal view is off")
         self.knn_fn = knn_fn
+        self.seed = seed
+        # reseeded from (seed, epoch) in pre_epoch: the same on every rank, nothing to checkpoint
         self.generator = torch.Generator().manual_seed(seed)
 
         self.user_emb = nn.Embedding(self.num_users, d)
@@ -95,6 +98,7 @@ class SLIFMR(nn.Module):
         the multimodal item graph; epoch 1 (and the static variant) use the static graphs."""
         c = self.cfg
         start = time.perf_counter()
+        self.generator.manual_seed(derive_seed(self.seed, epoch))
         changed = self.adj_full is None
         if self.fusion_due(epoch) and item_reps is not None:
             self.corr = correlation_graph(item_reps, c.k_corr, c.corr_binary, self.knn_fn)

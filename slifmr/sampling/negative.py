@@ -8,20 +8,31 @@ import torch
 from torch import Tensor
 
 
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, epoch, rank, ...): stable across runs and machines."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 64)
+    return h >> 1
+
+
 class BPRSampler:
     """Each epoch: shuffle the training pairs, take this rank's equal-sized shard, and pair
     each with a uniformly drawn item the user has not interacted with in training.
 
-    users, items: (E,) training pairs. All randomness comes from `generator`, so an epoch
-    is reproducible from the generator state saved in a checkpoint.
+    users, items: (E,) training pairs. Randomness is a pure function of (seed, epoch, rank):
+    the shuffle is seeded by (seed, epoch), so every rank draws the same permutation and the
+    shards stay disjoint, and the negatives by (seed, epoch, rank). An epoch is therefore
+    reproducible after a restart without saving generator states.
     """
 
     def __init__(self, users: Tensor, items: Tensor, num_items: int, batch_size: int,
-                 generator: torch.Generator, rank: int = 0, world_size: int = 1, max_tries: int = 20):
+                 seed: int, rank: int = 0, world_size: int = 1, max_tries: int = 20):
         self.users, self.items = users, items
         self.num_items = num_items
         self.batch_size = batch_size
-        self.generator = generator
+        self.seed = seed
+        self.generator = torch.Generator()
         self.rank, self.world_size = rank, world_size
         self.max_tries = max_tries
         self.positive_keys = torch.unique(users * num_items + items)  # sorted
@@ -44,11 +55,12 @@ class BPRSampler:
             neg[bad] = torch.randint(0, self.num_items, (int(bad.sum()),), generator=self.generator)
         return neg
 
-    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         n = self.users.numel()
-        perm = torch.randperm(n, generator=self.generator)
+        perm = torch.randperm(n, generator=self.generator.manual_seed(derive_seed(self.seed, epoch)))
         per_rank = n // self.world_size  # equal shards keep data-parallel steps in lock-step
         shard = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
+        self.generator.manual_seed(derive_seed(self.seed, epoch, self.rank + 1))
         negs = self.negatives(self.users[shard])
         for start in range(0, shard.numel(), self.batch_size):
             idx = shard[start : start + self.batch_size]
