@@ -168,7 +168,8 @@ def train_loop(
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         if stopper.bad_epochs >= cfg.train.patience:
             break
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
+        comm.seconds["comm"] = 0.0
         model.train()
         model.pre_epoch(epoch, last_z)
         totals: dict[str, float] = {}
@@ -195,6 +196,8 @@ def train_loop(
             "epoch_seconds": time.perf_counter() - t0,
             "fusion_seconds": model.timings["fusion_seconds"],
             "knn_seconds": model.timings["knn_seconds"],
+            "comm_seconds": comm.seconds["comm"],
+            "epoch_start_unix_seconds": started,  # gaps between epochs = time outside the loop
             "fused": model.corr_epoch == epoch,
         }
         if comm.is_main:

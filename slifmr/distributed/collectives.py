@@ -5,8 +5,10 @@ functions reach it through `Comm`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,16 @@ class Comm:
 
     rank: int = 0
     world_size: int = 1
+    # seconds spent inside collectives since the last reset (the loop reports it per epoch)
+    seconds: dict[str, float] = field(default_factory=lambda: {"comm": 0.0}, compare=False, repr=False)
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds["comm"] += time.perf_counter() - start
 
     @staticmethod
     def current() -> Comm:
@@ -41,7 +53,8 @@ class Comm:
 
     def all_reduce_sum(self, t: Tensor) -> Tensor:
         if _active():
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            with self._timed():
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
     def all_gather_rows(self, t: Tensor, n: int) -> Tensor:
@@ -53,7 +66,8 @@ class Comm:
         padded[: t.shape[0]] = t
         out = torch.empty((per * self.world_size, *t.shape[1:]), dtype=t.dtype)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        gather(out, padded)
+        with self._timed():
+            gather(out, padded)
         return out[:n]
 
     def average_gradients(self, params: Iterable[Tensor]) -> None:
@@ -67,7 +81,8 @@ class Comm:
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with self._timed():
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world_size
         offset = 0
         for g in grads:
