@@ -90,12 +90,15 @@ def _connect(address: str | None) -> None:
         raise SlifmrError(f"--address {address}: cannot connect to a Ray cluster there ({str(e).splitlines()[0][:120]})") from e
 
 
-def check_request(workers: int, gpu: bool, strategy: str, resources: dict[str, float]) -> None:
-    """Refuse what cannot run, before any work starts."""
+def check_request(workers: int, gpu: bool, strategy: str, resources: dict[str, float] | None = None) -> None:
+    """Refuse what cannot run, before any work starts; without `resources` (the cluster's,
+    known only once connected) only the request itself is checked."""
     if strategy not in STRATEGIES:
         raise SlifmrError(f"--strategy {strategy} is not supported here (supported: {', '.join(STRATEGIES)})")
     if workers < 1:
         raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
+    if resources is None:
+        return
     if gpu:
         have = int(resources.get("GPU", 0))
         if have == 0:
@@ -109,8 +112,7 @@ def check_request(workers: int, gpu: bool, strategy: str, resources: dict[str, f
 def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, strategy: str = "ddp",
               max_failures: int = 0, address: str | None = None) -> dict[str, Any]:
     """Train with a TorchTrainer of `workers` workers; returns results.json's contents."""
-    if strategy not in STRATEGIES:  # cheap checks first, before connecting
-        check_request(workers, gpu, strategy, {})
+    check_request(workers, gpu, strategy)
     _connect(address)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -33,7 +33,7 @@ from slifmr.model.graphs import (
 )
 from slifmr.model.losses import bpr_loss, info_nce, l2_reg
 from slifmr.model.views import CFView, KGView, MMView
-from slifmr.sampling.negative import derive_seed
+from slifmr.rng import derive_seed
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (users, positive items, negative items), each (B,)
 

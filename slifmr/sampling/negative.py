@@ -7,13 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, rank, ...): stable across runs and machines."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 64)
-    return h >> 1
+from slifmr.rng import derive_seed
 
 
 class BPRSampler:
