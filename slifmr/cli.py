@@ -162,10 +162,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         if args.epochs is not None:
             cfg.train.epochs = args.epochs
+        for flag, key, value in (("--strategy", "strategy", args.strategy), ("--zero-stage", "zero_stage", args.zero_stage)):
+            if value is not None and value != getattr(cfg.train, key):
+                raise SlifmrError(f"{flag} {value}: {run_dir} was trained with {flag} {getattr(cfg.train, key)}; "
+                                  "a run resumes with the strategy it started with")
         validate(cfg)
     else:
         cfg = load_config(args.config, args.variant, args.set)
-        for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed)):
+        for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
+                           ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage)):
             if value is not None:
                 set_key(cfg, key, value)
         validate(cfg)
@@ -174,17 +179,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
-    log.info(f"run folder: {run_dir}")
     if args.workers < 0:
         raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    comm = None
     if args.workers == 0:
-        if args.gpu or args.address or args.strategy != "ddp":
-            raise SlifmrError("--gpu, --address and --strategy need --workers >= 1 (Ray Train)")
-        results = train_loop(cfg, run_dir, resume=bool(args.resume))
+        if args.address or cfg.train.strategy != "ddp":
+            raise SlifmrError("--address and --strategy deepspeed need --workers >= 1 (Ray Train)")
+        if args.gpu:
+            import torch
+
+            from slifmr.distributed.collectives import Comm
+
+            if not torch.cuda.is_available():
+                raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
+            comm = Comm.current("cuda")
+    log.info(f"run folder: {run_dir}")
+    if args.workers == 0:
+        results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
     else:
         from slifmr.distributed.launch import ray_train
 
-        results = ray_train(cfg, run_dir, args.workers, args.gpu, args.strategy, args.max_failures, args.address)
+        results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
     print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
     return 0
 
@@ -247,7 +262,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "train", "train a variant (in-process); no --data means the embedded ml-100k",
              "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20\n"
-             "  slifmr train --workers 2 --max-failures 2 --out runs/slifmr-2w")
+             "  slifmr train --workers 2 --max-failures 2 --out runs/slifmr-2w\n"
+             "  slifmr train --workers 2 --strategy deepspeed --zero-stage 2 --out runs/slifmr-zero2\n"
+             "  slifmr train --workers 4 --gpu --address 10.0.0.5:6379 --out /shared/runs/slifmr-gpu")
     p.add_argument("--data", help="dataset folder (default: the embedded ml-100k, prepared on first use)")
     p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
     p.add_argument("--variant", help="lightgcn | static | no_sc | no_kg | no_mm | slifmr (default slifmr)")
@@ -257,8 +274,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: in-process, no Ray)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
-    p.add_argument("--strategy", default="ddp", help="ddp (gradient all-reduce)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); with --workers 0, this machine's GPU")
+    p.add_argument("--strategy", choices=("ddp", "deepspeed"),
+                   help="ddp (gradient all-reduce, the default) or deepspeed (ZeRO); needs --workers >= 1")
+    p.add_argument("--zero-stage", type=int, help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=_cmd_train)

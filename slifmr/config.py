@@ -71,6 +71,8 @@ class TrainConfig:
     eval_chunk: int = 1024  # users per full-ranking chunk (bounds memory)
     threads: int = 0  # torch threads per process; 0 = the cores this process owns
     stop_metric: str = "recall@20"
+    strategy: str = "ddp"  # how replicas stay identical: ddp, or deepspeed (ZeRO) under Ray Train
+    zero_stage: int = 2  # with strategy deepspeed: 1 shards optimizer state, 2 gradients too
 
 
 @dataclass
@@ -237,6 +239,9 @@ def validate(cfg: Config) -> None:
         (t.stop_metric.split("@")[0] in ("recall", "ndcg", "precision", "hit")
          and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
          "train.stop_metric must be one of recall/ndcg/precision/hit@K with K in train.topk"),
+        (t.strategy in ("ddp", "deepspeed"), f"train.strategy must be 'ddp' or 'deepspeed', got {t.strategy!r}"),
+        (t.zero_stage in (1, 2), f"train.zero_stage must be 1 or 2 (stage 3 shards the parameters that "
+                                 f"full-graph propagation needs whole), got {t.zero_stage}"),
     ]
     for ok, msg in checks:
         if not ok:

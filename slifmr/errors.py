@@ -17,7 +17,10 @@ class DataError(SlifmrError):
         if row is not None:
             where += f", row {row}"
         super().__init__(f"{where}: {message}")
-        self.file, self.column, self.row = file, column, row
+        self.file, self.message, self.column, self.row = file, message, column, row
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries (Ray workers) intact
+        return (DataError, (self.file, self.message, self.column, self.row))
 
 
 class ConfigError(SlifmrError):

@@ -29,7 +29,7 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tenso
     kmax = min(max(ks), scores.shape[1])
     top = torch.topk(scores, kmax, dim=1).indices
     hits = truth.gather(1, top).double()  # (B, kmax)
-    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
+    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=scores.device))
     out = {"users": torch.tensor(float(keep.sum()), dtype=torch.float64)}
     for k in ks:
         kk = min(k, kmax)
@@ -60,13 +60,14 @@ class Evaluator:
         total: dict[str, Tensor] = {}
         for start in range(0, self.users.numel(), self.chunk_size):
             users = self.users[start : start + self.chunk_size]
-            scores = score_fn(users).float().clone()
+            scores = score_fn(users).float().clone()  # on the model's device
+            dev = scores.device
             for s in masked:
                 r, i = csr_entries(*self.csr[s], users)
-                scores[r, i] = -math.inf
+                scores[r.to(dev), i.to(dev)] = -math.inf
             truth = torch.zeros_like(scores, dtype=torch.bool)
             r, i = csr_entries(*self.csr[split], users)
-            truth[r, i] = True
+            truth[r.to(dev), i.to(dev)] = True
             for key, v in metric_sums(scores, truth, self.ks).items():
                 total[key] = total.get(key, 0.0) + v
         if not total:
@@ -78,7 +79,7 @@ class Evaluator:
         """Mean metrics over users with ground truth; `all_reduce` sums across workers."""
         sums = self.sums(score_fn, split)
         keys = ["users"] + [f"{m}@{k}" for k in self.ks for m in METRICS]
-        vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64) for k in keys])
+        vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).cpu() for k in keys])
         if all_reduce is not None:
             vec = all_reduce(vec)
         n = max(float(vec[0]), 1.0)

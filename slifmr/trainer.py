@@ -27,6 +27,7 @@ from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import sharded_knn
+from slifmr.distributed.strategy import make_strategy
 from slifmr.errors import SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.slifmr import SLIFMR, training_pairs
@@ -120,20 +121,21 @@ def train_loop(
     """Train until early stopping or cfg.train.epochs; returns the contents of results.json.
 
     `resume` continues from run_dir/checkpoint, `resume_from` from another checkpoint folder
-    (the one Ray Train hands a restarted worker group)."""
+    (the one Ray Train hands a restarted worker group). The model trains on `comm.device`."""
     comm = comm or Comm.current()
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
     if knn_fn is None and comm.world_size > 1:
         knn_fn = sharded_knn(comm)
-    model = build_model(cfg, ds, knn_fn)
+    model = build_model(cfg, ds, knn_fn).to(comm.device)
     comm.broadcast_parameters(model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     users, items = training_pairs(ds)
     # train.batch_size is the global batch: each of the world_size workers takes its share, so
     # N workers take the same optimisation steps as one
     per_worker = max(1, cfg.train.batch_size // comm.world_size)
+    strategy = make_strategy(cfg.train.strategy, model, cfg.train.lr, cfg.train.weight_decay, comm,
+                              cfg.train.zero_stage, per_worker)
     sampler = BPRSampler(users, items, ds.num_items, per_worker, cfg.train.seed + 1, comm.rank, comm.world_size)
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm))
     stopper = EarlyStopping()
@@ -145,10 +147,10 @@ def train_loop(
         state, meta = load_checkpoint(resume_from or ckpt_dir)
         check_compatible(meta, cfg, ds, run_dir)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        strategy.load_state_dict(state["optimizer"])
         stopper = EarlyStopping(**state["early_stopping"])
         torch.set_rng_state(state["rng"]["torch"])
-        last_z = state["last_z"]
+        last_z = state["last_z"].to(comm.device)
         if state.get("corr") is not None:
             model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
         start_epoch = int(state["epoch"]) + 1
@@ -175,11 +177,8 @@ def train_loop(
         totals: dict[str, float] = {}
         n_batches = 0
         for batch in log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=len(sampler)):
-            optimizer.zero_grad(set_to_none=True)
             parts = model.loss(batch)
-            parts["loss"].backward()
-            comm.average_gradients(model.parameters())
-            optimizer.step()
+            strategy.step(parts["loss"])
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -200,6 +199,7 @@ def train_loop(
             "epoch_start_unix_seconds": started,  # gaps between epochs = time outside the loop
             "fused": model.corr_epoch == epoch,
         }
+        optimizer_state = strategy.state_dict()  # a collective under ZeRO: every rank calls it
         if comm.is_main:
             if is_best:
                 save_checkpoint(best_dir, {"model": model.state_dict(), "corr": _corr_state(model)},
@@ -208,7 +208,7 @@ def train_loop(
                 f.write(json.dumps(rec) + "\n")
             state = {
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "epoch": epoch,
                 "early_stopping": vars(stopper).copy(),
                 "rng": {"torch": torch.get_rng_state()},  # sampler and model reseed per epoch
@@ -235,11 +235,11 @@ def _user_shard(ds: Dataset, comm: Comm) -> torch.Tensor:
     return torch.arange(start, stop)
 
 
-def load_best(cfg: Config, ds: Dataset, run_dir: Path) -> tuple[SLIFMR, dict[str, Any]]:
-    """The model of the best validation epoch, ready for scoring."""
+def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu") -> tuple[SLIFMR, dict[str, Any]]:
+    """The model of the best validation epoch, on `device`, ready for scoring."""
     state, meta = load_checkpoint(run_dir / "best")
     check_compatible(meta, cfg, ds, run_dir)
-    model = build_model(cfg, ds)
+    model = build_model(cfg, ds).to(device)
     model.load_state_dict(state["model"])
     if state.get("corr") is not None:
         model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
@@ -251,7 +251,7 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path) -> tuple[SLIFMR, dict[str
 
 def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm) -> dict[str, Any]:
     """Test metrics, read once, at the best validation epoch."""
-    model, meta = load_best(cfg, ds, run_dir)
+    model, meta = load_best(cfg, ds, run_dir, comm.device)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum)
     records = read_run(run_dir)["records"]

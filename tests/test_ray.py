@@ -32,8 +32,8 @@ def ray_local():  # noqa: ANN201
     ray.shutdown()
 
 
-def _cfg(data: Path, epochs: int):  # noqa: ANN202
-    cfg = load_config(overrides=[*SMALL, f"train.epochs={epochs}"])
+def _cfg(data: Path, epochs: int, *overrides: str):  # noqa: ANN202
+    cfg = load_config(overrides=[*SMALL, f"train.epochs={epochs}", *overrides])
     cfg.data = str(data)
     return cfg
 
@@ -47,14 +47,31 @@ def _train_workers() -> list[psutil.Process]:
     return out
 
 
-def test_killed_worker_resumes_from_checkpoint_with_same_result(ray_local, tiny_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
+EPOCHS = 14
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_local, tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str]]:  # noqa: ANN001
+    """An uninterrupted 2-worker DDP run: results and metrics.jsonl lines."""
     from slifmr.distributed.launch import ray_train
 
-    epochs = 14
-    reference = ray_train(_cfg(tiny_path, epochs), tmp_path / "ref", workers=2)
-    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    assert len(ref_lines) == epochs
-    assert (tmp_path / "ref" / "ray").is_dir() and (tmp_path / "ref" / "best").is_dir()
+    out = tmp_path_factory.mktemp("ref")
+    reference = ray_train(_cfg(tiny_path, EPOCHS), out, workers=2)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == EPOCHS
+    assert (out / "ray").is_dir() and (out / "best").is_dir()
+    return reference, lines
+
+
+def _strip(line: str) -> dict:
+    return {k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+
+
+def test_killed_worker_resumes_from_checkpoint_with_same_result(reference_run, tiny_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from slifmr.distributed.launch import ray_train
+
+    epochs = EPOCHS
+    reference, ref_lines = reference_run
 
     run = tmp_path / "killed"
     result: dict = {}
@@ -74,26 +91,48 @@ def test_killed_worker_resumes_from_checkpoint_with_same_result(ray_local, tiny_
     assert killed is not None, "the run finished before a worker could be killed"
     assert result, "the killed run did not finish"
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    strip = lambda ln: {k: v for k, v in json.loads(ln).items() if not k.endswith("seconds")}  # noqa: E731
     # the restarted group resumed from the last checkpoint: one line per epoch, same values
-    assert [strip(x) for x in lines] == [strip(x) for x in ref_lines]
+    assert [_strip(x) for x in lines] == [_strip(x) for x in ref_lines]
     for k, v in reference["test"].items():
         assert abs(result["test"][k] - v) < 1e-9, k
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"workers": 3}, "--workers 3 is more than the 2 CPUs of the Ray cluster"),
-        ({"workers": 1, "gpu": True}, "--gpu: the Ray cluster has no GPUs"),
-        ({"workers": 1, "strategy": "fsdp"}, "--strategy fsdp is not supported"),
-    ],
-)
-def test_impossible_requests_fail_before_any_work(ray_local, tiny_path: Path, tmp_path: Path, kwargs: dict, message: str) -> None:  # noqa: ANN001
+def test_deepspeed_zero_workers_match_ddp(reference_run, tiny_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """--strategy deepspeed --zero-stage 1 inside TorchTrainer workers (on Ray's gloo group):
+    the same epochs as the DDP run, and a checkpoint holding both ranks' optimizer partitions."""
+    import torch
+
     from slifmr.distributed.launch import ray_train
 
+    epochs = 3
+    ray_train(_cfg(tiny_path, epochs, "train.strategy=deepspeed", "train.zero_stage=1"), tmp_path / "z", workers=2)
+    lines = (tmp_path / "z" / "metrics.jsonl").read_text().splitlines()
+    for got, ref in zip(lines, reference_run[1][:epochs], strict=True):
+        got, ref = _strip(got), _strip(ref)
+        assert got["valid"] == pytest.approx(ref["valid"], abs=1e-6)
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    state = torch.load(tmp_path / "z" / "checkpoint" / "state.pt", weights_only=True)
+    assert (state["optimizer"]["zero_stage"], len(state["optimizer"]["partitions"])) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, train, message",
+    [
+        ({"workers": 3}, {}, "--workers 3 is more than the 2 CPUs of the Ray cluster"),
+        ({"workers": 1, "gpu": True}, {}, "--gpu: the Ray cluster has no GPUs"),
+        ({"workers": 1}, {"strategy": "fsdp"}, "--strategy fsdp is not supported"),
+        ({"workers": 1}, {"strategy": "deepspeed", "zero_stage": 3}, "--zero-stage 3 is not supported"),
+    ],
+)
+def test_impossible_requests_fail_before_any_work(ray_local, tiny_path: Path, tmp_path: Path, kwargs: dict,  # noqa: ANN001
+                                                  train: dict, message: str) -> None:
+    from slifmr.distributed.launch import ray_train
+
+    cfg = _cfg(tiny_path, 1)
+    for key, value in train.items():  # as a programmatic caller might, past the config's validation
+        setattr(cfg.train, key, value)
     with pytest.raises(SlifmrError, match=message):
-        ray_train(_cfg(tiny_path, 1), tmp_path / "r", **kwargs)
+        ray_train(cfg, tmp_path / "r", **kwargs)
     assert not (tmp_path / "r").exists()
 
 
@@ -119,3 +158,19 @@ def test_cluster_yaml_passes_rays_schema() -> None:
     broken = {**config, "not_a_field": 1}
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(broken))
+
+
+def test_a_workers_data_error_reaches_the_user_as_one_line() -> None:
+    """A worker's DataError survives pickling and comes back as the one-line error."""
+    import pickle
+
+    from ray.train import WorkerGroupError
+
+    from slifmr.distributed.launch import _user_error
+    from slifmr.errors import DataError
+
+    err = pickle.loads(pickle.dumps(DataError("d/interactions.parquet", "duplicate pair", column="item", row=7)))
+    assert str(err) == "d/interactions.parquet, column 'item', row 7: duplicate pair"
+    got = _user_error(WorkerGroupError("rank 1 failed", {1: err}))
+    assert got is not None and str(got) == str(err)
+    assert _user_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("segfault")})) is None

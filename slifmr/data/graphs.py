@@ -51,17 +51,17 @@ def knn(x: Tensor, k: int, chunk_size: int = 2048, rows: Tensor | None = None) -
     n = x.shape[0]
     k = min(k, n - 1)
     xn = torch.nn.functional.normalize(x.float(), dim=1)
-    rows = torch.arange(n) if rows is None else rows
+    rows = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
     nbrs, sims = [], []
     for start in range(0, rows.numel(), chunk_size):
         r = rows[start : start + chunk_size]
         sim = xn[r] @ xn.T
-        sim[torch.arange(r.numel()), r] = -float("inf")  # exclude self
+        sim[torch.arange(r.numel(), device=x.device), r] = -float("inf")  # exclude self
         s, j = torch.topk(sim, k, dim=1)
         nbrs.append(j)
         sims.append(s)
     if not nbrs:
-        return torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))
+        return torch.zeros((0, k), dtype=torch.long, device=x.device), torch.zeros((0, k), device=x.device)
     return torch.cat(nbrs), torch.cat(sims)
 
 

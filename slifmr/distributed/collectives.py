@@ -25,6 +25,8 @@ class Comm:
 
     rank: int = 0
     world_size: int = 1
+    # where collectives' tensors must live: the GPU under nccl, the CPU under gloo
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # seconds spent inside collectives since the last reset (the loop reports it per epoch)
     seconds: dict[str, float] = field(default_factory=lambda: {"comm": 0.0}, compare=False, repr=False)
 
@@ -37,10 +39,12 @@ class Comm:
             self.seconds["comm"] += time.perf_counter() - start
 
     @staticmethod
-    def current() -> Comm:
+    def current(device: torch.device | str = "cpu") -> Comm:
+        """This process's Comm; `device` is where the model lives (cuda:<local rank> with nccl)."""
+        device = torch.device(device)
         if _active():
-            return Comm(dist.get_rank(), dist.get_world_size())
-        return Comm()
+            return Comm(dist.get_rank(), dist.get_world_size(), device)
+        return Comm(device=device)
 
     @property
     def is_main(self) -> bool:
@@ -52,9 +56,12 @@ class Comm:
         return min(self.rank * per, n), min((self.rank + 1) * per, n)
 
     def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum over ranks; the result is on t's device (the reduction runs on self.device)."""
         if _active():
+            on = t.to(self.device)
             with self._timed():
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                dist.all_reduce(on, op=dist.ReduceOp.SUM)
+            return on.to(t.device)
         return t
 
     def all_gather_rows(self, t: Tensor, n: int) -> Tensor:
@@ -62,9 +69,9 @@ class Comm:
         if not _active():
             return t
         per = -(-n // self.world_size)
-        padded = torch.zeros((per, *t.shape[1:]), dtype=t.dtype)
+        padded = torch.zeros((per, *t.shape[1:]), dtype=t.dtype, device=t.device)
         padded[: t.shape[0]] = t
-        out = torch.empty((per * self.world_size, *t.shape[1:]), dtype=t.dtype)
+        out = torch.empty((per * self.world_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         with self._timed():
             gather(out, padded)

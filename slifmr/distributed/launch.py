@@ -14,15 +14,16 @@ runs; Ray's own checkpoint copies live in <run folder>/ray.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
 from slifmr.config import Config, from_dict
+from slifmr.distributed.strategy import STRATEGIES, check_zero_stage
 from slifmr.errors import SlifmrError
 
-STRATEGIES = ("ddp",)
 RAY_RUN_NAME = "train"
 
 
@@ -33,16 +34,28 @@ def _flat_metrics(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _quiet_report_lines() -> None:
+    """Ray logs every report() at INFO under a logger named by its file path, which
+    RunConfig's logging level does not reach; one line per epoch is ours to print."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def worker_fn(config: dict[str, Any]) -> None:
     """The per-worker function TorchTrainer runs: set up, then `train_loop`."""
     import ray.train
+    import ray.train.torch
 
     from slifmr import log
     from slifmr.distributed.collectives import Comm
     from slifmr.trainer import train_loop
 
-    comm = Comm.current()
+    comm = Comm.current(ray.train.torch.get_device() if config["gpu"] else "cpu")
     log.setup(level=20 if comm.is_main else 30, progress=False)
+    _quiet_report_lines()
     cfg = from_dict(config["config"])
     run_dir = Path(config["run_dir"])
 
@@ -85,55 +98,70 @@ def _connect(address: str | None) -> None:
         # a fresh local instance for this command; token auth is for shared clusters
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        ray.init(address=address, log_to_driver=True, include_dashboard=False, configure_logging=False)
+        # with the dashboard: it serves the state API that Train's placement-group cleaner polls
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SlifmrError(f"--address {address}: cannot connect to a Ray cluster there ({str(e).splitlines()[0][:120]})") from e
 
 
-def check_request(workers: int, gpu: bool, strategy: str, resources: dict[str, float] | None = None) -> None:
+def _user_error(e: Exception) -> SlifmrError | None:
+    """The first worker's SlifmrError (bad data, bad checkpoint), as the one-line error it is."""
+    for failure in getattr(e, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", failure)
+        if isinstance(cause, SlifmrError):
+            return SlifmrError(str(cause).splitlines()[0])
+    return None
+
+
+def check_request(workers: int, gpu: bool, cfg: Config, resources: dict[str, float] | None = None) -> None:
     """Refuse what cannot run, before any work starts; without `resources` (the cluster's,
     known only once connected) only the request itself is checked."""
-    if strategy not in STRATEGIES:
-        raise SlifmrError(f"--strategy {strategy} is not supported here (supported: {', '.join(STRATEGIES)})")
+    if cfg.train.strategy not in STRATEGIES:
+        raise SlifmrError(f"--strategy {cfg.train.strategy} is not supported (supported: {', '.join(STRATEGIES)})")
+    if cfg.train.strategy == "deepspeed":
+        check_zero_stage(cfg.train.zero_stage)
     if workers < 1:
         raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
     if resources is None:
         return
-    if gpu:
-        have = int(resources.get("GPU", 0))
-        if have == 0:
-            raise SlifmrError("--gpu: the Ray cluster has no GPUs")
-        raise SlifmrError("--gpu: the CUDA training path is not implemented yet; run on CPU workers")
-    have = int(resources.get("CPU", 0))
+    kind = "GPU" if gpu else "CPU"
+    have = int(resources.get(kind, 0))
+    if gpu and have == 0:
+        raise SlifmrError("--gpu: the Ray cluster has no GPUs")
     if workers > have:
-        raise SlifmrError(f"--workers {workers} is more than the {have} CPUs of the Ray cluster")
+        raise SlifmrError(f"--workers {workers} is more than the {have} {kind}s of the Ray cluster")
 
 
-def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, strategy: str = "ddp",
-              max_failures: int = 0, address: str | None = None) -> dict[str, Any]:
-    """Train with a TorchTrainer of `workers` workers; returns results.json's contents."""
-    check_request(workers, gpu, strategy)
+def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
+              address: str | None = None) -> dict[str, Any]:
+    """Train with a TorchTrainer of `workers` workers (gloo on CPU, nccl with --gpu, one GPU
+    each); returns results.json's contents."""
+    check_request(workers, gpu, cfg)
     _connect(address)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    check_request(workers, gpu, strategy, ray.cluster_resources())
+    check_request(workers, gpu, cfg, ray.cluster_resources())
     run_dir = run_dir.resolve()
+    if cfg.data is not None:  # workers do not share the driver's working directory
+        cfg = from_dict({**cfg.to_dict(), "data": str(Path(cfg.data).resolve())})
     trainer = TorchTrainer(
         worker_fn,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "gpu": gpu},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=RunConfig(
             name=RAY_RUN_NAME,
             storage_path=str(run_dir / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_recall@20",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
+            logging_config=ray.LoggingConfig(log_level="WARNING"),  # the epoch lines are the progress
         ),
     )
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise SlifmrError(f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
+        raise _user_error(e) or SlifmrError(
+            f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
     return json.loads((run_dir / "results.json").read_text())

@@ -41,9 +41,10 @@ def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None =
 def correlation_graph(z: Tensor, k: int, binary: bool = False, knn_fn: KnnFn | None = None) -> Graph:
     """S(t): top-k cosine neighbours of the fused item representations z (N, d), self
     excluded, symmetrised, D^-1/2 S D^-1/2 normalised. `knn_fn` lets a distributed caller
-    substitute its sharded search (it must return the exact top-k of every row)."""
+    substitute its sharded search (it must return the exact top-k of every row). The search
+    runs on z's device; the graph is built on the CPU."""
     nbrs, sims = (knn_fn or knn)(z.detach(), k)
-    return symmetric_graph(*knn_edges(nbrs, sims), z.shape[0], binary)
+    return symmetric_graph(*knn_edges(nbrs.cpu(), sims.cpu()), z.shape[0], binary)
 
 
 def user_item_adjacency(

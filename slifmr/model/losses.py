@@ -17,7 +17,7 @@ def info_nce(a: Tensor, b: Tensor, tau: float) -> Tensor:
     are positives, the other items of the batch negatives."""
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     logits = a @ b.T / tau
-    target = torch.arange(a.shape[0])
+    target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 

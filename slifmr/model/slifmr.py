@@ -62,9 +62,12 @@ class SLIFMR(nn.Module):
         self.cf = CFView(cfg.ui_layers)
 
         self.ui_edges, self.base_mm = static_graphs(ds, cfg.k_mm, with_mm=self.use_mm)
-        self.features = {m: torch.tensor(np.asarray(x, dtype=np.float32)) for m, x in ds.features.items()} if self.use_mm else {}
+        # frozen inputs are non-persistent buffers: model.to(device) moves them, checkpoints skip them
+        self.modalities = sorted(ds.features) if self.use_mm else []
+        for m in self.modalities:
+            self.register_buffer(f"feature_{m}", torch.tensor(np.asarray(ds.features[m], dtype=np.float32)), persistent=False)
         if self.use_mm:
-            self.mm = MMView({m: x.shape[1] for m, x in self.features.items()}, d, cfg.mm_layers, cfg.mm_propagate_ids)
+            self.mm = MMView({m: self.features[m].shape[1] for m in self.modalities}, d, cfg.mm_layers, cfg.mm_propagate_ids)
         if self.use_kg:
             self.kg_base = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse)
             self.entity_emb = nn.Embedding(self.kg_base.num_nodes - self.num_items, d)
@@ -76,7 +79,8 @@ class SLIFMR(nn.Module):
         if cfg.user_aux:
             u, i = self.ui_edges
             deg = torch.bincount(u, minlength=self.num_users).clamp_min(1).float()
-            self.user_item_mean = to_csr(self.ui_edges, 1.0 / deg[u], self.num_users, self.num_items)
+            self.register_buffer("user_item_mean", to_csr(self.ui_edges, 1.0 / deg[u], self.num_users, self.num_items),
+                                 persistent=False)
 
         self.corr: Graph | None = None  # S(t), None until the first fusion
         self.corr_epoch: int | None = None
@@ -85,6 +89,14 @@ class SLIFMR(nn.Module):
         self.adj_mm: Tensor | None = None
         self._cache: tuple[Tensor, Tensor] | None = None
         self.timings = {"fusion_seconds": 0.0, "knn_seconds": 0.0}
+
+    @property
+    def features(self) -> dict[str, Tensor]:
+        return {m: getattr(self, f"feature_{m}") for m in self.modalities}
+
+    @property
+    def device(self) -> torch.device:
+        return self.user_emb.weight.device
 
     # ------------------------------------------------------------------ graphs
 
@@ -95,7 +107,10 @@ class SLIFMR(nn.Module):
     def pre_epoch(self, epoch: int, item_reps: Tensor | None) -> None:
         """Rebuild epoch `epoch`'s graphs (1-based). From epoch warmup+1 on, S(t) is built
         from `item_reps` (Z(t-1), (N, d)) and fused into the user-item graph, the KG and
-        the multimodal item graph; epoch 1 (and the static variant) use the static graphs."""
+        the multimodal item graph; epoch 1 (and the static variant) use the static graphs.
+
+        Graphs are built on the CPU (sparse bookkeeping), then moved to the model's device;
+        the kNN runs wherever `item_reps` lives (the GPU when training there)."""
         c = self.cfg
         start = time.perf_counter()
         self.generator.manual_seed(derive_seed(self.seed, epoch))
@@ -108,15 +123,16 @@ class SLIFMR(nn.Module):
         corr = self.corr
         ui_corr = corr if c.fuse_ui else None
         train_edges = degree_sensitive_dropout(self.ui_edges, self.num_users, self.num_items, c.edge_dropout, self.generator)
-        self.adj_train = user_item_adjacency(train_edges, self.num_users, self.num_items, ui_corr, c.gamma)
+        dev = self.device
+        self.adj_train = user_item_adjacency(train_edges, self.num_users, self.num_items, ui_corr, c.gamma).to(dev)
         if changed:
             self.adj_full = (
                 self.adj_train if c.edge_dropout <= 0
-                else user_item_adjacency(self.ui_edges, self.num_users, self.num_items, ui_corr, c.gamma)
+                else user_item_adjacency(self.ui_edges, self.num_users, self.num_items, ui_corr, c.gamma).to(dev)
             )
             if self.use_mm:
                 mm = fuse_item_graph(self.base_mm, corr if c.fuse_mm else None, c.beta, self.num_items)
-                self.adj_mm = to_csr(mm[0], mm[1], self.num_items)
+                self.adj_mm = to_csr(mm[0], mm[1], self.num_items).to(dev)
         if self.use_kg and (changed or self.kg_view.att_items is None):
             self.kg = self.kg_base.with_correlation(corr if c.fuse_kg else None)
             self.refresh_attention()
@@ -174,7 +190,7 @@ class SLIFMR(nn.Module):
         return users, z, views
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        users, pos, neg = batch
+        users, pos, neg = (t.to(self.device) for t in batch)
         self._cache = None
         u_all, z, views = self.propagate()
         c = self.cfg
@@ -192,7 +208,8 @@ class SLIFMR(nn.Module):
         mm-kg and every pair of modalities."""
         items = torch.unique(items)
         if items.numel() > self.cfg.sc_max_items:
-            items = items[torch.randperm(items.numel(), generator=self.generator)[: self.cfg.sc_max_items]]
+            pick = torch.randperm(items.numel(), generator=self.generator)[: self.cfg.sc_max_items]
+            items = items[pick.to(items.device)]
         names = [n for n in ("cf", "mm", "kg") if n in views]
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         mods = [n for n in views if n.startswith("mm:")]
@@ -203,8 +220,8 @@ class SLIFMR(nn.Module):
     def _transr_loss(self, n: int) -> Tensor:
         kg = self.kg_base
         idx = torch.randint(0, kg.heads.numel(), (n,), generator=self.generator)
-        h, r, t = kg.heads[idx], kg.relations[idx], kg.tails[idx]
         t_neg = torch.randint(0, kg.num_nodes, (n,), generator=self.generator)
+        h, r, t, t_neg = (v.to(self.device) for v in (kg.heads[idx], kg.relations[idx], kg.tails[idx], t_neg))
         x = self._kg_nodes()
         w, e_r = self.kg_view.w_r[r], self.kg_view.relation(r)
 
@@ -228,13 +245,13 @@ class SLIFMR(nn.Module):
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores u . z_i of every item for the given users (B,)."""
         u, z = self._inference()
-        return u[users] @ z.T
+        return u[users.to(u.device)] @ z.T
 
     def item_representations(self, items: Tensor | None = None) -> Tensor:
         """Fused item representations Z (N, d) (or the given rows), detached: the input of
         the next epoch's correlation graph."""
         z = self._inference()[1]
-        return z if items is None else z[items]
+        return z if items is None else z[items.to(z.device)]
 
     def invalidate(self) -> None:
         """Forget cached inference results (after an optimizer step or a load)."""

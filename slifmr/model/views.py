@@ -52,21 +52,24 @@ class KGView(nn.Module):
 
     @torch.no_grad()
     def refresh_attention(self, x: Tensor, kg: KnowledgeGraph, num_items: int) -> None:
-        score = torch.empty(kg.heads.numel())
-        order = torch.argsort(kg.relations, stable=True)
-        bounds = torch.searchsorted(kg.relations[order], torch.arange(kg.num_relations + 1))
+        """x: (num_nodes, d) on the model's device; kg's index tensors may be on the CPU."""
+        dev = x.device
+        heads, tails, relations = kg.heads.to(dev), kg.tails.to(dev), kg.relations.to(dev)
+        score = torch.empty(heads.numel(), device=dev)
+        order = torch.argsort(relations, stable=True)
+        bounds = torch.searchsorted(relations[order], torch.arange(kg.num_relations + 1, device=dev)).tolist()
         for r in range(kg.num_relations):
             idx = order[bounds[r] : bounds[r + 1]]
             if idx.numel() == 0:
                 continue
             w = self.w_r[r]
-            eh = x[kg.heads[idx]] @ w
-            et = x[kg.tails[idx]] @ w
+            eh = x[heads[idx]] @ w
+            et = x[tails[idx]] @ w
             score[idx] = (et * torch.tanh(eh + self.relation.weight[r])).sum(1)
-        att = softmax(score, kg.heads, num_nodes=kg.num_nodes)
-        ei = torch.stack([kg.heads, kg.tails])
+        att = softmax(score, heads, num_nodes=kg.num_nodes)
+        ei = torch.stack([heads, tails])
         self.att_full = to_csr(ei, att, kg.num_nodes)
-        keep = kg.heads < num_items
+        keep = heads < num_items
         self.att_items = to_csr(ei[:, keep], att[keep], num_items, kg.num_nodes)
 
     def _layer(self, layer: int, ego: Tensor, neigh: Tensor) -> Tensor:

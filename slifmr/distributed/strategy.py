@@ -1,0 +1,126 @@
+"""How replicas stay identical: the optimisation step of each `--strategy`.
+
+    ddp        plain Adam on every replica; gradients averaged by one flat all-reduce per step
+    deepspeed  DeepSpeed ZeRO stage 1 (optimizer state sharded) or 2 (gradients too), on the
+               process group Ray Train already set up (gloo on CPU, nccl on GPU)
+
+The training loop sees only `step(loss)`, `state_dict()` and `load_state_dict(state)`.
+The checkpointed optimizer state holds tensors and plain values only (it loads with
+torch.load(weights_only=True)); for ZeRO it is every rank's partition, gathered on rank 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from slifmr.distributed.collectives import Comm
+from slifmr.errors import SlifmrError
+
+STRATEGIES = ("ddp", "deepspeed")
+ZERO_STAGES = (1, 2)
+
+
+class Strategy(Protocol):
+    def step(self, loss: Tensor) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class DDPStrategy:
+    """Adam on a full replica; gradients averaged across ranks before each step."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm):
+        self.params = list(model.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
+        self.comm = comm
+
+    def step(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.comm.average_gradients(self.params)
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class DeepSpeedStrategy:
+    """DeepSpeed ZeRO stage 1 or 2 around the same Adam.
+
+    The model's loss is a method rather than forward(), so the engine is used for backward()
+    and step() only; ZeRO's gradient hooks sit on the parameters and fire either way."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
+                 zero_stage: int, micro_batch: int):
+        check_zero_stage(zero_stage)
+        import deepspeed
+
+        # DeepSpeed's ZeRO calls a collective torch 2.13 deprecates, once per step
+        warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+
+        adam = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": zero_stage},
+            "zero_allow_untested_optimizer": True,  # plain torch Adam, no fused CUDA op needed
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=adam, config=config, dist_init_required=False)
+        self.comm = comm
+        self.zero_stage = zero_stage
+
+    def step(self, loss: Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def _partition(self) -> dict[str, Any]:
+        sd = self.optimizer.state_dict()
+        return {"base": sd["base_optimizer_state"],
+                "fp32": [t.detach().cpu() for t in sd["single_partition_of_fp32_groups"]]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's partition (a collective: all ranks call it); rank 0 saves it."""
+        parts = [None] * self.comm.world_size
+        if self.comm.world_size > 1:
+            torch.distributed.all_gather_object(parts, self._partition())
+        else:
+            parts = [self._partition()]
+        return {"zero_stage": self.zero_stage, "world_size": self.comm.world_size, "partitions": parts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "partitions" not in state:
+            raise SlifmrError("the checkpoint was written by --strategy ddp; resume it with --strategy ddp")
+        if state["world_size"] != self.comm.world_size or state["zero_stage"] != self.zero_stage:
+            raise SlifmrError(
+                f"the checkpoint holds ZeRO stage {state['zero_stage']} state of {state['world_size']} workers; "
+                f"resume it with --workers {state['world_size']} --zero-stage {state['zero_stage']}")
+        mine = state["partitions"][self.comm.rank]
+        sd = self.optimizer.state_dict()
+        sd["base_optimizer_state"] = mine["base"]
+        sd["single_partition_of_fp32_groups"] = mine["fp32"]
+        # DeepSpeed reads entry [rank] of a per-rank list; ours is the same entry repeated
+        self.optimizer.load_state_dict([sd] * self.comm.world_size, load_from_fp32_weights=True)
+
+
+def check_zero_stage(stage: int) -> None:
+    if stage not in ZERO_STAGES:
+        raise SlifmrError(f"--zero-stage {stage} is not supported (supported: {', '.join(map(str, ZERO_STAGES))}; "
+                          "stage 3 shards parameters, which full-graph propagation needs whole)")
+
+
+def make_strategy(name: str, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
+                  zero_stage: int = 2, micro_batch: int = 1) -> Strategy:
+    if name == "ddp":
+        return DDPStrategy(model, lr, weight_decay, comm)
+    if name == "deepspeed":
+        return DeepSpeedStrategy(model, lr, weight_decay, comm, zero_stage, micro_batch)
+    raise SlifmrError(f"--strategy {name} is not supported (supported: {', '.join(STRATEGIES)})")
