@@ -252,7 +252,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from slifmr.report import report
+    from slifmr.tune.results import TABLE, draw
 
+    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / TABLE).exists():  # a sweep folder
+        table, png = draw(Path(args.run_dirs[0]))
+        print(table.read_text(), end="")
+        print(f"metric against the most important parameters: {png}")
+        return 0
     png, table = report([Path(d) for d in args.run_dirs], Path(args.out))
     print(table.read_text(), end="")
     print(f"learning curves: {png}")
@@ -295,16 +301,50 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="Parquet file for --all")
     p.set_defaults(func=_cmd_recommend)
 
-    p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs",
-             "slifmr report runs/lightgcn runs/slifmr --out report/")
+    p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs; or re-draw a sweep's table and plot",
+             "slifmr report runs/lightgcn runs/slifmr --out report/\n  slifmr report runs/tune/fusion")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default="report", help="folder for curves.png and table.md")
     p.set_defaults(func=_cmd_report)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from slifmr.tune.sweep import SweepInterrupted, run_sweep
+
+    if (args.spec is None) == (args.resume is None):
+        raise SlifmrError("give either a sweep file (tune_configs/*.yaml) or --resume SWEEP_DIR")
+    if args.resume and any(v is not None for v in (args.samples, args.workers_per_trial, args.name, args.data)):
+        raise SlifmrError("--resume continues a sweep as it was started: --samples, --workers-per-trial, --name "
+                          "and --data do not apply")
+    try:
+        best = run_sweep(args.spec, args.storage, args.name, args.samples, args.workers_per_trial, args.address,
+                         args.resume, args.data)
+    except SweepInterrupted as e:
+        sys.stderr.write(f"{e}\n")
+        return 130
+    print(json.dumps(best, indent=2))
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "tune", "Ray Tune sweep (ASHA) of a tune_configs/*.yaml search space; every trial is a training run",
+             "slifmr tune tune_configs/fusion.yaml --samples 16 --storage runs/tune\n"
+             "  slifmr tune tune_configs/full.yaml --workers-per-trial 2 --address 10.0.0.5:6379 --storage /shared/tune\n"
+             "  slifmr tune --resume runs/tune/fusion")
+    p.add_argument("spec", nargs="?", help="sweep file (tune_configs/fusion.yaml, full.yaml, static.yaml, smoke.yaml)")
+    p.add_argument("--samples", type=int, help="trials (default: the file's samples)")
+    p.add_argument("--workers-per-trial", type=int, help="0: in the trial process; N: Ray Train with N workers")
+    p.add_argument("--data", help="dataset folder (default: the file's data, else the embedded ml-100k)")
+    p.add_argument("--name", help="sweep name (default: the file's stem)")
+    p.add_argument("--storage", default="runs/tune", help="folder of sweeps (shared storage on a cluster)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    p.set_defaults(func=_cmd_tune)
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_train, _add_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,14 +81,18 @@ def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "config": cfg.to_dict(), "dataset": ds.fingerprint(), "slifmr_version": __version__}
 
 
+RUNTIME_KEYS = ("epochs", "threads", "eval_chunk")
+
+
 def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path) -> None:
     """Refuse to resume a checkpoint made for another dataset or configuration."""
     if meta.get("dataset") != ds.fingerprint():
         raise SlifmrError(f"checkpoint in {where} was made on a different dataset ({meta.get('dataset', {}).get('name')})")
     saved = from_dict(meta.get("config", {}))
     mine, theirs = cfg.to_dict(), saved.to_dict()
-    mine["train"].pop("epochs")
-    theirs["train"].pop("epochs")
+    for key in RUNTIME_KEYS:  # how long and on how many threads, not what is trained
+        mine["train"].pop(key)
+        theirs["train"].pop(key)
     if mine != theirs:
         diff = sorted(
             f"{s}.{k}" for s in ("model", "train") for k in mine[s] if mine[s][k] != theirs[s].get(k)
@@ -117,11 +121,14 @@ def train_loop(
     reporter: Reporter | None = None,
     knn_fn: Any = None,
     resume_from: Path | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train until early stopping or cfg.train.epochs; returns the contents of results.json.
 
     `resume` continues from run_dir/checkpoint, `resume_from` from another checkpoint folder
-    (the one Ray Train hands a restarted worker group). The model trains on `comm.device`."""
+    (the one Ray Train hands a restarted worker group). The model trains on `comm.device`.
+    `evaluate_test=False` (sweep trials) never touches the test split: results.json then has
+    "test": null, and the sweep evaluates only its chosen trial on test, once."""
     comm = comm or Comm.current()
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
@@ -221,7 +228,7 @@ def train_loop(
             reporter(rec, ckpt_dir if comm.is_main else None)
 
     comm.barrier()  # rank 0 has written best/ before anyone loads it
-    return final_results(cfg, ds, run_dir, evaluator, comm)
+    return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
 
 
 def _corr_state(model: SLIFMR) -> dict[str, torch.Tensor] | None:
@@ -249,11 +256,12 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     return model, meta
 
 
-def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm) -> dict[str, Any]:
+def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm,
+                  evaluate_test: bool = True) -> dict[str, Any]:
     """Test metrics, read once, at the best validation epoch."""
     model, meta = load_best(cfg, ds, run_dir, comm.device)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
-    test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum)
+    test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
     records = read_run(run_dir)["records"]
     results = {
         "variant": cfg.variant,
@@ -269,6 +277,8 @@ def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator,
     if comm.is_main:
         _atomic_json(run_dir / "results.json", results)
         k = cfg.train.stop_metric.split("@")[1]
-        log.info(f"best epoch {results['best_epoch']}: valid recall@{k} {valid[f'recall@{k}']:.4f} | "
-                 f"test recall@{k} {test[f'recall@{k}']:.4f} ndcg@{k} {test[f'ndcg@{k}']:.4f}")
+        line = f"best epoch {results['best_epoch']}: valid recall@{k} {valid[f'recall@{k}']:.4f}"
+        if test is not None:
+            line += f" | test recall@{k} {test[f'recall@{k}']:.4f} ndcg@{k} {test[f'ndcg@{k}']:.4f}"
+        log.info(line)
     return results

@@ -66,12 +66,13 @@ def worker_fn(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
+    evaluate_test = config.get("evaluate_test", True)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            train_loop(cfg, run_dir, comm, reporter=report, resume_from=Path(folder))
+            train_loop(cfg, run_dir, comm, reporter=report, resume_from=Path(folder), evaluate_test=evaluate_test)
     else:
-        train_loop(cfg, run_dir, comm, reporter=report)
+        train_loop(cfg, run_dir, comm, reporter=report, evaluate_test=evaluate_test)
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
@@ -86,7 +87,7 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         raise SlifmrError(f"--address {address}: no Ray cluster reachable there ({e.strerror or e})") from e
 
 
-def _connect(address: str | None) -> None:
+def connect(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -132,36 +133,46 @@ def check_request(workers: int, gpu: bool, cfg: Config, resources: dict[str, flo
         raise SlifmrError(f"--workers {workers} is more than the {have} {kind}s of the Ray cluster")
 
 
-def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
-              address: str | None = None) -> dict[str, Any]:
-    """Train with a TorchTrainer of `workers` workers (gloo on CPU, nccl with --gpu, one GPU
-    each); returns results.json's contents."""
-    check_request(workers, gpu, cfg)
-    _connect(address)
+def make_trainer(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
+                 name: str = RAY_RUN_NAME, callbacks: list | None = None, evaluate_test: bool = True) -> Any:
+    """The TorchTrainer running `worker_fn` on `workers` workers, writing the run folder
+    `run_dir`; a second trainer with the same run folder and name resumes the first."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    check_request(workers, gpu, cfg, ray.cluster_resources())
-    run_dir = run_dir.resolve()
+    run_dir = Path(run_dir).resolve()
     if cfg.data is not None:  # workers do not share the driver's working directory
         cfg = from_dict({**cfg.to_dict(), "data": str(Path(cfg.data).resolve())})
-    trainer = TorchTrainer(
+    return TorchTrainer(
         worker_fn,
-        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "gpu": gpu},
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "gpu": gpu, "evaluate_test": evaluate_test},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
         run_config=RunConfig(
-            name=RAY_RUN_NAME,
+            name=name,
             storage_path=str(run_dir / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_recall@20",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
             logging_config=ray.LoggingConfig(log_level="WARNING"),  # the epoch lines are the progress
+            callbacks=callbacks or [],
         ),
     )
+
+
+def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
+              address: str | None = None) -> dict[str, Any]:
+    """Train with a TorchTrainer of `workers` workers (gloo on CPU, nccl with --gpu, one GPU
+    each); returns results.json's contents."""
+    check_request(workers, gpu, cfg)
+    connect(address)
+    import ray
+
+    check_request(workers, gpu, cfg, ray.cluster_resources())
+    trainer = make_trainer(cfg, run_dir, workers, gpu, max_failures)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise _user_error(e) or SlifmrError(
             f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
-    return json.loads((run_dir / "results.json").read_text())
+    return json.loads((Path(run_dir).resolve() / "results.json").read_text())

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps: sweep files (space), the sweep driver (sweep) and its results."""
