@@ -98,7 +98,9 @@ def write_results_md(section: str, body: str) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def train_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:

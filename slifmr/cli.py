@@ -158,7 +158,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         cfg = _run_config(run_dir)
-        if not (run_dir / "checkpoint").exists() and not (run_dir / "checkpoint.old").exists():
+        from slifmr.distributed.checkpoint import exists as checkpoint_exists
+
+        if not checkpoint_exists(run_dir / "checkpoint"):
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         if args.epochs is not None:
             cfg.train.epochs = args.epochs
@@ -175,7 +177,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 set_key(cfg, key, value)
         validate(cfg)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "checkpoint").exists():
+        from slifmr.distributed.checkpoint import exists as checkpoint_exists
+
+        if checkpoint_exists(run_dir / "checkpoint"):
             raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
@@ -194,12 +198,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
             comm = Comm.current("cuda")
     log.info(f"run folder: {run_dir}")
-    if args.workers == 0:
-        results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
-    else:
-        from slifmr.distributed.launch import ray_train
+    try:
+        if args.workers == 0:
+            results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
+        else:
+            from slifmr.distributed.launch import ray_train
 
-        results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
+            results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
+    except KeyboardInterrupt:
+        # checkpoints are swapped in atomically, so the last complete epoch's is on disk
+        sys.stderr.write(f"interrupted; continue with: slifmr train --resume {run_dir}\n")
+        return 130
     print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
     return 0
 

@@ -1,8 +1,11 @@
 """Checkpoints: a folder holding state.pt (tensors and plain values only, loaded with
 torch.load(weights_only=True), so a checkpoint cannot execute code) and meta.json.
 
-Writes are atomic: the new folder is written beside the old one and swapped in by rename;
-if a crash leaves only the previous folder (renamed to <name>.old), loading falls back to it.
+Two generations are kept: <name>/ (the latest) and <name>.prev/ (the one before). Writes are
+atomic: the new folder is written beside them, the latest becomes .prev and the new one takes
+its name, each by one rename. A crash between the renames, a truncated or corrupted latest
+folder, or a full disk while writing all leave a good checkpoint to load: loading falls back
+to .prev, saying why.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 
+from slifmr import log
 from slifmr.errors import SlifmrError
 
 STATE, META = "state.pt", "meta.json"
@@ -30,19 +34,19 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], meta: dict
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = folder.parent / f"{folder.name}.old"
+    prev = previous(folder)
     try:
         tmp.mkdir()
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if folder.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(folder, old)
+            if prev.exists():
+                shutil.rmtree(prev)
+            os.rename(folder, prev)
         os.rename(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint {folder}: {e.strerror or e}; the previous one is kept") from e
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        raise CheckpointError(f"could not write checkpoint {folder}: {reason}; the previous one is kept") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -65,12 +69,29 @@ def _load_one(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
-def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, meta) of `folder`, or of `folder.old` if the folder is missing after a crash."""
+def previous(folder: Path) -> Path:
+    return folder.parent / f"{folder.name}.prev"
+
+
+def exists(folder: str | os.PathLike) -> bool:
     folder = Path(folder)
-    old = folder.parent / f"{folder.name}.old"
-    if not folder.exists() and old.exists():
-        folder = old
-    if not folder.exists():
+    return folder.exists() or previous(folder).exists()
+
+
+def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, meta) of `folder`; if it is missing, incomplete or corrupted, of `folder.prev`
+    (with a warning naming what was wrong). Raises CheckpointError when neither loads."""
+    folder = Path(folder)
+    prev = previous(folder)
+    if not folder.exists() and not prev.exists():
         raise CheckpointError(f"no checkpoint at {folder}")
-    return _load_one(folder)
+    try:
+        if not folder.exists():
+            raise CheckpointError(f"checkpoint {folder} is missing (a crash between two renames)")
+        return _load_one(folder)
+    except CheckpointError as e:
+        if not prev.exists():
+            raise
+        state, meta = _load_one(prev)
+        log.warning(f"{e}; falling back to the previous checkpoint {prev} (epoch {meta.get('epoch')})")
+        return state, meta

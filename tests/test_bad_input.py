@@ -1,0 +1,153 @@
+"""Bad input, swept: every reader and command gets malformed inputs (data files, configs, sweep
+files, command-line options) and must answer with exit status 2, ONE readable line naming what is
+wrong, no traceback, and no partial output left behind."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny
+
+from slifmr.cli import main
+from slifmr.data.format import write_dataset
+
+Setup = Callable[[Path], list[str]]  # a scratch folder -> argv (OUT marks where output would go)
+
+
+def _dataset(tmp: Path) -> Path:
+    return write_dataset(tiny(), tmp / "d")
+
+
+def _info(change: Callable[[Path], None]) -> Setup:
+    def setup(tmp: Path) -> list[str]:
+        d = _dataset(tmp)
+        change(d)
+        return ["data", "info", str(d)]
+    return setup
+
+
+def _truncate(rel: str) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        blob = (d / rel).read_bytes()
+        (d / rel).write_bytes(blob[: len(blob) // 3])
+    return change
+
+
+def _meta(**changes: object) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        meta = json.loads((d / "meta.json").read_text())
+        meta.update(changes)
+        (d / "meta.json").write_text(json.dumps(meta))
+    return change
+
+
+def _kg_tail(d: Path) -> None:
+    t = pq.read_table(d / "kg.parquet").to_pydict()
+    t["tail"][0] = 10**6
+    pq.write_table(pa.table(t), d / "kg.parquet")
+
+
+def _file(name: str, text: str, *argv: str) -> Setup:
+    def setup(tmp: Path) -> list[str]:
+        (tmp / name).write_text(text)
+        return [a.replace("FILE", str(tmp / name)).replace("DATA", str(_dataset(tmp)) if "DATA" in a else a) for a in argv]
+    return setup
+
+
+def _recbole(inter: str) -> Setup:
+    def setup(tmp: Path) -> list[str]:
+        src = tmp / "rb"
+        src.mkdir()
+        (src / "rb.inter").write_text(inter)
+        return ["data", "import", "recbole", str(src), "--out", "OUT"]
+    return setup
+
+
+def _run_folder(tmp: Path) -> Path:
+    from slifmr.config import load_config
+    from slifmr.trainer import train_loop
+
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=1"])
+    cfg.data = str(_dataset(tmp))
+    train_loop(cfg, tmp / "run")
+    return tmp / "run"
+
+
+SWEEP = "variant: slifmr\nscheduler: {type: asha, grace_period: 2, max_t: 4, reduction_factor: 2}\n"
+
+CASES: dict[str, tuple[Setup, str]] = {
+    # data files
+    "interactions missing": (_info(lambda d: (d / "interactions.parquet").unlink()), "interactions.parquet: file is missing"),
+    "interactions truncated": (_info(_truncate("interactions.parquet")), "not a readable Parquet file"),
+    "kg truncated": (_info(_truncate("kg.parquet")), "kg.parquet: not a readable Parquet file"),
+    "meta not json": (_info(lambda d: (d / "meta.json").write_text("{oops")), "meta.json"),
+    "meta schema version": (_info(_meta(schema_version=99)), "schema version 99 is not supported"),
+    "feature file garbage": (_info(lambda d: (d / "features" / "text.npy").write_bytes(b"garbage")), "text.npy"),
+    "feature NaN": (_info(lambda d: np.save(d / "features" / "text.npy",
+                                             np.full((40, 8), np.nan, dtype=np.float32))), "NaN or inf"),
+    "kg tail out of range": (_info(_kg_tail), "kg.parquet, column 'tail', row 0"),
+    "dataset is a file": (_file("f.txt", "x", "data", "info", "FILE"), "f.txt"),
+    "recbole header without types": (_recbole("user_id\titem_id\n1\t2\n"), "rb.inter"),
+    "recbole empty": (_recbole(""), "rb.inter"),
+    "recbole folder missing": (lambda tmp: ["data", "import", "recbole", str(tmp / "none"), "--out", "OUT"], "folder does not exist"),
+    # configs
+    "config invalid yaml": (_file("c.yaml", "model: [", "train", "--config", "FILE", "--out", "OUT"), "invalid YAML"),
+    "config not a mapping": (_file("c.yaml", "- 1\n- 2\n", "train", "--config", "FILE", "--out", "OUT"), "expected a mapping"),
+    "config unknown key": (_file("c.yaml", "model: {nope: 1}\n", "train", "--config", "FILE", "--out", "OUT"), "unknown config key 'model.nope'"),
+    "config wrong type": (_file("c.yaml", "model: {k_corr: ten}\n", "train", "--config", "FILE", "--out", "OUT"), "expected an integer"),
+    "config beta out of range": (lambda tmp: ["train", "--set", "model.beta=1.5", "--out", "OUT"], "model.beta must be in [0, 1]"),
+    "config zero epochs": (lambda tmp: ["train", "--epochs", "0", "--out", "OUT"], "must be positive"),
+    "unknown variant": (lambda tmp: ["train", "--variant", "bogus", "--out", "OUT"], "unknown variant 'bogus'"),
+    # sweep files
+    "sweep unknown parameter": (_file("s.yaml", SWEEP + "space: {model.nope: {uniform: [0, 1]}}\n", "tune", "FILE", "--storage", "OUT"),
+                                "unknown config key 'model.nope'"),
+    "sweep empty range": (_file("s.yaml", SWEEP + "space: {model.beta: {uniform: [0.5, 0.1]}}\n", "tune", "FILE", "--storage", "OUT"),
+                          "empty range"),
+    "sweep unsupported distribution": (_file("s.yaml", SWEEP + "space: {model.beta: {normal: [0.5, 0.1]}}\n", "tune", "FILE",
+                                             "--storage", "OUT"), "unsupported distribution 'normal'"),
+    "sweep max_t below grace": (_file("s.yaml", "scheduler: {grace_period: 9, max_t: 3}\nspace: {model.beta: {uniform: [0.1, 0.5]}}\n",
+                                      "tune", "FILE", "--storage", "OUT"), "is below its grace_period"),
+    "sweep selects on test": (_file("s.yaml", SWEEP + "metric: test_recall@20\nspace: {model.beta: {uniform: [0.1, 0.5]}}\n",
+                                    "tune", "FILE", "--storage", "OUT"), "not a validation metric"),
+    "sweep file missing": (lambda tmp: ["tune", str(tmp / "none.yaml"), "--storage", "OUT"], "does not exist"),
+    "sweep resume not a sweep": (lambda tmp: ["tune", "--resume", str(tmp)], "is not a sweep folder"),
+    # command-line options
+    "negative workers": (lambda tmp: ["train", "--workers", "-1", "--out", "OUT"], "--workers must be >= 0"),
+    "zero stage 3": (lambda tmp: ["train", "--workers", "2", "--strategy", "deepspeed", "--zero-stage", "3", "--out", "OUT"],
+                     "train.zero_stage must be 1 or 2"),
+    "synth zero interactions": (lambda tmp: ["data", "synth", "--interactions", "0", "--out", "OUT"], "must be positive"),
+    "resume without checkpoint": (lambda tmp: ["train", "--resume", str(tmp)], "is not a run folder"),
+    "recommend all without out": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--all"], "--out"),
+    "recommend unknown user": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--users", "nobody"], "unknown user id 'nobody'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_and_exit_2(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    setup, message = CASES[case]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in setup(scratch)]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = int(e.code)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # no partial output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_the_sweep_covers_enough_cases() -> None:
+    assert len(CASES) >= 25
