@@ -18,12 +18,24 @@ logger = logging.getLogger("slifmr")
 _progress_enabled = True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup(level: int = logging.INFO, progress: bool = True) -> None:
     """Send slifmr's log lines to stderr; `progress=False` hides progress bars (CI, workers)."""
     global _progress_enabled
     _progress_enabled = progress and sys.stderr.isatty()
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)

@@ -160,7 +160,8 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(data: Path,
     assert "Traceback" not in done.stderr
     assert load_checkpoint(run / "checkpoint")[1]["epoch"] == 2
     assert not list(run.glob(".*tmp*"))  # no half-written folder left behind
-    resumed = subprocess.run(_cli("-q", "train", "--resume", str(run)), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli("-q", "train", "--resume", str(run), "--epochs", str(EPOCHS)),
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_result(run, reference)
 
