@@ -100,7 +100,7 @@ def main() -> int:
             if vals:
                 table.setdefault(c, {})[v] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                                               "seeds": len(vals)}
-    for c, row in table.items():
+    for row in table.values():
         for v, cell in row.items():
             clean = table.get("clean", {}).get(v)
             cell["relative_drop"] = (clean["mean"] - cell["mean"]) / clean["mean"] if clean else None
