@@ -137,3 +137,23 @@ def test_degree_sensitive_dropout_keeps_share_and_is_seeded() -> None:
     a = degree_sensitive_dropout(ui, 20, 30, 0.75, torch.Generator().manual_seed(1))
     b = degree_sensitive_dropout(ui, 20, 30, 0.75, torch.Generator().manual_seed(1))
     assert a.shape[1] == 50 and torch.equal(a, b)
+
+
+def test_device_follows_the_module_and_frozen_inputs_stay_out_of_checkpoints(tiny_ds) -> None:  # noqa: ANN001
+    """The GPU path's plumbing, exercised on the CPU: modality features are buffers that move
+    with model.to(device) but are not checkpointed, graphs land on the model's device, and a
+    batch from the (CPU) sampler is moved to it by loss()."""
+    cfg = dataclasses.replace(ModelConfig(), embedding_dim=8, k_corr=3, k_mm=3, user_aux=True)
+    model = SLIFMR(tiny_ds, cfg).to(torch.device("cpu"))
+    assert model.device == torch.device("cpu")
+    assert set(model.features) == set(tiny_ds.features)
+    moved = {name for name, _ in model.named_buffers()}
+    assert {f"feature_{m}" for m in tiny_ds.features} | {"user_item_mean"} <= moved
+    assert not any(k.startswith("feature_") or k == "user_item_mean" for k in model.state_dict())
+    model.pre_epoch(1, None)
+    model.pre_epoch(2, torch.randn(tiny_ds.num_items, 8))
+    for adj in (model.adj_train, model.adj_full, model.adj_mm, model.kg_view.att_full):
+        assert adj.device == model.device
+    batch = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
+    model.loss(batch)["loss"].backward()
+    assert model.full_scores(torch.tensor([0, 1])).shape == (2, tiny_ds.num_items)
