@@ -96,8 +96,10 @@ def connect(address: str | None) -> None:
     if address not in (None, "auto", "local"):
         _probe(address)
     if address is None:
-        # a fresh local instance for this command; token auth is for shared clusters
+        # a fresh local instance for this command ("local": never a cluster some earlier
+        # `ray start` left a stale address file for); token auth is for shared clusters
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = "local"
     try:
         # with the dashboard: it serves the state API that Train's placement-group cleaner polls
         ray.init(address=address, log_to_driver=True, configure_logging=False)

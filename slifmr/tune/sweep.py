@@ -118,7 +118,9 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, restore: bool) -> Any:
         trainable,
         param_space=param_space(spec),
         tune_config=ray.tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, num_samples=spec.samples, max_concurrent_trials=spec.concurrency,
+            metric=spec.metric, mode=spec.mode, num_samples=spec.samples,
+            # the random generator limits concurrency itself (Tune ignores the setting for it)
+            max_concurrent_trials=spec.concurrency if spec.search == "optuna" else None,
             scheduler=ASHAScheduler(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
                                     reduction_factor=s.reduction_factor),
             search_alg=search,
