@@ -151,7 +151,7 @@ def draw(sweep_dir: Path) -> tuple[Path, Path]:
     summary = json.loads((sweep_dir / SUMMARY).read_text())
     best = json.loads((sweep_dir / BEST).read_text())
     metric, params = summary["metric"], summary["params"]
-    md = (f"# Sweep {sweep_dir.name}\n\n{summary['trials']} trials in {summary['seconds']:.0f} s; "
+    md = (f"# Sweep {sweep_dir.name}\n\n{summary['trials']} trials in {summary['seconds']:.0f} s (all invocations); "
           f"{summary['stopped_by_asha']} stopped early by ASHA, {summary['errored']} errored. Selected by {metric} "
           f"(validation) only: trial {best['trial']}, {metric} {best['valid'][metric.removeprefix('valid_')]:.4f}; "
           f"its test Recall@20 {best['test']['recall@20']:.4f}, NDCG@20 {best['test']['ndcg@20']:.4f} "

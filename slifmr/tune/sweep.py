@@ -14,6 +14,7 @@ Sweep folder (<storage>/<name>):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -68,6 +69,17 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
         # same run folder and name on a restored trial: Ray Train resumes its latest checkpoint
         make_trainer(cfg, run_dir, sweep.workers_per_trial, sweep.gpu, name="train",
                      callbacks=[TuneReportCallback()], evaluate_test=False).fit()
+
+
+def _add_time(sweep_dir: Path, seconds: float) -> float:
+    """Record one invocation's wall time in timing.json; returns the sweep's total so far."""
+    path = sweep_dir / "timing.json"
+    runs = json.loads(path.read_text())["invocations"] if path.exists() else []
+    runs.append(round(seconds, 1))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"invocations": runs}))
+    tmp.replace(path)
+    return sum(runs)
 
 
 def _sigint(signum: int, frame: Any) -> None:
@@ -186,8 +198,10 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
              f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
     start = time.time()
     signal.signal(signal.SIGINT, _sigint)
-    grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
-    seconds = time.time() - start
+    try:
+        grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
+    finally:
+        seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
     if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
         raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
                                f"slifmr tune --resume {sweep_dir}")
