@@ -27,7 +27,7 @@ from slifmr.errors import SlifmrError
 RAY_RUN_NAME = "train"
 
 
-def _flat_metrics(rec: dict[str, Any]) -> dict[str, Any]:
+def flat_metrics(rec: dict[str, Any]) -> dict[str, Any]:
     out = {"epoch": rec["epoch"], "loss": rec["loss"]["loss"], "epoch_seconds": rec["epoch_seconds"],
            "fusion_seconds": rec["fusion_seconds"]}
     out.update({f"valid_{k}": v for k, v in rec["valid"].items()})
@@ -60,7 +60,7 @@ def worker_fn(config: dict[str, Any]) -> None:
     run_dir = Path(config["run_dir"])
 
     def report(rec: dict[str, Any], ckpt_dir: Path | None) -> None:
-        metrics = _flat_metrics(rec)
+        metrics = flat_metrics(rec)
         if ckpt_dir is not None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
         else:

@@ -42,7 +42,7 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
     import ray.tune
 
     from slifmr.distributed.collectives import Comm
-    from slifmr.distributed.launch import _flat_metrics, make_trainer
+    from slifmr.distributed.launch import flat_metrics, make_trainer
     from slifmr.trainer import train_loop
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per checkpoint otherwise
@@ -54,7 +54,7 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
         log.setup(level=30, progress=False)
 
         def report(rec: dict[str, Any], ckpt_dir: Path | None) -> None:
-            ray.tune.report(_flat_metrics(rec), checkpoint=ray.tune.Checkpoint.from_directory(str(ckpt_dir)))
+            ray.tune.report(flat_metrics(rec), checkpoint=ray.tune.Checkpoint.from_directory(str(ckpt_dir)))
 
         checkpoint = ray.tune.get_checkpoint()  # an interrupted trial continues from its own
         if checkpoint is not None:
