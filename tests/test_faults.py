@@ -72,7 +72,9 @@ def _assert_same_result(run: Path, reference: dict) -> None:
 @pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
 def test_driver_stopped_mid_run_then_resumed(data: Path, reference: dict, tmp_path: Path, sig: int, code: int) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cli(*_train_args(data, run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default (a shell's background job inherits it ignored), as at a terminal
+    proc = subprocess.Popen(_cli(*_train_args(data, run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and _epochs_done(run) < 2:
         time.sleep(0.02)
