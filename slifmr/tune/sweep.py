@@ -230,6 +230,10 @@ def finish_sweep(spec: SweepSpec, sweep_dir: Path, grid: Any, seconds: float) ->
     }
     # best.yaml trains under the full protocol (default epochs; patience unless the sweep fixed
     # it); the trials' epoch budget was the scheduler's, their threads the sweep's share
+    from slifmr.data.ml100k import cache_root
+
+    if Path(cfg.data).resolve() == (cache_root() / "ml-100k").resolve():
+        cfg.data = None  # the embedded dataset: portable to any machine
     defaults = TrainConfig()
     cfg.train.epochs, cfg.train.threads = defaults.epochs, defaults.threads
     cfg.train.patience = int(spec.set.get("train.patience", defaults.patience))
