@@ -68,7 +68,9 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, dict[str, Any]], out: Path) -> None:
+def plot(summary: dict[str, dict[str, Any]], out: Path, title: str = "ml-100k, full ranking, mean ± std over seeds",
+         bottom: float = 0.8, fontsize: float | None = None) -> None:
+    """Bars of test Recall@20 and NDCG@20 (mean, std) per row of `summary`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,9 +82,9 @@ def plot(summary: dict[str, dict[str, Any]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     for off, m in ((-0.2, "recall@20"), (0.2, "ndcg@20")):
         ax.bar(x + off, [summary[n][m][0] for n in names], 0.4, yerr=[summary[n][m][1] for n in names], label=f"test {m}", capsize=3)
-    ax.set_xticks(x, names)
-    ax.set_ylim(bottom=min(summary[n]["ndcg@20"][0] for n in names) * 0.8)
-    ax.set_title("ml-100k, full ranking, mean ± std over seeds")
+    ax.set_xticks(x, names, fontsize=fontsize)
+    ax.set_ylim(bottom=min(summary[n]["ndcg@20"][0] for n in names) * bottom)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)

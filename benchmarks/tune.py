@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from quality import HERE, RESULTS, write_results_md
+from quality import HERE, RESULTS, plot, write_results_md
 
 
 def run_one(config: str, seed: int, run_dir: str) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def main() -> int:
     (RESULTS / "tune.json").write_text(json.dumps({"command": command, "machine": machine, "sweeps": sweeps,
                                                     "comparison": {k: {m: list(v) for m, v in r.items()} for k, r in rows.items()},
                                                     "default_source": "benchmarks/results/quality.json"}, indent=2))
-    plot(rows, RESULTS / "tune.png")
+    plot(rows, RESULTS / "tune.png", title="ml-100k: defaults vs tuned (mean ± std over seeds)", bottom=0.85, fontsize=8)
     sweep_lines = ["| sweep | trials | stopped early by ASHA | errored | wall time | best trial: valid Recall@20 | its test Recall@20 (one evaluation) |",
                    "|---|---|---|---|---|---|---|"]
     for name, s in sweeps.items():
@@ -95,27 +95,6 @@ def main() -> int:
     write_results_md("TUNE", body)
     print(body)
     return 0
-
-
-def plot(rows: dict[str, dict[str, tuple[float, float]]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(rows)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for off, m in ((-0.2, "recall@20"), (0.2, "ndcg@20")):
-        ax.bar(x + off, [rows[n][m][0] for n in names], 0.4, yerr=[rows[n][m][1] for n in names], label=f"test {m}", capsize=3)
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylim(bottom=min(rows[n]["ndcg@20"][0] for n in names) * 0.85)
-    ax.set_title("ml-100k: defaults vs tuned (mean ± std over seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -153,13 +153,12 @@ def _run_config(run_dir: Path):  # noqa: ANN202
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from slifmr.config import load_config, set_key, validate
+    from slifmr.distributed.checkpoint import exists as checkpoint_exists
     from slifmr.trainer import train_loop
 
     if args.resume:
         run_dir = Path(args.resume)
         cfg = _run_config(run_dir)
-        from slifmr.distributed.checkpoint import exists as checkpoint_exists
-
         if not checkpoint_exists(run_dir / "checkpoint"):
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         if args.epochs is not None:
@@ -177,8 +176,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 set_key(cfg, key, value)
         validate(cfg)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from slifmr.distributed.checkpoint import exists as checkpoint_exists
-
         if checkpoint_exists(run_dir / "checkpoint"):
             raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
     if cfg.data is not None and not Path(cfg.data).exists():

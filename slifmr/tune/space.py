@@ -80,7 +80,7 @@ class SweepSpec:
         return cfg
 
     def trial_config(self, params: dict[str, Any]) -> Config:
-        cfg = copy.deepcopy(self.base_config())
+        cfg = self.base_config()  # a fresh Config each call
         for key, value in params.items():
             set_key(cfg, key, value)
         validate(cfg)
