@@ -6,7 +6,8 @@ with its TRAINING information corrupted (validation and test untouched).
 Conditions: clean; 10% and 20% fake training interactions; 10% and 20% of KG triples rewired
 to random tails; Gaussian noise of 1 std on every modality feature (slifmr.data.corrupt, with
 corruption seed 0). Each (condition, variant, seed) trains under the full protocol (200 epochs,
-patience 20, in-process, 1 thread per run). `--reuse-clean` takes the clean runs from
+patience 20, in-process, 1 thread per run); a run whose results.json exists under --runs is
+read instead of trained again, so an interrupted study continues. `--reuse-clean` takes the clean runs from
 benchmarks/results/quality.json (same protocol and code path) instead of training them again.
 Writes benchmarks/results/robustness.json, robustness.png and the ROBUSTNESS section of RESULTS.md:
 test Recall@20 per condition and variant, and its relative drop against clean.
@@ -59,7 +60,10 @@ def run_one(condition: str, data: str, variant: str, seed: int, run_root: str) -
     log.setup(level=30, progress=False)
     cfg = load_config(variant=variant, overrides=[f"train.seed={seed}", "train.threads=1"])
     cfg.data = data
-    r = train_loop(cfg, Path(run_root) / f"{condition.replace(' ', '_').replace('%', 'pct')}-{variant}-seed{seed}")
+    run_dir = Path(run_root) / f"{condition.replace(' ', '_').replace('%', 'pct')}-{variant}-seed{seed}"
+    done = run_dir / "results.json"
+    # A finished run (its results.json is written last, atomically) is read, not trained again.
+    r = json.loads(done.read_text()) if done.exists() else train_loop(cfg, run_dir)
     return {"condition": condition, "variant": variant, "seed": seed, "best_epoch": r["best_epoch"],
             "valid": r["valid"], "test": r["test"]}
 

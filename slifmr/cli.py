@@ -163,15 +163,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         if args.epochs is not None:
             cfg.train.epochs = args.epochs
-        for flag, key, value in (("--strategy", "strategy", args.strategy), ("--zero-stage", "zero_stage", args.zero_stage)):
+        for flag, key, value in (("--strategy", "strategy", args.strategy), ("--zero-stage", "zero_stage", args.zero_stage),
+                                 ("--sampling", "sampling", args.sampling), ("--fanout", "fanout", args.fanout)):
             if value is not None and value != getattr(cfg.train, key):
                 raise SlifmrError(f"{flag} {value}: {run_dir} was trained with {flag} {getattr(cfg.train, key)}; "
-                                  "a run resumes with the strategy it started with")
+                                  "a run resumes with the strategy and sampling it started with")
         validate(cfg)
     else:
         cfg = load_config(args.config, args.variant, args.set)
         for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
-                           ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage)):
+                           ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
+                           ("train.sampling", args.sampling), ("train.fanout", args.fanout)):
             if value is not None:
                 set_key(cfg, key, value)
         validate(cfg)
@@ -276,6 +278,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
              "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20\n"
              "  slifmr train --workers 2 --max-failures 2 --out runs/slifmr-2w\n"
              "  slifmr train --workers 2 --strategy deepspeed --zero-stage 2 --out runs/slifmr-zero2\n"
+             "  slifmr train --sampling neighbor --fanout 10,5 --out runs/slifmr-sampled\n"
              "  slifmr train --workers 4 --gpu --address 10.0.0.5:6379 --out /shared/runs/slifmr-gpu")
     p.add_argument("--data", help="dataset folder (default: the embedded ml-100k, prepared on first use)")
     p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
@@ -290,6 +293,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=("ddp", "deepspeed"),
                    help="ddp (gradient all-reduce, the default) or deepspeed (ZeRO); needs --workers >= 1")
     p.add_argument("--zero-stage", type=int, help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
+    p.add_argument("--sampling", choices=("full", "neighbor"),
+                   help="full-graph propagation per step (the default) or neighbor-sampled subgraphs (large graphs)")
+    p.add_argument("--fanout", help="with --sampling neighbor: neighbours per hop, e.g. 10,5, or per relation: "
+                                    "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all)")
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=_cmd_train)

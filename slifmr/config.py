@@ -34,6 +34,7 @@ class ModelConfig:
     corr_binary: bool = False  # binarise S(t) weights
     warmup_epochs: int = 1  # epochs on the static graphs before the first fusion
     refresh_every: int = 1  # rebuild S(t) every this many epochs
+    knn: str = "exact"  # S(t)'s top-k search: exact (chunked matmul) | approx (faiss HNSW, for large N)
     fuse_ui: bool = True  # A(t) item-item block gets gamma * S(t)
     fuse_kg: bool = True  # S(t) edges join the KG as relation correlated_with
     fuse_mm: bool = True  # A_mm(t) = (1 - beta) A_mm + beta S(t)
@@ -73,6 +74,14 @@ class TrainConfig:
     stop_metric: str = "recall@20"
     strategy: str = "ddp"  # how replicas stay identical: ddp, or deepspeed (ZeRO) under Ray Train
     zero_stage: int = 2  # with strategy deepspeed: 1 shards optimizer state, 2 gradients too
+    # mini-batches: full (propagate the whole graph each step) | neighbor (sampled subgraphs)
+    sampling: str = "full"
+    fanout: str = "10,5"  # neighbors per hop, optionally per relation: "10,5;kg=5,0"
+    steps_per_epoch: int = 0  # 0 = one pass over the training pairs
+    eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
+    # embedding-table gradients across workers: dense all-reduce, sparse (touched rows only),
+    # or auto (sparse when the touched rows are smaller than the table)
+    grad_sync: str = "auto"
 
 
 @dataclass
@@ -233,6 +242,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
         (m.tau > 0, "model.tau must be positive"),
         (m.fusion in ("residual", "attention"), "model.fusion must be 'residual' or 'attention'"),
+        (m.knn in ("exact", "approx"), f"model.knn must be 'exact' or 'approx', got {m.knn!r}"),
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
         (len(t.topk) > 0 and all(k > 0 for k in t.topk), "train.topk must list positive cutoffs"),
@@ -240,12 +250,22 @@ def validate(cfg: Config) -> None:
          and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
          "train.stop_metric must be one of recall/ndcg/precision/hit@K with K in train.topk"),
         (t.strategy in ("ddp", "deepspeed"), f"train.strategy must be 'ddp' or 'deepspeed', got {t.strategy!r}"),
+        (t.sampling in ("full", "neighbor"), f"train.sampling must be 'full' or 'neighbor', got {t.sampling!r}"),
+        (not (t.sampling == "neighbor" and m.user_aux),
+         "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
+        (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),
+        (t.grad_sync in ("auto", "dense", "sparse"), f"train.grad_sync must be auto, dense or sparse, got {t.grad_sync!r}"),
         (t.zero_stage in (1, 2), f"train.zero_stage must be 1 or 2 (stage 3 shards the parameters that "
                                  f"full-graph propagation needs whole), got {t.zero_stage}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    if t.sampling == "neighbor":
+        from slifmr.sampling.neighbor import view_fanouts  # torch_geometric: only when sampling
+
+        layers = {"cf": m.ui_layers} | ({"kg": m.kg_layers} if m.use_kg else {}) | ({"mm": m.mm_layers} if m.use_mm else {})
+        view_fanouts(t.fanout, layers)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -26,13 +26,14 @@ from slifmr.config import Config, from_dict, save_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
-from slifmr.distributed.knn import sharded_knn
+from slifmr.distributed.knn import KnnSearch
 from slifmr.distributed.strategy import make_strategy
 from slifmr.errors import SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.slifmr import SLIFMR, training_pairs
 from slifmr.report import read_run
 from slifmr.sampling.negative import BPRSampler
+from slifmr.sampling.neighbor import BatchSubgraphs, backend, view_fanouts
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
 
@@ -66,9 +67,11 @@ def resolve_dataset(cfg: Config) -> Dataset:
     return read_dataset(cfg.data)
 
 
-def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None) -> SLIFMR:
+def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None, comm: Comm | None = None) -> SLIFMR:
+    """The model; with several workers (`comm`) its one-time kNN graph is built sharded."""
     torch.manual_seed(cfg.train.seed)
-    return SLIFMR(ds, cfg.model, knn_fn=knn_fn, seed=cfg.train.seed)
+    static = KnnSearch(comm, "exact") if comm is not None and comm.world_size > 1 else None
+    return SLIFMR(ds, cfg.model, knn_fn=knn_fn, seed=cfg.train.seed, static_knn_fn=static)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -81,7 +84,7 @@ def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "config": cfg.to_dict(), "dataset": ds.fingerprint(), "slifmr_version": __version__}
 
 
-RUNTIME_KEYS = ("epochs", "threads", "eval_chunk")
+RUNTIME_KEYS = ("epochs", "threads", "eval_chunk", "grad_sync")
 
 
 def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path) -> None:
@@ -108,6 +111,7 @@ def _format_line(epoch: int, epochs: int, rec: dict[str, Any], stop_metric: str)
         f"epoch {epoch:3d}/{epochs} | loss {rec['loss']['loss']:.4f} ({losses}) | "
         f"valid recall@{k} {valid[f'recall@{k}']:.4f} ndcg@{k} {valid[f'ndcg@{k}']:.4f} | "
         f"{rec['epoch_seconds']:.2f}s (fusion {rec['fusion_seconds']:.2f}s)"
+        + (f" | kNN recall {rec['knn_recall']:.3f}" if rec.get("knn_recall") is not None else "")
         + (" *" if rec["is_best"] else "")
     )
 
@@ -133,18 +137,25 @@ def train_loop(
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
-    if knn_fn is None and comm.world_size > 1:
-        knn_fn = sharded_knn(comm)
-    model = build_model(cfg, ds, knn_fn).to(comm.device)
+    knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=cfg.train.seed)
+    model = build_model(cfg, ds, knn_fn, comm).to(comm.device)
+    model.row_sharding = _row_sharding(comm)
     comm.broadcast_parameters(model.parameters())
     users, items = training_pairs(ds)
     # train.batch_size is the global batch: each of the world_size workers takes its share, so
     # N workers take the same optimisation steps as one
     per_worker = max(1, cfg.train.batch_size // comm.world_size)
+    neighbor = cfg.train.sampling == "neighbor"
+    # full-graph steps give every table row a gradient: auto means dense there
+    grad_sync = "dense" if cfg.train.grad_sync == "auto" and not neighbor else cfg.train.grad_sync
     strategy = make_strategy(cfg.train.strategy, model, cfg.train.lr, cfg.train.weight_decay, comm,
-                              cfg.train.zero_stage, per_worker)
+                              cfg.train.zero_stage, per_worker, model.embedding_tables(), grad_sync)
     sampler = BPRSampler(users, items, ds.num_items, per_worker, cfg.train.seed + 1, comm.rank, comm.world_size)
-    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm))
+    steps = min(len(sampler), cfg.train.steps_per_epoch or len(sampler))
+    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm, cfg.train.eval_users, cfg.train.seed))
+    fanouts = view_fanouts(cfg.train.fanout, model.view_layers) if neighbor else None
+    if neighbor and comm.is_main:
+        log.info(f"neighbor sampling: backend {backend()}, fan-outs {cfg.train.fanout} per hop")
     stopper = EarlyStopping()
     start_epoch, last_z = 1, None
     ckpt_dir, best_dir = run_dir / "checkpoint", run_dir / "best"
@@ -178,19 +189,30 @@ def train_loop(
         if stopper.bad_epochs >= cfg.train.patience:
             break
         t0, started = time.perf_counter(), time.time()
-        comm.seconds["comm"] = 0.0
+        comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
         model.train()
         model.pre_epoch(epoch, last_z)
+        subgraphs = BatchSubgraphs(model.epoch_graph(), fanouts, cfg.train.seed + 2, comm.rank) if neighbor else None
         totals: dict[str, float] = {}
-        n_batches = 0
-        for batch in log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=len(sampler)):
-            parts = model.loss(batch)
+        n_batches, sampling_seconds, t_steps = 0, 0.0, time.perf_counter()
+        for step, batch in enumerate(log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=steps)):
+            if step >= steps:
+                break
+            if subgraphs is not None:
+                t_sample = time.perf_counter()
+                subgraph = subgraphs.sample(*batch, epoch, step)
+                sampling_seconds += time.perf_counter() - t_sample
+                parts = model.sampled_loss(subgraph)
+            else:
+                parts = model.loss(batch)
             strategy.step(parts["loss"])
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n_batches += 1
+        train_seconds = time.perf_counter() - t_steps
         model.end_epoch()
         model.eval()
+        t_eval = time.perf_counter()
         last_z = model.item_representations().clone()
         valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
         is_best = stopper.step(valid[stop_metric], epoch)
@@ -203,6 +225,12 @@ def train_loop(
             "fusion_seconds": model.timings["fusion_seconds"],
             "knn_seconds": model.timings["knn_seconds"],
             "comm_seconds": comm.seconds["comm"],
+            "train_seconds": train_seconds,  # the steps alone: sampling, forward, backward, sync
+            "sampling_seconds": sampling_seconds,
+            "eval_seconds": time.perf_counter() - t_eval,
+            "steps": n_batches,
+            "grad_bytes_per_step": comm.traffic["bytes"] / max(n_batches, 1),
+            "knn_recall": getattr(knn_fn, "recall", None),
             "epoch_start_unix_seconds": started,  # gaps between epochs = time outside the loop
             "fused": model.corr_epoch == epoch,
         }
@@ -237,16 +265,28 @@ def _corr_state(model: SLIFMR) -> dict[str, torch.Tensor] | None:
     return {"edge_index": model.corr[0], "weight": model.corr[1]}
 
 
-def _user_shard(ds: Dataset, comm: Comm) -> torch.Tensor:
-    start, stop = comm.shard(ds.num_users)
-    return torch.arange(start, stop)
+def _user_shard(ds: Dataset, comm: Comm, eval_users: int = 0, seed: int = 0) -> torch.Tensor:
+    """This rank's block of the evaluated users: all, or `eval_users` of them drawn by `seed`."""
+    users = torch.arange(ds.num_users)
+    if 0 < eval_users < ds.num_users:
+        gen = torch.Generator().manual_seed(seed)
+        users = torch.sort(torch.randperm(ds.num_users, generator=gen)[:eval_users]).values
+    start, stop = comm.shard(users.numel())
+    return users[start:stop]
 
 
-def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu") -> tuple[SLIFMR, dict[str, Any]]:
-    """The model of the best validation epoch, on `device`, ready for scoring."""
+def _row_sharding(comm: Comm) -> Any:
+    return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
+
+
+def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",
+              comm: Comm | None = None) -> tuple[SLIFMR, dict[str, Any]]:
+    """The model of the best validation epoch, on `device`, ready for scoring (its layer-wise
+    inference split over `comm`'s workers, who must then all score together)."""
     state, meta = load_checkpoint(run_dir / "best")
     check_compatible(meta, cfg, ds, run_dir)
-    model = build_model(cfg, ds).to(device)
+    model = build_model(cfg, ds, comm=comm).to(device)
+    model.row_sharding = _row_sharding(comm or Comm())
     model.load_state_dict(state["model"])
     if state.get("corr") is not None:
         model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
@@ -259,7 +299,7 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
 def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm,
                   evaluate_test: bool = True) -> dict[str, Any]:
     """Test metrics, read once, at the best validation epoch."""
-    model, meta = load_best(cfg, ds, run_dir, comm.device)
+    model, meta = load_best(cfg, ds, run_dir, comm.device, comm)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
     records = read_run(run_dir)["records"]

@@ -73,6 +73,64 @@ def test_gradient_average_and_row_gather(tmp_path: Path) -> None:
         assert r["gathered"].squeeze(1).tolist() == [0, 1, 2, 3, 4]
 
 
+def _sparse_rows_job(comm: Comm) -> dict:
+    """Embedding-table gradients touching a few rows: sparse, auto and dense averaging agree."""
+    out = {}
+    for mode in ("dense", "sparse", "auto"):
+        table = torch.nn.Parameter(torch.zeros(1000, 4))
+        rows = torch.tensor([3, 500, 999]) if comm.rank == 0 else torch.tensor([3, 7])
+        table.grad = torch.zeros(1000, 4).index_add_(0, rows, torch.full((rows.numel(), 4), float(comm.rank + 1)))
+        other = torch.nn.Parameter(torch.zeros(2))
+        other.grad = torch.full((2,), float(comm.rank))
+        comm.traffic["bytes"] = 0.0
+        comm.average_gradients([table, other], row_sparse=[table], mode=mode)
+        out[mode] = {"table": table.grad.clone(), "other": other.grad.clone(), "bytes": comm.traffic["bytes"]}
+    return out
+
+
+def test_sparse_row_gradients_average_like_dense(tmp_path: Path) -> None:
+    want = torch.zeros(1000, 4)
+    want[3], want[500], want[999], want[7] = 1.5, 0.5, 0.5, 1.0
+    for r in run_on_two("_sparse_rows_job", tmp_path):
+        for mode in ("dense", "sparse", "auto"):
+            torch.testing.assert_close(r[mode]["table"], want)
+            torch.testing.assert_close(r[mode]["other"], torch.full((2,), 0.5))
+        # 2 ranks x 3 padded rows x (16 B + an 8 B id) + the small dense rest, vs the 16 kB table
+        assert r["sparse"]["bytes"] == r["auto"]["bytes"] == 2 * 3 * 24 + 8
+        assert r["dense"]["bytes"] == 1000 * 4 * 4 + 8
+
+
+def _layerwise_job(comm: Comm, data: str) -> dict:
+    from slifmr.config import load_config
+    from slifmr.data.format import read_dataset
+    from slifmr.trainer import build_model
+
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"])
+    model = build_model(cfg, read_dataset(data), comm=comm)  # the frozen kNN graph built sharded
+    model.row_sharding = (comm.shard, comm.all_gather_rows)
+    model.inference_chunk = 5
+    model.pre_epoch(1, None)
+    model.eval()
+    with torch.no_grad():
+        users, z, _ = model.propagate(layerwise=True)
+    return {"users": users, "z": z, "mm": model.base_mm}
+
+
+def test_sharded_layerwise_inference_equals_one_process(tmp_path: Path, tiny_path: Path, tiny_ds) -> None:  # noqa: ANN001
+    from slifmr.config import load_config
+    from slifmr.trainer import build_model
+
+    model = build_model(load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"]), tiny_ds)
+    model.pre_epoch(1, None)
+    model.eval()
+    with torch.no_grad():
+        users, z, _ = model.propagate()
+    for r in run_on_two("_layerwise_job", tmp_path, str(tiny_path)):
+        assert torch.equal(r["mm"][0], model.base_mm[0])
+        torch.testing.assert_close(r["users"], users)
+        torch.testing.assert_close(r["z"], z)
+
+
 def _eval_job(comm: Comm, data: str, scores: torch.Tensor) -> dict:
     from slifmr.data.format import TEST, read_dataset
     from slifmr.evaluation import Evaluator

@@ -5,6 +5,8 @@ Edge lists are (2, E) int64 `edge_index` tensors with (E,) float `weight`, as in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -73,14 +75,16 @@ def knn_edges(nbrs: Tensor, sims: Tensor, rows: Tensor | None = None) -> tuple[T
     return edge_index, sims.reshape(-1)
 
 
-def knn_graph(x: Tensor, k: int, binary: bool = False, chunk_size: int = 2048) -> tuple[Tensor, Tensor]:
+def knn_graph(x: Tensor, k: int, binary: bool = False, chunk_size: int = 2048,
+              search: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """Symmetrised, normalised kNN graph of x's rows: D^-1/2 S D^-1/2 over top-k cosine.
 
     Similarity is symmetric, so S u S^T keeps well-defined weights. Negative similarities
-    are clipped to 0 (they carry no affinity); `binary` replaces weights by 1.
+    are clipped to 0 (they carry no affinity); `binary` replaces weights by 1. `search`
+    replaces the exact top-k (a sharded search must return the same neighbours).
     """
-    nbrs, sims = knn(x, k, chunk_size)
-    return symmetric_graph(*knn_edges(nbrs, sims), x.shape[0], binary)
+    nbrs, sims = search(x, k) if search is not None else knn(x, k, chunk_size)
+    return symmetric_graph(*knn_edges(nbrs.cpu(), sims.cpu()), x.shape[0], binary)
 
 
 def symmetric_graph(edge_index: Tensor, weight: Tensor, n: int, binary: bool = False) -> tuple[Tensor, Tensor]:
@@ -98,14 +102,15 @@ def sym_norm(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
     return inv[edge_index[0]] * weight * inv[edge_index[1]]
 
 
-def modality_graph(features: dict[str, np.ndarray], k: int, weights: dict[str, float] | None = None) -> tuple[Tensor, Tensor] | None:
+def modality_graph(features: dict[str, np.ndarray], k: int, weights: dict[str, float] | None = None,
+                   search: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor] | None:
     """A_mm = sum_m w_m A_m of frozen per-modality kNN graphs (FREEDOM); None without features."""
     if not features:
         return None
     parts_i, parts_w = [], []
     for name, x in features.items():
         w = (weights or {}).get(name, 1.0 / len(features))
-        ei, ew = knn_graph(torch.tensor(np.asarray(x)), k)
+        ei, ew = knn_graph(torch.tensor(np.asarray(x)), k, search=search)
         parts_i.append(ei)
         parts_w.append(ew * w)
     n = next(iter(features.values())).shape[0]

@@ -29,6 +29,9 @@ class Comm:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # seconds spent inside collectives since the last reset (the loop reports it per epoch)
     seconds: dict[str, float] = field(default_factory=lambda: {"comm": 0.0}, compare=False, repr=False)
+    # bytes of the gradient buffers this rank put into (all-reduce) or got from (all-gather)
+    # collectives since the last reset: what a step moves, whatever the transport's overhead
+    traffic: dict[str, float] = field(default_factory=lambda: {"bytes": 0.0}, compare=False, repr=False)
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
@@ -77,17 +80,62 @@ class Comm:
             gather(out, padded)
         return out[:n]
 
-    def average_gradients(self, params: Iterable[Tensor]) -> None:
+    def average_gradients(self, params: Iterable[Tensor], row_sparse: Iterable[Tensor] = (), mode: str = "auto") -> None:
         """DDP's gradient step by hand: one flat all-reduce of every present gradient, / world.
 
         The model's loss is a method, not forward(), so DDP's hooks would not see it; every
-        rank runs the same graph, so the set of parameters holding a gradient is the same."""
+        rank runs the same graph, so the set of parameters holding a gradient is the same.
+        `row_sparse` parameters (embedding tables) whose gradients touch few rows go through
+        `average_rows` instead (mode sparse always, auto when it moves fewer bytes)."""
         if not _active():
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        sparse_ids = {id(p) for p in row_sparse} if mode != "dense" else set()
+        dense = []
+        for p in params:
+            if p.grad is None:
+                continue
+            if id(p) in sparse_ids:
+                self.average_rows(p.grad, force=mode == "sparse")
+            else:
+                dense.append(p.grad)
+        self._average_dense(dense)
+
+    def average_rows(self, grad: Tensor, force: bool = False) -> None:
+        """Average a (rows, d) gradient that is zero outside the rows a batch touched: each
+        rank all-gathers only its (row id, row) pairs, O(touched rows) instead of O(table).
+        Without `force`, falls back to a dense all-reduce when that is smaller."""
+        rows = torch.nonzero(grad.abs().sum(1)).flatten()
+        with self._timed():
+            counts = torch.zeros(self.world_size, dtype=torch.long, device=self.device)
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            gather(counts, torch.tensor([rows.numel()], device=self.device))
+        most = int(counts.max())
+        row_bytes = grad.shape[1] * grad.element_size() + 8
+        if not force and self.world_size * most * row_bytes >= grad.numel() * grad.element_size():
+            self._average_dense([grad])
+            return
+        ids = torch.zeros(most, dtype=torch.long, device=grad.device)
+        ids[: rows.numel()] = rows
+        vals = torch.zeros((most, grad.shape[1]), dtype=grad.dtype, device=grad.device)
+        vals[: rows.numel()] = grad[rows]
+        all_ids, all_vals = self._gather_padded(ids), self._gather_padded(vals)
+        self.traffic["bytes"] += self.world_size * most * row_bytes
+        grad.zero_().index_add_(0, all_ids, all_vals)  # padding adds zeros to row 0
+        grad /= self.world_size
+
+    def _gather_padded(self, t: Tensor) -> Tensor:
+        on = t.to(self.device)
+        out = torch.empty((self.world_size * on.shape[0], *on.shape[1:]), dtype=on.dtype, device=on.device)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        with self._timed():
+            gather(out, on)
+        return out.to(t.device)
+
+    def _average_dense(self, grads: list[Tensor]) -> None:
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
+        self.traffic["bytes"] += flat.numel() * flat.element_size()
         with self._timed():
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world_size

@@ -1,8 +1,13 @@
-"""Sharded exact kNN for the per-epoch fusion (DESIGN.md §4).
+"""The per-epoch top-k search behind S(t) (DESIGN.md §4), exact or approximate, sharded.
 
 Each worker contributes the fused representations of its block of items, an all-gather
-assembles Z(t), each worker finds the top-k neighbours of its own block (chunked matmul +
-topk), and the neighbour blocks are gathered so every worker builds the same S(t+1).
+assembles Z(t), each worker searches the neighbours of its own block, and the neighbour
+blocks are gathered so every worker builds the same S(t+1). In one process the block is
+every item and the gathers do nothing.
+
+    exact   chunked matmul + topk: the same result as `slifmr.data.graphs.knn`
+    approx  faiss HNSW over the normalised rows (inner product = cosine), for large N; after
+            each search `recall` holds its recall@k against exact search on sampled rows
 """
 
 from __future__ import annotations
@@ -12,17 +17,71 @@ from torch import Tensor
 
 from slifmr.data.graphs import knn
 from slifmr.distributed.collectives import Comm
-from slifmr.model.graphs import KnnFn
+from slifmr.errors import SlifmrError
+from slifmr.rng import derive_seed
+
+KNN_METHODS = ("exact", "approx")
 
 
-def sharded_knn(comm: Comm, chunk_size: int = 2048) -> KnnFn:
-    """A `knn_fn` for SLIFMR: same result as `slifmr.data.graphs.knn` on every worker."""
+def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, ef: int = 128) -> tuple[Tensor, Tensor]:
+    """Approximate cosine top-k (self excluded) of `rows` among all x (N, d) with faiss HNSW."""
+    try:
+        import faiss
+    except ImportError:
+        raise SlifmrError("model.knn=approx needs faiss: pip install faiss-cpu") from None
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
+    rows = torch.arange(x.shape[0]) if rows is None else rows.cpu()
+    k = min(k, x.shape[0] - 1)
+    index = faiss.IndexHNSWFlat(xn.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef
+    index.hnsw.efSearch = max(ef, 2 * k)
+    index.add(xn)
+    sims, nbrs = (torch.from_numpy(a) for a in index.search(xn[rows.numpy()], k + 1))
+    # drop the row itself (usually the first hit); rows whose k+1 hits miss themselves drop the last
+    not_self = nbrs != rows[:, None]
+    not_self[not_self.all(1), -1] = False
+    keep = not_self & (torch.cumsum(not_self, 1) <= k)
+    return nbrs[keep].view(-1, k).long().to(x.device), sims[keep].view(-1, k).to(x.device)
 
-    def search(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        n = z.shape[0]
+
+class KnnSearch:
+    """A `knn_fn` for SLIFMR: (Z (N, d), k) -> (neighbours (N, k), similarities (N, k)),
+    identical on every worker."""
+
+    def __init__(self, comm: Comm | None = None, method: str = "exact", check_rows: int = 1000,
+                 chunk_size: int = 2048, seed: int = 0):
+        if method not in KNN_METHODS:
+            raise SlifmrError(f"unknown kNN method {method!r} (choose from {', '.join(KNN_METHODS)})")
+        self.comm = comm or Comm()
+        self.method, self.check_rows, self.chunk_size, self.seed = method, check_rows, chunk_size, seed
+        self.recall: float | None = None  # of the last approximate search
+        self.calls = 0
+
+    def __call__(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        comm, n = self.comm, z.shape[0]
         start, stop = comm.shard(n)
-        full = comm.all_gather_rows(z[start:stop].contiguous(), n)
-        nbrs, sims = knn(full, k, chunk_size, rows=torch.arange(start, stop))
+        full = comm.all_gather_rows(z[start:stop].contiguous().to(comm.device), n)
+        rows = torch.arange(start, stop)
+        if self.method == "exact":
+            nbrs, sims = knn(full, k, self.chunk_size, rows=rows)
+        else:
+            nbrs, sims = approx_knn(full, k, rows)
+            self.recall = self._recall(full, k, rows, nbrs)
+        self.calls += 1
         return comm.all_gather_rows(nbrs, n), comm.all_gather_rows(sims.contiguous(), n)
 
-    return search
+    def _recall(self, full: Tensor, k: int, rows: Tensor, nbrs: Tensor) -> float:
+        """Share of the exact top-k found, on up to check_rows of this worker's rows (all
+        workers' counts summed)."""
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.calls, self.comm.rank))
+        pick = torch.randperm(rows.numel(), generator=gen)[: self.check_rows]
+        exact, _ = knn(full, k, self.chunk_size, rows=rows[pick])
+        found = (nbrs[pick].to(exact.device)[:, :, None] == exact[:, None, :]).any(2).sum()
+        counts = self.comm.all_reduce_sum(torch.tensor([float(found), float(exact.numel())], dtype=torch.float64))
+        return float(counts[0] / counts[1].clamp_min(1))
+
+
+def sharded_knn(comm: Comm, chunk_size: int = 2048) -> KnnSearch:
+    """The exact sharded search (kept for callers of the distributed issue's API)."""
+    return KnnSearch(comm, "exact", chunk_size=chunk_size)

@@ -1,6 +1,7 @@
 """How replicas stay identical: the optimisation step of each `--strategy`.
 
-    ddp        plain Adam on every replica; gradients averaged by one flat all-reduce per step
+    ddp        plain Adam on every replica; gradients averaged by one flat all-reduce per step,
+               embedding tables optionally by their touched rows only (grad_sync sparse/auto)
     deepspeed  DeepSpeed ZeRO stage 1 (optimizer state sharded) or 2 (gradients too), on the
                process group Ray Train already set up (gloo on CPU, nccl on GPU)
 
@@ -33,15 +34,17 @@ class Strategy(Protocol):
 class DDPStrategy:
     """Adam on a full replica; gradients averaged across ranks before each step."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm):
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
+                 row_sparse: list[Tensor] | None = None, grad_sync: str = "dense"):
         self.params = list(model.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
         self.comm = comm
+        self.row_sparse, self.grad_sync = row_sparse or [], grad_sync
 
     def step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.comm.average_gradients(self.params)
+        self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
         self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,9 +121,11 @@ def check_zero_stage(stage: int) -> None:
 
 
 def make_strategy(name: str, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
-                  zero_stage: int = 2, micro_batch: int = 1) -> Strategy:
+                  zero_stage: int = 2, micro_batch: int = 1, row_sparse: list[Tensor] | None = None,
+                  grad_sync: str = "dense") -> Strategy:
+    """`row_sparse` / `grad_sync`: see DDPStrategy (DeepSpeed reduces every gradient densely)."""
     if name == "ddp":
-        return DDPStrategy(model, lr, weight_decay, comm)
+        return DDPStrategy(model, lr, weight_decay, comm, row_sparse, grad_sync)
     if name == "deepspeed":
         return DeepSpeedStrategy(model, lr, weight_decay, comm, zero_stage, micro_batch)
     raise SlifmrError(f"--strategy {name} is not supported (supported: {', '.join(STRATEGIES)})")

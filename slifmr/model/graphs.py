@@ -38,6 +38,14 @@ def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None =
     return torch.sparse_coo_tensor(edge_index, weight.float(), (n_rows, n_cols or n_rows)).coalesce().to_sparse_csr()
 
 
+def csr_rows(adj: Tensor, start: int, stop: int) -> Tensor:
+    """Rows [start, stop) of a CSR matrix as a CSR matrix (no copy of the other rows)."""
+    crow = adj.crow_indices()
+    lo, hi = int(crow[start]), int(crow[stop])
+    return torch.sparse_csr_tensor(crow[start : stop + 1] - lo, adj.col_indices()[lo:hi], adj.values()[lo:hi],
+                                   (stop - start, adj.shape[1]))
+
+
 def correlation_graph(z: Tensor, k: int, binary: bool = False, knn_fn: KnnFn | None = None) -> Graph:
     """S(t): top-k cosine neighbours of the fused item representations z (N, d), self
     excluded, symmetrised, D^-1/2 S D^-1/2 normalised. `knn_fn` lets a distributed caller
@@ -138,6 +146,7 @@ class KnowledgeGraph:
         )
 
 
-def static_graphs(ds: Dataset, k_mm: int, with_mm: bool = True) -> tuple[Tensor, Graph | None]:
-    """(training user-item edges (2, E), frozen multimodal item graph A_mm or None)."""
-    return train_edges(ds), modality_graph(ds.features, k_mm) if with_mm else None
+def static_graphs(ds: Dataset, k_mm: int, with_mm: bool = True, search: KnnFn | None = None) -> tuple[Tensor, Graph | None]:
+    """(training user-item edges (2, E), frozen multimodal item graph A_mm or None).
+    `search`: an exact top-k (a sharded one splits the work; the graph is the same)."""
+    return train_edges(ds), modality_graph(ds.features, k_mm, search=search) if with_mm else None

@@ -4,6 +4,8 @@ from the previous epoch's fused item representations and fused into all three gr
 The model contract (MMRec / RecBole style):
     pre_epoch(epoch, item_reps)   rebuild the epoch's graphs (fusion happens here)
     loss(batch)                   dict of loss parts, "loss" is what to backpropagate
+    sampled_loss(subgraph)        the same on a neighbor-sampled HeteroData (--sampling neighbor)
+    epoch_graph()                 the epoch's graphs as one HeteroData, for the sampler
     full_scores(users)            (B, N) scores of every item, for full ranking
     item_representations()        (N, d) fused item representations Z, detached
 """
@@ -11,11 +13,13 @@ The model contract (MMRec / RecBole style):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.data import HeteroData
 
 from slifmr import log
 from slifmr.config import ModelConfig
@@ -25,6 +29,7 @@ from slifmr.model.graphs import (
     KnnFn,
     KnowledgeGraph,
     correlation_graph,
+    csr_rows,
     degree_sensitive_dropout,
     fuse_item_graph,
     static_graphs,
@@ -34,12 +39,19 @@ from slifmr.model.graphs import (
 from slifmr.model.losses import bpr_loss, info_nce, l2_reg
 from slifmr.model.views import CFView, KGView, MMView
 from slifmr.rng import derive_seed
+from slifmr.sampling.neighbor import KG_TYPES, SIMILAR, VIEW_EDGE_TYPES, EdgeType, epoch_graph
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (users, positive items, negative items), each (B,)
+# how the layer-wise inference splits rows across workers: (shard(n) -> [start, stop),
+# all_gather_rows(block, n) -> (n, ...)); None = one process does every row
+RowSharding = tuple[Callable[[int], tuple[int, int]], Callable[[Tensor, int], Tensor]]
 
 
 class SLIFMR(nn.Module):
-    def __init__(self, ds: Dataset, cfg: ModelConfig, knn_fn: KnnFn | None = None, seed: int = 0):
+    def __init__(self, ds: Dataset, cfg: ModelConfig, knn_fn: KnnFn | None = None, seed: int = 0,
+                 static_knn_fn: KnnFn | None = None):
+        """knn_fn: S(t)'s top-k search (default exact, in-process); static_knn_fn: an EXACT
+        search for the frozen multimodal graph (a sharded one splits its one-time cost)."""
         super().__init__()
         self.cfg = cfg
         self.num_users, self.num_items = ds.num_users, ds.num_items
@@ -61,7 +73,7 @@ class SLIFMR(nn.Module):
         nn.init.xavier_uniform_(self.item_emb.weight)
         self.cf = CFView(cfg.ui_layers)
 
-        self.ui_edges, self.base_mm = static_graphs(ds, cfg.k_mm, with_mm=self.use_mm)
+        self.ui_edges, self.base_mm = static_graphs(ds, cfg.k_mm, with_mm=self.use_mm, search=static_knn_fn)
         # frozen inputs are non-persistent buffers: model.to(device) moves them, checkpoints skip them
         self.modalities = sorted(ds.features) if self.use_mm else []
         for m in self.modalities:
@@ -89,6 +101,8 @@ class SLIFMR(nn.Module):
         self.adj_mm: Tensor | None = None
         self._cache: tuple[Tensor, Tensor] | None = None
         self.timings = {"fusion_seconds": 0.0, "knn_seconds": 0.0}
+        self.row_sharding: RowSharding | None = None
+        self.inference_chunk = 65536  # rows of a sparse matrix multiplied at once in inference
 
     @property
     def features(self) -> dict[str, Tensor]:
@@ -97,6 +111,20 @@ class SLIFMR(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.user_emb.weight.device
+
+    def embedding_tables(self) -> list[Tensor]:
+        """The ID embedding tables: a sampled batch's gradient touches few of their rows."""
+        return [self.user_emb.weight, self.item_emb.weight] + ([self.entity_emb.weight] if self.use_kg else [])
+
+    @property
+    def view_layers(self) -> dict[str, int]:
+        """Message-passing layers of each active view (how many hops its sampling needs)."""
+        layers = {"cf": self.cfg.ui_layers}
+        if self.use_kg:
+            layers["kg"] = self.cfg.kg_layers
+        if self.use_mm:
+            layers["mm"] = self.cfg.mm_layers
+        return layers
 
     # ------------------------------------------------------------------ graphs
 
@@ -167,27 +195,40 @@ class SLIFMR(nn.Module):
             aux_sum = torch.stack(parts).sum(0)
         return h_cf + aux_sum, aux_sum
 
-    def propagate(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """(users (M, d), fused items z (N, d), views {cf, kg, mm, mm:<modality>} (N, d))."""
+    def propagate(self, layerwise: bool = False) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(users (M, d), fused items z (N, d), views {cf, kg, mm, mm:<modality>} (N, d)).
+
+        `layerwise` (inference, no autograd): every sparse product runs in row blocks, each
+        worker its shard of rows, gathered after each layer, so no step holds the whole
+        graph product at once and workers split the work."""
         if self.adj_train is None:
             raise RuntimeError("call pre_epoch(epoch, item_reps) before training or scoring")
+        spmm = self._layerwise_spmm if layerwise else torch.sparse.mm
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
         adj = self.adj_train if self.training else self.adj_full
-        out = self.cf(ego, adj)
+        out = self.cf(ego, adj, spmm if layerwise else None)
         users, h_cf = out[: self.num_users], out[self.num_users :]
         views = {"cf": h_cf}
-        aux = []
         if self.use_kg:
-            views["kg"] = self.kg_view(self._kg_nodes(), self.num_items)
-            aux.append((self.cfg.alpha_kg, views["kg"]))
+            views["kg"] = self.kg_view(self._kg_nodes(), self.num_items, spmm)
         if self.use_mm:
-            views["mm"], per_mod = self.mm(self.item_emb.weight, self.features, self.adj_mm)
+            views["mm"], per_mod = self.mm(self.item_emb.weight, self.features, self.adj_mm, spmm)
             views.update({f"mm:{m}": h for m, h in per_mod.items()})
-            aux.append((self.cfg.alpha_mm, views["mm"]))
-        z, aux_sum = self._fuse(h_cf, aux)
+        z, aux_sum = self._fuse(h_cf, self._aux(views))
         if self.cfg.user_aux and aux_sum is not None:
             users = users + torch.sparse.mm(self.user_item_mean, aux_sum)
         return users, z, views
+
+    def _aux(self, views: dict[str, Tensor]) -> list[tuple[float, Tensor]]:
+        return [(a, views[v]) for v, a in (("kg", self.cfg.alpha_kg), ("mm", self.cfg.alpha_mm)) if v in views]
+
+    def _layerwise_spmm(self, adj: Tensor, x: Tensor) -> Tensor:
+        n = adj.shape[0]
+        start, stop = self.row_sharding[0](n) if self.row_sharding else (0, n)
+        blocks = [csr_rows(adj, a, min(a + self.inference_chunk, stop)) @ x
+                  for a in range(start, stop, self.inference_chunk)]
+        mine = torch.cat(blocks) if blocks else x.new_zeros((0, x.shape[1]))
+        return self.row_sharding[1](mine, n) if self.row_sharding else mine
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         users, pos, neg = (t.to(self.device) for t in batch)
@@ -200,6 +241,89 @@ class SLIFMR(nn.Module):
             parts["sc"] = c.lambda_sc * self._consistency(views, torch.cat([pos, neg]))
         if c.lambda_kg > 0 and self.use_kg:
             parts["kg"] = c.lambda_kg * self._transr_loss(users.numel())
+        parts["loss"] = sum(parts.values())
+        return parts
+
+    # ------------------------------------------------------------------ sampled mini-batches
+
+    def epoch_graph(self) -> HeteroData:
+        """The epoch's training graphs (after pre_epoch) as one HeteroData for the sampler."""
+        if self.adj_train is None:
+            raise RuntimeError("call pre_epoch(epoch, item_reps) before sampling")
+        return epoch_graph(self.num_users, self.num_items, self.kg_base.num_nodes - self.num_items if self.use_kg else 0,
+                           self.adj_train, self.adj_mm if self.use_mm else None,
+                           self.kg_view.att_full if self.use_kg else None)
+
+    @staticmethod
+    def _aggregate(b: HeteroData, x: dict[str, Tensor], edge_types: tuple[EdgeType, ...], hop: int,
+                   targets: tuple[str, ...]) -> dict[str, Tensor]:
+        """One sampled layer: messages into the nodes of hops <= `hop` of each target type,
+        along the edges sampled in hops <= hop + 1 (PyG orders nodes and edges by hop, so
+        both are prefixes: trim_to_layer's idea)."""
+        dim = next(iter(x.values())).shape[1]
+        dev = next(iter(x.values())).device
+        out = {t: torch.zeros(sum(b[t].num_sampled_nodes[: hop + 1]), dim, device=dev) for t in targets}
+        for et in edge_types:
+            if et not in b.edge_types or et[2] not in out:
+                continue
+            n = sum(b[et].num_sampled_edges[: hop + 1])
+            src, dst = b[et].edge_index[:, :n].to(dev)
+            out[et[2]] = out[et[2]].index_add(0, dst, x[et[0]][src] * b[et].edge_weight[:n].to(dev)[:, None])
+        return out
+
+    def sampled_propagate(self, b: HeteroData) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The seeds' representations on a sampled subgraph: (users (U, d), z (I, d), views
+        (I, d)) for the seed users and items (the first U / I nodes of each type). With every
+        neighbour sampled this equals the rows of `propagate()`."""
+        c, dev = self.cfg, self.device
+        n_id = {t: b[t].n_id.to(dev) for t in b.node_types}
+        seeds = {t: b[t].num_sampled_nodes[0] for t in b.node_types}
+        items0 = self.item_emb(n_id["item"])
+        x = {"user": self.user_emb(n_id["user"]), "item": items0}
+        outs = {t: [x[t][: seeds[t]]] for t in ("user", "item")}
+        for layer in range(c.ui_layers):
+            x = self._aggregate(b, x, VIEW_EDGE_TYPES["cf"], c.ui_layers - 1 - layer, ("user", "item"))
+            for t in outs:
+                outs[t].append(x[t][: seeds[t]])
+        users, h_cf = (torch.stack(outs[t]).mean(0) for t in ("user", "item"))
+        views = {"cf": h_cf}
+        if self.use_kg:
+            x = {"item": items0, "entity": self.entity_emb(n_id["entity"])}
+            h_kg = items0[: seeds["item"]]
+            for layer in range(c.kg_layers):
+                hop = c.kg_layers - 1 - layer
+                neigh = self._aggregate(b, x, KG_TYPES, hop, ("item", "entity"))
+                x = {t: self.kg_view._layer(layer, x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
+                h_kg = h_kg + F.normalize(x["item"][: seeds["item"]], dim=1)
+            views["kg"] = h_kg
+
+        if self.use_mm:
+            def propagate(h: Tensor) -> Tensor:
+                for layer in range(c.mm_layers):
+                    h = self._aggregate(b, {"item": h}, (SIMILAR,), c.mm_layers - 1 - layer, ("item",))["item"]
+                return h[: seeds["item"]]
+
+            projected = {m: self.mm.proj[m](f[n_id["item"]]) for m, f in self.features.items()}
+            views["mm"], per_mod = self.mm.combine(items0, projected, propagate)
+            views.update({f"mm:{m}": h for m, h in per_mod.items()})
+        z, _ = self._fuse(h_cf, self._aux(views))
+        return users, z, views
+
+    def sampled_loss(self, b: HeteroData) -> dict[str, Tensor]:
+        """`loss` on the sampled subgraph of a batch (`slifmr.sampling.neighbor.BatchSubgraphs`)."""
+        if self.cfg.user_aux:
+            raise RuntimeError("model.user_aux needs every training item of a user: not with neighbor sampling")
+        dev = self.device
+        ui, pi, ni = (v.to(dev) for v in (b["user"].src_index, b["item"].dst_pos_index, b["item"].dst_neg_index))
+        u, z, views = self.sampled_propagate(b)
+        c = self.cfg
+        users, items = b["user"].n_id.to(dev), b["item"].n_id.to(dev)
+        parts = {"bpr": bpr_loss(u[ui], z[pi], z[ni])}
+        parts["reg"] = c.lambda_reg * l2_reg(self.user_emb(users[ui]), self.item_emb(items[pi]), self.item_emb(items[ni]))
+        if c.lambda_sc > 0 and len(views) > 1:
+            parts["sc"] = c.lambda_sc * self._consistency(views, torch.arange(z.shape[0], device=dev))
+        if c.lambda_kg > 0 and self.use_kg:
+            parts["kg"] = c.lambda_kg * self._transr_loss(ui.numel())
         parts["loss"] = sum(parts.values())
         return parts
 
@@ -237,7 +361,7 @@ class SLIFMR(nn.Module):
         if self._cache is None:
             was_training = self.training
             self.eval()
-            users, z, _ = self.propagate()
+            users, z, _ = self.propagate(layerwise=True)
             self.train(was_training)
             self._cache = (users, z)
         return self._cache

@@ -3,6 +3,8 @@ aggregation, KGAT-style) and MM (projected modalities and ID embeddings over A_m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,6 +12,9 @@ from torch_geometric.nn import LGConv
 from torch_geometric.utils import softmax
 
 from slifmr.model.graphs import KnowledgeGraph, to_csr
+
+# (adj (R, C) CSR, x (C, d)) -> adj @ x (R, d); the layer-wise inference passes its own
+Spmm = Callable[[Tensor, Tensor], Tensor]
 
 
 class CFView(nn.Module):
@@ -22,10 +27,10 @@ class CFView(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList(LGConv(normalize=False) for _ in range(num_layers))
 
-    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+    def forward(self, x: Tensor, adj: Tensor, spmm: Spmm | None = None) -> Tensor:
         out = [x]
         for conv in self.convs:
-            x = conv(x, adj)
+            x = conv(x, adj) if spmm is None else spmm(adj, x)
             out.append(x)
         return torch.stack(out).mean(0)
 
@@ -75,14 +80,14 @@ class KGView(nn.Module):
     def _layer(self, layer: int, ego: Tensor, neigh: Tensor) -> Tensor:
         return F.leaky_relu(self.sum_proj[layer](ego + neigh)) + F.leaky_relu(self.prod_proj[layer](ego * neigh))
 
-    def forward(self, x: Tensor, num_items: int) -> Tensor:
+    def forward(self, x: Tensor, num_items: int, spmm: Spmm = torch.sparse.mm) -> Tensor:
         if self.att_items is None:
             raise RuntimeError("KGView.refresh_attention must run before forward (model.pre_epoch)")
         out = x[:num_items]
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             adj = self.att_items if last else self.att_full
-            neigh = torch.sparse.mm(adj, x)
+            neigh = spmm(adj, x)
             x = self._layer(layer, x[:num_items] if last else x, neigh)
             out = out + F.normalize(x[:num_items], dim=1)
         return out
@@ -100,14 +105,22 @@ class MMView(nn.Module):
         self.num_layers = num_layers
         self.propagate_ids = propagate_ids
 
-    def _propagate(self, adj: Tensor, x: Tensor) -> Tensor:
-        for _ in range(self.num_layers):
-            x = torch.sparse.mm(adj, x)
-        return x
+    def forward(self, item_emb: Tensor, features: dict[str, Tensor], adj: Tensor,
+                spmm: Spmm = torch.sparse.mm) -> tuple[Tensor, dict[str, Tensor]]:
+        def propagate(x: Tensor) -> Tensor:
+            for _ in range(self.num_layers):
+                x = spmm(adj, x)
+            return x
 
-    def forward(self, item_emb: Tensor, features: dict[str, Tensor], adj: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        per_modality = {m: self._propagate(adj, self.proj[m](x)) for m, x in features.items()}
-        h = torch.stack(list(per_modality.values())).mean(0) if per_modality else torch.zeros_like(item_emb)
+        return self.combine(item_emb, {m: self.proj[m](x) for m, x in features.items()}, propagate)
+
+    def combine(self, item_emb: Tensor, projected: dict[str, Tensor],
+                propagate: Callable[[Tensor], Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """h_mm = mean_m propagate(projected_m) (+ propagate(item_emb)); shared by the
+        full-graph and the sampled forward, which propagate differently."""
+        per_modality = {m: propagate(x) for m, x in projected.items()}
+        h = torch.stack(list(per_modality.values())).mean(0) if per_modality else None
         if self.propagate_ids:
-            h = h + self._propagate(adj, item_emb)
-        return h, per_modality
+            ids = propagate(item_emb)
+            h = ids if h is None else h + ids
+        return (torch.zeros_like(item_emb) if h is None else h), per_modality

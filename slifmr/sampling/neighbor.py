@@ -1,0 +1,298 @@
+"""Neighbor-sampled subgraphs of the epoch's heterogeneous graph (DESIGN.md §4).
+
+The epoch's fused graphs become one HeteroData (`epoch_graph`): node types user, item and
+entity; an edge (src, rel, dst) carries the message src -> dst with its normalised weight:
+
+    (user, rates, item), (item, rated_by, user)   the user-item block of A(t)
+    (item, correlates, item)                      the gamma * S(t) block of A(t)
+    (item, similar, item)                         A_mm(t), the fused multimodal item graph
+    (item|entity, kg, item|entity)                KG(t) with its attention weights (relations,
+                                                  correlated_with included, fold into them)
+
+`HeteroNeighborSampler` is PyG's NeighborSampler: with pyg-lib or torch-sparse installed it
+samples with them; otherwise `_sample` runs a vectorised pure-PyTorch sampler with the same
+output (HeteroSamplerOutput: seeds first, nodes and edges ordered by hop, uniform sampling
+without replacement, edge ids in CSC order). `BatchSubgraphs` turns a BPR batch into the
+sampled HeteroData the model's views run on, through PyG's `filter_hetero_data`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch_geometric.typing
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_geometric.loader.utils import filter_hetero_data
+from torch_geometric.sampler import HeteroSamplerOutput, NeighborSampler
+
+from slifmr.errors import ConfigError
+from slifmr.rng import derive_seed
+
+EdgeType = tuple[str, str, str]
+RATES: EdgeType = ("user", "rates", "item")
+RATED_BY: EdgeType = ("item", "rated_by", "user")
+CORRELATES: EdgeType = ("item", "correlates", "item")
+SIMILAR: EdgeType = ("item", "similar", "item")
+KG_TYPES: tuple[EdgeType, ...] = tuple((s, "kg", d) for s in ("item", "entity") for d in ("item", "entity"))
+VIEW_EDGE_TYPES: dict[str, tuple[EdgeType, ...]] = {"cf": (RATES, RATED_BY, CORRELATES), "mm": (SIMILAR,), "kg": KG_TYPES}
+
+
+def backend() -> str:
+    """The sampling routine PyG will use: 'pyg-lib', 'torch-sparse' or slifmr's 'pytorch'."""
+    if torch_geometric.typing.WITH_PYG_LIB:
+        return "pyg-lib"
+    if torch_geometric.typing.WITH_TORCH_SPARSE:
+        return "torch-sparse"
+    return "pytorch"
+
+
+# ---------------------------------------------------------------------------- the graph
+
+
+def _coo(adj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, values) of a CSR matrix, on the CPU."""
+    adj = adj.cpu()
+    crow, col = adj.crow_indices(), adj.col_indices()
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow.diff())
+    return row, col, adj.values()
+
+
+def _put(data: HeteroData, etype: EdgeType, src: Tensor, dst: Tensor, weight: Tensor) -> None:
+    data[etype].edge_index = torch.stack([src, dst])
+    data[etype].edge_weight = weight.float()
+
+
+def epoch_graph(num_users: int, num_items: int, num_entities: int, cf_adj: Tensor,
+                mm_adj: Tensor | None = None, kg_att: Tensor | None = None) -> HeteroData:
+    """The epoch's graphs as one HeteroData.
+
+    cf_adj: (M+N, M+N) CSR A(t), users first; mm_adj: (N, N) CSR A_mm(t); kg_att: (N+E, N+E)
+    CSR attention over KG(t), items first. Entry [r, c] is the weight of the message c -> r.
+    """
+    data = HeteroData()
+    data["user"].num_nodes, data["item"].num_nodes = num_users, num_items
+    r, c, w = _coo(cf_adj)
+    for etype, keep, src_off, dst_off in (
+        (RATES, (r >= num_users) & (c < num_users), 0, num_users),
+        (RATED_BY, (r < num_users) & (c >= num_users), num_users, 0),
+        (CORRELATES, (r >= num_users) & (c >= num_users), num_users, num_users),
+    ):
+        _put(data, etype, c[keep] - src_off, r[keep] - dst_off, w[keep])
+    if mm_adj is not None:
+        r, c, w = _coo(mm_adj)
+        _put(data, SIMILAR, c, r, w)
+    if kg_att is not None:
+        data["entity"].num_nodes = num_entities
+        r, c, w = _coo(kg_att)
+        for s, _, d in KG_TYPES:
+            keep = ((c < num_items) == (s == "item")) & ((r < num_items) == (d == "item"))
+            _put(data, (s, "kg", d), c[keep] - (0 if s == "item" else num_items),
+                 r[keep] - (0 if d == "item" else num_items), w[keep])
+    return data
+
+
+def parse_fanout(spec: str, edge_types: list[EdgeType]) -> dict[EdgeType, list[int]]:
+    """'10,5' (every edge type, per hop) or '10,5;kg=5,0;similar=20,0': per-hop fan-outs,
+    optionally overridden per relation (rates, rated_by, correlates, similar, kg). -1 takes
+    every neighbour. Every edge type gets the same number of hops."""
+    parts = [p.strip() for p in spec.split(";") if p.strip()]
+
+    def hops(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"train.fanout {spec!r}: expected integers like 10,5, got {text!r}") from None
+        if not values or any(v < -1 for v in values):
+            raise ConfigError(f"train.fanout {spec!r}: fan-outs are integers >= -1 (-1 = all neighbours)")
+        return values
+
+    if not parts or "=" in parts[0]:
+        raise ConfigError(f"train.fanout {spec!r}: start with the per-hop default, e.g. 10,5")
+    default = hops(parts[0])
+    out = {et: list(default) for et in edge_types}
+    rels = {et[1] for et in edge_types} | {"rates", "rated_by", "correlates", "similar", "kg"}
+    for part in parts[1:]:
+        rel, sep, text = part.partition("=")
+        if not sep or rel.strip() not in rels:
+            raise ConfigError(f"train.fanout {spec!r}: {part!r} is not relation=fan-outs "
+                              f"(relations: {', '.join(sorted(rels))})")
+        values = hops(text)
+        if len(values) != len(default):
+            raise ConfigError(f"train.fanout {spec!r}: {rel.strip()} has {len(values)} hops, the default {len(default)}")
+        for et in edge_types:
+            if et[1] == rel.strip():
+                out[et] = values
+    return out
+
+
+def view_fanouts(spec: str, layers: dict[str, int]) -> dict[EdgeType, list[int]]:
+    """Fan-outs of every edge type of the active views (`layers`: view -> its layer count).
+
+    The spec needs as many hops as the deepest view; a view's edges are not sampled past its
+    own depth (fan-out 0 there), so a 1-layer KG view does not widen the 2-hop CF subgraph."""
+    edge_types = [et for v in layers for et in VIEW_EDGE_TYPES[v]]
+    out = parse_fanout(spec, edge_types)
+    hops = len(next(iter(out.values())))
+    deepest = max(layers, key=lambda v: layers[v])
+    if hops < layers[deepest]:
+        raise ConfigError(f"train.fanout {spec!r} has {hops} hop(s); the {deepest} view has {layers[deepest]} layers")
+    for view, n in layers.items():
+        for et in VIEW_EDGE_TYPES[view]:
+            out[et] = [f if h < n else 0 for h, f in enumerate(out[et])]
+    return out
+
+
+# ---------------------------------------------------------------------------- the sampler
+
+
+def _sample_rows(start: Tensor, deg: Tensor, k: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Uniformly sample min(k, deg) of each row's entries without replacement (k < 0: all).
+
+    start, deg: (R,) CSC offsets and degrees of the rows. Returns (entry ids, row of each)."""
+    take_all = deg <= k if k >= 0 else torch.ones_like(deg, dtype=torch.bool)
+    ids, rows = [], []
+    idx = torch.nonzero(take_all).flatten()
+    if idx.numel():
+        counts = deg[idx]
+        row = torch.repeat_interleave(idx, counts)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        ids.append(start[row] + torch.arange(row.numel()) - first)
+        rows.append(row)
+    mid = torch.nonzero(~take_all & (deg <= 4 * k)).flatten()
+    if mid.numel():  # few entries: random keys over the padded row, keep the k smallest
+        keys = torch.rand(mid.numel(), 4 * k, generator=generator)
+        keys[torch.arange(4 * k) >= deg[mid, None]] = 2.0
+        pick = torch.topk(keys, k, dim=1, largest=False).indices
+        ids.append((start[mid, None] + pick).flatten())
+        rows.append(mid.repeat_interleave(k))
+    big = torch.nonzero(~take_all & (deg > 4 * k)).flatten()
+    if big.numel():  # many entries: sequential draws, repeats rejected (uniform without replacement)
+        draws = (torch.rand(big.numel(), 3 * k, generator=generator) * deg[big, None]).long()
+        order = torch.sort(draws, dim=1, stable=True)
+        first = torch.ones_like(draws, dtype=torch.bool)
+        first[:, 1:] = order.values[:, 1:] != order.values[:, :-1]
+        keep = torch.zeros_like(first).scatter_(1, order.indices, first)
+        keep &= torch.cumsum(keep, 1) <= k
+        short = keep.sum(1) < k
+        for r in torch.nonzero(short).flatten().tolist():  # rare: too many repeats
+            keep[r] = False
+            draws[r, :k] = torch.randperm(int(deg[big[r]]), generator=generator)[:k]
+            keep[r, :k] = True
+        ids.append((start[big, None] + draws)[keep])
+        rows.append(big.repeat_interleave(k))
+    if not ids:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(ids), torch.cat(rows)
+
+
+class HeteroNeighborSampler(NeighborSampler):
+    """PyG's NeighborSampler with a pure-PyTorch `_sample` where pyg-lib and torch-sparse are
+    missing. Its randomness comes from `self.generator` (reseed it per batch)."""
+
+    def __init__(self, data: HeteroData, num_neighbors: dict[EdgeType, list[int]]):
+        with warnings.catch_warnings():  # "without pyg-lib is deprecated": we bring our own
+            warnings.simplefilter("ignore")
+            super().__init__(data, num_neighbors)
+        self.generator = torch.Generator()
+        self._local = {t: torch.full((n,), -1, dtype=torch.long) for t, n in self.num_nodes.items()}
+        self.in_degree = {self.to_edge_type[rel]: colptr.diff() for rel, colptr in self.colptr_dict.items()}
+
+    def _sample(self, seed: dict[str, Tensor], seed_time: object = None, **kwargs: object) -> HeteroSamplerOutput:
+        if backend() != "pytorch":
+            return super()._sample(seed, seed_time, **kwargs)
+        return self._sample_pytorch(seed)
+
+    def _sample_pytorch(self, seed: dict[str, Tensor]) -> HeteroSamplerOutput:
+        """Seeds (unique per type) first; hop by hop, every node added in the previous hop
+        samples its in-edges of each edge type; new sources are appended (sorted by id)."""
+        fanouts = self.num_neighbors.get_mapped_values(self.edge_types)
+        nodes = {t: seed.get(t, torch.zeros(0, dtype=torch.long)).long() for t in self.node_types}
+        for t, ids in nodes.items():
+            self._local[t][ids] = torch.arange(ids.numel())
+        num_nodes = {t: [ids.numel()] for t, ids in nodes.items()}
+        out_row: dict[EdgeType, list[Tensor]] = {self.to_edge_type[r]: [] for r in self.colptr_dict}
+        out_col = {et: [] for et in out_row}
+        out_edge = {et: [] for et in out_row}
+        num_edges: dict[EdgeType, list[int]] = {et: [] for et in out_row}
+        frontier = {t: (0, ids.numel()) for t, ids in nodes.items()}
+        try:
+            for hop in range(self.num_neighbors.num_hops):
+                before = {t: ids.numel() for t, ids in nodes.items()}
+                for rel, colptr in self.colptr_dict.items():
+                    et = self.to_edge_type[rel]
+                    src_t, _, dst_t = et
+                    lo, hi = frontier[dst_t]
+                    k = fanouts[rel][hop]
+                    if k == 0 or hi == lo:
+                        num_edges[et].append(0)
+                        continue
+                    dst = nodes[dst_t][lo:hi]
+                    eid, which = _sample_rows(colptr[dst], colptr[dst + 1] - colptr[dst], k, self.generator)
+                    src = self.row_dict[rel][eid]
+                    local = self._local[src_t]
+                    new = torch.unique(src[local[src] < 0])
+                    local[new] = torch.arange(nodes[src_t].numel(), nodes[src_t].numel() + new.numel())
+                    nodes[src_t] = torch.cat([nodes[src_t], new])
+                    out_row[et].append(local[src])
+                    out_col[et].append(which + lo)
+                    out_edge[et].append(eid)
+                    num_edges[et].append(eid.numel())
+                frontier = {t: (before[t], nodes[t].numel()) for t in nodes}
+                for t in nodes:
+                    num_nodes[t].append(nodes[t].numel() - before[t])
+        finally:
+            for t, ids in nodes.items():
+                self._local[t][ids] = -1
+
+        def cat(parts: list[Tensor]) -> Tensor:
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+        return HeteroSamplerOutput(
+            node=nodes, row={et: cat(v) for et, v in out_row.items()}, col={et: cat(v) for et, v in out_col.items()},
+            edge={et: cat(v) for et, v in out_edge.items()}, num_sampled_nodes=num_nodes, num_sampled_edges=num_edges,
+        )
+
+
+class BatchSubgraphs:
+    """The sampled subgraph of a BPR batch (users, positive items, negative items).
+
+    `sample` returns a HeteroData holding, per node type, `n_id` (global ids, seeds first) and
+    per edge type `edge_index` (local), `edge_weight` and `e_id`, plus `num_sampled_nodes_dict`
+    / `num_sampled_edges_dict` per hop (as PyG's loaders do), and the batch as local indices:
+    `data["user"].src_index`, `data["item"].dst_pos_index`, `data["item"].dst_neg_index`.
+    Sampled edges' weights are rescaled by in-degree / sampled count per (edge type, target),
+    so a sampled layer is an unbiased estimate of the full one, and equal to it when every
+    neighbour is taken. Randomness is a pure function of (seed, epoch, rank, batch number).
+    """
+
+    def __init__(self, graph: HeteroData, fanout: dict[EdgeType, list[int]], seed: int, rank: int = 0):
+        self.graph = graph
+        self.sampler = HeteroNeighborSampler(graph, {et: fanout[et] for et in graph.edge_types})
+        self.seed, self.rank = seed, rank
+
+    def sample(self, users: Tensor, pos: Tensor, neg: Tensor, epoch: int, step: int) -> HeteroData:
+        self.sampler.generator.manual_seed(derive_seed(self.seed, epoch, self.rank, step))
+        seed_users, user_index = torch.unique(users, return_inverse=True)
+        seed_items, item_index = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        with torch.random.fork_rng():  # PyG's own samplers draw from the global generator
+            torch.manual_seed(derive_seed(self.seed, epoch, self.rank, step))
+            out = self.sampler._sample({"user": seed_users, "item": seed_items})
+        data = filter_hetero_data(self.graph, out.node, out.row, out.col, out.edge, self.sampler.edge_permutation)
+        for t, ids in out.node.items():
+            data[t].n_id = ids
+        for et in data.edge_types:
+            perm = self.sampler.edge_permutation.get(et)
+            data[et].e_id = out.edge[et] if perm is None else perm[out.edge[et]]
+            col = data[et].edge_index[1]
+            if col.numel():
+                sampled = torch.bincount(col, minlength=data[et[2]].num_nodes)[col]
+                full = self.sampler.in_degree[et][data[et[2]].n_id[col]]
+                data[et].edge_weight = data[et].edge_weight * (full / sampled).float()
+        data.set_value_dict("num_sampled_nodes", out.num_sampled_nodes)
+        data.set_value_dict("num_sampled_edges", out.num_sampled_edges)
+        data["user"].src_index = user_index
+        data["item"].dst_pos_index = item_index[: pos.numel()]
+        data["item"].dst_neg_index = item_index[pos.numel():]
+        return data

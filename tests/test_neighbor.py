@@ -1,0 +1,190 @@
+"""Neighbor sampling of the heterogeneous graph, the sampled model, layer-wise inference and
+the approximate kNN (issue 5), in-process on the tiny dataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from slifmr.config import load_config
+from slifmr.data.format import Dataset
+from slifmr.errors import ConfigError
+from slifmr.model.slifmr import SLIFMR
+from slifmr.sampling.neighbor import (
+    KG_TYPES,
+    RATES,
+    BatchSubgraphs,
+    HeteroNeighborSampler,
+    _sample_rows,
+    backend,
+    parse_fanout,
+    view_fanouts,
+)
+from slifmr.trainer import build_model
+
+
+def _model(ds: Dataset, *overrides: str) -> SLIFMR:
+    cfg = load_config(overrides=["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", *overrides])
+    model = build_model(cfg, ds)
+    model.pre_epoch(1, None)
+    model.pre_epoch(2, torch.randn(ds.num_items, 16, generator=torch.Generator().manual_seed(1)))  # S(t) fused
+    return model
+
+
+def _batch(ds: Dataset, n: int = 24, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, ds.num_users, (n,), generator=g), torch.randint(0, ds.num_items, (n,), generator=g),
+            torch.randint(0, ds.num_items, (n,), generator=g))
+
+
+def test_sampled_edges_exist_and_fanouts_are_respected(tiny_ds: Dataset) -> None:
+    model = _model(tiny_ds)
+    graph = model.epoch_graph()
+    fanout = view_fanouts("4,2", model.view_layers)
+    sub = BatchSubgraphs(graph, fanout, seed=3).sample(*_batch(tiny_ds), epoch=1, step=0)
+    assert backend() == "pytorch"  # this machine has neither pyg-lib nor torch-sparse
+    for et in sub.edge_types:
+        src, dst = sub[et].edge_index
+        e_id = sub[et].e_id
+        # every sampled edge is an edge of the epoch graph, between the right global nodes
+        full = graph[et].edge_index[:, e_id]
+        assert torch.equal(sub[et[0]].n_id[src], full[0]) and torch.equal(sub[et[2]].n_id[dst], full[1])
+        assert e_id.unique().numel() == e_id.numel()  # without replacement
+        # per hop, each target gets min(fan-out, in-degree) edges of each type
+        deg = torch.bincount(graph[et].edge_index[1], minlength=graph[et[2]].num_nodes)
+        offset, node_start = 0, 0
+        for hop, n_edges in enumerate(sub[et].num_sampled_edges):
+            k = fanout[et][hop]
+            hop_dst = dst[offset : offset + n_edges]
+            n_targets = sub[et[2]].num_sampled_nodes[hop]
+            targets = torch.arange(node_start, node_start + n_targets)
+            got = torch.bincount(hop_dst, minlength=sub[et[2]].num_nodes)[targets]
+            want = deg[sub[et[2]].n_id[targets]]
+            want = want.clamp_max(k) if k >= 0 else want
+            assert torch.equal(got, want), (et, hop)
+            offset += n_edges
+            node_start += n_targets
+    # the 1-layer KG and MM views are not sampled at hop 2
+    assert all(sub[et].num_sampled_edges[1] == 0 for et in KG_TYPES)
+
+
+def test_sampling_is_seeded(tiny_ds: Dataset) -> None:
+    model = _model(tiny_ds)
+    fanout = view_fanouts("3,2", model.view_layers)
+    a, b = (BatchSubgraphs(model.epoch_graph(), fanout, seed=5) for _ in range(2))
+    batch = _batch(tiny_ds)
+    x, y, z = a.sample(*batch, 2, 7), b.sample(*batch, 2, 7), a.sample(*batch, 2, 8)
+    assert torch.equal(x[RATES].e_id, y[RATES].e_id) and torch.equal(x["item"].n_id, y["item"].n_id)
+    assert not torch.equal(x[RATES].e_id, z[RATES].e_id)
+
+
+def test_uniform_without_replacement_matches_pyg_semantics() -> None:
+    """pyg-lib samples min(k, deg) distinct in-edges uniformly: each edge of a node of
+    degree deg is taken with probability k / deg. Checked for the random-key (deg <= 4k) and
+    the rejection (deg > 4k) paths against that, within 5 binomial standard deviations."""
+    k, trials = 3, 4000
+    g = torch.Generator().manual_seed(0)
+    for deg in (5, 40):
+        start = torch.zeros(trials, dtype=torch.long)
+        ids, rows = _sample_rows(start, torch.full((trials,), deg), k, g)
+        assert ids.numel() == k * trials
+        per_row = torch.zeros(trials, deg, dtype=torch.long).index_put_((rows, ids), torch.ones_like(ids), accumulate=True)
+        assert per_row.max() == 1 and torch.equal(per_row.sum(1), torch.full((trials,), k))
+        p = k / deg
+        sd = math.sqrt(trials * p * (1 - p))
+        assert (per_row.sum(0).float() - trials * p).abs().max() < 5 * sd
+
+
+@pytest.mark.skipif(backend() == "pytorch", reason="pyg-lib / torch-sparse not installed (no PyPI wheels)")
+def test_native_backend_agrees_in_distribution(tiny_ds: Dataset) -> None:  # pragma: no cover - GPU clusters
+    model = _model(tiny_ds)
+    graph = model.epoch_graph()
+    fanout = view_fanouts("3,2", model.view_layers)
+    native = HeteroNeighborSampler(graph, fanout)
+    ours = HeteroNeighborSampler(graph, fanout)
+    seed = {"user": torch.arange(10), "item": torch.arange(10)}
+    counts = []
+    for sampler, fn in ((native, native._sample), (ours, ours._sample_pytorch)):
+        n = [sum(fn(seed).num_sampled_edges[RATES]) for _ in range(200)]
+        counts.append(sum(n) / len(n))
+    assert abs(counts[0] - counts[1]) < 0.05 * counts[0]
+
+
+def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
+    model = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
+    sub = BatchSubgraphs(model.epoch_graph(), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
+    users, z, views = model.sampled_propagate(sub)
+    ref_users, ref_z, ref_views = model.propagate()
+    u_ids, i_ids = sub["user"].n_id[: users.shape[0]], sub["item"].n_id[: z.shape[0]]
+    torch.testing.assert_close(users, ref_users[u_ids], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z, ref_z[i_ids], atol=1e-5, rtol=1e-5)
+    for name in ("cf", "kg", "mm"):
+        torch.testing.assert_close(views[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
+    full = model.loss(_batch(tiny_ds))
+    sampled = model.sampled_loss(sub)
+    torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
+
+
+def test_layerwise_inference_equals_one_pass(tiny_ds: Dataset) -> None:
+    model = _model(tiny_ds)
+    model.eval()
+    with torch.no_grad():
+        ref_users, ref_z, _ = model.propagate()
+        model.inference_chunk = 7  # many row blocks
+        users, z, _ = model.propagate(layerwise=True)
+    torch.testing.assert_close(users, ref_users)
+    torch.testing.assert_close(z, ref_z)
+
+
+def test_fanout_spec_errors() -> None:
+    layers = {"cf": 2, "kg": 1, "mm": 1}
+    assert view_fanouts("10,5;kg=7,7", layers)[KG_TYPES[0]] == [7, 0]
+    assert parse_fanout("-1,3", [RATES])[RATES] == [-1, 3]
+    for spec, message in (("10", "1 hop"), ("10,x", "integers"), ("kg=1,2", "per-hop default"),
+                          ("10,5;images=1,2", "not relation"), ("10,-2", ">= -1"), ("10,5;kg=1", "hops")):
+        with pytest.raises(ConfigError, match=message):
+            view_fanouts(spec, layers)
+    with pytest.raises(ConfigError, match="user_aux"):
+        load_config(overrides=["train.sampling=neighbor", "model.user_aux=true"])
+
+
+def test_approximate_knn_recall_is_reported(tiny_ds: Dataset) -> None:
+    from slifmr.data.graphs import knn
+    from slifmr.distributed.knn import KnnSearch
+
+    z = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    exact = KnnSearch()
+    assert torch.equal(exact(z, 5)[0], knn(z, 5)[0]) and exact.recall is None
+    approx = KnnSearch(method="approx", check_rows=200)
+    nbrs, sims = approx(z, 5)
+    assert nbrs.shape == (500, 5) and not (nbrs == torch.arange(500)[:, None]).any()
+    assert approx.recall is not None and approx.recall > 0.9  # HNSW on 500 points is near exact
+    torch.testing.assert_close(sims, (torch.nn.functional.normalize(z, dim=1)[:, None] *
+                                      torch.nn.functional.normalize(z, dim=1)[nbrs]).sum(2), atol=1e-4, rtol=1e-4)
+
+
+def test_sampled_training_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:
+    """A sampled run (approximate kNN, capped steps, sampled evaluation users) stopped after
+    epoch 2 and resumed equals the uninterrupted run: sampling is a function of the position."""
+    from slifmr.trainer import train_loop
+
+    def cfg(epochs: int):  # noqa: ANN202
+        c = load_config(overrides=["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", "train.batch_size=128",
+                                   "train.sampling=neighbor", "train.fanout=5,3", "model.knn=approx",
+                                   "train.steps_per_epoch=2", "train.eval_users=40", f"train.epochs={epochs}",
+                                   "train.patience=100"])
+        c.data = str(tiny_path)
+        return c
+
+    whole = train_loop(cfg(3), tmp_path / "whole")
+    train_loop(cfg(2), tmp_path / "part")
+    resumed = train_loop(cfg(3), tmp_path / "part", resume=True)
+    assert whole["valid"] == resumed["valid"] and whole["test"] == resumed["test"]
+    import json
+
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in lines] == [2, 2, 2]
+    assert all(r["knn_recall"] is not None for r in lines[1:])  # fused from epoch 2 on
