@@ -23,20 +23,25 @@ from slifmr.rng import derive_seed
 KNN_METHODS = ("exact", "approx")
 
 
-def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, ef: int = 128) -> tuple[Tensor, Tensor]:
-    """Approximate cosine top-k (self excluded) of `rows` among all x (N, d) with faiss HNSW."""
+def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, links: int = 16, ef_build: int = 40,
+               ef_search: int = 64) -> tuple[Tensor, Tensor]:
+    """Approximate cosine top-k (self excluded) of `rows` among all x (N, d) with faiss HNSW;
+    the same input gives the same neighbours on every process."""
     try:
         import faiss
     except ImportError:
         raise SlifmrError("model.knn=approx needs faiss: pip install faiss-cpu") from None
-    faiss.omp_set_num_threads(torch.get_num_threads())
     xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
     rows = torch.arange(x.shape[0]) if rows is None else rows.cpu()
     k = min(k, x.shape[0] - 1)
-    index = faiss.IndexHNSWFlat(xn.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef
-    index.hnsw.efSearch = max(ef, 2 * k)
+    # faiss's defaults: on 10^5 clustered 64-d rows, build 9 s + search 8 s vs 58 s exact on
+    # 2 cores, recall@10 0.98 (the kNN recall each approximate epoch reports is the real check)
+    index = faiss.IndexHNSWFlat(xn.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_build
+    index.hnsw.efSearch = max(ef_search, 2 * k)
+    faiss.omp_set_num_threads(1)  # a parallel build links nodes in a racy order: one thread is reproducible
     index.add(xn)
+    faiss.omp_set_num_threads(torch.get_num_threads())  # searches are independent per query
     sims, nbrs = (torch.from_numpy(a) for a in index.search(xn[rows.numpy()], k + 1))
     # drop the row itself (usually the first hit); rows whose k+1 hits miss themselves drop the last
     not_self = nbrs != rows[:, None]

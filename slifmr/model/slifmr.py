@@ -50,8 +50,9 @@ RowSharding = tuple[Callable[[int], tuple[int, int]], Callable[[Tensor, int], Te
 class SLIFMR(nn.Module):
     def __init__(self, ds: Dataset, cfg: ModelConfig, knn_fn: KnnFn | None = None, seed: int = 0,
                  static_knn_fn: KnnFn | None = None):
-        """knn_fn: S(t)'s top-k search (default exact, in-process); static_knn_fn: an EXACT
-        search for the frozen multimodal graph (a sharded one splits its one-time cost)."""
+        """knn_fn: S(t)'s top-k search (default exact, in-process); static_knn_fn: the search
+        for the frozen multimodal graph (default exact); it must give the same graph whenever
+        the model is rebuilt (the sharded exact search and faiss's single-thread build do)."""
         super().__init__()
         self.cfg = cfg
         self.num_users, self.num_items = ds.num_users, ds.num_items

@@ -1,0 +1,238 @@
+"""Cost against size: full-graph and neighbor-sampled training on synthetic graphs of growing
+size, 1 and 2 Ray Train workers (issue 5).
+
+    python benchmarks/scale.py --users 10000 100000 1000000 --steps 20 --full-epoch 1000000
+
+Each size has users U, items U/10, about 10 U interactions, U/5 entities, U KG triples and one
+64-d modality (slifmr.data.synth, seed 0; cached under --runs/data). Each configuration runs
+`slifmr train` as a subprocess: 2 epochs (epoch 2 rebuilds S(t) with the approximate kNN),
+each capped at --steps optimiser steps of the default global batch (2048), evaluation on 2,000
+sampled users. Measured from the run's metrics.jsonl (epoch 2): seconds per step, training
+interactions per second, fusion seconds (kNN + graph rebuild), bytes of gradient sync per
+step; peak memory = the largest sum of RSS over the driver's whole process tree (Ray
+included), polled every 0.2 s. "epoch seconds" = seconds per step x the steps of a full
+pass + the epoch's time outside the steps (fusion, graph build, evaluation), so sizes whose
+full epoch would take hours are still compared on what they cost. --full-epoch U also trains
+one whole uncapped epoch, sampled, 2 workers, at that size: the proof it fits.
+2-worker sampled runs are measured with both gradient syncs (dense all-reduce and auto:
+touched rows only when smaller).
+
+Writes benchmarks/results/scale.json, scale.png (log-log cost and memory against training
+interactions) and the SCALE section of RESULTS.md, with the fitted exponent of sampled-mode
+epoch seconds against interactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from quality import HERE, RESULTS, write_results_md
+
+BATCH = 2048
+
+
+def dataset(users: int, root: Path) -> tuple[Path, int]:
+    from slifmr.data.format import TRAIN, read_dataset, write_dataset
+    from slifmr.data.synth import synthesize
+
+    path = root / f"u{users}"
+    if not (path / "meta.json").exists():
+        ds = synthesize(users=users, items=users // 10, interactions=11 * users, entities=users // 5, triples=users,
+                        relations=8, modalities=(("text", 64),), clusters=50, seed=0)
+        write_dataset(ds, path, overwrite=True)
+    ds = read_dataset(path)
+    return path, int((ds.split == TRAIN).sum())
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a process that just exited
+            total += p.memory_info().rss
+    return total
+
+
+def run(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
+    """(exit status, wall seconds, peak RSS bytes of the process tree)."""
+    start, peak = time.time(), 0
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        ps = psutil.Process(proc.pid)
+        done = threading.Event()
+
+        def poll() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_rss(ps))
+                time.sleep(0.2)
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        rc = proc.wait()
+        done.set()
+        t.join()
+    return rc, time.time() - start, peak
+
+
+def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path,
+            epochs: int = 2) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
+           "--workers", str(workers), "--sampling", mode, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
+           "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100"]
+    if steps:
+        cmd += ["--set", f"train.steps_per_epoch={steps}"]
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rc, wall, peak = run(cmd, out.parent / f"{out.name}.log")
+    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "train_interactions": n_train,
+                           "exit_status": rc, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
+                           "command": " ".join(["slifmr", *cmd[3:]])}
+    if rc != 0:
+        row["error"] = (out.parent / f"{out.name}.log").read_text()[-2000:]
+        return row
+    r = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    per_step = r["train_seconds"] / r["steps"]
+    full_steps = -(-n_train // BATCH)
+    outside = r["epoch_seconds"] - r["train_seconds"]
+    row.update({
+        "steps": r["steps"], "seconds_per_step": per_step, "interactions_per_second": r["steps"] * BATCH / r["train_seconds"],
+        "sampling_seconds_per_step": r["sampling_seconds"] / r["steps"], "comm_seconds_per_step": r["comm_seconds"] / r["steps"],
+        "grad_bytes_per_step": r["grad_bytes_per_step"], "fusion_seconds": r["fusion_seconds"],
+        "knn_seconds": r["knn_seconds"], "knn_recall": r["knn_recall"], "eval_seconds": r["eval_seconds"],
+        "outside_steps_seconds": outside, "epoch_seconds_estimated": per_step * full_steps + outside,
+        "epoch_seconds_measured": r["epoch_seconds"] if not steps else None,
+    })
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--modes", nargs="+", default=["full", "neighbor"])
+    ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--full-epoch", type=int, help="also train one uncapped sampled epoch on 2 workers at this size")
+    ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
+    args = ap.parse_args()
+    runs_dir = Path(args.runs)
+
+    rows = []
+    for users in args.users:
+        data, n_train = dataset(users, runs_dir / "data")
+        for mode in args.modes:
+            for workers in args.workers:
+                syncs = ["dense", "auto"] if mode == "neighbor" and workers > 1 else ["auto"]
+                for sync in syncs:
+                    row = measure(data, n_train, mode, workers, sync, args.steps, runs_dir / f"u{users}-{mode}-w{workers}-{sync}")
+                    row["users"] = users
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+    full_epoch = None
+    if args.full_epoch:
+        data, n_train = dataset(args.full_epoch, runs_dir / "data")
+        full_epoch = measure(data, n_train, "neighbor", 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch", epochs=1)
+        full_epoch["users"] = args.full_epoch
+        print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
+
+    fits = {}
+    for mode in args.modes:
+        for workers in args.workers:
+            pts = [(r["train_interactions"], r["epoch_seconds_estimated"]) for r in rows
+                   if r["mode"] == mode and r["workers"] == workers and r["grad_sync"] == "auto" and r["exit_status"] == 0]
+            if len(pts) >= 2:
+                x, y = np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts])
+                fits[f"{mode}-w{workers}"] = float(np.polyfit(x, y, 1)[0])
+
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {"command": command, "machine": machine, "batch_size": BATCH, "steps_per_run": args.steps,
+           "runs": rows, "full_epoch": full_epoch, "fitted_exponent": fits}
+    tmp = RESULTS / "scale.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(RESULTS / "scale.json")
+    plot(rows, RESULTS / "scale.png")
+    write_results_md("SCALE", section(doc))
+    print(section(doc))
+    return 0
+
+
+def section(doc: dict[str, Any]) -> str:
+    lines = ["| users | train interactions | mode | workers | grad sync | s/step | interactions/s | epoch s (est.) | "
+             "fusion s | kNN recall | grad MB/step | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        if r["exit_status"] != 0:
+            lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
+                         f"failed (exit {r['exit_status']}) | | | | | | {r['peak_rss_gb']:.1f} |")
+            continue
+        recall = "" if r["knn_recall"] is None else f"{r['knn_recall']:.3f}"
+        lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
+                     f"{r['seconds_per_step']:.3f} | {r['interactions_per_second']:,.0f} | {r['epoch_seconds_estimated']:,.0f} | "
+                     f"{r['fusion_seconds']:.1f} | {recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | {r['peak_rss_gb']:.1f} |")
+    fits = ", ".join(f"{k}: {v:.2f}" for k, v in doc["fitted_exponent"].items())
+    body = (f"## Scale: full-graph and neighbor-sampled training (issue 5)\n\nCommand: `{doc['command']}`  \n"
+            f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~10 U interactions, U KG triples, one "
+            f"64-d modality); global batch {doc['batch_size']}, {doc['steps_per_run']} steps per epoch measured, epoch 2 "
+            "reported (it includes the fusion: approximate kNN + graph rebuild); evaluation on 2,000 sampled users. "
+            "'epoch s (est.)' = s/step x steps of a full pass + the epoch's time outside the steps. Grad MB/step: the "
+            "gradient buffers one worker puts into all-reduce or gets from all-gather per step (0 with 1 worker). "
+            "Peak RSS: the whole process tree (driver, Ray, workers).\n\n" + "\n".join(lines)
+            + f"\n\nFitted exponent of epoch seconds against training interactions (log-log slope): {fits}.\n")
+    fe = doc.get("full_epoch")
+    if fe:
+        if fe["exit_status"] == 0:
+            body += (f"\nOne whole sampled epoch, 2 workers, {fe['users']:,} users / {fe['train_interactions']:,} training "
+                     f"interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
+                     f"{fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
+        else:
+            body += f"\nThe whole sampled epoch at {fe['users']:,} users failed (exit {fe['exit_status']}).\n"
+    return body + "\n![scale](results/scale.png)\n"
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    series = sorted({(r["mode"], r["workers"]) for r in rows})
+    for mode, workers in series:
+        pts = sorted((r["train_interactions"], r["epoch_seconds_estimated"], r["peak_rss_gb"]) for r in rows
+                     if (r["mode"], r["workers"]) == (mode, workers) and r["grad_sync"] == "auto" and r["exit_status"] == 0)
+        if not pts:
+            continue
+        x, t, m = zip(*pts)
+        style = "-o" if mode == "neighbor" else "--s"
+        ax_t.plot(x, t, style, label=f"{mode}, {workers} worker(s)")
+        ax_m.plot(x, m, style, label=f"{mode}, {workers} worker(s)")
+    for ax, title in ((ax_t, "epoch seconds (estimated)"), (ax_m, "peak RSS (GB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training interactions")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
