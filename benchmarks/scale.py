@@ -3,7 +3,7 @@ size, 1 and 2 Ray Train workers (issue 5).
 
     python benchmarks/scale.py --users 10000 100000 1000000 --steps 20 --full-epoch 1000000
 
-Each size has users U, items U/10, about 10 U interactions, U/5 entities, U KG triples and one
+Each size has users U, items U/10, about 12 U interactions, U/5 entities, U KG triples and one
 64-d modality (slifmr.data.synth, seed 0; cached under --runs/data). Each configuration runs
 `slifmr train` as a subprocess: 2 epochs (epoch 2 rebuilds S(t) with the approximate kNN),
 each capped at --steps optimiser steps of the default global batch (2048), evaluation on 2,000
@@ -49,7 +49,7 @@ def dataset(users: int, root: Path) -> tuple[Path, int]:
 
     path = root / f"u{users}"
     if not (path / "meta.json").exists():
-        ds = synthesize(users=users, items=users // 10, interactions=11 * users, entities=users // 5, triples=users,
+        ds = synthesize(users=users, items=users // 10, interactions=13 * users, entities=users // 5, triples=users,
                         relations=8, modalities=(("text", 64),), clusters=50, seed=0)
         write_dataset(ds, path, overwrite=True)
     ds = read_dataset(path)
@@ -186,7 +186,7 @@ def section(doc: dict[str, Any]) -> str:
                      f"{r['fusion_seconds']:.1f} | {recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | {r['peak_rss_gb']:.1f} |")
     fits = ", ".join(f"{k}: {v:.2f}" for k, v in doc["fitted_exponent"].items())
     body = (f"## Scale: full-graph and neighbor-sampled training (issue 5)\n\nCommand: `{doc['command']}`  \n"
-            f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~10 U interactions, U KG triples, one "
+            f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~12 U interactions, U KG triples, one "
             f"64-d modality); global batch {doc['batch_size']}, {doc['steps_per_run']} steps per epoch measured, epoch 2 "
             "reported (it includes the fusion: approximate kNN + graph rebuild); evaluation on 2,000 sampled users. "
             "'epoch s (est.)' = s/step x steps of a full pass + the epoch's time outside the steps. Grad MB/step: the "

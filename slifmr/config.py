@@ -253,6 +253,10 @@ def validate(cfg: Config) -> None:
         (t.sampling in ("full", "neighbor"), f"train.sampling must be 'full' or 'neighbor', got {t.sampling!r}"),
         (not (t.sampling == "neighbor" and m.user_aux),
          "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
+        (not (t.sampling == "neighbor" and t.strategy == "deepspeed"),
+         "train.sampling=neighbor trains the embedding tables with sparse row updates: use --strategy ddp"),
+        (not (t.sampling == "neighbor" and t.weight_decay > 0),
+         "train.weight_decay applies to every table row each step: with train.sampling=neighbor use model.lambda_reg"),
         (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),
         (t.grad_sync in ("auto", "dense", "sparse"), f"train.grad_sync must be auto, dense or sparse, got {t.grad_sync!r}"),
         (t.zero_stage in (1, 2), f"train.zero_stage must be 1 or 2 (stage 3 shards the parameters that "

@@ -149,8 +149,9 @@ def train_loop(
     neighbor = cfg.train.sampling == "neighbor"
     # full-graph steps give every table row a gradient: auto means dense there
     grad_sync = "dense" if cfg.train.grad_sync == "auto" and not neighbor else cfg.train.grad_sync
+    model.sparse_tables = neighbor  # sampled steps touch few table rows: sparse grads, row-wise Adam
     strategy = make_strategy(cfg.train.strategy, model, cfg.train.lr, cfg.train.weight_decay, comm,
-                              cfg.train.zero_stage, per_worker, model.embedding_tables(), grad_sync)
+                              cfg.train.zero_stage, per_worker, model.embedding_tables(), grad_sync, neighbor)
     sampler = BPRSampler(users, items, ds.num_items, per_worker, cfg.train.seed + 1, comm.rank, comm.world_size)
     steps = min(len(sampler), cfg.train.steps_per_epoch or len(sampler))
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm, cfg.train.eval_users, cfg.train.seed))

@@ -85,6 +85,11 @@ def _sparse_rows_job(comm: Comm) -> dict:
         comm.traffic["bytes"] = 0.0
         comm.average_gradients([table, other], row_sparse=[table], mode=mode)
         out[mode] = {"table": table.grad.clone(), "other": other.grad.clone(), "bytes": comm.traffic["bytes"]}
+        # the same as a sparse COO gradient (sampled steps' lookups): averaged, still sparse
+        sparse = torch.nn.Parameter(torch.zeros(1000, 4))
+        sparse.grad = torch.sparse_coo_tensor(rows[None], torch.full((rows.numel(), 4), float(comm.rank + 1)), (1000, 4))
+        comm.average_gradients([sparse], row_sparse=[sparse], mode=mode)
+        out[mode]["sparse"] = sparse.grad
     return out
 
 
@@ -95,6 +100,9 @@ def test_sparse_row_gradients_average_like_dense(tmp_path: Path) -> None:
         for mode in ("dense", "sparse", "auto"):
             torch.testing.assert_close(r[mode]["table"], want)
             torch.testing.assert_close(r[mode]["other"], torch.full((2,), 0.5))
+            assert r[mode]["sparse"].is_sparse
+            torch.testing.assert_close(r[mode]["sparse"].to_dense(), want)
+        assert r["sparse"]["sparse"]._nnz() == 4  # rows 3, 7, 500, 999: the padding is not a row
         # 2 ranks x 3 padded rows x (16 B + an 8 B id) + the small dense rest, vs the 16 kB table
         assert r["sparse"]["bytes"] == r["auto"]["bytes"] == 2 * 3 * 24 + 8
         assert r["dense"]["bytes"] == 1000 * 4 * 4 + 8

@@ -127,6 +127,27 @@ def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
     torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
 
 
+def test_sampled_step_touches_only_the_sampled_rows(tiny_ds: Dataset) -> None:
+    """Sparse table gradients + row-wise Adam: a step moves only table rows of the sampled
+    subgraph (every seed among them), and the other parameters as dense Adam does."""
+    from slifmr.distributed.collectives import Comm
+    from slifmr.distributed.strategy import DDPStrategy
+
+    model = _model(tiny_ds)
+    model.sparse_tables = True
+    strategy = DDPStrategy(model, 0.01, 0.0, Comm(), model.embedding_tables(), "auto", sparse_tables=True)
+    sub = BatchSubgraphs(model.epoch_graph(), view_fanouts("2,1", model.view_layers), 0).sample(*_batch(tiny_ds, 4), 1, 0)
+    before = model.user_emb.weight.detach().clone()
+    proj = model.mm.proj["text"].weight.detach().clone()
+    strategy.step(model.sampled_loss(sub)["loss"])
+    moved = (model.user_emb.weight.detach() != before).any(1)
+    sampled = torch.zeros_like(moved)
+    sampled[sub["user"].n_id] = True
+    assert not (moved & ~sampled).any() and moved[sub["user"].n_id[: sub["user"].num_sampled_nodes[0]]].all()
+    assert moved.sum() < tiny_ds.num_users and not torch.equal(proj, model.mm.proj["text"].weight)
+    assert model.user_emb.weight.grad is None or model.user_emb.weight.grad.is_sparse
+
+
 def test_layerwise_inference_equals_one_pass(tiny_ds: Dataset) -> None:
     model = _model(tiny_ds)
     model.eval()

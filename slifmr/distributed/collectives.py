@@ -86,42 +86,55 @@ class Comm:
         The model's loss is a method, not forward(), so DDP's hooks would not see it; every
         rank runs the same graph, so the set of parameters holding a gradient is the same.
         `row_sparse` parameters (embedding tables) whose gradients touch few rows go through
-        `average_rows` instead (mode sparse always, auto when it moves fewer bytes)."""
+        `average_rows` instead (mode sparse always, auto when it moves fewer bytes); a sparse
+        (COO) gradient always does."""
         if not _active():
             return
-        sparse_ids = {id(p) for p in row_sparse} if mode != "dense" else set()
+        sparse_ids = {id(p) for p in row_sparse}
         dense = []
         for p in params:
             if p.grad is None:
                 continue
-            if id(p) in sparse_ids:
-                self.average_rows(p.grad, force=mode == "sparse")
+            if id(p) in sparse_ids and (mode != "dense" or p.grad.is_sparse):
+                p.grad = self.average_rows(p.grad, force=mode == "sparse", dense=mode == "dense")
             else:
                 dense.append(p.grad)
         self._average_dense(dense)
 
-    def average_rows(self, grad: Tensor, force: bool = False) -> None:
-        """Average a (rows, d) gradient that is zero outside the rows a batch touched: each
-        rank all-gathers only its (row id, row) pairs, O(touched rows) instead of O(table).
-        Without `force`, falls back to a dense all-reduce when that is smaller."""
-        rows = torch.nonzero(grad.abs().sum(1)).flatten()
+    def average_rows(self, grad: Tensor, force: bool = False, dense: bool = False) -> Tensor:
+        """Average a (rows, d) gradient that is zero outside the rows a batch touched (a sparse
+        COO gradient, or a dense one): each rank all-gathers only its (row id, row) pairs,
+        O(touched rows) instead of O(table). Without `force`, or with `dense`, a dense
+        all-reduce is used when it is smaller (or always). Returns the gradient in its input
+        layout: sparse gradients come back sparse and coalesced."""
+        if grad.is_sparse:
+            g = grad.coalesce()
+            rows, values = g.indices()[0], g.values()
+        else:
+            rows = torch.nonzero(grad.abs().sum(1)).flatten()
+            values = grad[rows]
         with self._timed():
             counts = torch.zeros(self.world_size, dtype=torch.long, device=self.device)
             gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
             gather(counts, torch.tensor([rows.numel()], device=self.device))
         most = int(counts.max())
         row_bytes = grad.shape[1] * grad.element_size() + 8
-        if not force and self.world_size * most * row_bytes >= grad.numel() * grad.element_size():
-            self._average_dense([grad])
-            return
+        table_bytes = grad.shape[0] * grad.shape[1] * grad.element_size()
+        if dense or (not force and self.world_size * most * row_bytes >= table_bytes):
+            full = grad.to_dense() if grad.is_sparse else grad
+            self._average_dense([full])
+            return full.to_sparse(1) if grad.is_sparse else full
         ids = torch.zeros(most, dtype=torch.long, device=grad.device)
         ids[: rows.numel()] = rows
         vals = torch.zeros((most, grad.shape[1]), dtype=grad.dtype, device=grad.device)
-        vals[: rows.numel()] = grad[rows]
+        vals[: rows.numel()] = values
         all_ids, all_vals = self._gather_padded(ids), self._gather_padded(vals)
         self.traffic["bytes"] += self.world_size * most * row_bytes
-        grad.zero_().index_add_(0, all_ids, all_vals)  # padding adds zeros to row 0
-        grad /= self.world_size
+        real = (torch.arange(most, device=counts.device)[None, :] < counts[:, None]).flatten().to(all_ids.device)
+        all_ids, all_vals = all_ids[real], all_vals[real] / self.world_size  # padding dropped
+        if grad.is_sparse:
+            return torch.sparse_coo_tensor(all_ids[None], all_vals, grad.shape).coalesce()
+        return grad.zero_().index_add_(0, all_ids, all_vals)
 
     def _gather_padded(self, t: Tensor) -> Tensor:
         on = t.to(self.device)

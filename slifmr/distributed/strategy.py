@@ -32,26 +32,43 @@ class Strategy(Protocol):
 
 
 class DDPStrategy:
-    """Adam on a full replica; gradients averaged across ranks before each step."""
+    """Adam on a full replica; gradients averaged across ranks before each step.
+
+    `sparse_tables`: the `row_sparse` embedding tables get sparse gradients (neighbor-sampled
+    steps look up a few rows) and a row-wise lazy Adam (torch's SparseAdam, as TorchRec's
+    row-wise optimizers): a step costs O(rows touched), not O(table), in compute as in
+    communication. The other parameters keep dense Adam."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
-                 row_sparse: list[Tensor] | None = None, grad_sync: str = "dense"):
+                 row_sparse: list[Tensor] | None = None, grad_sync: str = "dense", sparse_tables: bool = False):
         self.params = list(model.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
-        self.comm = comm
         self.row_sparse, self.grad_sync = row_sparse or [], grad_sync
+        tables = {id(p) for p in self.row_sparse} if sparse_tables else set()
+        self.optimizer = torch.optim.Adam([p for p in self.params if id(p) not in tables], lr=lr, weight_decay=weight_decay)
+        self.table_optimizer = torch.optim.SparseAdam(self.row_sparse, lr=lr) if sparse_tables else None
+        self.comm = comm
 
     def step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.table_optimizer is not None:
+            self.table_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
         self.optimizer.step()
+        if self.table_optimizer is not None:
+            self.table_optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
+        if self.table_optimizer is None:
+            return self.optimizer.state_dict()
+        return {"dense": self.optimizer.state_dict(), "tables": self.table_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
+        if self.table_optimizer is None:
+            self.optimizer.load_state_dict(state)
+        else:
+            self.optimizer.load_state_dict(state["dense"])
+            self.table_optimizer.load_state_dict(state["tables"])
 
 
 class DeepSpeedStrategy:
@@ -122,10 +139,10 @@ def check_zero_stage(stage: int) -> None:
 
 def make_strategy(name: str, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
                   zero_stage: int = 2, micro_batch: int = 1, row_sparse: list[Tensor] | None = None,
-                  grad_sync: str = "dense") -> Strategy:
-    """`row_sparse` / `grad_sync`: see DDPStrategy (DeepSpeed reduces every gradient densely)."""
+                  grad_sync: str = "dense", sparse_tables: bool = False) -> Strategy:
+    """`row_sparse` / `grad_sync` / `sparse_tables`: see DDPStrategy (DeepSpeed: dense only)."""
     if name == "ddp":
-        return DDPStrategy(model, lr, weight_decay, comm, row_sparse, grad_sync)
+        return DDPStrategy(model, lr, weight_decay, comm, row_sparse, grad_sync, sparse_tables)
     if name == "deepspeed":
         return DeepSpeedStrategy(model, lr, weight_decay, comm, zero_stage, micro_batch)
     raise SlifmrError(f"--strategy {name} is not supported (supported: {', '.join(STRATEGIES)})")

@@ -103,6 +103,8 @@ class SLIFMR(nn.Module):
         self._cache: tuple[Tensor, Tensor] | None = None
         self.timings = {"fusion_seconds": 0.0, "knn_seconds": 0.0}
         self.row_sharding: RowSharding | None = None
+        # sampled steps look table rows up with sparse gradients (a row-wise optimizer follows)
+        self.sparse_tables = False
         self.inference_chunk = 65536  # rows of a sparse matrix multiplied at once in inference
 
     @property
@@ -180,6 +182,17 @@ class SLIFMR(nn.Module):
 
     def _kg_nodes(self) -> Tensor:
         return torch.cat([self.item_emb.weight, self.entity_emb.weight])
+
+    def _rows(self, table: nn.Embedding, idx: Tensor) -> Tensor:
+        return F.embedding(idx, table.weight, sparse=self.sparse_tables)
+
+    def _kg_rows(self, idx: Tensor) -> Tensor:
+        """Rows of the KG node table (items first, then entities), looked up, not sliced."""
+        is_item = idx < self.num_items
+        out = torch.empty(idx.numel(), self.item_emb.embedding_dim, device=idx.device)
+        out[is_item] = self._rows(self.item_emb, idx[is_item])
+        out[~is_item] = self._rows(self.entity_emb, idx[~is_item] - self.num_items)
+        return out
 
     # ------------------------------------------------------------------ forward
 
@@ -279,8 +292,8 @@ class SLIFMR(nn.Module):
         c, dev = self.cfg, self.device
         n_id = {t: b[t].n_id.to(dev) for t in b.node_types}
         seeds = {t: b[t].num_sampled_nodes[0] for t in b.node_types}
-        items0 = self.item_emb(n_id["item"])
-        x = {"user": self.user_emb(n_id["user"]), "item": items0}
+        items0 = self._rows(self.item_emb, n_id["item"])
+        x = {"user": self._rows(self.user_emb, n_id["user"]), "item": items0}
         outs = {t: [x[t][: seeds[t]]] for t in ("user", "item")}
         for layer in range(c.ui_layers):
             x = self._aggregate(b, x, VIEW_EDGE_TYPES["cf"], c.ui_layers - 1 - layer, ("user", "item"))
@@ -289,7 +302,7 @@ class SLIFMR(nn.Module):
         users, h_cf = (torch.stack(outs[t]).mean(0) for t in ("user", "item"))
         views = {"cf": h_cf}
         if self.use_kg:
-            x = {"item": items0, "entity": self.entity_emb(n_id["entity"])}
+            x = {"item": items0, "entity": self._rows(self.entity_emb, n_id["entity"])}
             h_kg = items0[: seeds["item"]]
             for layer in range(c.kg_layers):
                 hop = c.kg_layers - 1 - layer
@@ -320,7 +333,8 @@ class SLIFMR(nn.Module):
         c = self.cfg
         users, items = b["user"].n_id.to(dev), b["item"].n_id.to(dev)
         parts = {"bpr": bpr_loss(u[ui], z[pi], z[ni])}
-        parts["reg"] = c.lambda_reg * l2_reg(self.user_emb(users[ui]), self.item_emb(items[pi]), self.item_emb(items[ni]))
+        parts["reg"] = c.lambda_reg * l2_reg(self._rows(self.user_emb, users[ui]), self._rows(self.item_emb, items[pi]),
+                                             self._rows(self.item_emb, items[ni]))
         if c.lambda_sc > 0 and len(views) > 1:
             parts["sc"] = c.lambda_sc * self._consistency(views, torch.arange(z.shape[0], device=dev))
         if c.lambda_kg > 0 and self.use_kg:
@@ -347,11 +361,11 @@ class SLIFMR(nn.Module):
         idx = torch.randint(0, kg.heads.numel(), (n,), generator=self.generator)
         t_neg = torch.randint(0, kg.num_nodes, (n,), generator=self.generator)
         h, r, t, t_neg = (v.to(self.device) for v in (kg.heads[idx], kg.relations[idx], kg.tails[idx], t_neg))
-        x = self._kg_nodes()
         w, e_r = self.kg_view.w_r[r], self.kg_view.relation(r)
 
         def dist(tail: Tensor) -> Tensor:
-            return (torch.bmm(x[h].unsqueeze(1), w).squeeze(1) + e_r - torch.bmm(x[tail].unsqueeze(1), w).squeeze(1)).pow(2).sum(1)
+            return (torch.bmm(self._kg_rows(h).unsqueeze(1), w).squeeze(1) + e_r
+                    - torch.bmm(self._kg_rows(tail).unsqueeze(1), w).squeeze(1)).pow(2).sum(1)
 
         return -F.logsigmoid(dist(t_neg) - dist(t)).mean()
 
