@@ -1,19 +1,20 @@
 """Cost against size: full-graph and neighbor-sampled training on synthetic graphs of growing
 size, 1 and 2 Ray Train workers (issue 5).
 
-    python benchmarks/scale.py --users 10000 100000 1000000 --steps 20 --full-epoch 1000000
+    python benchmarks/scale.py --users 10000 100000 1000000 --steps 8 --full-epoch 1000000
 
 Each size has users U, items U/10, about 12 U interactions, U/5 entities, U KG triples and one
 64-d modality (slifmr.data.synth, seed 0; cached under --runs/data). Each configuration runs
 `slifmr train` as a subprocess: 2 epochs (epoch 2 rebuilds S(t) with the approximate kNN),
-each capped at --steps optimiser steps of the default global batch (2048), evaluation on 2,000
+each capped at --steps optimiser steps of global batch --batch (8192), evaluation on 2,000
 sampled users. Measured from the run's metrics.jsonl (epoch 2): seconds per step, training
 interactions per second, fusion seconds (kNN + graph rebuild), bytes of gradient sync per
 step; peak memory = the largest sum of RSS over the driver's whole process tree (Ray
 included), polled every 0.2 s. "epoch seconds" = seconds per step x the steps of a full
 pass + the epoch's time outside the steps (fusion, graph build, evaluation), so sizes whose
 full epoch would take hours are still compared on what they cost. --full-epoch U also trains
-one whole uncapped epoch, sampled, 2 workers, at that size: the proof it fits.
+one whole uncapped epoch, sampled, 2 workers, at that size (global batch --full-epoch-batch,
+32768: bigger batches share more of their sampled neighbourhoods): the proof it fits.
 2-worker sampled runs are measured with both gradient syncs (dense all-reduce and auto:
 touched rows only when smaller).
 
@@ -39,8 +40,6 @@ from typing import Any
 import numpy as np
 import psutil
 from quality import HERE, RESULTS, write_results_md
-
-BATCH = 2048
 
 
 def dataset(users: int, root: Path) -> tuple[Path, int]:
@@ -86,11 +85,11 @@ def run(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
     return rc, time.time() - start, peak
 
 
-def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path,
+def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path, batch: int,
             epochs: int = 2) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
            "--workers", str(workers), "--sampling", mode, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
-           "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100"]
+           "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}"]
     if steps:
         cmd += ["--set", f"train.steps_per_epoch={steps}"]
     if out.exists():
@@ -99,7 +98,8 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rc, wall, peak = run(cmd, out.parent / f"{out.name}.log")
-    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "train_interactions": n_train,
+    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "batch_size": batch,
+                           "train_interactions": n_train,
                            "exit_status": rc, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
                            "command": " ".join(["slifmr", *cmd[3:]])}
     if rc != 0:
@@ -107,10 +107,10 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         return row
     r = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     per_step = r["train_seconds"] / r["steps"]
-    full_steps = -(-n_train // BATCH)
+    full_steps = -(-n_train // batch)
     outside = r["epoch_seconds"] - r["train_seconds"]
     row.update({
-        "steps": r["steps"], "seconds_per_step": per_step, "interactions_per_second": r["steps"] * BATCH / r["train_seconds"],
+        "steps": r["steps"], "seconds_per_step": per_step, "interactions_per_second": r["steps"] * batch / r["train_seconds"],
         "sampling_seconds_per_step": r["sampling_seconds"] / r["steps"], "comm_seconds_per_step": r["comm_seconds"] / r["steps"],
         "grad_bytes_per_step": r["grad_bytes_per_step"], "fusion_seconds": r["fusion_seconds"],
         "knn_seconds": r["knn_seconds"], "knn_recall": r["knn_recall"], "eval_seconds": r["eval_seconds"],
@@ -125,8 +125,12 @@ def main() -> int:
     ap.add_argument("--users", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--modes", nargs="+", default=["full", "neighbor"])
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8192, help="global batch of the capped runs")
     ap.add_argument("--full-epoch", type=int, help="also train one uncapped sampled epoch on 2 workers at this size")
+    ap.add_argument("--full-epoch-batch", type=int, default=32768)
+    ap.add_argument("--grad-sync-sizes", nargs="*", type=int, default=[10_000, 1_000_000],
+                    help="sizes whose 2-worker sampled run is also measured with a dense all-reduce")
     ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
     args = ap.parse_args()
     runs_dir = Path(args.runs)
@@ -136,16 +140,18 @@ def main() -> int:
         data, n_train = dataset(users, runs_dir / "data")
         for mode in args.modes:
             for workers in args.workers:
-                syncs = ["dense", "auto"] if mode == "neighbor" and workers > 1 else ["auto"]
-                for sync in syncs:
-                    row = measure(data, n_train, mode, workers, sync, args.steps, runs_dir / f"u{users}-{mode}-w{workers}-{sync}")
+                dense_too = mode == "neighbor" and workers > 1 and users in args.grad_sync_sizes
+                for sync in (["dense", "auto"] if dense_too else ["auto"]):
+                    row = measure(data, n_train, mode, workers, sync, args.steps, runs_dir / f"u{users}-{mode}-w{workers}-{sync}",
+                                  args.batch)
                     row["users"] = users
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
     full_epoch = None
     if args.full_epoch:
         data, n_train = dataset(args.full_epoch, runs_dir / "data")
-        full_epoch = measure(data, n_train, "neighbor", 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch", epochs=1)
+        full_epoch = measure(data, n_train, "neighbor", 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
+                             args.full_epoch_batch, epochs=1)
         full_epoch["users"] = args.full_epoch
         print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
 
@@ -161,7 +167,7 @@ def main() -> int:
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"command": command, "machine": machine, "batch_size": BATCH, "steps_per_run": args.steps,
+    doc = {"command": command, "machine": machine, "batch_size": args.batch, "steps_per_run": args.steps,
            "runs": rows, "full_epoch": full_epoch, "fitted_exponent": fits}
     tmp = RESULTS / "scale.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
@@ -174,30 +180,32 @@ def main() -> int:
 
 def section(doc: dict[str, Any]) -> str:
     lines = ["| users | train interactions | mode | workers | grad sync | s/step | interactions/s | epoch s (est.) | "
-             "fusion s | kNN recall | grad MB/step | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fusion s | kNN recall | grad MB/step | sync s/step | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         if r["exit_status"] != 0:
             lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
-                         f"failed (exit {r['exit_status']}) | | | | | | {r['peak_rss_gb']:.1f} |")
+                         f"failed (exit {r['exit_status']}) | | | | | | | {r['peak_rss_gb']:.1f} |")
             continue
         recall = "" if r["knn_recall"] is None else f"{r['knn_recall']:.3f}"
         lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
                      f"{r['seconds_per_step']:.3f} | {r['interactions_per_second']:,.0f} | {r['epoch_seconds_estimated']:,.0f} | "
-                     f"{r['fusion_seconds']:.1f} | {recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | {r['peak_rss_gb']:.1f} |")
+                     f"{r['fusion_seconds']:.1f} | {recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | "
+                     f"{r['comm_seconds_per_step']:.3f} | {r['peak_rss_gb']:.1f} |")
     fits = ", ".join(f"{k}: {v:.2f}" for k, v in doc["fitted_exponent"].items())
     body = (f"## Scale: full-graph and neighbor-sampled training (issue 5)\n\nCommand: `{doc['command']}`  \n"
             f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~12 U interactions, U KG triples, one "
             f"64-d modality); global batch {doc['batch_size']}, {doc['steps_per_run']} steps per epoch measured, epoch 2 "
             "reported (it includes the fusion: approximate kNN + graph rebuild); evaluation on 2,000 sampled users. "
             "'epoch s (est.)' = s/step x steps of a full pass + the epoch's time outside the steps. Grad MB/step: the "
-            "gradient buffers one worker puts into all-reduce or gets from all-gather per step (0 with 1 worker). "
+            "gradient buffers one worker puts into all-reduce or gets from all-gather per step (0 with 1 worker); sync "
+            "s/step: seconds in those collectives. "
             "Peak RSS: the whole process tree (driver, Ray, workers).\n\n" + "\n".join(lines)
             + f"\n\nFitted exponent of epoch seconds against training interactions (log-log slope): {fits}.\n")
     fe = doc.get("full_epoch")
     if fe:
         if fe["exit_status"] == 0:
-            body += (f"\nOne whole sampled epoch, 2 workers, {fe['users']:,} users / {fe['train_interactions']:,} training "
-                     f"interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
+            body += (f"\nOne whole sampled epoch, 2 workers, global batch {fe['batch_size']:,}, {fe['users']:,} users / "
+                     f"{fe['train_interactions']:,} training interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
                      f"{fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
         else:
             body += f"\nThe whole sampled epoch at {fe['users']:,} users failed (exit {fe['exit_status']}).\n"
