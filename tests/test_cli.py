@@ -86,7 +86,7 @@ def test_train_evaluate_recommend_report(tiny_path: Path, tmp_path: Path, capsys
     code, _, err = run(["train", "--data", str(tiny_path), "--out", str(run_dir), "--epochs", "2"], capsys)
     assert code == 2 and "--resume" in err
     code, _, err = run(["train", "--resume", str(run_dir), "--workers", "2", "--strategy", "deepspeed"], capsys)
-    assert code == 2 and "a run resumes with the strategy it started with" in err
+    assert code == 2 and "a run resumes with the strategy and sampling it started with" in err
     code, out, _ = run(["-q", "train", "--resume", str(run_dir), "--epochs", "3"], capsys)
     assert code == 0
     code, out, _ = run(["evaluate", str(run_dir)], capsys)
