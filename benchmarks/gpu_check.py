@@ -2,8 +2,9 @@
 
     python benchmarks/gpu_check.py --data ~/.cache/slifmr/ml-100k --epochs 5
 
-1. `--gpu --workers 1` training on the dataset through Ray Train (nccl, world size 1), and
-   the same in-process on cuda:0: interactions per second and validation Recall@20;
+1. `--gpu --workers 1` training on the dataset through Ray Train (nccl, world size 1), the
+   same in-process on cuda:0, and in-process with `--sampling neighbor` (sparse table
+   gradients and SparseAdam on CUDA): interactions per second and validation Recall@20;
 2. the CUDA exact kNN (chunked matmul + top-k, slifmr.data.graphs.knn) of 10^5 and 10^6
    random 64-d items, k = 10.
 
@@ -38,14 +39,14 @@ def cuda_knn(n: int, d: int = 64, k: int = 10, chunk: int = 8192) -> dict[str, A
     return {"items": n, "dim": d, "k": k, "seconds": time.perf_counter() - t, "shape": list(nbrs.shape)}
 
 
-def train(data: str, epochs: int, ray_workers: int, run_dir: Path) -> dict[str, Any]:
+def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str = "full") -> dict[str, Any]:
     from slifmr.config import load_config
     from slifmr.data.format import TRAIN, read_dataset
     from slifmr.distributed.collectives import Comm
     from slifmr.distributed.launch import ray_train
     from slifmr.trainer import train_loop
 
-    cfg = load_config(overrides=[f"train.epochs={epochs}", "train.patience=1000"])
+    cfg = load_config(overrides=[f"train.epochs={epochs}", "train.patience=1000", f"train.sampling={sampling}"])
     cfg.data = data
     if ray_workers:
         results = ray_train(cfg, run_dir, workers=ray_workers, gpu=True)
@@ -54,7 +55,7 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path) -> dict[str, 
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     n_train = int((read_dataset(data).split == TRAIN).sum())
     per_epoch = statistics.median(r["epoch_seconds"] for r in records)
-    return {"ray_workers": ray_workers, "epochs": len(records), "seconds_per_epoch": per_epoch,
+    return {"ray_workers": ray_workers, "sampling": sampling, "epochs": len(records), "seconds_per_epoch": per_epoch,
             "interactions_per_second": n_train / per_epoch, "valid_recall@20": results["valid"]["recall@20"]}
 
 
@@ -71,13 +72,14 @@ def main() -> int:
     card = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory() as tmp:
         training = [train(args.data, args.epochs, w, Path(tmp) / f"w{w}") for w in (1, 0)]
+        training.append(train(args.data, args.epochs, 0, Path(tmp) / "sampled", "neighbor"))
     knn = [cuda_knn(n) for n in args.knn_items]
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     out = {"command": command, "card": card, "torch": torch.__version__, "training": training, "knn": knn}
     print(json.dumps(out, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gpu.json").write_text(json.dumps(out, indent=2))
-    rows = "\n".join(f"| {'Ray Train, 1 worker, nccl' if t['ray_workers'] else 'in-process, cuda:0'} | "
+    rows = "\n".join(f"| {'Ray Train, 1 worker, nccl' if t['ray_workers'] else 'in-process, cuda:0'}, {t['sampling']} | "
                      f"{t['interactions_per_second']:,.0f} | {t['seconds_per_epoch']:.2f} | {t['valid_recall@20']:.4f} |"
                      for t in training)
     knn_rows = "; ".join(f"{r['items']:,} items: {r['seconds']:.2f} s" for r in knn)
