@@ -158,7 +158,7 @@ def main() -> int:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     plot(summary, RESULTS / f"{stem}.png")
     title = f"Quality on ml-100k ({args.tag})" if args.tag else "Quality on ml-100k"
-    body = (f"## {title} (issue 3)\n\nCommand: {command_md}  \nMachine: {machine}; "
+    body = (f"## {title}{'' if args.tag else ' (issue 3)'}\n\nCommand: {command_md}  \nMachine: {machine}; "
             f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/{stem}.png)\n")
     write_results_md(stem.upper().replace("-", "_"), body)
     print(table(summary))
