@@ -123,7 +123,11 @@ class Comm:
         if dense or (not force and self.world_size * most * row_bytes >= table_bytes):
             full = grad.to_dense() if grad.is_sparse else grad
             self._average_dense([full])
-            return full.to_sparse(1) if grad.is_sparse else full
+            if not grad.is_sparse:
+                return full
+            # back to sparse by hand: Tensor.to_sparse(1) takes ~1 s for a 10^4 x 64 table
+            keep = torch.nonzero(full.abs().sum(1)).flatten()
+            return torch.sparse_coo_tensor(keep[None], full[keep], grad.shape, is_coalesced=True)
         ids = torch.zeros(most, dtype=torch.long, device=grad.device)
         ids[: rows.numel()] = rows
         vals = torch.zeros((most, grad.shape[1]), dtype=grad.dtype, device=grad.device)
