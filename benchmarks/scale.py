@@ -86,10 +86,12 @@ def run(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
 
 
 def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path, batch: int,
-            epochs: int = 2) -> dict[str, Any]:
+            epochs: int = 2, fanout: str = "10,5") -> dict[str, Any]:
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
            "--workers", str(workers), "--sampling", mode, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
            "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}"]
+    if mode == "neighbor":
+        cmd += ["--fanout", fanout]
     if steps:
         cmd += ["--set", f"train.steps_per_epoch={steps}"]
     if out.exists():
@@ -98,7 +100,7 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rc, wall, peak = run(cmd, out.parent / f"{out.name}.log")
-    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "batch_size": batch,
+    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "batch_size": batch, "fanout": fanout,
                            "train_interactions": n_train,
                            "exit_status": rc, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
                            "command": " ".join(["slifmr", *cmd[3:]])}
@@ -129,32 +131,48 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8192, help="global batch of the capped runs")
     ap.add_argument("--full-epoch", type=int, help="also train one uncapped sampled epoch on 2 workers at this size")
     ap.add_argument("--full-epoch-batch", type=int, default=32768)
+    ap.add_argument("--full-epoch-fanout", default="10,5")
+    ap.add_argument("--rows", help="JSON lines this script printed before: those configurations are read, not re-run")
     ap.add_argument("--grad-sync-sizes", nargs="*", type=int, default=[10_000, 1_000_000],
                     help="sizes whose 2-worker sampled run is also measured with a dense all-reduce")
     ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
     args = ap.parse_args()
     runs_dir = Path(args.runs)
 
-    rows = []
+    earlier = {}
+    if args.rows:
+        for line in Path(args.rows).read_text().splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                earlier[(r["users"], r["mode"], r["workers"], r["grad_sync"], r["steps"] if r.get("steps") and r["epoch_seconds_measured"] is None else 0)] = r
+    rows: list[dict[str, Any]] = []
     for users in args.users:
         data, n_train = dataset(users, runs_dir / "data")
         for mode in args.modes:
             for workers in args.workers:
                 dense_too = mode == "neighbor" and workers > 1 and users in args.grad_sync_sizes
                 for sync in (["dense", "auto"] if dense_too else ["auto"]):
-                    row = measure(data, n_train, mode, workers, sync, args.steps, runs_dir / f"u{users}-{mode}-w{workers}-{sync}",
-                                  args.batch)
-                    row["users"] = users
+                    row = earlier.get((users, mode, workers, sync, args.steps))
+                    if row is None:
+                        row = measure(data, n_train, mode, workers, sync, args.steps,
+                                      runs_dir / f"u{users}-{mode}-w{workers}-{sync}", args.batch)
+                        row["users"] = users
+                        print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
                     rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+                    write(args, rows, None)  # as it goes: an interrupted study keeps what it measured
     full_epoch = None
     if args.full_epoch:
         data, n_train = dataset(args.full_epoch, runs_dir / "data")
         full_epoch = measure(data, n_train, "neighbor", 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
-                             args.full_epoch_batch, epochs=1)
+                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout)
         full_epoch["users"] = args.full_epoch
         print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
+    print(write(args, rows, full_epoch))
+    return 0
 
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epoch: dict[str, Any] | None) -> str:
+    """scale.json, scale.png and the SCALE section of RESULTS.md from the rows so far."""
     fits = {}
     for mode in args.modes:
         for workers in args.workers:
@@ -174,8 +192,7 @@ def main() -> int:
     tmp.replace(RESULTS / "scale.json")
     plot(rows, RESULTS / "scale.png")
     write_results_md("SCALE", section(doc))
-    print(section(doc))
-    return 0
+    return section(doc)
 
 
 def section(doc: dict[str, Any]) -> str:
@@ -204,7 +221,8 @@ def section(doc: dict[str, Any]) -> str:
     fe = doc.get("full_epoch")
     if fe:
         if fe["exit_status"] == 0:
-            body += (f"\nOne whole sampled epoch, 2 workers, global batch {fe['batch_size']:,}, {fe['users']:,} users / "
+            body += (f"\nOne whole sampled epoch, 2 workers, global batch {fe['batch_size']:,}, fan-outs {fe['fanout']}, "
+                     f"{fe['users']:,} users / "
                      f"{fe['train_interactions']:,} training interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
                      f"{fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
         else:
