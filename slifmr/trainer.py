@@ -71,7 +71,8 @@ def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None, comm: Comm | None 
     """The model; its one-time multimodal kNN graph uses model.knn (exact: sharded over
     `comm`'s workers; approx: faiss, reproducible, for large catalogues)."""
     torch.manual_seed(cfg.train.seed)
-    static = KnnSearch(comm, cfg.model.knn) if comm is not None and comm.world_size > 1 or cfg.model.knn != "exact" else None
+    sharded = comm is not None and comm.world_size > 1
+    static = KnnSearch(comm, cfg.model.knn) if sharded or cfg.model.knn != "exact" else None
     return SLIFMR(ds, cfg.model, knn_fn=knn_fn, seed=cfg.train.seed, static_knn_fn=static)
 
 
