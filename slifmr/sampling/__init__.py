@@ -1,4 +1,5 @@
-"""Sampling: BPR triples with uniform negatives (neighbor sampling comes with the scale issue)."""
+"""Sampling: BPR triples with uniform negatives, and neighbor-sampled subgraphs of the
+epoch's heterogeneous graph (`slifmr.sampling.neighbor`)."""
 
 from slifmr.sampling.negative import BPRSampler
 
