@@ -113,10 +113,7 @@ class Comm:
         else:
             rows = torch.nonzero(grad.abs().sum(1)).flatten()
             values = grad[rows]
-        with self._timed():
-            counts = torch.zeros(self.world_size, dtype=torch.long, device=self.device)
-            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-            gather(counts, torch.tensor([rows.numel()], device=self.device))
+        counts = self._gather_padded(torch.tensor([rows.numel()]))  # every rank's touched-row count
         most = int(counts.max())
         row_bytes = grad.shape[1] * grad.element_size() + 8
         table_bytes = grad.shape[0] * grad.shape[1] * grad.element_size()
