@@ -9,6 +9,7 @@ wrong type raise ConfigError (one line, exit status 2 at the command line).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -232,20 +233,37 @@ def load_config(path: str | Path | None = None, variant: str | None = None, over
 
 
 def validate(cfg: Config) -> None:
+    """Check every field's range (not only its type); raises ConfigError naming the key."""
     m, t = cfg.model, cfg.train
+    for section, obj in (("model", m), ("train", t)):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
     checks = [
         (m.embedding_dim > 0, "model.embedding_dim must be positive"),
         (m.ui_layers >= 0 and m.kg_layers >= 0 and m.mm_layers >= 0, "layer counts must be >= 0"),
         (m.k_corr > 0 and m.k_mm > 0, "model.k_corr and model.k_mm must be positive"),
+        (m.warmup_epochs >= 0, "model.warmup_epochs must be >= 0"),
         (m.refresh_every > 0, "model.refresh_every must be positive"),
+        (m.gamma >= 0, "model.gamma must be >= 0"),
         (0.0 <= m.beta <= 1.0, "model.beta must be in [0, 1]"),
+        (m.alpha_kg >= 0 and m.alpha_mm >= 0, "model.alpha_kg and model.alpha_mm must be >= 0"),
         (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
+        (m.lambda_sc >= 0 and m.lambda_reg >= 0 and m.lambda_kg >= 0,
+         "model.lambda_sc, model.lambda_reg and model.lambda_kg must be >= 0"),
         (m.tau > 0, "model.tau must be positive"),
+        (m.sc_max_items >= 2, "model.sc_max_items must be >= 2 (InfoNCE needs negatives)"),
         (m.fusion in ("residual", "attention"), "model.fusion must be 'residual' or 'attention'"),
         (m.knn in ("exact", "approx"), f"model.knn must be 'exact' or 'approx', got {m.knn!r}"),
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
-        (len(t.topk) > 0 and all(k > 0 for k in t.topk), "train.topk must list positive cutoffs"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (t.seed >= 0, "train.seed must be >= 0"),
+        (t.eval_chunk > 0, "train.eval_chunk must be positive"),
+        (t.threads >= 0, "train.threads must be >= 0 (0 = the cores this process owns)"),
+        (len(t.topk) > 0 and all(k > 0 for k in t.topk) and len(set(t.topk)) == len(t.topk),
+         "train.topk must list distinct positive cutoffs"),
         (t.stop_metric.split("@")[0] in ("recall", "ndcg", "precision", "hit")
          and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
          "train.stop_metric must be one of recall/ndcg/precision/hit@K with K in train.topk"),

@@ -25,3 +25,8 @@ class DataError(SlifmrError):
 
 class ConfigError(SlifmrError):
     """An unknown or ill-typed configuration key or value."""
+
+
+class NonFiniteError(SlifmrError):
+    """Training produced a NaN or infinite loss, gradient or representation: it stops, and
+    nothing non-finite is saved (the last good checkpoint stays)."""

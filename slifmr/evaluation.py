@@ -58,6 +58,10 @@ class Evaluator:
             raise ValueError("evaluate on VALID or TEST")
         masked = [TRAIN] if split == VALID else [TRAIN, VALID]
         total: dict[str, Tensor] = {}
+        if self.users.numel() == 0:
+            # a worker whose shard has no users still scores once: the score function may hold
+            # a collective (sharded layer-wise inference) that every rank must reach
+            score_fn(self.users)
         for start in range(0, self.users.numel(), self.chunk_size):
             users = self.users[start : start + self.chunk_size]
             scores = score_fn(users).float().clone()  # on the model's device

@@ -28,7 +28,7 @@ from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.distributed.strategy import make_strategy
-from slifmr.errors import SlifmrError
+from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.slifmr import SLIFMR, training_pairs
 from slifmr.report import read_run
@@ -144,6 +144,9 @@ def train_loop(
     model.row_sharding = _row_sharding(comm)
     comm.broadcast_parameters(model.parameters())
     users, items = training_pairs(ds)
+    if users.numel() < comm.world_size:  # every worker needs a shard: refuse before any work
+        raise SlifmrError(f"{comm.world_size} workers but dataset {ds.name} has {users.numel()} training "
+                          f"interaction(s): use --workers {max(users.numel(), 1)} or fewer")
     # train.batch_size is the global batch: each of the world_size workers takes its share, so
     # N workers take the same optimisation steps as one
     per_worker = max(1, cfg.train.batch_size // comm.world_size)
@@ -208,7 +211,11 @@ def train_loop(
                 parts = model.sampled_loss(subgraph)
             else:
                 parts = model.loss(batch)
-            strategy.step(parts["loss"])
+            applied = strategy.step(parts["loss"])
+            bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
+            if not applied or bad is not None:
+                what = f"loss part '{bad}' is {float(parts[bad].detach())}" if bad else "a gradient is not finite"
+                raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {_stopped_hint(run_dir, epoch)}")
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -217,6 +224,9 @@ def train_loop(
         model.eval()
         t_eval = time.perf_counter()
         last_z = model.item_representations().clone()
+        if not all(bool(torch.isfinite(r).all()) for r in model.representations()):  # equal on every rank
+            raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
+                                 f"epoch's steps; {_stopped_hint(run_dir, epoch)}")
         valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
         is_best = stopper.step(valid[stop_metric], epoch)
         rec = {
@@ -260,6 +270,15 @@ def train_loop(
 
     comm.barrier()  # rank 0 has written best/ before anyone loads it
     return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+
+
+def _stopped_hint(run_dir: Path, epoch: int) -> str:
+    """What the one-line non-finite error says about the run folder: nothing of this epoch
+    was saved, the last good checkpoint is kept."""
+    if epoch <= 1 or not (run_dir / "checkpoint").exists():
+        return f"training stopped; no checkpoint was written (lower train.lr or check the features of {run_dir})"
+    return (f"training stopped; the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}: continue with "
+            f"`slifmr train --resume {run_dir}` once the cause is fixed, or start a new run with a smaller train.lr")
 
 
 def _corr_state(model: SLIFMR) -> dict[str, torch.Tensor] | None:

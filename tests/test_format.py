@@ -67,7 +67,8 @@ def _mutate(path: Path, file: str, fn) -> None:  # noqa: ANN001
         ("duplicate", r"row \d+: duplicate \(user, item\) pair"),
         ("empty_split", r"the valid split is empty"),
         ("user_without_train", r"user \d+ has no training interaction"),
-        ("nan_feature", r"text\.npy, row 7: NaN or inf"),
+        ("nan_feature", r"text\.npy: row 7, column 0: feature value inf is NaN or inf"),
+        ("huge_feature", r"image\.npy: row 3, column 2: feature value 3e\+38 is beyond \+-1e\+15"),
         ("feature_rows", r"image\.npy: has shape \(39, 6\)"),
         ("kg_link_unknown_item", r"item_entity\.parquet, column 'item', row 0: links an unknown item"),
         ("kg_bad_entity", r"kg\.parquet, column 'tail', row 1: id 99999 out of range"),
@@ -100,6 +101,10 @@ def test_reader_rejects_bad_input(tmp_path: Path, case: str, match: str) -> None
         x = np.load(p / "features/text.npy")
         x[7, 0] = np.inf
         np.save(p / "features/text.npy", x)
+    elif case == "huge_feature":  # finite in float32, but its square is not
+        x = np.load(p / "features/image.npy")
+        x[3, 2] = 3e38
+        np.save(p / "features/image.npy", x)
     elif case == "feature_rows":
         np.save(p / "features/image.npy", np.load(p / "features/image.npy")[:-1])
     elif case == "kg_link_unknown_item":

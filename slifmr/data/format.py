@@ -33,6 +33,10 @@ from slifmr.errors import DataError
 
 SCHEMA_VERSION = 1
 TRAIN, VALID, TEST = 0, 1, 2
+# Feature values beyond this magnitude are refused: the model squares and sums them in float32
+# (cosine kNN, projections), and float32 overflows at 3.4e38, so +-1e15 keeps every square and
+# every sum of up to 10^8 squares finite. Real embeddings are many orders of magnitude smaller.
+FEATURE_LIMIT = 1e15
 
 
 @dataclass
@@ -264,6 +268,21 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def check_feature_values(x: np.ndarray, path: str | os.PathLike, chunk_rows: int = 65536) -> None:
+    """Refuse a feature matrix (N, d) holding NaN, inf or a value beyond +-FEATURE_LIMIT.
+
+    Raises DataError naming `path`, the row (item, 0-based), the column (dimension) and the
+    raw value. Works in row chunks, so a memory-mapped matrix is never copied whole."""
+    for start in range(0, x.shape[0], chunk_rows):
+        block = np.asarray(x[start : start + chunk_rows], dtype=np.float64)
+        bad = ~(np.abs(block) <= FEATURE_LIMIT)  # NaN compares False: caught here too
+        if bad.any():
+            r, c = (int(v) for v in np.argwhere(bad)[0])
+            v = float(block[r, c])
+            why = "is NaN or inf" if not np.isfinite(v) else f"is beyond +-{FEATURE_LIMIT:.0e} (float32 arithmetic would overflow)"
+            raise DataError(str(path), f"row {start + r}, column {c}: feature value {v:.7g} {why}")
+
+
 def validate(ds: Dataset, root: Path | None = None) -> None:
     """Check every invariant of DESIGN.md §2; raise DataError on the first violation."""
     r = root or Path(f"<{ds.name}>")
@@ -304,9 +323,7 @@ def validate(ds: Dataset, root: Path | None = None) -> None:
             raise DataError(str(fp), f"has shape {tuple(x.shape)}, expected ({ds.num_items}, d): one row per item")
         if not np.issubdtype(x.dtype, np.floating):
             raise DataError(str(fp), f"dtype {x.dtype} is not floating point")
-        finite = np.isfinite(x).all(axis=1)
-        if not finite.all():
-            raise DataError(str(fp), "NaN or inf feature value", row=_first(~finite))
+        check_feature_values(x, fp)
 
     kp = r / "kg.parquet"
     for j, (col, bound) in enumerate(

@@ -30,8 +30,30 @@ class CheckpointError(SlifmrError):
     pass
 
 
+def _nonfinite(obj: Any, path: str = "") -> str | None:
+    """The key path of the first floating-point tensor holding a NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            values = obj.coalesce().values() if obj.is_sparse else obj
+            if not bool(torch.isfinite(values).all()):
+                return path or "state"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    for k, v in items:
+        found = _nonfinite(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
+
+
 def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write (state, meta) as the latest generation of `folder`, atomically. Raises
+    CheckpointError for a failed write (the previous generation kept) and for a state holding
+    a NaN or inf (nothing non-finite is ever saved)."""
     folder = Path(folder)
+    bad = _nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write checkpoint {folder}: {bad} is not finite; the previous one is kept")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     prev = previous(folder)

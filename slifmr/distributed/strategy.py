@@ -5,7 +5,9 @@
     deepspeed  DeepSpeed ZeRO stage 1 (optimizer state sharded) or 2 (gradients too), on the
                process group Ray Train already set up (gloo on CPU, nccl on GPU)
 
-The training loop sees only `step(loss)`, `state_dict()` and `load_state_dict(state)`.
+The training loop sees only `step(loss) -> applied`, `state_dict()` and `load_state_dict(state)`.
+`step` applies no update when a gradient is not finite on any rank and returns False on every
+rank (the decision is the same everywhere, so no rank is left waiting in a collective).
 The checkpointed optimizer state holds tensors and plain values only (it loads with
 torch.load(weights_only=True)); for ZeRO it is every rank's partition, gathered on rank 0.
 """
@@ -26,7 +28,7 @@ ZERO_STAGES = (1, 2)
 
 
 class Strategy(Protocol):
-    def step(self, loss: Tensor) -> None: ...
+    def step(self, loss: Tensor) -> bool: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -48,15 +50,23 @@ class DDPStrategy:
         self.table_optimizer = torch.optim.SparseAdam(self.row_sparse, lr=lr) if sparse_tables else None
         self.comm = comm
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor) -> bool:
+        """Backward, average, update; False (and no update) when a gradient is not finite.
+
+        The check reads the averaged gradients, which are equal on every rank, so all ranks
+        decide alike without another collective; a rank's NaN loss gives NaN gradients, which
+        the average carries to every rank."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.table_optimizer is not None:
             self.table_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
+        if not gradients_finite(self.params):
+            return False
         self.optimizer.step()
         if self.table_optimizer is not None:
             self.table_optimizer.step()
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         if self.table_optimizer is None:
@@ -98,9 +108,15 @@ class DeepSpeedStrategy:
         self.comm = comm
         self.zero_stage = zero_stage
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor) -> bool:
+        """False (and no update) when any rank's loss is not finite: ZeRO keeps gradients in
+        partitions, so the ranks agree on the loss instead (one scalar all-reduce)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+        if float(self.comm.all_reduce_sum(bad)[0]) > 0:
+            return False
         self.engine.backward(loss)
         self.engine.step()
+        return True
 
     def _partition(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()
@@ -129,6 +145,15 @@ class DeepSpeedStrategy:
         sd["single_partition_of_fp32_groups"] = mine["fp32"]
         # DeepSpeed reads entry [rank] of a per-rank list; ours is the same entry repeated
         self.optimizer.load_state_dict([sd] * self.comm.world_size, load_from_fp32_weights=True)
+
+
+def gradients_finite(params: list[Tensor]) -> bool:
+    """True when no parameter's gradient holds a NaN or inf: one float64 sum per gradient (NaN
+    and inf survive a sum; float64 does not overflow on finite float32 values), then one
+    check, so the cost is one read of the gradients."""
+    sums = [(p.grad._values() if p.grad.is_sparse else p.grad).sum(dtype=torch.float64)
+            for p in params if p.grad is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def check_zero_stage(stage: int) -> None:

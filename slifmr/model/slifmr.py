@@ -60,9 +60,9 @@ class SLIFMR(nn.Module):
         self.use_kg = cfg.use_kg and ds.kg.shape[0] > 0
         self.use_mm = cfg.use_mm and bool(ds.features)
         if cfg.use_kg and not self.use_kg:
-            log.warning(f"dataset {ds.name} has no knowledge graph: the KG view is off")
+            log.info(f"dataset {ds.name} has no knowledge graph: the KG view is off")
         if cfg.use_mm and not self.use_mm:
-            log.warning(f"dataset {ds.name} has no modality features: the multimodal view is off")
+            log.info(f"dataset {ds.name} has no modality features: the multimodal view is off")
         self.knn_fn = knn_fn
         self.seed = seed
         # reseeded from (seed, epoch) in pre_epoch: the same on every rank, nothing to checkpoint
@@ -385,6 +385,10 @@ class SLIFMR(nn.Module):
         """(B, N) scores u . z_i of every item for the given users (B,)."""
         u, z = self._inference()
         return u[users.to(u.device)] @ z.T
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """(users (M, d), fused items z (N, d)) as scored by `full_scores`, detached."""
+        return self._inference()
 
     def item_representations(self, items: Tensor | None = None) -> Tensor:
         """Fused item representations Z (N, d) (or the given rows), detached: the input of

@@ -136,8 +136,9 @@ def view_fanouts(spec: str, layers: dict[str, int]) -> dict[EdgeType, list[int]]
     out = parse_fanout(spec, edge_types)
     hops = len(next(iter(out.values())))
     deepest = max(layers, key=lambda v: layers[v])
-    if hops < layers[deepest]:
-        raise ConfigError(f"train.fanout {spec!r} has {hops} hop(s); the {deepest} view has {layers[deepest]} layers")
+    if hops != max(layers[deepest], 1):
+        raise ConfigError(f"train.fanout {spec!r} has {hops} hop(s); the {deepest} view has {layers[deepest]} layers "
+                          f"(give one fan-out per layer of the deepest view)")
     for view, n in layers.items():
         for et in VIEW_EDGE_TYPES[view]:
             out[et] = [f if h < n else 0 for h, f in enumerate(out[et])]
