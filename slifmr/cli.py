@@ -53,14 +53,21 @@ def _write_imported(ds, out: str, overwrite: bool) -> int:  # noqa: ANN001
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from slifmr.data.recbole import is_presplit, parse_thresholds
+
+    thresholds = parse_thresholds(args.threshold)
+    if args.split_seed is not None and (args.format == "mmrec" or is_presplit(args.dir, args.name)):
+        raise SlifmrError(f"--split-seed does not apply: {args.dir} is pre-split "
+                          f"({'x_label' if args.format == 'mmrec' else '.train/.valid/.test.inter'}), its split is kept")
     if args.format == "recbole":
         from slifmr.data.recbole import import_recbole
 
-        ds = import_recbole(args.dir, args.name, split_seed=args.split_seed)
+        seed = 2026 if args.split_seed is None else args.split_seed
+        ds = import_recbole(args.dir, args.name, split_seed=seed, thresholds=thresholds)
     else:
         from slifmr.data.mmrec import import_mmrec
 
-        ds = import_mmrec(args.dir, args.name)
+        ds = import_mmrec(args.dir, args.name, thresholds=thresholds)
     return _write_imported(ds, args.out, args.overwrite)
 
 
@@ -114,7 +121,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", help="folder holding <name>.inter (and .item/.kg/.link, or image_feat.npy/text_feat.npy)")
     p.add_argument("--out", required=True, help="dataset folder to write (must not exist unless --overwrite)")
     p.add_argument("--name", help="atomic-file prefix (default: the folder name or the only .inter)")
-    p.add_argument("--split-seed", type=int, default=2026, help="seed of the per-user 8:1:1 split (when not pre-split)")
+    p.add_argument("--split-seed", type=int, help="seed of the per-user 8:1:1 split (default 2026; only for a "
+                   "RecBole set that is not pre-split)")
+    p.add_argument("--threshold", action="append", metavar="COL=VALUE",
+                   help="keep only rows with COL >= VALUE as positives (RecBole's convention; repeatable, all must "
+                        "hold), e.g. label=1 or rating=4; the summary reports how many rows it dropped")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
 
@@ -151,24 +162,87 @@ def _run_config(run_dir: Path):  # noqa: ANN202
     return load_config(run_dir / "config.yaml")
 
 
+def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
+    """The run's own config, with only runtime keys (config.RUNTIME_KEYS) allowed to change;
+    any other option that would change what is trained is refused, naming it."""
+    from slifmr.config import (
+        RUNTIME_KEYS,
+        copy_config,
+        flatten_config,
+        parse_override,
+        read_config_file,
+        set_key,
+        validate,
+    )
+
+    saved = _run_config(run_dir)
+    cfg = copy_config(saved)
+    requested: list[tuple[str, object]] = []
+    if args.config:
+        requested += list(flatten_config(read_config_file(args.config)).items())
+    if args.variant is not None:
+        requested.append(("variant", args.variant))
+    requested += [parse_override(item) for item in args.set]
+    requested += [(key, value) for key, value in (
+        ("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
+        ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
+        ("train.sampling", args.sampling), ("train.fanout", args.fanout)) if value is not None]
+    changed = []
+    for key, value in requested:
+        if key == "variant":
+            if value != saved.variant:
+                changed.append(f"variant ({saved.variant} -> {value})")
+            continue
+        if key == "data":
+            same = saved.data is not None and Path(str(value)).resolve() == Path(saved.data).resolve()
+            if not same:
+                changed.append(f"data ({saved.data or 'the embedded ml-100k'} -> {value})")
+            continue
+        before = flatten_config(cfg.to_dict()).get(key)
+        set_key(cfg, key, value)
+        after = flatten_config(cfg.to_dict())[key]
+        if after != before and key not in RUNTIME_KEYS:
+            changed.append(f"{key} ({before} -> {after})")
+    if changed:
+        raise SlifmrError(f"--resume {run_dir}: {', '.join(changed)} would change what is trained; a run resumes "
+                          f"with its own config (only {', '.join(RUNTIME_KEYS)} may change): start a new run with --out")
+    validate(cfg)
+    return saved, cfg
+
+
+def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
+    """Options that would be accepted and have no effect are refused instead."""
+    if args.workers < 0:
+        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    if args.workers == 0:
+        for flag, value in (("--address", args.address), ("--max-failures", args.max_failures)):
+            if value:
+                raise SlifmrError(f"{flag} applies to Ray Train runs: add --workers N (N >= 1)")
+        if cfg.train.strategy != "ddp":
+            raise SlifmrError("--strategy deepspeed needs --workers >= 1 (Ray Train)")
+    if args.max_failures < 0:
+        raise SlifmrError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.zero_stage is not None and cfg.train.strategy != "deepspeed":
+        raise SlifmrError("--zero-stage applies to --strategy deepspeed only")
+    if args.fanout is not None and cfg.train.sampling != "neighbor":
+        raise SlifmrError("--fanout applies to --sampling neighbor only")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from slifmr.config import load_config, set_key, validate
+    from slifmr.config import load_config, save_config, set_key, validate
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
+    from slifmr.runlock import RunLock
     from slifmr.trainer import train_loop
 
+    saved = None
     if args.resume:
         run_dir = Path(args.resume)
-        cfg = _run_config(run_dir)
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise SlifmrError("--out does not apply to --resume (the run continues in its own folder)")
         if not checkpoint_exists(run_dir / "checkpoint"):
+            _run_config(run_dir)  # names a missing or non-run folder first
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
-        if args.epochs is not None:
-            cfg.train.epochs = args.epochs
-        for flag, key, value in (("--strategy", "strategy", args.strategy), ("--zero-stage", "zero_stage", args.zero_stage),
-                                 ("--sampling", "sampling", args.sampling), ("--fanout", "fanout", args.fanout)):
-            if value is not None and value != getattr(cfg.train, key):
-                raise SlifmrError(f"{flag} {value}: {run_dir} was trained with {flag} {getattr(cfg.train, key)}; "
-                                  "a run resumes with the strategy and sampling it started with")
-        validate(cfg)
+        saved, cfg = _resumed_config(run_dir, args)
     else:
         cfg = load_config(args.config, args.variant, args.set)
         for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
@@ -182,34 +256,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
-    if args.workers < 0:
-        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    _check_train_options(args, cfg)
     comm = None
-    if args.workers == 0:
-        if args.address or cfg.train.strategy != "ddp":
-            raise SlifmrError("--address and --strategy deepspeed need --workers >= 1 (Ray Train)")
-        if args.gpu:
-            import torch
+    if args.workers == 0 and args.gpu:
+        import torch
 
-            from slifmr.distributed.collectives import Comm
+        from slifmr.distributed.collectives import Comm
 
-            if not torch.cuda.is_available():
-                raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
-            comm = Comm.current("cuda")
-    log.info(f"run folder: {run_dir}")
-    try:
-        if args.workers == 0:
-            results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
-        else:
-            from slifmr.distributed.launch import ray_train
+        if not torch.cuda.is_available():
+            raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
+        comm = Comm.current("cuda")
+    with RunLock(run_dir):
+        if saved is not None and saved != cfg:  # runtime keys changed: the folder says so
+            save_config(cfg, run_dir / "config.yaml")
+            log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
+        log.info(f"run folder: {run_dir}")
+        try:
+            if args.workers == 0:
+                results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
+            else:
+                from slifmr.distributed.launch import ray_train
 
-            results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
-    except KeyboardInterrupt:
-        # checkpoints are swapped in atomically, so the last complete epoch's is on disk
-        sys.stderr.write(f"interrupted; continue with: slifmr train --resume {run_dir}\n")
-        return 130
+                results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
+        except KeyboardInterrupt:
+            # checkpoints are swapped in atomically, so the last complete epoch's is on disk
+            sys.stderr.write(f"interrupted; continue with: slifmr train --resume {run_dir}\n")
+            return 130
     print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
     return 0
+
+
+def _changes(before, after) -> list[str]:  # noqa: ANN001
+    from slifmr.config import flatten_config
+
+    a, b = flatten_config(before.to_dict()), flatten_config(after.to_dict())
+    return [f"{k} {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
 
 
 def _load_run(run_dir: Path):  # noqa: ANN202
@@ -239,6 +320,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         format_recommendations,
         recommend,
         resolve_users,
+        shortfall_note,
         write_recommendations,
     )
 
@@ -248,13 +330,21 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise SlifmrError("give either --users ID,ID,... or --all --out FILE.parquet")
     if args.all and not args.out:
         raise SlifmrError("--all needs --out FILE.parquet")
+    if args.out and not args.all:
+        raise SlifmrError("--out applies to --all (with --users the lists are printed)")
     _, ds, model, _ = _load_run(Path(args.run_dir))
     if args.all:
-        path = write_recommendations(model, ds, args.k, Path(args.out))
+        path, short = write_recommendations(model, ds, args.k, Path(args.out))
         print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
+        users = ds.num_users
     else:
-        users = resolve_users(ds, args.users)
-        print(format_recommendations(ds, users, *recommend(model, ds, users, args.k)))
+        user_ids = resolve_users(ds, args.users)
+        recs = recommend(model, ds, user_ids, args.k)
+        print(format_recommendations(ds, user_ids, recs))
+        users, short = user_ids.numel(), int((recs.counts(user_ids) < args.k).sum())
+    note = shortfall_note(users, short, args.k)
+    if note:
+        log.info(note)
     return 0
 
 
@@ -263,11 +353,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from slifmr.tune.results import TABLE, draw
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / TABLE).exists():  # a sweep folder
+        if args.out is not None:
+            raise SlifmrError(f"--out applies to run folders: the table and plot of sweep {args.run_dirs[0]} "
+                              "are re-drawn inside it")
         table, png = draw(Path(args.run_dirs[0]))
         print(table.read_text(), end="")
         print(f"metric against the most important parameters: {png}")
         return 0
-    png, table = report([Path(d) for d in args.run_dirs], Path(args.out))
+    png, table = report([Path(d) for d in args.run_dirs], Path(args.out or "report"))
     print(table.read_text(), end="")
     print(f"learning curves: {png}")
     return 0
@@ -311,13 +404,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--users", help="comma-separated user ids as in the source data")
     p.add_argument("--all", action="store_true", help="every user (with --out)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", help="Parquet file for --all")
+    p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids)")
     p.set_defaults(func=_cmd_recommend)
 
     p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs; or re-draw a sweep's table and plot",
              "slifmr report runs/lightgcn runs/slifmr --out report/\n  slifmr report runs/tune/fusion")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", default="report", help="folder for curves.png and table.md")
+    p.add_argument("--out", help="folder for curves.png and table.md (default report/; not for a sweep folder)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -169,11 +169,16 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(obj, name, _coerce(value, hints[name], key))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+# Keys a resumed run may change: how long and how it runs, not what is trained.
+RUNTIME_KEYS = ("train.epochs", "train.threads", "train.eval_chunk", "train.grad_sync")
+
+
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'k_corr': 10}} -> {'model.k_corr': 10} (the keys --set takes)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -192,12 +197,16 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys")
     cfg = Config()
-    flat = _flatten(d)
+    flat = flatten_config(d)
     apply_variant(cfg, str(flat.pop("variant", "slifmr")))
     for k, v in flat.items():
         set_key(cfg, k, v)
     validate(cfg)
     return cfg
+
+
+def copy_config(cfg: Config) -> Config:
+    return from_dict(cfg.to_dict())
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -207,19 +216,23 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested mapping of config keys in a YAML file; ConfigError if it is not one."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p}: expected a mapping of config keys")
+    return d
+
+
 def load_config(path: str | Path | None = None, variant: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- --variant <- --set key=value overrides."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: invalid YAML ({str(e).splitlines()[0]})") from e
-        if not isinstance(d, dict):
-            raise ConfigError(f"config file {p}: expected a mapping of config keys")
+    d = read_config_file(path) if path is not None else {}
     if variant is not None:
         d = {**d, "variant": variant}
     cfg = from_dict(d, str(path or "config"))

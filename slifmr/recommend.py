@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +40,41 @@ def seen_items(ds: Dataset) -> tuple[Tensor, Tensor]:
     return interactions_csr(ds.user, ds.item, ds.num_users)
 
 
+@dataclass
+class Recommendations:
+    """Top-K lists in long form, one row per (user, rank): user (R,) contiguous ids, rank (R,)
+    1-based, item (R,) contiguous ids, score (R,) u . z_i. A user with fewer than K unseen items
+    has fewer rows: masked (already seen) items are never listed."""
+
+    user: Tensor
+    rank: Tensor
+    item: Tensor
+    score: Tensor
+
+    def counts(self, users: Tensor) -> Tensor:
+        """Rows of each of `users` (B,)."""
+        return (self.user[None, :] == users[:, None]).sum(1)
+
+
 @torch.no_grad()
 def recommend(model: SLIFMR, ds: Dataset, users: Tensor, k: int,
-              seen: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """(items (B, k), scores (B, k)) for contiguous user ids; `seen` from `seen_items`."""
+              seen: tuple[Tensor, Tensor] | None = None) -> Recommendations:
+    """Each of `users` (B,) contiguous ids' top-k unseen items; `seen` from `seen_items`.
+
+    Raises SlifmrError when the model scores a user's items with NaN or inf (a damaged or
+    diverged model), rather than ranking them."""
     scores = model.full_scores(users).clone()
+    finite = torch.isfinite(scores).all(1)
+    if not bool(finite.all()):
+        u = int(users[~finite][0])
+        raise SlifmrError(f"the model's scores for user {_raw(ds, 'users', np.array([u]))[0]} are not finite: "
+                          "its checkpoint is damaged or from a diverged run")
     rows, items = csr_entries(*(seen or seen_items(ds)), users)
     scores[rows, items] = -math.inf
     top = torch.topk(scores, min(k, ds.num_items), dim=1)
-    return top.indices, top.values
+    keep = top.values > -math.inf  # every real score is finite: -inf marks a seen item
+    rank = torch.arange(1, top.indices.shape[1] + 1).expand_as(top.indices)
+    return Recommendations(users[:, None].expand_as(top.indices)[keep], rank[keep], top.indices[keep], top.values[keep])
 
 
 def _raw(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
@@ -60,30 +87,44 @@ def _titles(ds: Dataset) -> dict[int, str]:
     return dict(zip(ds.items.column("item").to_pylist(), ds.items.column("title").to_pylist()))
 
 
-def format_recommendations(ds: Dataset, users: Tensor, items: Tensor, scores: Tensor) -> str:
+def format_recommendations(ds: Dataset, users: Tensor, recs: Recommendations) -> str:
     titles = _titles(ds)
     lines = []
-    for r, u in enumerate(users.tolist()):
+    for u in users.tolist():
         lines.append(f"user {_raw(ds, 'users', np.array([u]))[0]}:")
-        for rank, (i, s) in enumerate(zip(items[r].tolist(), scores[r].tolist()), 1):
+        mine = recs.user == u
+        for rank, i, s in zip(recs.rank[mine].tolist(), recs.item[mine].tolist(), recs.score[mine].tolist()):
             title = f"  {titles[i]}" if i in titles and titles[i] else ""
             lines.append(f"  {rank:2d}. item {_raw(ds, 'items', np.array([i]))[0]:>6}  score {s:7.3f}{title}")
+        if not mine.any():
+            lines.append("  (no unseen item left)")
     return "\n".join(lines)
 
 
-def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> Path:
-    """Every user's top-k as Parquet (user, rank, item, score), written atomically."""
+def shortfall_note(users: int, short: int, k: int) -> str | None:
+    """The one note a command prints when some users have fewer than k unseen items."""
+    if short == 0:
+        return None
+    if users == 1:
+        return f"note: this user has fewer than {k} unseen items; every unseen item is listed"
+    return f"note: {short:,} of {users:,} users have fewer than {k} unseen items and get fewer rows"
+
+
+def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:
+    """Every user's top-k unseen items as Parquet (user, rank, item, score: raw ids), written
+    atomically; returns (the file, how many users got fewer than k rows)."""
     parts = []
     seen = seen_items(ds)
+    short = 0
     for start in range(0, ds.num_users, chunk):
         users = torch.arange(start, min(start + chunk, ds.num_users))
-        items, scores = recommend(model, ds, users, k, seen)
-        kk = items.shape[1]
+        recs = recommend(model, ds, users, k, seen)
+        short += int((torch.bincount(recs.user - start, minlength=users.numel()) < k).sum())
         parts.append(pa.table({
-            "user": _raw(ds, "users", users.repeat_interleave(kk).numpy()),
-            "rank": np.tile(np.arange(1, kk + 1), users.numel()),
-            "item": _raw(ds, "items", items.reshape(-1).numpy()),
-            "score": scores.reshape(-1).numpy(),
+            "user": _raw(ds, "users", recs.user.numpy()),
+            "rank": recs.rank.numpy(),
+            "item": _raw(ds, "items", recs.item.numpy()),
+            "score": recs.score.numpy(),
         }))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -92,4 +133,4 @@ def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: 
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+    return out, short

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from slifmr import __version__, log
-from slifmr.config import Config, from_dict, save_config
+from slifmr.config import RUNTIME_KEYS, Config, from_dict, save_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
@@ -86,18 +86,23 @@ def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "config": cfg.to_dict(), "dataset": ds.fingerprint(), "slifmr_version": __version__}
 
 
-RUNTIME_KEYS = ("epochs", "threads", "eval_chunk", "grad_sync")
-
-
 def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path) -> None:
-    """Refuse to resume a checkpoint made for another dataset or configuration."""
-    if meta.get("dataset") != ds.fingerprint():
-        raise SlifmrError(f"checkpoint in {where} was made on a different dataset ({meta.get('dataset', {}).get('name')})")
+    """Refuse to resume, evaluate or serve a checkpoint made for another dataset or config."""
+    saved, mine = meta.get("dataset", {}), ds.fingerprint()
+    if "digest" not in saved:  # checkpoints written before the digest existed
+        log.warning(f"checkpoint in {where} predates dataset digests: only the counts of {ds.name} are checked")
+        mine = {k: v for k, v in mine.items() if k != "digest"}
+    if saved != mine:
+        what = "its id maps or split differ" if {k: v for k, v in saved.items() if k != "digest"} == {
+            k: v for k, v in mine.items() if k != "digest"} else "its counts differ"
+        raise SlifmrError(f"dataset {cfg.data or ds.name} changed since {where} was trained ({what}): "
+                          "retrain, or restore the dataset it was trained on")
     saved = from_dict(meta.get("config", {}))
     mine, theirs = cfg.to_dict(), saved.to_dict()
     for key in RUNTIME_KEYS:  # how long and on how many threads, not what is trained
-        mine["train"].pop(key)
-        theirs["train"].pop(key)
+        section, name = key.split(".")
+        mine[section].pop(name)
+        theirs[section].pop(name)
     if mine != theirs:
         diff = sorted(
             f"{s}.{k}" for s in ("model", "train") for k in mine[s] if mine[s][k] != theirs[s].get(k)

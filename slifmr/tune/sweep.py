@@ -27,6 +27,7 @@ import yaml
 from slifmr import log
 from slifmr.config import TrainConfig, save_config
 from slifmr.errors import SlifmrError
+from slifmr.runlock import RunLock
 from slifmr.tune.results import select_best, trial_rows, write_sweep_outputs
 from slifmr.tune.space import SweepSpec, load_spec, param_space, spec_from_dict
 
@@ -171,41 +172,45 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
         if (sweep_dir / SPEC_FILE).exists():
             raise SlifmrError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, "
                               "or choose another --name")
-    if spec.data is None:  # resolve once, on the driver, so trials do not race to prepare it
-        from slifmr.data.ml100k import prepare_ml100k
-
-        spec.data = str(prepare_ml100k())
-    spec.data = str(Path(spec.data).resolve())
-    if not Path(spec.data).exists():
-        raise SlifmrError(f"dataset folder {spec.data} does not exist")
-    # Tune warns when per-epoch trial checkpoints snapshot its state often: that is the design
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    connect(address)
-    import ray
-
-    resources = ray.cluster_resources()
-    need = max(spec.workers_per_trial, 1)
-    kind = "GPU" if spec.gpu else "CPU"
-    if need > int(resources.get(kind, 0)):
-        raise SlifmrError(f"workers_per_trial {spec.workers_per_trial} is more than the {int(resources.get(kind, 0))} "
-                          f"{kind}s of the Ray cluster")
-    if resume is None:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        tmp = sweep_dir / (SPEC_FILE + ".tmp")
-        tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        tmp.replace(sweep_dir / SPEC_FILE)
-    log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
-             f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
-    start = time.time()
-    signal.signal(signal.SIGINT, _sigint)
+    lock = RunLock(sweep_dir).acquire()  # one driver per sweep folder: a second gets one line
     try:
-        grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
+        if spec.data is None:  # resolve once, on the driver, so trials do not race to prepare it
+            from slifmr.data.ml100k import prepare_ml100k
+
+            spec.data = str(prepare_ml100k())
+        spec.data = str(Path(spec.data).resolve())
+        if not Path(spec.data).exists():
+            raise SlifmrError(f"dataset folder {spec.data} does not exist")
+        # Tune warns when per-epoch trial checkpoints snapshot its state often: that is the design
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        connect(address)
+        import ray
+
+        resources = ray.cluster_resources()
+        need = max(spec.workers_per_trial, 1)
+        kind = "GPU" if spec.gpu else "CPU"
+        if need > int(resources.get(kind, 0)):
+            raise SlifmrError(f"workers_per_trial {spec.workers_per_trial} is more than the {int(resources.get(kind, 0))} "
+                              f"{kind}s of the Ray cluster")
+        if resume is None:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            tmp = sweep_dir / (SPEC_FILE + ".tmp")
+            tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            tmp.replace(sweep_dir / SPEC_FILE)
+        log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
+                 f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
+        start = time.time()
+        signal.signal(signal.SIGINT, _sigint)
+        try:
+            grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
+        finally:
+            seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
+        if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
+            raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
+                                   f"slifmr tune --resume {sweep_dir}")
+        return finish_sweep(spec, sweep_dir, grid, seconds)
     finally:
-        seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
-    if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
-        raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
-                               f"slifmr tune --resume {sweep_dir}")
-    return finish_sweep(spec, sweep_dir, grid, seconds)
+        lock.release()
 
 
 def finish_sweep(spec: SweepSpec, sweep_dir: Path, grid: Any, seconds: float) -> dict[str, Any]:
