@@ -63,7 +63,7 @@ def test_data_synth_and_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         (["train", "--resume", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
         (["train", "--data", "/nonexistent/data", "--epochs", "1"], "dataset folder /nonexistent/data does not exist"),
         (["train", "--gpu", "--epochs", "1"], "--gpu: torch sees no CUDA device on this machine"),
-        (["train", "--strategy", "deepspeed", "--epochs", "1"], "--strategy deepspeed need --workers >= 1"),
+        (["train", "--strategy", "deepspeed", "--epochs", "1"], "--strategy deepspeed needs --workers >= 1"),
         (["train", "--workers", "2", "--strategy", "deepspeed", "--zero-stage", "3"], "train.zero_stage must be 1 or 2"),
         (["train", "--workers", "-1"], "--workers must be >= 0"),
         (["evaluate", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
@@ -86,7 +86,7 @@ def test_train_evaluate_recommend_report(tiny_path: Path, tmp_path: Path, capsys
     code, _, err = run(["train", "--data", str(tiny_path), "--out", str(run_dir), "--epochs", "2"], capsys)
     assert code == 2 and "--resume" in err
     code, _, err = run(["train", "--resume", str(run_dir), "--workers", "2", "--strategy", "deepspeed"], capsys)
-    assert code == 2 and "a run resumes with the strategy and sampling it started with" in err
+    assert code == 2 and "train.strategy (ddp -> deepspeed) would change what is trained" in err
     code, out, _ = run(["-q", "train", "--resume", str(run_dir), "--epochs", "3"], capsys)
     assert code == 0
     code, out, _ = run(["evaluate", str(run_dir)], capsys)
