@@ -106,11 +106,11 @@ def test_recbole_duplicates_are_dropped_with_a_warning(tmp_path: Path, caplog: p
     "files, match",
     [
         ({"inter": None}, r"toy: no \.inter file in this folder"),
-        ({"inter": "user_id:token\trating:float\nu1\t3\n"}, r"column 'item_id': column is missing"),
+        ({"inter": "user_id:token\trating:float\nu1\t3\n"}, r"toy\.inter, line 1, column 'item_id': column is missing"),
         ({"inter": "user_id\titem_id\nu1\ti1\n"}, r"header cell 'user_id' is not 'name:type'"),
-        ({"inter": INTER + "u4\ti1\t5\tlate\n"}, r"column 'timestamp', row 9: 'late' is not a number"),
-        ({"inter": INTER + "\ti1\t5\t1\n"}, r"column 'user_id', row 9: empty id"),
-        ({"link": LINK + "i99\tm.9\n"}, r"toy\.link, column 'item_id', row 4: unknown item"),
+        ({"inter": INTER + "u4\ti1\t5\tlate\n"}, r"toy\.inter, line 10, column 'timestamp': 'late' is not a number"),
+        ({"inter": INTER + "\ti1\t5\t1\n"}, r"toy\.inter, line 10, column 'user_id': empty id"),
+        ({"link": LINK + "i99\tm.9\n"}, r"toy\.link, line 5, column 'item_id': unknown item 'i99'"),
     ],
 )
 def test_recbole_bad_input(tmp_path: Path, files: dict, match: str) -> None:
@@ -185,5 +185,320 @@ def test_mmrec_ids_must_be_integers(tmp_path: Path) -> None:
     root = write_mmrec(tmp_path / "toy")
     text = (root / "toy.inter").read_text().replace("\n2\t", "\nx2\t", 1)
     (root / "toy.inter").write_text(text)
-    with pytest.raises(DataError, match=r"toy\.inter, column 'userID', row 11: id 'x2' is not an integer"):
+    with pytest.raises(DataError, match=r"toy\.inter, line 12, column 'userID': id 'x2' is not an integer"):
         import_mmrec(root)
+
+
+# ----------------------------------------------------------------------------- faults, by kind (issue 12)
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, list[str]]:
+    from slifmr.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def one_error(argv: list[str], capsys: pytest.CaptureFixture, out: Path) -> str:
+    code, _, lines = cli([*argv, "--out", str(out)], capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "files, match",
+    [
+        # timestamps: numeric seconds only, never guessed
+        ({"inter": INTER + "u4\ti1\t5\t2018-03-01\n"}, r"toy\.inter, line 10, column 'timestamp': '2018-03-01' is not a number"),
+        ({"inter": INTER + "u4\ti1\t5\tMar 1 2018\n"}, r"line 10, column 'timestamp': 'Mar 1 2018' is not a number"),
+        ({"inter": INTER + "u4\ti1\t5\tnan\n"}, r"line 10, column 'timestamp': 'nan' is not a finite number"),
+        ({"inter": INTER + "u4\ti1\t5\t1e999\n"}, r"line 10, column 'timestamp': '1e999' is not a finite number"),
+        ({"inter": INTER + "u4\ti1\t5\t\n"}, r"line 10, column 'timestamp': empty cell"),
+        # ids: stripped; empty or control characters refused
+        ({"inter": INTER + "  \ti1\t5\t1\n"}, r"line 10, column 'user_id': empty id"),
+        ({"inter": INTER + "u\x01\ti1\t5\t1\n"}, r"line 10, column 'user_id': id 'u\\x01' holds a control character"),
+        ({"kg": KG + "m.1\t \tm.2\n"}, r"toy\.kg, line 6, column 'relation_id': empty id"),
+        ({"link": LINK + "i3\t\n"}, r"toy\.link, line 5, column 'entity_id': empty id"),
+        ({"link": LINK + "i1\tm.9\n"}, r"toy\.link, line 5, column 'item_id': item 'i1' is linked a second time \(first at line 2\)"),
+        # line numbers are physical lines: blank lines and CRLF count
+        ({"inter": INTER.replace("u1\ti3", "\nu1\ti3") + "\n\nu4\ti1\t5\tlate\n"}, r"line 13, column 'timestamp': 'late'"),
+        ({"inter": INTER.replace("\n", "\r\n") + "u4\ti1\t5\tlate\r\n"}, r"line 10, column 'timestamp': 'late'"),
+        # shape of the file
+        ({"inter": INTER + "u4\ti1\t5\n"}, r"toy\.inter, line 10: has 3 tab-separated cells, the header has 4"),
+        ({"inter": "user_id:token\titem_id:token\tuser_id:token\nu1\ti1\tu2\n"}, r"line 1, column 'user_id': column is named twice"),
+        ({"inter": "user_id:token\titem_id:token\n"}, r"toy\.inter: has no data rows"),
+        ({"inter": ""}, r"toy\.inter, line 1: the header line is empty \(the file is empty\)"),
+        ({"item": ITEM.replace("i1\tToy Story", "i1\tToy Story\textra")}, r"toy\.item, line 2: has 5 tab-separated cells, the header has 4"),
+        ({"item": "item_id:token\tprice:float\ni1\tcheap\n"}, r"toy\.item, line 2, column 'price': 'cheap' is not a number"),
+        # explicit feedback
+        ({"inter": INTER.replace("rating:float", "label:float").replace("\t3\t", "\t0\t")},
+         r"column 'label': 1 row holds label <= 0 \(explicit negatives; the first is line 3\); pass --threshold label=1"),
+        # a split that cannot be made
+        ({"inter": "user_id:token\titem_id:token\na\tx\na\ty\nb\tx\n"},
+         r"toy\.inter: no user has 3 or more interactions, so the per-user 8:1:1 split leaves the valid and test splits empty"),
+    ],
+)
+def test_recbole_faults_name_file_line_column_and_value(tmp_path: Path, files: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        import_recbole(write_recbole(tmp_path / "toy", **files))
+
+
+def test_not_utf8_names_line_column_and_bytes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_recbole(tmp_path / "toy")
+    (root / "toy.inter").write_bytes(INTER.encode() + "u4\tété\t5\t1\n".encode("latin-1"))
+    line = one_error(["data", "import", "recbole", str(root)], capsys, tmp_path / "out")
+    assert line.endswith("toy.inter, line 10, column 'item_id': not UTF-8 (bytes b'\\xe9t\\xe9'); save the file as UTF-8")
+    (root / "toy.inter").write_text(INTER)
+    (root / "toy.kg").write_bytes(b"head_id:token\trelation_id:token\ttail_id:token\xff\nm.1\tr\tm.2\n")
+    line = one_error(["data", "import", "recbole", str(root)], capsys, tmp_path / "out")
+    assert "toy.kg, line 1: not UTF-8 (bytes b'tail_id:token\\xff')" in line
+
+
+def test_bom_is_skipped_in_every_atomic_file(tmp_path: Path) -> None:
+    plain = import_recbole(write_recbole(tmp_path / "plain"), split_seed=1)
+    root = write_recbole(tmp_path / "bom")
+    for p in root.iterdir():
+        p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    ds = import_recbole(root, split_seed=1)
+    assert (ds.num_users, ds.num_items, ds.num_entities) == (plain.num_users, plain.num_items, plain.num_entities)
+    np.testing.assert_array_equal(ds.kg, plain.kg)
+    np.testing.assert_array_equal(ds.item_entity, plain.item_entity)
+    assert ds.items.equals(plain.items)
+
+
+def test_bom_in_mmrec_header(tmp_path: Path) -> None:
+    root = write_mmrec(tmp_path / "toy")
+    (root / "toy.inter").write_bytes(b"\xef\xbb\xbf" + (root / "toy.inter").read_bytes())
+    assert import_mmrec(root).num_interactions == 20
+
+
+def test_ids_with_surrounding_whitespace_are_one_id(tmp_path: Path) -> None:
+    inter = INTER.replace("u1\ti2", "u1 \ti2 ").replace("u2\ti5", " u2\t\u00a0i5")
+    ds = import_recbole(write_recbole(tmp_path / "toy", inter=inter, link=LINK.replace("i2\t", " i2\t")), split_seed=1)
+    assert sorted(ds.ids["users"]) == ["u1", "u2", "u3"]
+    assert sorted(ds.ids["items"]) == ["i1", "i2", "i3", "i4", "i5", "i6"]
+    assert ds.item_entity.shape == (3, 2)
+
+
+def test_presplit_user_only_in_valid_names_the_source_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pre"
+    root.mkdir()
+    head = "user_id:token\titem_id:token\n"
+    (root / "pre.train.inter").write_text(head + "a\tx\nb\tx\n")
+    (root / "pre.valid.inter").write_text(head + "a\ty\n\nnew \tz\nb\ty\n")
+    (root / "pre.test.inter").write_text(head + "a\tz\nb\tz\n")
+    line = one_error(["data", "import", "recbole", str(root)], capsys, tmp_path / "out")
+    assert line == (f"error: {root / 'pre.valid.inter'}, line 4, column 'user_id': user 'new ' has no training "
+                    "interaction (no row in pre.train.inter); every user needs one: drop the user or add a training row")
+
+
+@pytest.mark.parametrize(
+    "test_rows, argv, match",
+    [
+        ("", [], r"pre\.test\.inter: the test split would be empty: the file has no data rows"),
+        ("a\tz\t1\nb\tz\t1\n", ["--threshold", "stars=2"], r"pre\.test\.inter: the test split would be empty: --threshold stars >= 2 keeps none"),
+        ("a\tx\t5\n", [], r"pre\.test\.inter: the test split would be empty: each of its rows repeats a \(user, item\) pair"),
+    ],
+)
+def test_presplit_empty_split_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture, test_rows: str,
+                                             argv: list[str], match: str) -> None:
+    root = tmp_path / "pre"
+    root.mkdir()
+    head = "user_id:token\titem_id:token\tstars:float\n"
+    (root / "pre.train.inter").write_text(head + "a\tx\t5\nb\tx\t5\n")
+    (root / "pre.valid.inter").write_text(head + "a\ty\t5\n")
+    (root / "pre.test.inter").write_text(head + test_rows)
+    import re
+
+    assert re.search(match, one_error(["data", "import", "recbole", str(root), *argv], capsys, tmp_path / "out"))
+
+
+def test_presplit_needs_all_three_files(tmp_path: Path) -> None:
+    root = tmp_path / "pre"
+    root.mkdir()
+    (root / "pre.train.inter").write_text("user_id:token\titem_id:token\na\tx\n")
+    (root / "pre.test.inter").write_text("user_id:token\titem_id:token\na\ty\n")
+    with pytest.raises(DataError, match=r"pre\.valid\.inter: file is missing: a pre-split set needs"):
+        import_recbole(root)
+
+
+def test_threshold_keeps_rows_at_or_above_and_reports_the_drop(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_recbole(tmp_path / "toy", item=None, kg=None, link=None,
+                         inter=INTER + "".join(f"u{u}\ti{i}\t{(u + i) % 5 + 1}\t1\n" for u in range(4, 9) for i in range(1, 6)))
+    code, out, err = cli(["data", "import", "recbole", str(root), "--threshold", "rating=4", "--out", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    ds = read_dataset(tmp_path / "d")
+    total = 8 + 25
+    kept = 5 + sum((u + i) % 5 + 1 >= 4 for u in range(4, 9) for i in range(1, 6))
+    assert ds.num_interactions == kept
+    assert ds.provenance["threshold"] == {"rating": 4.0} and ds.provenance["threshold_dropped"] == total - kept
+    assert f"kept {kept} of {total} rows, dropped {total - kept}" in out
+    assert any(f"--threshold rating >= 4: dropped {total - kept} of {total} rows" in line for line in err)
+    code, out, _ = cli(["data", "info", str(tmp_path / "d")], capsys)
+    assert "feedback      positives are rows with rating >= 4" in out
+
+
+def test_rating_without_threshold_is_reported_as_ignored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = cli(["data", "import", "recbole", str(write_recbole(tmp_path / "toy")), "--out", str(tmp_path / "d")], capsys)
+    assert code == 0
+    assert "feedback      rating column ignored: every row is a positive (--threshold rating=4 keeps ratings >= 4)" in out
+    assert read_dataset(tmp_path / "d").num_interactions == 8
+
+
+def test_label_with_threshold_and_without(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    labels = INTER.replace("rating:float", "label:float").replace("\t3\t", "\t0\t").replace("\t2\t", "\t0\t")
+    root = write_recbole(tmp_path / "toy", inter=labels)
+    line = one_error(["data", "import", "recbole", str(root)], capsys, tmp_path / "out")
+    assert "column 'label': 2 rows hold label <= 0" in line and "--threshold label=1 to keep only positives" in line
+    code, _, _ = cli(["data", "import", "recbole", str(root), "--threshold", "label=1", "--out", str(tmp_path / "d")], capsys)
+    assert code == 0 and read_dataset(tmp_path / "d").num_interactions == 6
+    positives = write_recbole(tmp_path / "pos", inter=INTER.replace("rating:float", "label:float"))
+    ds = import_recbole(positives)
+    assert ds.num_interactions == 8 and "every value is > 0" in ds.provenance["feedback"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threshold", "rating"], "--threshold 'rating': expected COLUMN=VALUE"),
+        (["--threshold", "rating=high"], "--threshold rating=high: 'high' is not a number"),
+        (["--threshold", "rating=nan"], "must be a finite number"),
+        (["--threshold", "rating=1", "--threshold", "rating=2"], "--threshold rating is given twice"),
+        (["--threshold", "stars=4"], "toy.inter, line 1, column 'stars': column named by --threshold stars=4 is missing"),
+        (["--threshold", "user_id=4"], "'user_id' is an id or split column"),
+        (["--threshold", "timestamp=1000"], "--threshold timestamp >= 1000 keeps none of its 8 rows"),
+        (["--split-seed", "3", "--name", "toy"], None),
+    ],
+)
+def test_import_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str | None) -> None:
+    root = write_recbole(tmp_path / "toy")
+    if message is None:  # --split-seed on a pre-split set is refused, not ignored
+        head = "user_id:token\titem_id:token\n"
+        for s in ("train", "valid", "test"):
+            (root / f"toy.{s}.inter").write_text(head + "a\tx\n")
+        message = "--split-seed does not apply"
+    assert message in one_error(["data", "import", "recbole", str(root), *argv], capsys, tmp_path / "out")
+
+
+def test_mmrec_split_seed_and_threshold(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_mmrec(tmp_path / "toy")
+    assert "--split-seed does not apply" in one_error(["data", "import", "mmrec", str(root), "--split-seed", "1"], capsys, tmp_path / "out")
+    ds = import_mmrec(root)
+    assert "rating column ignored" in ds.provenance["feedback"]
+    rows = (root / "toy.inter").read_text().splitlines()
+    rows = [rows[0]] + [r.replace("\t5\t", "\t2\t", 1) if k % 5 == 1 else r for k, r in enumerate(rows[1:])]
+    (root / "toy.inter").write_text("\n".join(rows) + "\n")
+    ds = import_mmrec(root, thresholds={"rating": 4})
+    assert ds.num_interactions == 16 and ds.provenance["threshold_dropped"] == 4
+
+
+def test_mmrec_huge_and_gapped_ids_are_remapped(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    root.mkdir()
+    rows = ["userID\titemID\ttimestamp\tx_label"]
+    users = [10**12, 7, 10**15 + 3]
+    for u in users:
+        for j, label in enumerate([0, 0, 1, 2]):
+            rows.append(f"{u}\t{10**13 + j}\t{j}\t{label}")
+    (root / "big.inter").write_text("\n".join(rows) + "\n")
+    ds = import_mmrec(root)
+    assert (ds.num_users, ds.num_items) == (3, 4)
+    assert ds.ids["users"].tolist() == sorted(users) and ds.ids["items"].tolist() == [10**13 + j for j in range(4)]
+    back = read_dataset(write_dataset(ds, tmp_path / "out"))
+    assert list(back.ids["users"]) == [str(u) for u in sorted(users)]
+
+
+def test_mmrec_contiguous_ids_map_to_themselves(tmp_path: Path) -> None:
+    ds = import_mmrec(write_mmrec(tmp_path / "toy"))
+    assert ds.ids["users"].tolist() == [0, 1, 2, 3] and ds.ids["items"].tolist() == [0, 1, 2, 3, 4]
+    raw = np.loadtxt(tmp_path / "toy/toy.inter", skiprows=1, dtype=np.int64)
+    assert {(u, i) for u, i in zip(ds.user, ds.item)} == {(u, i) for u, i in raw[:, :2]}
+
+
+def _mmrec_rows(root: Path, edit) -> Path:  # noqa: ANN001
+    text = (root / "toy.inter").read_text().splitlines()
+    (root / "toy.inter").write_text("\n".join(edit(text)) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda r: [r[0]] + [x.rsplit("\t", 2)[0] + "\tMar 1 2018\t" + x.rsplit("\t", 1)[1] for x in r[1:]],
+         r"toy\.inter, line 2, column 'timestamp': 'Mar 1 2018' is not a number"),
+        (lambda r: r[:3] + ["1\t2\t5\t2018-03-01\t0"] + r[3:], r"line 4, column 'timestamp': '2018-03-01' is not a number"),
+        (lambda r: r + ["1\t2\t5\t9\t3"], r"line 22, column 'x_label': x_label '3' is not 0 \(train\), 1 \(valid\) or 2"),
+        (lambda r: r + ["1\t2\t5\t9\tvalid"], r"line 22, column 'x_label': x_label 'valid' is not an integer"),
+        (lambda r: r + ["-1\t2\t5\t9\t0"], r"line 22, column 'userID': negative id '-1'"),
+        (lambda r: r + ["99999999999999999999\t2\t5\t9\t0"], r"line 22, column 'userID': id '99999999999999999999' is not an integer"),
+        (lambda r: r + ["1\t7\t5\t9\t0"], r"line 22, column 'itemID': item '7' has no feature row \(the features have 5 rows"),
+        (lambda r: r + ["9\t1\t5\t9\t2"], r"line 22, column 'userID': user '9' has no training interaction \(no row with x_label 0\)"),
+        (lambda r: [x for x in r if not x.endswith("\t1")], r"toy\.inter: the valid split would be empty: no row has x_label 1"),
+        (lambda r: [r[0].replace("x_label", "split")] + r[1:], r"toy\.inter, line 1, column 'x_label': column is missing from the header"),
+        (lambda r: [r[0] + "\tlabel"] + [x + "\t0" for x in r[1:]], r"column 'label': 20 rows hold label <= 0"),
+        (lambda r: [r[0]], r"toy\.inter: has no data rows"),
+    ],
+)
+def test_mmrec_faults(tmp_path: Path, edit, match: str) -> None:  # noqa: ANN001
+    with pytest.raises(DataError, match=match):
+        import_mmrec(_mmrec_rows(write_mmrec(tmp_path / "toy"), edit))
+
+
+def test_mmrec_pair_in_two_splits_is_kept_in_the_earliest(tmp_path: Path) -> None:
+    # (3, 1) is a valid pair, first listed as test; (0, 0) is a train pair, listed again as valid
+    root = _mmrec_rows(write_mmrec(tmp_path / "toy"), lambda r: r[:1] + ["3\t1\t5\t0\t2"] + r[1:] + ["0\t0\t5\t0\t1"])
+    ds = import_mmrec(root)
+    assert ds.num_interactions == 20
+    assert ds.split[(ds.user == 3) & (ds.item == 1)].tolist() == [1]
+    assert ds.split[(ds.user == 0) & (ds.item == 0)].tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.ones(5, np.float32), r"image_feat\.npy: has shape \(5,\), expected a 2-D array"),
+        (np.ones((5, 2, 2), np.float32), r"has shape \(5, 2, 2\), expected a 2-D array"),
+        (np.array([["a"]] * 5), r"dtype <U1 is not a real number type"),
+        (np.ones((5, 3), bool), r"dtype bool is not a real number type"),
+        (np.ones((5, 0), np.float32), r"has shape \(5, 0\): no feature columns"),
+        (np.ones((0, 3), np.float32), r"has shape \(0, 3\): no feature rows"),
+        (np.array([[1.0], [np.nan], [1.0], [1.0], [1.0]]), r"image_feat\.npy: row 1, column 0: feature value nan is NaN or inf"),
+        (np.array([[1.0, 1], [1, 1], [1, 1e39], [1, 1], [1, 1]]), r"image_feat\.npy: row 2, column 1: feature value 1e\+39 is beyond"),
+        ("object", r"image_feat\.npy: not a readable \.npy array"),
+        ("truncated", r"image_feat\.npy: not a readable \.npy array"),
+        ("npz", r"image_feat\.npy: is an \.npz archive"),
+    ],
+)
+def test_mmrec_bad_features(tmp_path: Path, array, match: str) -> None:  # noqa: ANN001
+    root = write_mmrec(tmp_path / "toy")
+    fp = root / "image_feat.npy"
+    if isinstance(array, np.ndarray):
+        np.save(fp, array)
+    elif array == "object":
+        np.save(fp, np.array([[1, "x"]] * 5, dtype=object), allow_pickle=True)
+    elif array == "truncated":
+        fp.write_bytes(fp.read_bytes()[:100])
+    else:
+        with open(fp, "wb") as f:
+            np.savez(f, a=np.ones((5, 3)))
+    with pytest.raises(DataError, match=match):
+        import_mmrec(root)
+
+
+def test_mmrec_integer_features_become_float32(tmp_path: Path) -> None:
+    root = write_mmrec(tmp_path / "toy")
+    np.save(root / "image_feat.npy", np.arange(15, dtype=np.int64).reshape(5, 3))
+    ds = import_mmrec(root)
+    assert ds.features["image"].dtype == np.float32 and ds.features["image"][4, 2] == 14
+
+
+def test_mmrec_without_features_remaps_items(tmp_path: Path) -> None:
+    root = write_mmrec(tmp_path / "toy")
+    for f in ("image_feat.npy", "text_feat.npy", "toy.kg", "toy.link"):
+        (root / f).unlink()
+    _mmrec_rows(root, lambda r: [r[0]] + [x.replace("\t", "000\t", 2).replace("000\t", "\t", 1) for x in r[1:]])
+    ds = import_mmrec(root)
+    assert ds.num_items == 5 and ds.ids["items"].tolist() == [0, 1000, 2000, 3000, 4000]

@@ -27,6 +27,8 @@ def summary(ds: Dataset) -> dict[str, Any]:
         "kg_coverage": linked / ds.num_items,
         "modalities": {name: int(x.shape[1]) for name, x in ds.features.items()},
         "split_seed": ds.split_seed,
+        "threshold": ds.provenance.get("threshold"),
+        "feedback": ds.provenance.get("feedback"),
     }
 
 
@@ -43,4 +45,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"linked items  {s['linked_items']:,} ({s['kg_coverage']:.1%} of items)",
         f"modalities    {mods}",
     ]
+    if s.get("feedback"):  # how explicit feedback became positives (importers' --threshold)
+        lines.append(f"feedback      {s['feedback']}")
     return "\n".join(lines)

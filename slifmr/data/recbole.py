@@ -2,14 +2,47 @@
 <name>.train.inter/.valid.inter/.test.inter as RecBole's benchmark_filename reads them).
 
 Atomic files are tab-separated with a header of `name:type` cells; types are token,
-token_seq (space-separated), float and float_seq. Ids are remapped to contiguous int64.
-Duplicate (user, item) pairs are dropped with a warning, keeping the first (RecBole keeps
-repeated ratings as separate rows; an implicit-feedback ranker needs each pair once).
+token_seq (space-separated), float and float_seq. Ids are remapped to contiguous int64, in
+the order they first appear. The rules this importer applies where the format is silent:
+
+* Text is UTF-8, with or without a byte-order mark (the header is decoded as utf-8-sig). A
+  file that is not UTF-8 is refused, naming its line, column and the offending bytes. Lines
+  end in \\n, \\r\\n or \\r; blank lines are skipped (as RecBole's pandas reader does) and still
+  counted in line numbers. Surrounding whitespace of a header cell is ignored; a column
+  named twice is an error.
+* Ids (user_id, item_id, head_id, relation_id, tail_id, entity_id) are tokens whose
+  surrounding whitespace is stripped: 'u1 ' and 'u1' are one user. An id that is empty after
+  stripping, or holds a control character, is an error.
+* Numbers (timestamp, label, a --threshold column, float fields of .item) are decimal
+  numbers ('3', '-2.5', '1e9'); surrounding whitespace is ignored. Timestamps are numeric
+  seconds (Unix time): text dates ('Mar 1 2018') and ISO dates ('2018-03-01') are refused,
+  never guessed, and so are NaN and inf. An empty float cell of .item metadata is null.
+* Feedback: slifmr learns from implicit feedback, every imported row is a positive.
+  `thresholds={"rating": 4}` keeps the rows with rating >= 4 (RecBole's convention; several
+  thresholds must all hold) and the import reports how many rows it dropped. Without a
+  threshold, a `label` column holding any value <= 0 (explicit negatives) is refused with a
+  hint, and a `rating` column is reported as ignored (every rating is an interaction, the
+  MMRec / ml-100k protocol). The rule is recorded in provenance["threshold"/"feedback"].
+* Duplicate (user, item) pairs are dropped with a warning, keeping the first, and for a
+  pre-split set the one in the earliest split (train, valid, test). RecBole keeps repeated
+  ratings as separate rows; an implicit-feedback ranker needs each pair once.
+* A pre-split set keeps its split exactly: each split file must keep a row, and every user
+  of the valid and test files must have a training row. Without a pre-split, the per-user
+  8:1:1 split must leave a row in valid and test (some user needs 3 interactions).
+* Every error names the source file, the 1-based physical line (the header is line 1), the
+  column as written in the header and the raw value; warnings are printed only once the
+  whole import has passed, so a refused import prints one line.
+
+Everything runs over whole columns (pyarrow.compute, numpy); only the error paths walk a
+file line by line to find the line to name.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,104 +50,397 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from slifmr import log
-from slifmr.data.format import Dataset
+from slifmr.data.format import TEST, TRAIN, VALID, Dataset
 from slifmr.data.split import split_per_user
-from slifmr.errors import DataError
+from slifmr.errors import DataError, SlifmrError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 USER, ITEM, TIME = "user_id", "item_id", "timestamp"
 HEAD, RELATION, TAIL, ENTITY = "head_id", "relation_id", "tail_id", "entity_id"
+SPLIT_NAMES = ("train", "valid", "test")
+TIME_HINT = "timestamps must be numbers of seconds such as Unix time: convert dates before importing, or drop the column"
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_CONTROL = r"[\x00-\x1f\x7f]"
 
 
-def read_atomic(path: Path, required: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, str]]:
-    """Read one atomic file as string columns; returns (table, {field: type})."""
+# ----------------------------------------------------------------------------- text files
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _first_failing(arr: pa.ChunkedArray, fn: Callable[[pa.ChunkedArray], object]) -> int:
+    """Index of the first element on which `fn` (a whole-array conversion) fails: bisection
+    over prefixes, so it stays vectorised (only run once a conversion has failed)."""
+    lo, hi = 0, len(arr)  # fn(arr[:lo]) succeeds, fn(arr[:hi]) fails
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            fn(arr.slice(0, mid))
+            lo = mid
+        except pa.ArrowException:
+            hi = mid
+    return lo
+
+
+def _read_header(path: Path) -> tuple[bytes, int]:
+    """The first line's bytes (without its line end) and the offset where the data starts."""
+    buf = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 16)
+            buf += block
+            m = _NEWLINE.search(buf)
+            if m and (m.group() != b"\r" or m.end() < len(buf) or not block):
+                return buf[: m.start()], m.end()
+            if not block:
+                return buf, len(buf)
+
+
+def _show(raw: bytes | str, limit: int = 40) -> str:
+    return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
+
+
+class TextFile:
+    """One tab-separated text file, read as string columns, that names its lines in errors."""
+
+    def __init__(self, path: Path, table: pa.Table, types: dict[str, str]):
+        self.path, self.table, self.types = path, table, types
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def has(self, col: str) -> bool:
+        return col in self.types
+
+    def line(self, row: int) -> int | None:
+        """The 1-based physical line of data row `row` (error path: reads the file again)."""
+        n = -1
+        for no, text in enumerate(_NEWLINE.split(self.path.read_bytes())[1:], start=2):
+            if text:  # pyarrow skips blank lines
+                n += 1
+                if n == row:
+                    return no
+        return None
+
+    def error(self, message: str, row: int | None = None, column: str | None = None,
+              line: int | None = None) -> DataError:
+        if row is not None:
+            line = self.line(row)
+        where = f"{self.path}, line {line}" if line is not None else str(self.path)
+        return DataError(where, message, column=column)
+
+    def cell(self, col: str, row: int) -> str:
+        return self.table.column(col)[row].as_py()
+
+    def ids(self, col: str) -> pa.ChunkedArray:
+        """An id column, surrounding whitespace stripped; empty ids and control characters refused."""
+        vals = pc.utf8_trim_whitespace(self.table.column(col))
+        bad = pc.or_(pc.equal(pc.utf8_length(vals), 0), pc.match_substring_regex(vals, _CONTROL))
+        if pc.any(bad).as_py():
+            i = _first(_mask(bad))
+            raw = self.cell(col, i)
+            msg = "empty id" if not raw.strip() else f"id {_show(raw)} holds a control character"
+            raise self.error(msg, row=i, column=col)
+        return vals
+
+    def numbers(self, col: str, hint: str = "", nullable: bool = False) -> np.ndarray | pa.ChunkedArray:
+        """A number column as float64: finite values (numpy), or with empty cells as nulls
+        (`nullable`: a pyarrow array, NaN allowed)."""
+        vals = pc.utf8_trim_whitespace(self.table.column(col))
+        if nullable:
+            vals = pc.if_else(pc.equal(pc.utf8_length(vals), 0), pa.scalar(None, pa.string()), vals)
+        try:
+            out = pc.cast(vals, pa.float64())
+        except pa.ArrowException:
+            i = _first_failing(vals, lambda a: pc.cast(a, pa.float64()))
+            raw = self.cell(col, i)
+            msg = "empty cell, a number is required" if not raw.strip() else f"{_show(raw)} is not a number"
+            raise self.error(msg + (f" ({hint})" if hint else ""), row=i, column=col) from None
+        if nullable:
+            return out
+        x = np.asarray(out.to_numpy(), dtype=np.float64)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i = _first(bad)
+            raise self.error(f"{_show(self.cell(col, i))} is not a finite number" + (f" ({hint})" if hint else ""),
+                             row=i, column=col)
+        return x
+
+    def ints(self, col: str, what: str = "id") -> np.ndarray:
+        """A column of non-negative integers (int64)."""
+        vals = pc.utf8_trim_whitespace(self.table.column(col))
+        try:
+            out = pc.cast(vals, pa.int64())
+        except pa.ArrowException:
+            i = _first_failing(vals, lambda a: pc.cast(a, pa.int64()))
+            raw = self.cell(col, i)
+            msg = f"empty {what}" if not raw.strip() else f"{what} {_show(raw)} is not an integer in [0, 2**63)"
+            raise self.error(msg, row=i, column=col) from None
+        x = np.asarray(out.to_numpy(), dtype=np.int64)
+        if (x < 0).any():
+            i = _first(x < 0)
+            raise self.error(f"negative {what} {_show(self.cell(col, i))}", row=i, column=col)
+        return x
+
+
+def _not_utf8(path: Path, no: int, line: bytes, e: UnicodeDecodeError, names: Sequence[str] = ()) -> DataError:
+    k = line[: e.start].count(b"\t")
+    cells = line.split(b"\t")
+    cell = cells[k] if k < len(cells) else line
+    column = names[k] if no > 1 and k < len(names) else None
+    return DataError(f"{path}, line {no}", f"not UTF-8 (bytes {_show(cell)}); save the file as UTF-8", column=column)
+
+
+def _diagnose(path: Path, names: Sequence[str], cause: Exception) -> DataError:
+    """Why pyarrow could not read the data rows (error path: walks the lines)."""
+    for no, text in enumerate(_NEWLINE.split(path.read_bytes()), start=1):
+        if no == 1 or not text:
+            continue
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return _not_utf8(path, no, text, e, names)
+        n = text.count(b"\t") + 1
+        if n != len(names):
+            return DataError(f"{path}, line {no}",
+                             f"has {n} tab-separated cells, the header has {len(names)} ({_show(text)})")
+    first = (str(cause).splitlines() or ["unreadable"])[0]
+    return DataError(str(path), f"malformed ({_show(first, 200)})")
+
+
+def read_text(path: Path, parse_header: Callable[[list[str], Path], dict[str, str]],
+              required: tuple[str, ...] = ()) -> TextFile:
+    """Read a tab-separated file with a header line as string columns.
+
+    `parse_header(cells, path)` turns the stripped header cells into {column: type}."""
     if not path.exists():
         raise DataError(str(path), "file is missing")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\n\r").split("\t")
-    types: dict[str, str] = {}
-    for cell in header:
-        name, _, ftype = cell.partition(":")
-        if ftype not in FIELD_TYPES:
-            raise DataError(str(path), f"header cell '{cell}' is not 'name:type' with type in {FIELD_TYPES}", row=0)
-        types[name] = ftype
+    if not path.is_file():
+        raise DataError(str(path), "is not a file")
+    try:
+        head, start = _read_header(path)
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(str(path), f"cannot be read ({e.strerror or e})") from e
+    try:
+        header = head.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, 1, head, e) from None
+    if not header.strip():
+        raise DataError(f"{path}, line 1", "the header line is empty" + (" (the file is empty)" if size == 0 else ""))
+    cells = [c.strip() for c in header.split("\t")]
+    bad = next((c for c in cells if not c.isprintable()), None)
+    if bad is not None:
+        raise DataError(f"{path}, line 1", f"header cell {_show(bad)} holds a control or line-separator character")
+    types = parse_header(cells, path)
     for col in required:
         if col not in types:
-            raise DataError(str(path), "column is missing from the header", column=col)
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=list(types), skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in types}, strings_can_be_null=False
-            ),
-        )
-    except pa.ArrowInvalid as e:
-        raise DataError(str(path), f"malformed row ({str(e).splitlines()[0]})") from e
-    for col in required:
-        empty = pc.equal(pc.utf8_length(table.column(col)), 0).to_numpy(zero_copy_only=False)
-        if empty.any():
-            raise DataError(str(path), "empty id", column=col, row=int(np.flatnonzero(empty)[0]) + 1)
-    return table, types
+            raise DataError(f"{path}, line 1", f"column is missing from the header (found: {', '.join(types)})", column=col)
+    names = list(types)
+    empty = pa.table({n: pa.array([], pa.string()) for n in names})
+    table = empty
+    if start < size:
+        try:
+            with pa.memory_map(str(path)) as src:
+                src.seek(start)
+                table = pacsv.read_csv(
+                    src,
+                    read_options=pacsv.ReadOptions(column_names=names),
+                    parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, newlines_in_values=False),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={n: pa.string() for n in names}, strings_can_be_null=False
+                    ),
+                )
+        except (pa.ArrowException, OSError) as e:
+            err = _diagnose(path, names, e)
+            if "malformed" in err.message and not any(_NEWLINE.split(path.read_bytes())[1:]):
+                table = empty  # only blank lines after the header
+            else:
+                raise err from None
+    return TextFile(path, table, types)
 
 
-def float_column(table: pa.Table, path: Path, col: str) -> np.ndarray:
-    """Parse a `float` field; the error names the first row that is not a number."""
-    raw = table.column(col).to_numpy(zero_copy_only=False)
-    try:
-        return raw.astype(np.float64)
-    except ValueError:
-        for i, v in enumerate(raw):
-            try:
-                float(v)
-            except ValueError:
-                raise DataError(str(path), f"'{v}' is not a number", column=col, row=i + 1) from None
-        raise
+def _atomic_header(cells: list[str], path: Path) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for cell in cells:
+        name, _, ftype = cell.partition(":")
+        name, ftype = name.strip(), ftype.strip()
+        if ftype not in FIELD_TYPES or not name:
+            raise DataError(f"{path}, line 1", f"header cell {_show(cell)} is not 'name:type' with type in {FIELD_TYPES}")
+        if name in types:
+            raise DataError(f"{path}, line 1", "column is named twice in the header", column=name)
+        types[name] = ftype
+    return types
+
+
+def read_atomic(path: Path, required: tuple[str, ...] = ()) -> TextFile:
+    """Read one atomic file as string columns (header `name:type` cells)."""
+    return read_text(path, _atomic_header, required)
+
+
+# ----------------------------------------------------------------------------- ids
 
 
 class IdMap:
-    """Raw token -> contiguous int64, in the order tokens are first added."""
+    """Raw token -> contiguous int64, in the order tokens are first added (vectorised)."""
 
     def __init__(self) -> None:
-        self.tokens: list[str] = []
-        self.index: dict[str, int] = {}
+        self._tokens = pa.array([], pa.string())
 
-    def add(self, tokens: np.ndarray) -> None:
-        for t in dict.fromkeys(tokens.tolist()):
-            if t not in self.index:
-                self.index[t] = len(self.tokens)
-                self.tokens.append(t)
+    def add(self, tokens: pa.Array | pa.ChunkedArray) -> None:
+        new = pc.unique(tokens)
+        if isinstance(new, pa.ChunkedArray):
+            new = new.combine_chunks()
+        if len(self._tokens):
+            new = new.filter(pc.invert(pc.is_in(new, value_set=self._tokens)))
+        self._tokens = pa.concat_arrays([self._tokens, new.cast(pa.string())])
 
-    def lookup(self, tokens: np.ndarray, path: Path, col: str, what: str) -> np.ndarray:
-        out = np.fromiter((self.index.get(t, -1) for t in tokens.tolist()), np.int64, len(tokens))
-        if (out < 0).any():
-            i = int(np.flatnonzero(out < 0)[0])
-            raise DataError(str(path), f"unknown {what} '{tokens[i]}'", column=col, row=i + 1)
-        return out
+    def index(self, tokens: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Contiguous id of every token; -1 where a token is unknown."""
+        idx = pc.fill_null(pc.index_in(tokens, value_set=self._tokens), -1)
+        return np.asarray(idx.to_numpy(), dtype=np.int64)
+
+    def token(self, i: int) -> str:
+        return self._tokens[int(i)].as_py()
+
+    @property
+    def tokens(self) -> list[str]:
+        return self._tokens.to_pylist()
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self._tokens)
 
     def array(self) -> np.ndarray:
-        return np.array(self.tokens, dtype=object)
+        return self._tokens.to_numpy(zero_copy_only=False).astype(object)
 
 
-def dedupe_pairs(user: np.ndarray, item: np.ndarray, num_items: int, path: Path) -> np.ndarray:
-    """Indices of the first occurrence of each (user, item) pair; warns if any were dropped."""
-    _, first = np.unique(user * np.int64(num_items) + item, return_index=True)
-    first.sort()
-    if first.size < user.size:
-        dup = np.setdiff1d(np.arange(user.size), first)
-        log.warning(f"{path}: dropped {dup.size} duplicate (user, item) rows, keeping the first (row {dup[0] + 1} is one)")
-    return first
+def dedupe_pairs(user: np.ndarray, item: np.ndarray, num_items: int,
+                 split: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices kept: one per (user, item) pair, in order; indices of the dropped repeats).
+    The kept one is the first in the earliest split (train, valid, test), then in row order."""
+    n = user.size
+    key = user * np.int64(num_items) + item
+    split = np.zeros(n, np.int8) if split is None else split
+    order = np.lexsort((np.arange(n), split, key))
+    first = np.r_[True, key[order][1:] != key[order][:-1]] if n else np.zeros(0, bool)
+    return np.sort(order[first]), np.sort(order[~first])
+
+
+# ----------------------------------------------------------------------------- feedback
+
+
+def parse_thresholds(specs: Sequence[str] | None) -> dict[str, float]:
+    """`--threshold COL=VALUE` options -> {column: minimum kept value}."""
+    out: dict[str, float] = {}
+    for spec in specs or ():
+        col, sep, value = spec.partition("=")
+        col, value = col.strip(), value.strip()
+        if not sep or not col or not value:
+            raise SlifmrError(f"--threshold {spec!r}: expected COLUMN=VALUE (e.g. label=1 or rating=4)")
+        try:
+            v = float(value)
+        except ValueError:
+            raise SlifmrError(f"--threshold {spec}: {value!r} is not a number") from None
+        if not np.isfinite(v):
+            raise SlifmrError(f"--threshold {spec}: the value must be a finite number")
+        if col in out:
+            raise SlifmrError(f"--threshold {col} is given twice")
+        out[col] = v
+    return out
+
+
+def _rule(thresholds: dict[str, float]) -> str:
+    return " and ".join(f"{c} >= {v:g}" for c, v in thresholds.items())
+
+
+def feedback_filter(files: Sequence[TextFile], thresholds: dict[str, float] | None,
+                    id_columns: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, Any], list[str]]:
+    """Which rows are positives: per file a keep mask, the provenance entries and log lines."""
+    thresholds = dict(thresholds or {})
+    masks = [np.ones(f.num_rows, bool) for f in files]
+    for col, v in thresholds.items():
+        if col in id_columns:
+            raise SlifmrError(f"--threshold {col}={v:g}: '{col}' is an id or split column, not a feedback value")
+        for f, m in zip(files, masks):
+            if not f.has(col):
+                raise f.error(f"column named by --threshold {col}={v:g} is missing from the header "
+                              f"(found: {', '.join(f.types)})", column=col, line=1)
+            m &= f.numbers(col) >= v
+    total = sum(f.num_rows for f in files)
+    kept = int(sum(m.sum() for m in masks))
+    prov: dict[str, Any] = {"threshold": thresholds or None}
+    infos: list[str] = []
+    if "label" not in thresholds:
+        labelled = [f for f in files if f.has("label")]
+        values = [f.numbers("label") for f in labelled]
+        neg = sum(int((x <= 0).sum()) for x in values)
+        if neg:
+            f, x = next((f, x) for f, x in zip(labelled, values) if (x <= 0).any())
+            pos = np.concatenate([x[x > 0] for x in values])
+            hint = f"{pos.min():g}" if pos.size else "1"
+            rows = f"{neg:,} rows hold" if neg != 1 else "1 row holds"
+            raise f.error(f"{rows} label <= 0 (explicit negatives; the first is line {f.line(_first(x <= 0))}); "
+                          f"pass --threshold label={hint} to keep only positives", column="label")
+    notes = []
+    if thresholds:
+        prov["threshold_dropped"] = total - kept
+        notes.append(f"positives are rows with {_rule(thresholds)} (--threshold): kept {kept:,} of {total:,} rows, "
+                     f"dropped {total - kept:,}")
+        infos.append(f"--threshold {_rule(thresholds)}: dropped {total - kept:,} of {total:,} rows")
+    else:
+        if any(f.has("label") for f in files):
+            notes.append("label column: every value is > 0, every row is a positive")
+        if any(f.has("rating") for f in files):
+            notes.append("rating column ignored: every row is a positive (--threshold rating=4 keeps ratings >= 4)")
+    if notes:
+        prov["feedback"] = "; ".join(notes)
+    return masks, prov, infos
+
+
+def check_splits(split: np.ndarray, user: np.ndarray, num_users: int, src_file: np.ndarray, src_row: np.ndarray,
+                 files: Sequence[TextFile], split_file: Callable[[int], TextFile], user_col: str,
+                 why_empty: Callable[[int], str], train_rows: str) -> None:
+    """Each split keeps a row, and every user has a training row; errors name the source row."""
+    for s in (TRAIN, VALID, TEST):
+        if not (split == s).any():
+            f = split_file(s)
+            raise f.error(f"the {SPLIT_NAMES[s]} split would be empty: {why_empty(s)}")
+    has_train = np.zeros(num_users, bool)
+    has_train[user[split == TRAIN]] = True
+    bad = ~has_train[user]
+    if bad.any():
+        j = _first(bad)
+        f, row = files[src_file[j]], int(src_row[j])
+        raise f.error(f"user {_show(f.cell(user_col, row))} has no training interaction (no {train_rows}); every "
+                      "user needs one: drop the user or add a training row", row=row, column=user_col)
+
+
+def emit(warnings: Sequence[str], infos: Sequence[str] = ()) -> None:
+    """Log what the import decided, once it has passed every check."""
+    for msg in infos:
+        log.info(msg)
+    for msg in warnings:
+        log.warning(msg)
+
+
+# ----------------------------------------------------------------------------- import
 
 
 def _inter_files(root: Path, name: str) -> list[Path]:
-    pre = [root / f"{name}.{s}.inter" for s in ("train", "valid", "test")]
+    pre = [root / f"{name}.{s}.inter" for s in SPLIT_NAMES]
     if all(p.exists() for p in pre):
         return pre
     single = root / f"{name}.inter"
+    if not single.exists() and any(p.exists() for p in pre):
+        missing = next(p for p in pre if not p.exists())
+        raise DataError(str(missing), "file is missing: a pre-split set needs .train.inter, .valid.inter and .test.inter")
     if not single.exists():
         raise DataError(str(single), f"file is missing (nor are {pre[0].name}/.valid.inter/.test.inter there)")
     return [single]
@@ -132,43 +458,83 @@ def dataset_name(root: Path) -> str:
     return inters[0].split(".")[0]
 
 
-def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 2026) -> Dataset:
+def is_presplit(root: str | Path, name: str | None = None) -> bool:
+    root = Path(root)
+    return len(_inter_files(root, name or dataset_name(root))) == 3
+
+
+def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 2026,
+                   thresholds: dict[str, float] | None = None) -> Dataset:
     """Import a RecBole atomic dataset folder into a `Dataset` (not yet written)."""
     root = Path(root)
     name = name or dataset_name(root)
-    files = _inter_files(root, name)
-    users, items = IdMap(), IdMap()
-    tables = []
-    for p in files:
-        t, types = read_atomic(p, (USER, ITEM))
-        tables.append((p, t, types))
-        users.add(t.column(USER).to_numpy(zero_copy_only=False))
-        items.add(t.column(ITEM).to_numpy(zero_copy_only=False))
+    paths = _inter_files(root, name)
+    presplit = len(paths) == 3
+    files = [read_atomic(p, (USER, ITEM)) for p in paths]
+    user_tok = [f.ids(USER) for f in files]
+    item_tok = [f.ids(ITEM) for f in files]
+    with_time = all(f.has(TIME) for f in files)
+    times = [f.numbers(TIME, TIME_HINT) for f in files] if with_time else None
+    masks, feedback, infos = feedback_filter(files, thresholds, (USER, ITEM))
+    rows = [np.flatnonzero(m) for m in masks]
+    if not presplit and rows[0].size == 0:
+        raise files[0].error("has no data rows" if files[0].num_rows == 0 else
+                             f"--threshold {_rule(thresholds or {})} keeps none of its {files[0].num_rows:,} rows")
 
+    users, items = IdMap(), IdMap()
+    kept_u = [tok.take(pa.array(r)) for tok, r in zip(user_tok, rows)]
+    kept_i = [tok.take(pa.array(r)) for tok, r in zip(item_tok, rows)]
+    for u in kept_u:
+        users.add(u)
+    for i in kept_i:
+        items.add(i)
     item_table = None
     item_path = root / f"{name}.item"
     if item_path.exists():
-        t, types = read_atomic(item_path, (ITEM,))
-        items.add(t.column(ITEM).to_numpy(zero_copy_only=False))
-        item_table = _item_metadata(t, types, items, item_path)
+        f = read_atomic(item_path, (ITEM,))
+        tok = f.ids(ITEM)
+        items.add(tok)
+        item_table = _item_metadata(f, tok, items)
 
-    u_parts, i_parts, s_parts, ts_parts = [], [], [], []
-    for code, (p, t, types) in enumerate(tables):
-        u_parts.append(users.lookup(t.column(USER).to_numpy(zero_copy_only=False), p, USER, "user"))
-        i_parts.append(items.lookup(t.column(ITEM).to_numpy(zero_copy_only=False), p, ITEM, "item"))
-        s_parts.append(np.full(t.num_rows, code, np.int8))
-        if TIME in types:
-            ts_parts.append(float_column(t, p, TIME))
-    user, item, split = np.concatenate(u_parts), np.concatenate(i_parts), np.concatenate(s_parts)
-    ts = np.concatenate(ts_parts) if len(ts_parts) == len(tables) else None
-    keep = dedupe_pairs(user, item, len(items), files[0])
-    user, item, split = user[keep], item[keep], split[keep]
+    user = np.concatenate([users.index(u) for u in kept_u])
+    item = np.concatenate([items.index(i) for i in kept_i])
+    src_file = np.concatenate([np.full(r.size, k, np.int64) for k, r in enumerate(rows)])
+    src_row = np.concatenate(rows)
+    split = src_file.astype(np.int8) if presplit else np.zeros(user.size, np.int8)
+    ts = np.concatenate([t[r] for t, r in zip(times, rows)]) if times is not None else None
+    keep, dropped = dedupe_pairs(user, item, len(items), split)
+    warnings = []
+    if not with_time and any(f.has(TIME) for f in files):
+        warnings.append(f"{', '.join(p.name for p, f in zip(paths, files) if not f.has(TIME))} has no timestamp "
+                        "column: timestamps dropped for every split")
+    if dropped.size:
+        j = dropped[0]
+        warnings.append(f"{paths[src_file[j]]}: dropped {dropped.size:,} duplicate (user, item) rows, keeping the "
+                        f"first (user {users.token(user[j])!r}, item {items.token(item[j])!r} is one)")
+    user, item, split, src_file, src_row = user[keep], item[keep], split[keep], src_file[keep], src_row[keep]
     ts = ts[keep] if ts is not None else None
-    presplit = len(files) == 3
-    if not presplit:
+
+    after = f" kept by --threshold {_rule(thresholds)}" if thresholds else ""
+    if presplit:
+        def why_empty(s: int) -> str:
+            f = files[s]
+            if f.num_rows == 0:
+                return "the file has no data rows"
+            if rows[s].size == 0:
+                return f"--threshold {_rule(thresholds or {})} keeps none of its {f.num_rows:,} rows"
+            return "each of its rows repeats a (user, item) pair of an earlier split"
+
+        check_splits(split, user, len(users), src_file, src_row, files, lambda s: files[s], USER, why_empty,
+                     f"row in {paths[0].name}")
+    else:
         split = split_per_user(user, split_seed)
+        if not (split == VALID).any():
+            raise files[0].error(f"no user has 3 or more interactions{after}, so the per-user 8:1:1 split leaves the "
+                                 "valid and test splits empty (give more interactions, or a pre-split set "
+                                 f"{name}.train.inter/.valid.inter/.test.inter)")
 
     kg, links, entities, relations = import_kg(root, name, items)
+    emit(warnings, infos)
     return Dataset(
         name=name,
         num_users=len(users),
@@ -183,53 +549,65 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
         num_entities=len(entities),
         relation_names=relations,
         ids={"users": users.array(), "items": items.array(), "entities": entities.array()},
-        provenance={"importer": "recbole", "source": str(root.resolve()), "presplit": presplit},
+        provenance={"importer": "recbole", "source": str(root.resolve()), "presplit": presplit, **feedback},
         split_seed=None if presplit else split_seed,
     )
 
 
 def import_kg(root: Path, name: str, items: IdMap) -> tuple[np.ndarray, np.ndarray, IdMap, list[str]]:
-    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entities, relations)."""
+    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entities, relations).
+    `items` maps the raw item ids the .link file names."""
     entities, relations = IdMap(), IdMap()
     kg = np.zeros((0, 3), np.int64)
     links = np.zeros((0, 2), np.int64)
     kg_path, link_path = root / f"{name}.kg", root / f"{name}.link"
     if kg_path.exists():
-        t, _ = read_atomic(kg_path, (HEAD, RELATION, TAIL))
-        h, r, tl = (t.column(c).to_numpy(zero_copy_only=False) for c in (HEAD, RELATION, TAIL))
-        entities.add(np.concatenate([h, tl]))
+        f = read_atomic(kg_path, (HEAD, RELATION, TAIL))
+        h, r, t = (f.ids(c) for c in (HEAD, RELATION, TAIL))
+        entities.add(h)
+        entities.add(t)
         relations.add(r)
-        kg = np.stack([
-            entities.lookup(h, kg_path, HEAD, "entity"),
-            relations.lookup(r, kg_path, RELATION, "relation"),
-            entities.lookup(tl, kg_path, TAIL, "entity"),
-        ], axis=1)
+        kg = np.stack([entities.index(h), relations.index(r), entities.index(t)], axis=1).reshape(-1, 3)
     if link_path.exists():
-        t, _ = read_atomic(link_path, (ITEM, ENTITY))
-        ent = t.column(ENTITY).to_numpy(zero_copy_only=False)
+        f = read_atomic(link_path, (ITEM, ENTITY))
+        it, ent = f.ids(ITEM), f.ids(ENTITY)
         entities.add(ent)
-        item_ids = items.lookup(t.column(ITEM).to_numpy(zero_copy_only=False), link_path, ITEM, "item (not in .inter or .item)")
-        links = np.stack([item_ids, entities.lookup(ent, link_path, ENTITY, "entity")], axis=1)
-    return kg, links, entities, list(relations.tokens)
+        item_ids = items.index(it)
+        if (item_ids < 0).any():
+            i = _first(item_ids < 0)
+            raise f.error(f"unknown item {_show(f.cell(ITEM, i))} (not in the interactions or .item)", row=i, column=ITEM)
+        order = np.argsort(item_ids, kind="stable")
+        again = order[1:][item_ids[order][1:] == item_ids[order][:-1]]
+        if again.size:
+            i = int(again.min())
+            first = _first(item_ids == item_ids[i])
+            raise f.error(f"item {_show(f.cell(ITEM, i))} is linked a second time (first at line {f.line(first)}): "
+                          "one entity per item", row=i, column=ITEM)
+        links = np.stack([item_ids, entities.index(ent)], axis=1).reshape(-1, 2)
+    return kg, links, entities, relations.tokens
 
 
-def _item_metadata(t: pa.Table, types: dict[str, str], items: IdMap, path: Path) -> pa.Table:
+def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
     """items.parquet: contiguous item id plus every field; RecBole's ml-100k names mapped to
-    title / year / genres (a year that is not a number, like item 1412's 'V', becomes null)."""
-    ids = items.lookup(t.column(ITEM).to_numpy(zero_copy_only=False), path, ITEM, "item")
-    cols: dict[str, pa.Array] = {"item": pa.array(ids)}
+    title / year / genres (a year that is not a number, like item 1412's 'V', becomes null).
+    An item listed twice keeps its first row."""
+    ids = items.index(tok)
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {"item": pa.array(ids)}
     rename = {"movie_title": "title", "release_year": "year", "class": "genres"}
-    for col, ftype in types.items():
+    for col, ftype in f.types.items():
         if col == ITEM:
             continue
-        values = t.column(col)
+        values = f.table.column(col)
         out = rename.get(col, col)
+        if out in cols:  # a name that collides with 'item' or a renamed field keeps its own name
+            out = col if col not in cols else f"{col}_"
         if out == "year":
+            values = pc.utf8_trim_whitespace(values)
             cols[out] = pc.cast(pc.if_else(pc.match_substring_regex(values, r"^\d{1,4}$"), values, None), pa.int32())
         elif ftype == "token_seq" and out == "genres":
             cols[out] = pc.split_pattern(values, " ")
         elif ftype == "float":
-            cols[out] = pa.array(float_column(t, path, col))
+            cols[out] = f.numbers(col, nullable=True)
         else:
             cols[out] = values
     table = pa.table(cols)
