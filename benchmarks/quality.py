@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-VARIANTS = ["lightgcn", "static", "no_sc", "no_kg", "no_mm", "slifmr"]
+VARIANTS = ["mf", "lightgcn", "freedom", "ease", "static", "no_sc", "no_kg", "no_mm", "slifmr"]
 
 
 def run_one(variant: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:

@@ -44,21 +44,27 @@ class ModelConfig:
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
+    mm_view_features: bool = True  # the MM view includes the projected modality features (FREEDOM: ids only)
     # fusion of views
     fusion: str = "residual"  # residual | attention
     alpha_kg: float = 1.0
     alpha_mm: float = 1.0
+    fuse_normalize: bool = True  # residual fusion adds normalize(h_kg), normalize(h_mm) (FREEDOM: h_mm as is)
     user_aux: bool = False  # users also get the mean auxiliary part of their training items
     # CF graph
     edge_dropout: float = 0.0  # FREEDOM's degree-sensitive share of user-item edges dropped per epoch
     # KG
     kg_add_inverse: bool = True  # add (t, r^-1, h) for every (h, r, t)
     # losses
+    loss: str = "bpr"  # bpr (one negative) | softmax (in-batch sampled softmax, cosine / softmax_tau)
+    softmax_tau: float = 0.2
     lambda_sc: float = 0.05  # semantic consistency (InfoNCE)
     tau: float = 0.2
     sc_max_items: int = 1024  # InfoNCE over at most this many batch items
     lambda_reg: float = 1e-4
     lambda_kg: float = 0.0  # TransR KG loss (off by default)
+    # variant ease: the ridge weights tried, the best chosen on validation (Steck 2019)
+    ease_l2: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0])
 
 
 @dataclass
@@ -99,11 +105,20 @@ class Config:
 # Named variants (DESIGN.md §1): overrides applied on top of the defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
     "slifmr": {},
+    # peers in the same harness (README "Variants"): BPR-MF (Rendle et al., UAI 2009), FREEDOM
+    # (Zhou and Shen, ACM MM 2023: LightGCN over the degree-sensitively pruned user-item graph,
+    # plus the frozen modality kNN graph over item ID embeddings, h_i = h_cf + h_mm), EASE
+    "mf": {"model.loss": "bpr", "model.ui_layers": 0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False,
+           "model.lambda_sc": 0.0},
+    "freedom": {"model.loss": "bpr", "model.use_kg": False, "model.self_loop": False, "model.lambda_sc": 0.0, "model.edge_dropout": 0.8,
+                "model.k_mm": 10, "model.ui_layers": 2, "model.mm_layers": 1, "model.mm_propagate_ids": True,
+                "model.mm_view_features": False, "model.fuse_normalize": False, "model.alpha_mm": 1.0},
+    "ease": {},
     "static": {"model.self_loop": False},
     "no_sc": {"model.lambda_sc": 0.0},
     "no_kg": {"model.use_kg": False},
     "no_mm": {"model.use_mm": False},
-    "lightgcn": {"model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
+    "lightgcn": {"model.loss": "bpr", "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
 }
 
 
@@ -265,12 +280,17 @@ def validate(cfg: Config) -> None:
         (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
         (m.lambda_sc >= 0 and m.lambda_reg >= 0 and m.lambda_kg >= 0,
          "model.lambda_sc, model.lambda_reg and model.lambda_kg must be >= 0"),
-        (m.tau > 0, "model.tau must be positive"),
+        (m.tau > 0 and m.softmax_tau > 0, "model.tau and model.softmax_tau must be positive"),
+        (m.loss in ("bpr", "softmax"), f"model.loss must be 'bpr' or 'softmax', got {m.loss!r}"),
         (m.sc_max_items >= 2, "model.sc_max_items must be >= 2 (InfoNCE needs negatives)"),
         (m.fusion in ("residual", "attention"), "model.fusion must be 'residual' or 'attention'"),
         (m.knn in ("exact", "approx"), f"model.knn must be 'exact' or 'approx', got {m.knn!r}"),
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
+        (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
+         "model.ease_l2 must list positive finite ridge weights"),
+        (not (cfg.variant == "ease" and (t.sampling != "full" or t.strategy != "ddp")),
+         "variant ease is a closed form solved in one process: no train.sampling or train.strategy applies"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (t.seed >= 0, "train.seed must be >= 0"),
         (t.eval_chunk > 0, "train.eval_chunk must be positive"),

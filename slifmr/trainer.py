@@ -30,6 +30,7 @@ from slifmr.distributed.knn import KnnSearch
 from slifmr.distributed.strategy import make_strategy
 from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.evaluation import Evaluator
+from slifmr.model.ease import EASE, ease_weights, gram
 from slifmr.model.slifmr import SLIFMR, training_pairs
 from slifmr.report import read_run
 from slifmr.sampling.negative import BPRSampler
@@ -144,6 +145,8 @@ def train_loop(
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
+    if cfg.variant == "ease":
+        return fit_ease(cfg, run_dir, ds, comm, reporter, evaluate_test)
     knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=cfg.train.seed)
     model = build_model(cfg, ds, knn_fn, comm).to(comm.device)
     model.row_sharding = _row_sharding(comm)
@@ -306,12 +309,50 @@ def _row_sharding(comm: Comm) -> Any:
     return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
 
 
+def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
+             evaluate_test: bool = True) -> dict[str, Any]:
+    """Variant ease: solve EASE for every ridge weight of model.ease_l2 (one metrics.jsonl line
+    each, as if an epoch), keep the best by validation, then the run folder as train_loop's."""
+    if comm.world_size > 1:
+        raise SlifmrError("variant ease is a closed form solved in one process: run it with --workers 0")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("")
+    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk)
+    model, g = EASE(ds), gram(ds)
+    stopper = EarlyStopping()
+    for step, l2 in enumerate(cfg.model.ease_l2, start=1):
+        t0, started = time.perf_counter(), time.time()
+        model.weights.copy_(ease_weights(g, l2))
+        if not bool(torch.isfinite(model.weights).all()):
+            raise NonFiniteError(f"ease with model.ease_l2 {l2}: the solved weights are not finite")
+        valid = evaluator.evaluate(model.full_scores, VALID)
+        rec = {"epoch": step, "l2": l2, "loss": {"loss": 0.0}, "valid": valid,
+               "is_best": stopper.step(valid[cfg.train.stop_metric], step),
+               "epoch_seconds": time.perf_counter() - t0, "fusion_seconds": 0.0, "epoch_start_unix_seconds": started}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if rec["is_best"]:
+            save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
+        save_checkpoint(run_dir / "checkpoint", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
+        log.info(f"ease l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
+                 + (" *" if rec["is_best"] else ""))
+        if reporter is not None:
+            reporter(rec, run_dir / "checkpoint")
+    return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+
+
 def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",
-              comm: Comm | None = None) -> tuple[SLIFMR, dict[str, Any]]:
+              comm: Comm | None = None) -> tuple[SLIFMR | EASE, dict[str, Any]]:
     """The model of the best validation epoch, on `device`, ready for scoring (its layer-wise
     inference split over `comm`'s workers, who must then all score together)."""
     state, meta = load_checkpoint(run_dir / "best")
     check_compatible(meta, cfg, ds, run_dir)
+    if cfg.variant == "ease":
+        model = EASE(ds).to(device)
+        model.load_state_dict(state["model"])
+        return model, meta
     model = build_model(cfg, ds, comm=comm).to(device)
     model.row_sharding = _row_sharding(comm or Comm())
     model.load_state_dict(state["model"])

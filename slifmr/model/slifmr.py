@@ -36,7 +36,7 @@ from slifmr.model.graphs import (
     to_csr,
     user_item_adjacency,
 )
-from slifmr.model.losses import bpr_loss, info_nce, l2_reg
+from slifmr.model.losses import bpr_loss, info_nce, l2_reg, softmax_loss
 from slifmr.model.views import CFView, KGView, MMView
 from slifmr.rng import derive_seed
 from slifmr.sampling.neighbor import KG_TYPES, SIMILAR, VIEW_EDGE_TYPES, EdgeType, epoch_graph
@@ -80,7 +80,8 @@ class SLIFMR(nn.Module):
         for m in self.modalities:
             self.register_buffer(f"feature_{m}", torch.tensor(np.asarray(ds.features[m], dtype=np.float32)), persistent=False)
         if self.use_mm:
-            self.mm = MMView({m: self.features[m].shape[1] for m in self.modalities}, d, cfg.mm_layers, cfg.mm_propagate_ids)
+            dims = {m: self.features[m].shape[1] for m in self.modalities} if cfg.mm_view_features else {}
+            self.mm = MMView(dims, d, cfg.mm_layers, cfg.mm_propagate_ids)
         if self.use_kg:
             self.kg_base = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse)
             self.entity_emb = nn.Embedding(self.kg_base.num_nodes - self.num_items, d)
@@ -200,7 +201,7 @@ class SLIFMR(nn.Module):
         """z = h_cf + sum_v alpha_v normalize(h_v) (residual), or attention weights over views."""
         if not aux:
             return h_cf, None
-        parts = [a * F.normalize(h, dim=1) for a, h in aux]
+        parts = [a * (F.normalize(h, dim=1) if self.cfg.fuse_normalize else h) for a, h in aux]
         if self.cfg.fusion == "attention":
             stacked = torch.stack(parts, 1)  # (N, V, d)
             w = torch.softmax(self.att_query(torch.tanh(self.att_proj(stacked))), dim=1)
@@ -249,7 +250,7 @@ class SLIFMR(nn.Module):
         self._cache = None
         u_all, z, views = self.propagate()
         c = self.cfg
-        parts = {"bpr": bpr_loss(u_all[users], z[pos], z[neg])}
+        parts = self._ranking_loss(u_all[users], z[pos], z[neg], pos, neg)
         parts["reg"] = c.lambda_reg * l2_reg(self.user_emb(users), self.item_emb(pos), self.item_emb(neg))
         if c.lambda_sc > 0 and len(views) > 1:
             parts["sc"] = c.lambda_sc * self._consistency(views, torch.cat([pos, neg]))
@@ -317,7 +318,7 @@ class SLIFMR(nn.Module):
                     h = self._aggregate(b, {"item": h}, (SIMILAR,), c.mm_layers - 1 - layer, ("item",))["item"]
                 return h[: seeds["item"]]
 
-            projected = {m: self.mm.proj[m](f[n_id["item"]]) for m, f in self.features.items()}
+            projected = self.mm.project({m: f[n_id["item"]] for m, f in self.features.items()})
             views["mm"], per_mod = self.mm.combine(items0, projected, propagate)
             views.update({f"mm:{m}": h for m, h in per_mod.items()})
         z, _ = self._fuse(h_cf, self._aux(views))
@@ -332,7 +333,7 @@ class SLIFMR(nn.Module):
         u, z, views = self.sampled_propagate(b)
         c = self.cfg
         users, items = b["user"].n_id.to(dev), b["item"].n_id.to(dev)
-        parts = {"bpr": bpr_loss(u[ui], z[pi], z[ni])}
+        parts = self._ranking_loss(u[ui], z[pi], z[ni], items[pi], items[ni])
         parts["reg"] = c.lambda_reg * l2_reg(self._rows(self.user_emb, users[ui]), self._rows(self.item_emb, items[pi]),
                                              self._rows(self.item_emb, items[ni]))
         if c.lambda_sc > 0 and len(views) > 1:
@@ -341,6 +342,12 @@ class SLIFMR(nn.Module):
             parts["kg"] = c.lambda_kg * self._transr_loss(ui.numel())
         parts["loss"] = sum(parts.values())
         return parts
+
+    def _ranking_loss(self, u: Tensor, pos: Tensor, neg: Tensor, pos_ids: Tensor, neg_ids: Tensor) -> dict[str, Tensor]:
+        """{"bpr": ...} or {"softmax": ...} (model.loss) on (B, d) user, positive and negative rows."""
+        if self.cfg.loss == "softmax":
+            return {"softmax": softmax_loss(u, pos, neg, self.cfg.softmax_tau, pos_ids, neg_ids)}
+        return {"bpr": bpr_loss(u, pos, neg)}
 
     def _consistency(self, views: dict[str, Tensor], items: Tensor) -> Tensor:
         """InfoNCE between views of the same item over the batch's items: cf-mm, cf-kg,
@@ -382,9 +389,13 @@ class SLIFMR(nn.Module):
         return self._cache
 
     def full_scores(self, users: Tensor) -> Tensor:
-        """(B, N) scores u . z_i of every item for the given users (B,)."""
+        """(B, N) scores of every item for the given users (B,): u . z_i, or their cosine when
+        trained with the softmax loss (which compares cosines)."""
         u, z = self._inference()
-        return u[users.to(u.device)] @ z.T
+        u = u[users.to(u.device)]
+        if self.cfg.loss == "softmax":
+            u, z = F.normalize(u, dim=1), F.normalize(z, dim=1)
+        return u @ z.T
 
     def representations(self) -> tuple[Tensor, Tensor]:
         """(users (M, d), fused items z (N, d)) as scored by `full_scores`, detached."""

@@ -100,6 +100,8 @@ class MMView(nn.Module):
     """
 
     def __init__(self, feature_dims: dict[str, int], dim: int, num_layers: int, propagate_ids: bool):
+        """feature_dims: the modalities projected into the view ({} with FREEDOM's item-ID-only
+        view, where the modalities shape only the graph)."""
         super().__init__()
         self.proj = nn.ModuleDict({m: nn.Linear(d_m, dim) for m, d_m in feature_dims.items()})
         self.num_layers = num_layers
@@ -112,7 +114,10 @@ class MMView(nn.Module):
                 x = spmm(adj, x)
             return x
 
-        return self.combine(item_emb, {m: self.proj[m](x) for m, x in features.items()}, propagate)
+        return self.combine(item_emb, self.project(features), propagate)
+
+    def project(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.proj[m](x) for m, x in features.items() if m in self.proj}
 
     def combine(self, item_emb: Tensor, projected: dict[str, Tensor],
                 propagate: Callable[[Tensor], Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -1,0 +1,66 @@
+"""EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): a
+closed-form item-item model, the strongest simple baseline on MovieLens-type data.
+
+    B = argmin ||X - X B||^2 + lambda ||B||^2  s.t. diag(B) = 0
+      = I - P / diag(P),  P = (X^T X + lambda I)^-1          (Steck 2019, eq. 8)
+
+X (M, N) is the binary matrix of training interactions; scores are X_u B. lambda is chosen on
+validation Recall@K from a grid (`model.ease_l2`). The inverse is dense N x N: memory 4 N^2
+bytes (float64 while solving, twice over) and O(N^3) time, so EASE stops at EASE_MAX_ITEMS
+items (about 6.4 GB and minutes on a few cores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from slifmr.data.format import TRAIN, Dataset
+from slifmr.errors import SlifmrError
+
+EASE_MAX_ITEMS = 20_000
+
+
+def gram(ds: Dataset) -> Tensor:
+    """X^T X (N, N) float64 of the binary training matrix."""
+    u, i = ds.edges(TRAIN)
+    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u), dtype=torch.float64),
+                                (ds.num_users, ds.num_items)).coalesce()
+    return (x.t().coalesce() @ x).to_dense()
+
+
+def ease_weights(g: Tensor, l2: float) -> Tensor:
+    """B (N, N) float32 from the Gram matrix g = X^T X and the ridge weight `l2` > 0
+    (Steck 2019, eq. 8): zero diagonal, B_ij = -P_ij / P_jj."""
+    p = torch.linalg.inv(g + l2 * torch.eye(g.shape[0], dtype=g.dtype))
+    b = -p / torch.diagonal(p)[None, :]
+    b.fill_diagonal_(0.0)
+    return b.float()
+
+
+class EASE(nn.Module):
+    """Scores (B, N) = X[users] @ B, with X the training interactions of `ds`.
+
+    The weights are a buffer: EASE has nothing to train by gradient. Raises SlifmrError for a
+    catalogue above EASE_MAX_ITEMS."""
+
+    def __init__(self, ds: Dataset, weights: Tensor | None = None):
+        super().__init__()
+        if ds.num_items > EASE_MAX_ITEMS:
+            raise SlifmrError(f"variant ease inverts a dense {ds.num_items:,} x {ds.num_items:,} matrix: it stops at "
+                              f"{EASE_MAX_ITEMS:,} items ({16 * EASE_MAX_ITEMS**2 / 1e9:.1f} GB while solving)")
+        u, i = ds.edges(TRAIN)
+        x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u)),
+                                    (ds.num_users, ds.num_items)).coalesce().to_sparse_csr()
+        self.register_buffer("interactions", x, persistent=False)
+        self.register_buffer("weights", weights if weights is not None else torch.zeros(ds.num_items, ds.num_items))
+
+    def full_scores(self, users: Tensor) -> Tensor:
+        """(B, N) scores of every item for the given users (B,)."""
+        rows = torch.index_select(self.interactions.to_sparse_coo(), 0, users.to(self.weights.device))
+        return torch.sparse.mm(rows, self.weights)
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """(X B (M, N) user rows, B (N, N)): what the scores are made of, for finiteness checks."""
+        return torch.sparse.mm(self.interactions, self.weights), self.weights
