@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="override for every try")
     ap.add_argument("--runs", default=str(HERE / "runs" / "fusion_search"))
+    ap.add_argument("--tag", default="", help="suffix of the outputs: results/fusion_search-TAG.json, its RESULTS.md section")
+    ap.add_argument("--title", default="One-seed search of SLIF-MR settings, by validation only (issue 3)")
     args = ap.parse_args()
 
     start = time.time()
@@ -59,15 +61,16 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "machine": machine, "variant": args.variant, "seed": args.seed,
                "common_overrides": args.set, "wall_seconds": time.time() - start, "tries": rows}
-    (RESULTS / "fusion_search.json").write_text(json.dumps(payload, indent=2))
+    stem = f"fusion_search-{args.tag}" if args.tag else "fusion_search"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     lines = ["| overrides | valid Recall@20 | valid NDCG@20 | best epoch | s/epoch |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {', '.join(r['overrides']) or '(defaults)'} | {r['valid']['recall@20']:.4f} | "
                      f"{r['valid']['ndcg@20']:.4f} | {r['best_epoch']} | {r['seconds_per_epoch']:.2f} |")
-    body = (f"## One-seed search of SLIF-MR settings, by validation only (issue 3)\n\nCommand: `{command}`  \n"
+    body = (f"## {args.title}\n\nCommand: `{command}`  \n"
             f"Machine: {machine}; wall time {payload['wall_seconds'] / 60:.1f} min. Variant `{args.variant}`, "
             f"seed {args.seed}, common overrides: {', '.join(args.set) or 'none'}.\n\n" + "\n".join(lines) + "\n")
-    write_results_md("FUSION_SEARCH", body)
+    write_results_md(stem.upper().replace("-", "_"), body)
     print("\n".join(lines))
     return 0
 

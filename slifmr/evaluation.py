@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (DESIGN.md §3): every item is a candidate; training items are
+"""Full-ranking evaluation (architecture.md §3): every item is a candidate; training items are
 masked for validation, training and validation items for test. Recall, NDCG, Precision and
 Hit at each K, computed in user chunks (memory O(chunk x N)) as SUMS plus a user count, so
 workers can all-reduce them before dividing.

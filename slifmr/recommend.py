@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from slifmr.atomic import atomic_path
 from slifmr.data.format import Dataset
 from slifmr.data.graphs import csr_entries, interactions_csr
 from slifmr.errors import SlifmrError
@@ -127,10 +127,6 @@ def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: 
             "score": recs.score.numpy(),
         }))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(pa.concat_tables(parts), tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out, short

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from slifmr.atomic import atomic_path
 from slifmr.errors import SlifmrError
 
 
@@ -60,10 +60,9 @@ def plot_curves(runs: list[dict[str, Any]], out: Path, metric: str = "recall@20"
     ax_l.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_m.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_suffix(f".tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 

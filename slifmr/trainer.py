@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from slifmr import __version__, log
+from slifmr.atomic import write_text
 from slifmr.config import RUNTIME_KEYS, Config, from_dict, save_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
+from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
@@ -31,7 +33,7 @@ from slifmr.distributed.strategy import make_strategy
 from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.ease import EASE, ease_weights, gram
-from slifmr.model.slifmr import SLIFMR, training_pairs
+from slifmr.model.slifmr import SLIFMR
 from slifmr.report import read_run
 from slifmr.sampling.negative import BPRSampler
 from slifmr.sampling.neighbor import BatchSubgraphs, backend, view_fanouts
@@ -78,9 +80,7 @@ def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None, comm: Comm | None 
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
@@ -188,9 +188,7 @@ def train_loop(
         start_epoch = int(state["epoch"]) + 1
         if comm.is_main and metrics_path.exists():  # drop lines written after the checkpoint
             lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
-            tmp = metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in lines))
-            tmp.replace(metrics_path)
+            write_text(metrics_path, "".join(ln + "\n" for ln in lines))
         log.info(f"resuming {run_dir} at epoch {start_epoch} (best so far: epoch {stopper.best_epoch})")
     elif comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -210,8 +210,8 @@ def _sampled_steps_job(comm: Comm, data: str, grad_sync: str) -> dict:
     """A few neighbor-sampled steps, each rank on its own batches: the replicas must stay equal."""
     from slifmr.config import load_config
     from slifmr.data.format import read_dataset
+    from slifmr.data.graphs import training_pairs
     from slifmr.distributed.strategy import make_strategy
-    from slifmr.model.slifmr import training_pairs
     from slifmr.sampling.negative import BPRSampler
     from slifmr.sampling.neighbor import BatchSubgraphs, view_fanouts
     from slifmr.trainer import build_model

@@ -1,4 +1,4 @@
-"""The canonical on-disk dataset: a folder of Parquet files plus meta.json (DESIGN.md §2).
+"""The canonical on-disk dataset: a folder of Parquet files plus meta.json (architecture.md §2).
 
     interactions.parquet   user, item (int64, contiguous), split (int8: 0 train, 1 valid,
                            2 test), timestamp (float64, optional)
@@ -305,7 +305,7 @@ def check_feature_values(x: np.ndarray, path: str | os.PathLike, chunk_rows: int
 
 
 def validate(ds: Dataset, root: Path | None = None) -> None:
-    """Check every invariant of DESIGN.md §2; raise DataError on the first violation."""
+    """Check every invariant of architecture.md §2; raise DataError on the first violation."""
     r = root or Path(f"<{ds.name}>")
     p = r / "interactions.parquet"
     n = ds.num_interactions

@@ -21,6 +21,12 @@ def train_edges(ds: Dataset) -> Tensor:
     return torch.from_numpy(np.stack([u, i])).long()
 
 
+def training_pairs(ds: Dataset) -> tuple[Tensor, Tensor]:
+    """(users (E,), items (E,)) int64 tensors of the training interactions."""
+    u, i = ds.edges(TRAIN)
+    return torch.from_numpy(u).long(), torch.from_numpy(i).long()
+
+
 def user_item_csr(ds: Dataset) -> tuple[Tensor, Tensor]:
     """(indptr (M+1,), indices) of each user's training items, indices sorted per user."""
     return interactions_csr(*ds.edges(TRAIN), ds.num_users)

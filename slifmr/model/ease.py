@@ -52,15 +52,11 @@ class EASE(nn.Module):
                               f"{EASE_MAX_ITEMS:,} items ({16 * EASE_MAX_ITEMS**2 / 1e9:.1f} GB while solving)")
         u, i = ds.edges(TRAIN)
         x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u)),
-                                    (ds.num_users, ds.num_items)).coalesce().to_sparse_csr()
-        self.register_buffer("interactions", x, persistent=False)
+                                    (ds.num_users, ds.num_items)).coalesce()
+        self.register_buffer("interactions", x, persistent=False)  # COO: index_select picks user rows
         self.register_buffer("weights", weights if weights is not None else torch.zeros(ds.num_items, ds.num_items))
 
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
-        rows = torch.index_select(self.interactions.to_sparse_coo(), 0, users.to(self.weights.device))
+        rows = torch.index_select(self.interactions, 0, users.to(self.weights.device))
         return torch.sparse.mm(rows, self.weights)
-
-    def representations(self) -> tuple[Tensor, Tensor]:
-        """(X B (M, N) user rows, B (N, N)): what the scores are made of, for finiteness checks."""
-        return torch.sparse.mm(self.interactions, self.weights), self.weights

@@ -1,4 +1,4 @@
-"""The three graphs of an epoch and their fusion with the correlation graph S(t) (DESIGN.md §1).
+"""The three graphs of an epoch and their fusion with the correlation graph S(t) (architecture.md §1).
 
 All graphs are built from TRAINING edges only. Sparse matrices are torch CSR tensors;
 edge lists are (2, E) `edge_index` with (E,) weights.

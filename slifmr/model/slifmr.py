@@ -23,7 +23,7 @@ from torch_geometric.data import HeteroData
 
 from slifmr import log
 from slifmr.config import ModelConfig
-from slifmr.data.format import TRAIN, Dataset
+from slifmr.data.format import Dataset
 from slifmr.model.graphs import (
     Graph,
     KnnFn,
@@ -407,11 +407,3 @@ class SLIFMR(nn.Module):
         z = self._inference()[1]
         return z if items is None else z[items.to(z.device)]
 
-    def invalidate(self) -> None:
-        """Forget cached inference results (after an optimizer step or a load)."""
-        self._cache = None
-
-
-def training_pairs(ds: Dataset) -> tuple[Tensor, Tensor]:
-    u, i = ds.edges(TRAIN)
-    return torch.from_numpy(u).long(), torch.from_numpy(i).long()

@@ -1,4 +1,4 @@
-"""The three views of an item (DESIGN.md §1): CF (LightGCN), KG (relation-aware attentive
+"""The three views of an item (architecture.md §1): CF (LightGCN), KG (relation-aware attentive
 aggregation, KGAT-style) and MM (projected modalities and ID embeddings over A_mm(t))."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Neighbor-sampled subgraphs of the epoch's heterogeneous graph (DESIGN.md §4).
+"""Neighbor-sampled subgraphs of the epoch's heterogeneous graph (architecture.md §4).
 
 The epoch's fused graphs become one HeteroData (`epoch_graph`): node types user, item and
 entity; an edge (src, rel, dst) carries the message src -> dst with its normalised weight:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slifmr.atomic import atomic_path
 from slifmr.errors import SlifmrError
 from slifmr.report import read_run
 
@@ -54,9 +55,8 @@ def select_best(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
 
 
 def _fmt(v: Any) -> str:

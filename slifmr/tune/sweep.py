@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from slifmr import log
+from slifmr.atomic import write_text
 from slifmr.config import TrainConfig, save_config
 from slifmr.errors import SlifmrError
 from slifmr.runlock import RunLock
@@ -77,9 +78,7 @@ def _add_time(sweep_dir: Path, seconds: float) -> float:
     path = sweep_dir / "timing.json"
     runs = json.loads(path.read_text())["invocations"] if path.exists() else []
     runs.append(round(seconds, 1))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"invocations": runs}))
-    tmp.replace(path)
+    write_text(path, json.dumps({"invocations": runs}))
     return sum(runs)
 
 
@@ -194,9 +193,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
                               f"{kind}s of the Ray cluster")
         if resume is None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            tmp = sweep_dir / (SPEC_FILE + ".tmp")
-            tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-            tmp.replace(sweep_dir / SPEC_FILE)
+            write_text(sweep_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
         log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
                  f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
         start = time.time()
