@@ -210,8 +210,31 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
+EASE_KEYS = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.threads")
+
+
+def _check_ease_options(args: argparse.Namespace) -> None:
+    """Variant ease is a closed form: the options of gradient training do not apply."""
+    from slifmr.config import flatten_config, parse_override, read_config_file
+
+    if args.resume:
+        raise SlifmrError("variant ease is solved in one go: there is nothing to resume (train it again with --out)")
+    flags = {"--workers": args.workers, "--gpu": args.gpu, "--epochs": args.epochs, "--seed": args.seed,
+             "--strategy": args.strategy, "--zero-stage": args.zero_stage, "--sampling": args.sampling,
+             "--fanout": args.fanout, "--max-failures": args.max_failures, "--address": args.address}
+    given = [flag for flag, value in flags.items() if value]
+    keys = [parse_override(item)[0] for item in args.set]
+    keys += list(flatten_config(read_config_file(args.config))) if args.config else []
+    given += [k for k in keys if k not in (*EASE_KEYS, "variant")]
+    if given:
+        raise SlifmrError(f"{', '.join(given)} do(es) not apply to variant ease, a closed form solved in one process "
+                          f"(it reads {', '.join(EASE_KEYS)})")
+
+
 def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Options that would be accepted and have no effect are refused instead."""
+    if cfg.variant == "ease":
+        _check_ease_options(args)
     if args.workers < 0:
         raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
     if args.workers == 0:
@@ -229,7 +252,7 @@ def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from slifmr.config import load_config, save_config, set_key, validate
+    from slifmr.config import load_config, set_key, validate
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
     from slifmr.runlock import RunLock
     from slifmr.trainer import train_loop
@@ -267,8 +290,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
         comm = Comm.current("cuda")
     with RunLock(run_dir):
-        if saved is not None and saved != cfg:  # runtime keys changed: the folder says so
-            save_config(cfg, run_dir / "config.yaml")
+        if not args.resume and checkpoint_exists(run_dir / "checkpoint"):  # a writer finished meanwhile
+            raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+        if saved is not None and saved != cfg:  # train_loop records it once the checkpoint is accepted
             log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
         log.info(f"run folder: {run_dir}")
         try:

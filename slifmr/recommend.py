@@ -22,7 +22,7 @@ from slifmr.model.slifmr import SLIFMR
 
 def resolve_users(ds: Dataset, spec: str) -> Tensor:
     """Raw user ids ('196,186') -> contiguous ids; unknown ids are an error."""
-    raw = [u.strip() for u in spec.split(",") if u.strip()]
+    raw = list(dict.fromkeys(u.strip() for u in spec.split(",") if u.strip()))  # each user once, in order
     if not raw:
         raise SlifmrError("--users is empty")
     if "users" in ds.ids:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from slifmr.atomic import write_text
 from slifmr.config import RUNTIME_KEYS, Config, from_dict, save_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.data.graphs import training_pairs
-from slifmr.distributed.checkpoint import load_checkpoint, save_checkpoint
+from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.distributed.strategy import make_strategy
@@ -178,6 +179,8 @@ def train_loop(
     if resume or resume_from is not None:
         state, meta = load_checkpoint(resume_from or ckpt_dir)
         check_compatible(meta, cfg, ds, run_dir)
+        if comm.is_main:  # changed runtime keys (epochs, threads, ...): the folder says so
+            save_config(cfg, run_dir / "config.yaml")
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state["optimizer"])
         stopper = EarlyStopping(**state["early_stopping"])
@@ -190,6 +193,9 @@ def train_loop(
             lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
             write_text(metrics_path, "".join(ln + "\n" for ln in lines))
         log.info(f"resuming {run_dir} at epoch {start_epoch} (best so far: epoch {stopper.best_epoch})")
+        if stopper.bad_epochs >= cfg.train.patience:
+            log.info(f"the run had already stopped early ({stopper.bad_epochs} epochs without a better "
+                     f"{cfg.train.stop_metric}, patience {cfg.train.patience}): nothing more to train")
     elif comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -220,7 +226,8 @@ def train_loop(
             applied = strategy.step(parts["loss"])
             bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
             if not applied or bad is not None:
-                what = f"loss part '{bad}' is {float(parts[bad].detach())}" if bad else "a gradient is not finite"
+                what = (f"loss part '{bad}' is {float(parts[bad].detach())}" if bad
+                        else "the loss on another worker or the averaged gradient is not finite")
                 raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {_stopped_hint(run_dir, epoch)}")
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
@@ -254,6 +261,12 @@ def train_loop(
             "fused": model.corr_epoch == epoch,
         }
         optimizer_state = strategy.state_dict()  # a collective under ZeRO: every rank calls it
+        # replicas and optimizer states are equal on every rank, so all ranks stop alike,
+        # before best/, metrics.jsonl or the checkpoint get anything of this epoch
+        bad_state = first_nonfinite({"model": model.state_dict(), "optimizer": optimizer_state})
+        if bad_state is not None:
+            raise NonFiniteError(f"epoch {epoch}: {bad_state} is not finite after the epoch's steps; "
+                                 f"{_stopped_hint(run_dir, epoch)}")
         if comm.is_main:
             if is_best:
                 save_checkpoint(best_dir, {"model": model.state_dict(), "corr": _corr_state(model)},
@@ -333,11 +346,11 @@ def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Repo
             f.write(json.dumps(rec) + "\n")
         if rec["is_best"]:
             save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
-        save_checkpoint(run_dir / "checkpoint", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
         log.info(f"ease l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
                  + (" *" if rec["is_best"] else ""))
         if reporter is not None:
-            reporter(rec, run_dir / "checkpoint")
+            reporter(rec, run_dir / "best")
+    shutil.copytree(run_dir / "best", run_dir / "checkpoint", dirs_exist_ok=True)  # marks the folder as a run
     return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
 
 

@@ -147,6 +147,8 @@ CASES: dict[str, tuple[Setup, str]] = {
                                    "variant (slifmr -> static)"),
     "recommend out without all": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--users", "0", "--out", "OUT"],
                                   "--out applies to --all"),
+    "ease with gradient options": (lambda tmp: ["train", "--variant", "ease", "--epochs", "3", "--set", "train.lr=0.1",
+                                                "--out", "OUT"], "--epochs, train.lr do(es) not apply to variant ease"),
     "synth zero interactions": (lambda tmp: ["data", "synth", "--interactions", "0", "--out", "OUT"], "must be positive"),
     "resume without checkpoint": (lambda tmp: ["train", "--resume", str(tmp)], "is not a run folder"),
     "recommend all without out": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--all"], "--out"),

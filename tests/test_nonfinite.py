@@ -86,6 +86,38 @@ def test_infinite_gradient_is_caught_before_the_update(tiny_path: Path, tmp_path
         train_loop(cfg, tmp_path / "run")
 
 
+def test_infinite_loss_with_finite_gradients_is_not_applied(tiny_path: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss can be inf while every gradient is finite: the step is refused all the same,
+    before the update."""
+    loss = SLIFMR.loss
+    seen: dict[str, torch.Tensor] = {}
+
+    def inf_offset(self, batch):  # noqa: ANN001, ANN202
+        seen.setdefault("before", self.user_emb.weight.detach().clone())
+        parts = loss(self, batch)
+        parts["loss"] = parts["loss"] + float("inf")
+        return parts
+
+    monkeypatch.setattr(SLIFMR, "loss", inf_offset)
+    cfg = load_config(overrides=SMALL)
+    cfg.data = str(tiny_path)
+    captured = {}
+    step = __import__("slifmr.distributed.strategy", fromlist=["DDPStrategy"]).DDPStrategy.step
+
+    def spy(self, l):  # noqa: ANN001, ANN202, E741
+        applied = step(self, l)
+        captured["after"] = self.params[0].detach().clone()
+        captured["applied"] = applied
+        return applied
+
+    monkeypatch.setattr("slifmr.distributed.strategy.DDPStrategy.step", spy)
+    with pytest.raises(NonFiniteError, match="epoch 1, step 1: loss part 'loss' is inf"):
+        train_loop(cfg, tmp_path / "run")
+    assert captured["applied"] is False
+    torch.testing.assert_close(captured["after"], seen["before"])  # user_emb is the first parameter
+
+
 def test_checkpoints_refuse_non_finite_state(tmp_path: Path) -> None:
     good = {"model": {"w": torch.ones(3)}}
     save_checkpoint(tmp_path / "ck", good, {"epoch": 1})

@@ -106,6 +106,8 @@ def test_recommend_never_lists_a_seen_item(shop_run: tuple[Path, Path], tmp_path
     listed = [ln.split()[2] for ln in out.splitlines() if ln.strip()[:1].isdigit()]
     assert sorted(listed) == ["i3", "i4"] and "inf" not in out and "nan" not in out
     assert "fewer than 10 unseen items" in err
+    code, out, _ = _run(["recommend", str(run), "--users", "u1,u1 ,u1", "--k", "10"], capsys)  # one block, once
+    assert code == 0 and out.count("user u1:") == 1 and out.count(". item") == 2
     code, _, err = _run(["recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "recs.parquet")], capsys)
     assert code == 0, err
     recs = pq.read_table(tmp_path / "recs.parquet").to_pydict()
@@ -143,7 +145,7 @@ def test_a_second_training_process_on_the_same_folder_is_refused(shop_run: tuple
     run = tmp_path / "busy"
     cli = [sys.executable, "-m", "slifmr", "-q", "train", "--data", str(data), "--out", str(run), *SMALL]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([*cli, "--epochs", "200", "--set", "train.patience=200"], env=env,
+    first = subprocess.Popen([*cli, "--epochs", "1000000", "--set", "train.patience=1000000"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -30,7 +30,7 @@ class CheckpointError(SlifmrError):
     pass
 
 
-def _nonfinite(obj: Any, path: str = "") -> str | None:
+def first_nonfinite(obj: Any, path: str = "") -> str | None:
     """The key path of the first floating-point tensor holding a NaN or inf, else None."""
     if isinstance(obj, torch.Tensor):
         if obj.is_floating_point():
@@ -40,7 +40,7 @@ def _nonfinite(obj: Any, path: str = "") -> str | None:
         return None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
     for k, v in items:
-        found = _nonfinite(v, f"{path}.{k}" if path else str(k))
+        found = first_nonfinite(v, f"{path}.{k}" if path else str(k))
         if found:
             return found
     return None
@@ -51,7 +51,7 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], meta: dict
     CheckpointError for a failed write (the previous generation kept) and for a state holding
     a NaN or inf (nothing non-finite is ever saved)."""
     folder = Path(folder)
-    bad = _nonfinite(state)
+    bad = first_nonfinite(state)
     if bad is not None:
         raise CheckpointError(f"refusing to write checkpoint {folder}: {bad} is not finite; the previous one is kept")
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -51,14 +51,15 @@ class DDPStrategy:
         self.comm = comm
 
     def step(self, loss: Tensor) -> bool:
-        """Backward, average, update; False (and no update) when a gradient is not finite.
-
-        The check reads the averaged gradients, which are equal on every rank, so all ranks
-        decide alike without another collective; a rank's NaN loss gives NaN gradients, which
-        the average carries to every rank."""
+        """Backward, average, update; False (and no update) when any rank's loss or the
+        averaged gradient is not finite. The loss check is one scalar all-reduce (a loss can be
+        inf with finite gradients); the gradient check reads the averaged gradients, which are
+        equal on every rank. Either way every rank decides alike."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.table_optimizer is not None:
             self.table_optimizer.zero_grad(set_to_none=True)
+        if not loss_finite_everywhere(loss, self.comm):  # an inf loss can have finite gradients
+            return False
         loss.backward()
         self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
         if not gradients_finite(self.params):
@@ -109,10 +110,10 @@ class DeepSpeedStrategy:
         self.zero_stage = zero_stage
 
     def step(self, loss: Tensor) -> bool:
-        """False (and no update) when any rank's loss is not finite: ZeRO keeps gradients in
-        partitions, so the ranks agree on the loss instead (one scalar all-reduce)."""
-        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
-        if float(self.comm.all_reduce_sum(bad)[0]) > 0:
+        """False (and no update) when any rank's loss is not finite (one scalar all-reduce).
+        ZeRO keeps gradients in partitions, so a non-finite gradient under a finite loss is
+        caught one step later, or by the loop's end-of-epoch check of the representations."""
+        if not loss_finite_everywhere(loss, self.comm):
             return False
         self.engine.backward(loss)
         self.engine.step()
@@ -145,6 +146,12 @@ class DeepSpeedStrategy:
         sd["single_partition_of_fp32_groups"] = mine["fp32"]
         # DeepSpeed reads entry [rank] of a per-rank list; ours is the same entry repeated
         self.optimizer.load_state_dict([sd] * self.comm.world_size, load_from_fp32_weights=True)
+
+
+def loss_finite_everywhere(loss: Tensor, comm: Comm) -> bool:
+    """True when the loss is finite on every rank (in one process: this loss)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+    return float(comm.all_reduce_sum(bad)[0]) == 0
 
 
 def gradients_finite(params: list[Tensor]) -> bool:

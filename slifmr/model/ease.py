@@ -5,9 +5,10 @@ closed-form item-item model, the strongest simple baseline on MovieLens-type dat
       = I - P / diag(P),  P = (X^T X + lambda I)^-1          (Steck 2019, eq. 8)
 
 X (M, N) is the binary matrix of training interactions; scores are X_u B. lambda is chosen on
-validation Recall@K from a grid (`model.ease_l2`). The inverse is dense N x N: memory 4 N^2
-bytes (float64 while solving, twice over) and O(N^3) time, so EASE stops at EASE_MAX_ITEMS
-items (about 6.4 GB and minutes on a few cores).
+validation Recall@K from a grid (`model.ease_l2`). Everything is dense N x N: the float64 Gram
+matrix, a regularised copy and its inverse while solving, then float32 weights, about 32 N^2
+bytes at the peak (13 GB at 20,000 items) and O(N^3) time per ridge weight, so EASE stops at
+EASE_MAX_ITEMS items.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def gram(ds: Dataset) -> Tensor:
 def ease_weights(g: Tensor, l2: float) -> Tensor:
     """B (N, N) float32 from the Gram matrix g = X^T X and the ridge weight `l2` > 0
     (Steck 2019, eq. 8): zero diagonal, B_ij = -P_ij / P_jj."""
-    p = torch.linalg.inv(g + l2 * torch.eye(g.shape[0], dtype=g.dtype))
-    b = -p / torch.diagonal(p)[None, :]
-    b.fill_diagonal_(0.0)
-    return b.float()
+    a = g.clone()
+    a.diagonal().add_(l2)
+    p = torch.linalg.inv(a)
+    del a
+    p.div_(-torch.diagonal(p).clone()[None, :])
+    p.fill_diagonal_(0.0)
+    return p.float()
 
 
 class EASE(nn.Module):
@@ -49,7 +53,7 @@ class EASE(nn.Module):
         super().__init__()
         if ds.num_items > EASE_MAX_ITEMS:
             raise SlifmrError(f"variant ease inverts a dense {ds.num_items:,} x {ds.num_items:,} matrix: it stops at "
-                              f"{EASE_MAX_ITEMS:,} items ({16 * EASE_MAX_ITEMS**2 / 1e9:.1f} GB while solving)")
+                              f"{EASE_MAX_ITEMS:,} items (about {32 * EASE_MAX_ITEMS**2 / 1e9:.0f} GB while solving)")
         u, i = ds.edges(TRAIN)
         x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u)),
                                     (ds.num_users, ds.num_items)).coalesce()

@@ -398,7 +398,8 @@ class SLIFMR(nn.Module):
         return u @ z.T
 
     def representations(self) -> tuple[Tensor, Tensor]:
-        """(users (M, d), fused items z (N, d)) as scored by `full_scores`, detached."""
+        """(users (M, d), fused items z (N, d)), detached: what `full_scores` multiplies (after
+        normalising both with model.loss=softmax)."""
         return self._inference()
 
     def item_representations(self, items: Tensor | None = None) -> Tensor:

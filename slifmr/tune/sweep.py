@@ -173,6 +173,8 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
                               "or choose another --name")
     lock = RunLock(sweep_dir).acquire()  # one driver per sweep folder: a second gets one line
     try:
+        if resume is None and (sweep_dir / SPEC_FILE).exists():  # another driver started it meanwhile
+            raise SlifmrError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}")
         if spec.data is None:  # resolve once, on the driver, so trials do not race to prepare it
             from slifmr.data.ml100k import prepare_ml100k
 
