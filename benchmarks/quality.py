@@ -143,7 +143,8 @@ def main() -> int:
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *argv])
     command_md = f"`{command}`"
     if args.collect:
-        command_md += f" (stopped early: the {len(runs)} finished runs, summarised with `--collect`)"
+        command_md += (f" (summarising the {len(runs)} finished runs under --runs; they were trained by the same "
+                       "command without --collect, in one or more invocations)")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
     if args.collect:
         machine += f"; summarised from the finished runs under {os.path.relpath(args.runs)}"

@@ -74,13 +74,17 @@ def test_recbole_import_maps_ids_kg_and_metadata(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.kg, ds.kg)
 
 
-def test_recbole_presplit_files_are_kept_exactly(tmp_path: Path) -> None:
-    root = tmp_path / "pre"
-    root.mkdir()
+def write_presplit(root: Path, train: str, valid: str, test: str) -> Path:
+    """<root>/<name>.{train,valid,test}.inter with user_id and item_id columns (rows as text)."""
+    root.mkdir(parents=True, exist_ok=True)
     head = "user_id:token\titem_id:token\n"
-    (root / "pre.train.inter").write_text(head + "a\tx\na\ty\nb\tx\nb\tz\n")
-    (root / "pre.valid.inter").write_text(head + "a\tz\n")
-    (root / "pre.test.inter").write_text(head + "b\ty\n")
+    for split, rows in (("train", train), ("valid", valid), ("test", test)):
+        (root / f"{root.name}.{split}.inter").write_text(head + rows)
+    return root
+
+
+def test_recbole_presplit_files_are_kept_exactly(tmp_path: Path) -> None:
+    root = write_presplit(tmp_path / "pre", "a\tx\na\ty\nb\tx\nb\tz\n", "a\tz\n", "b\ty\n")
     ds = import_recbole(root)
     users, items = list(ds.ids["users"]), list(ds.ids["items"])
     got = {(users[u], items[i], int(s)) for u, i, s in zip(ds.user, ds.item, ds.split)}
@@ -284,12 +288,7 @@ def test_ids_with_surrounding_whitespace_are_one_id(tmp_path: Path) -> None:
 
 
 def test_presplit_user_only_in_valid_names_the_source_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    root = tmp_path / "pre"
-    root.mkdir()
-    head = "user_id:token\titem_id:token\n"
-    (root / "pre.train.inter").write_text(head + "a\tx\nb\tx\n")
-    (root / "pre.valid.inter").write_text(head + "a\ty\n\nnew \tz\nb\ty\n")
-    (root / "pre.test.inter").write_text(head + "a\tz\nb\tz\n")
+    root = write_presplit(tmp_path / "pre", "a\tx\nb\tx\n", "a\ty\n\nnew \tz\nb\ty\n", "a\tz\nb\tz\n")
     line = one_error(["data", "import", "recbole", str(root)], capsys, tmp_path / "out")
     assert line == (f"error: {root / 'pre.valid.inter'}, line 4, column 'user_id': user 'new ' has no training "
                     "interaction (no row in pre.train.inter); every user needs one: drop the user or add a training row")
@@ -376,9 +375,7 @@ def test_label_with_threshold_and_without(tmp_path: Path, capsys: pytest.Capture
 def test_import_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str | None) -> None:
     root = write_recbole(tmp_path / "toy")
     if message is None:  # --split-seed on a pre-split set is refused, not ignored
-        head = "user_id:token\titem_id:token\n"
-        for s in ("train", "valid", "test"):
-            (root / f"toy.{s}.inter").write_text(head + "a\tx\n")
+        write_presplit(root, "a\tx\n", "a\tx\n", "a\tx\n")
         message = "--split-seed does not apply"
     assert message in one_error(["data", "import", "recbole", str(root), *argv], capsys, tmp_path / "out")
 
