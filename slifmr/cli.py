@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slifmr import log
+from slifmr.config import CHOICES, VARIANTS
 from slifmr.errors import SlifmrError
 
 
@@ -399,7 +400,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
              "  slifmr train --workers 4 --gpu --address 10.0.0.5:6379 --out /shared/runs/slifmr-gpu")
     p.add_argument("--data", help="dataset folder (default: the embedded ml-100k, prepared on first use)")
     p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
-    p.add_argument("--variant", help="lightgcn | static | no_sc | no_kg | no_mm | slifmr (default slifmr)")
+    p.add_argument("--variant", help=f"{' | '.join(VARIANTS)} (default slifmr)")
     p.add_argument("--config", help="YAML file of config keys (model.*, train.*)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--epochs", type=int)
@@ -407,10 +408,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: in-process, no Ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); with --workers 0, this machine's GPU")
-    p.add_argument("--strategy", choices=("ddp", "deepspeed"),
+    p.add_argument("--strategy", choices=CHOICES["train.strategy"],
                    help="ddp (gradient all-reduce, the default) or deepspeed (ZeRO); needs --workers >= 1")
     p.add_argument("--zero-stage", type=int, help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
-    p.add_argument("--sampling", choices=("full", "neighbor"),
+    p.add_argument("--sampling", choices=CHOICES["train.sampling"],
                    help="full-graph propagation per step (the default) or neighbor-sampled subgraphs (large graphs)")
     p.add_argument("--fanout", help="with --sampling neighbor: neighbours per hop, e.g. 10,5, or per relation: "
                                     "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all)")

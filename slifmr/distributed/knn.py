@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slifmr.config import CHOICES
 from slifmr.data.graphs import knn
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
 from slifmr.rng import derive_seed
 
-KNN_METHODS = ("exact", "approx")
+KNN_METHODS = CHOICES["model.knn"]
 
 
 def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, links: int = 16, ef_build: int = 40,

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from slifmr.config import CHOICES
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
 
-STRATEGIES = ("ddp", "deepspeed")
-ZERO_STAGES = (1, 2)
+STRATEGIES = CHOICES["train.strategy"]
+ZERO_STAGES = CHOICES["train.zero_stage"]
 
 
 class Strategy(Protocol):
