@@ -163,6 +163,21 @@ def _run_config(run_dir: Path):  # noqa: ANN202
     return load_config(run_dir / "config.yaml")
 
 
+def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The config keys `slifmr train`'s own flags set (those given)."""
+    pairs = (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
+             ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
+             ("train.sampling", args.sampling), ("train.fanout", args.fanout))
+    return [(key, value) for key, value in pairs if value is not None]
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    from slifmr.distributed.checkpoint import exists as checkpoint_exists
+
+    if checkpoint_exists(run_dir / "checkpoint"):
+        raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+
+
 def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     """The run's own config, with only runtime keys (config.RUNTIME_KEYS) allowed to change;
     any other option that would change what is trained is refused, naming it."""
@@ -184,10 +199,7 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     if args.variant is not None:
         requested.append(("variant", args.variant))
     requested += [parse_override(item) for item in args.set]
-    requested += [(key, value) for key, value in (
-        ("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
-        ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
-        ("train.sampling", args.sampling), ("train.fanout", args.fanout)) if value is not None]
+    requested += _flag_overrides(args)
     changed = []
     for key, value in requested:
         if key == "variant":
@@ -269,15 +281,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         saved, cfg = _resumed_config(run_dir, args)
     else:
         cfg = load_config(args.config, args.variant, args.set)
-        for key, value in (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
-                           ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
-                           ("train.sampling", args.sampling), ("train.fanout", args.fanout)):
-            if value is not None:
-                set_key(cfg, key, value)
+        for key, value in _flag_overrides(args):
+            set_key(cfg, key, value)
         validate(cfg)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if checkpoint_exists(run_dir / "checkpoint"):
-            raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+        _refuse_existing_run(run_dir)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     _check_train_options(args, cfg)
@@ -291,8 +299,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
         comm = Comm.current("cuda")
     with RunLock(run_dir):
-        if not args.resume and checkpoint_exists(run_dir / "checkpoint"):  # a writer finished meanwhile
-            raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+        if not args.resume:  # checked again under the lock: a writer may have finished meanwhile
+            _refuse_existing_run(run_dir)
         if saved is not None and saved != cfg:  # train_loop records it once the checkpoint is accepted
             log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
         log.info(f"run folder: {run_dir}")

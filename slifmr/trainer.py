@@ -223,9 +223,9 @@ def train_loop(
                 parts = model.sampled_loss(subgraph)
             else:
                 parts = model.loss(batch)
-            applied = strategy.step(parts["loss"])
-            bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
-            if not applied or bad is not None:
+            if not strategy.step(parts["loss"]):  # a non-finite loss (any rank) or averaged gradient
+                # the loss is the sum of the parts: a bad part makes it non-finite, so this names it
+                bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
                 what = (f"loss part '{bad}' is {float(parts[bad].detach())}" if bad
                         else "the loss on another worker or the averaged gradient is not finite")
                 raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {_stopped_hint(run_dir, epoch)}")

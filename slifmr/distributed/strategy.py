@@ -6,8 +6,9 @@
                process group Ray Train already set up (gloo on CPU, nccl on GPU)
 
 The training loop sees only `step(loss) -> applied`, `state_dict()` and `load_state_dict(state)`.
-`step` applies no update when a gradient is not finite on any rank and returns False on every
-rank (the decision is the same everywhere, so no rank is left waiting in a collective).
+`step` applies no update when any rank's loss or the averaged gradient is not finite and returns
+False on every rank (the decision is the same everywhere, so no rank is left waiting in a
+collective).
 The checkpointed optimizer state holds tensors and plain values only (it loads with
 torch.load(weights_only=True)); for ZeRO it is every rank's partition, gathered on rank 0.
 """
