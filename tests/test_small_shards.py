@@ -40,7 +40,10 @@ def _worker(rank: int, world: int, port: int, out: str, ds: Dataset, modes: tupl
         for mode in modes:
             cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=5", "model.k_mm=5", "train.epochs=3",
                                          "train.batch_size=4", f"train.sampling={mode}", "train.fanout=-1,-1"])
-            results[mode] = train_loop(cfg, Path(out) / mode, Comm.current(), ds=ds)
+            try:
+                results[mode] = train_loop(cfg, Path(out) / mode, Comm.current(), ds=ds)
+            except SlifmrError as e:  # a refusal must reach every rank alike, not hang one
+                results[mode] = {"error": str(e)}
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -48,6 +51,7 @@ def _worker(rank: int, world: int, port: int, out: str, ds: Dataset, modes: tupl
 
 def run_group(world: int, tmp_path: Path, ds: Dataset, modes: tuple[str, ...]) -> list[dict]:
     """Train on `world` gloo processes; fails (and kills them) if they outlive the deadline."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path), ds, modes), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + DEADLINE_S
@@ -89,6 +93,8 @@ def test_fewer_users_and_items_than_workers_full_and_sampled(tmp_path: Path) -> 
 
 def test_fewer_training_pairs_than_workers_is_refused(tmp_path: Path) -> None:
     ds = _dataset("one-pair", [(0, 0, TRAIN), (0, 1, VALID), (0, 2, TEST)], 1, 3)
+    for rank in run_group(2, tmp_path / "gloo", ds, ("full",)):  # real gloo processes: every rank refuses
+        assert "2 workers but dataset one-pair has 1 training interaction" in rank["full"]["error"]
     cfg = load_config(overrides=["model.embedding_dim=8", "train.epochs=1"])
     with pytest.raises(SlifmrError, match="2 workers but dataset one-pair has 1 training interaction"):
         train_loop(cfg, tmp_path / "run", Comm(rank=0, world_size=2), ds=ds)
