@@ -68,12 +68,12 @@ def _knn_worker(rank: int, port: int, z: torch.Tensor, k: int, repeats: int, out
     import torch.distributed as dist
 
     from slifmr.distributed.collectives import Comm
-    from slifmr.distributed.knn import sharded_knn
+    from slifmr.distributed.knn import KnnSearch
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     comm = Comm.current()
-    search = sharded_knn(comm)
+    search = KnnSearch(comm, "exact")
     n = z.shape[0]
     start, stop = comm.shard(n)
     block = z[start:stop].contiguous()

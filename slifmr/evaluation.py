@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -17,6 +18,13 @@ from slifmr.data.graphs import csr_entries, interactions_csr
 
 METRICS = ("recall", "ndcg", "precision", "hit")
 ScoreFn = Callable[[Tensor], Tensor]  # users (B,) -> scores (B, N)
+
+
+class Scorer(Protocol):
+    """What ranks items: a trained model's representations or EASE's weights."""
+
+    def full_scores(self, users: Tensor) -> Tensor:
+        """(B, N) scores of every item for users (B,)."""
 
 
 def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tensor]:

@@ -17,7 +17,7 @@ from slifmr.atomic import atomic_path
 from slifmr.data.format import Dataset
 from slifmr.data.graphs import csr_entries, interactions_csr
 from slifmr.errors import SlifmrError
-from slifmr.model.slifmr import SLIFMR
+from slifmr.evaluation import Scorer
 
 
 def resolve_users(ds: Dataset, spec: str) -> Tensor:
@@ -57,7 +57,7 @@ class Recommendations:
 
 
 @torch.no_grad()
-def recommend(model: SLIFMR, ds: Dataset, users: Tensor, k: int,
+def recommend(model: Scorer, ds: Dataset, users: Tensor, k: int,
               seen: tuple[Tensor, Tensor] | None = None) -> Recommendations:
     """Each of `users` (B,) contiguous ids' top-k unseen items; `seen` from `seen_items`.
 
@@ -110,7 +110,7 @@ def shortfall_note(users: int, short: int, k: int) -> str | None:
     return f"note: {short:,} of {users:,} users have fewer than {k} unseen items and get fewer rows"
 
 
-def write_recommendations(model: SLIFMR, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:
+def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:
     """Every user's top-k unseen items as Parquet (user, rank, item, score: raw ids), written
     atomically; returns (the file, how many users got fewer than k rows)."""
     parts = []

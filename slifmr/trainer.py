@@ -16,10 +16,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from slifmr import __version__, log
@@ -30,16 +31,53 @@ from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
-from slifmr.distributed.strategy import make_strategy
+from slifmr.distributed.strategy import Strategy, make_strategy
 from slifmr.errors import NonFiniteError, SlifmrError
-from slifmr.evaluation import Evaluator
+from slifmr.evaluation import Evaluator, Scorer
 from slifmr.model.ease import EASE, ease_weights, gram
-from slifmr.model.slifmr import SLIFMR
+from slifmr.model.graphs import (
+    EpochGraphs,
+    Graph,
+    StaticGraphs,
+    correlation_graph,
+    epoch_graphs,
+    fusion_due,
+)
+from slifmr.model.propagate import RowSharding, layerwise_spmm
+from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.report import read_run
+from slifmr.rng import derive_seed
 from slifmr.sampling.negative import BPRSampler
-from slifmr.sampling.neighbor import BatchSubgraphs, backend, view_fanouts
+from slifmr.sampling.neighbor import (
+    BatchSubgraphs,
+    backend,
+    epoch_graph,
+    sampled_batch,
+    view_fanouts,
+)
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
+
+
+@dataclass(frozen=True)
+class SeedStreams:
+    """The run's named random streams, all derived from train.seed (the values predate the
+    names and are kept, so a seed's results reproduce across versions)."""
+
+    init: int  # parameter initialisation
+    graphs: int  # per epoch: edge pruning, InfoNCE subsample, TransR triples (derive_seed(graphs, epoch))
+    negatives: int  # BPR shuffle and negatives
+    neighbors: int  # neighbour sampling
+    knn: int  # rows of the approximate kNN's recall check
+    eval_users: int  # the users evaluated with train.eval_users
+
+    @staticmethod
+    def of(seed: int) -> SeedStreams:
+        return SeedStreams(init=seed, graphs=seed, negatives=seed + 1, neighbors=seed + 2, knn=seed, eval_users=seed)
+
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        """The epoch's generator: a pure function of (seed, epoch), the same on every rank."""
+        return torch.Generator().manual_seed(derive_seed(self.graphs, epoch))
 
 
 @dataclass
@@ -57,6 +95,65 @@ class EarlyStopping:
         return False
 
 
+@dataclass
+class TrainState:
+    """What the loop carries from epoch to epoch besides model and optimizer: the last finished
+    epoch, early stopping, Z(t-1) (N, d) and S(t). Checkpointed with the torch RNG state."""
+
+    epoch: int = 0
+    stopper: EarlyStopping = field(default_factory=EarlyStopping)
+    last_z: torch.Tensor | None = None
+    corr: Graph | None = None
+    corr_epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "early_stopping": vars(self.stopper).copy(),
+            "rng": {"torch": torch.get_rng_state()},  # samplers and graphs reseed per epoch
+            "last_z": self.last_z,
+            "corr": None if self.corr is None else {"edge_index": self.corr[0], "weight": self.corr[1]},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.epoch = int(state["epoch"])
+        self.stopper = EarlyStopping(**state["early_stopping"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.last_z = None if state.get("last_z") is None else state["last_z"].to(device)
+        corr = state.get("corr")
+        self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
+
+
+@dataclass
+class EpochRecord:
+    """One line of metrics.jsonl (seconds are wall-clock; comm, kNN and sampling are parts of
+    the epoch, train_seconds is the steps alone)."""
+
+    epoch: int
+    loss: dict[str, float]
+    valid: dict[str, float]
+    is_best: bool
+    epoch_seconds: float
+    fusion_seconds: float = 0.0
+    knn_seconds: float = 0.0
+    comm_seconds: float = 0.0
+    train_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    steps: int = 0
+    grad_bytes_per_step: float = 0.0
+    knn_recall: float | None = None
+    epoch_start_unix_seconds: float = 0.0  # gaps between epochs = time outside the loop
+    fused: bool = False
+    l2: float | None = None  # variant ease: the ridge weight of this line
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["l2"] is None:
+            del out["l2"]
+        return out
+
+
 def set_threads(cfg: Config, comm: Comm) -> None:
     """Each process gets the threads of the cores it owns: oversubscription costs 10x here."""
     n = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(comm.world_size, 1))
@@ -71,13 +168,22 @@ def resolve_dataset(cfg: Config) -> Dataset:
     return read_dataset(cfg.data)
 
 
-def build_model(cfg: Config, ds: Dataset, knn_fn: Any = None, comm: Comm | None = None) -> SLIFMR:
-    """The model; its one-time multimodal kNN graph uses model.knn (exact: sharded over
-    `comm`'s workers; approx: faiss, reproducible, for large catalogues)."""
-    torch.manual_seed(cfg.train.seed)
+def build_model(cfg: Config, ds: Dataset, comm: Comm | None = None,
+                sparse_tables: bool = False) -> tuple[SLIFMR, StaticGraphs]:
+    """The model and the static graphs it trains on. The one-time multimodal kNN graph uses
+    model.knn (exact: sharded over `comm`'s workers; approx: faiss, reproducible, for large
+    catalogues). `sparse_tables`: see SLIFMR."""
     sharded = comm is not None and comm.world_size > 1
-    static = KnnSearch(comm, cfg.model.knn) if sharded or cfg.model.knn != "exact" else None
-    return SLIFMR(ds, cfg.model, knn_fn=knn_fn, seed=cfg.train.seed, static_knn_fn=static)
+    search = KnnSearch(comm, cfg.model.knn) if sharded or cfg.model.knn != "exact" else None
+    static = StaticGraphs.from_dataset(ds, cfg.model, search)
+    if cfg.model.use_kg and static.kg is None:
+        log.info(f"dataset {ds.name} has no knowledge graph: the KG view is off")
+    if cfg.model.use_mm and static.mm is None:
+        log.info(f"dataset {ds.name} has no modality features: the multimodal view is off")
+    features = {m: torch.tensor(np.asarray(f, dtype=np.float32)) for m, f in ds.features.items()} if static.mm else {}
+    kg_shape = (static.kg.num_nodes - ds.num_items, static.kg.num_relations) if static.kg is not None else None
+    torch.manual_seed(SeedStreams.of(cfg.train.seed).init)
+    return SLIFMR(cfg.model, ds.num_users, ds.num_items, features, kg_shape, sparse_tables), static
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -112,16 +218,15 @@ def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path
         raise SlifmrError(f"checkpoint in {where} was made with a different config (differs in: {', '.join(diff) or 'data'})")
 
 
-def _format_line(epoch: int, epochs: int, rec: dict[str, Any], stop_metric: str) -> str:
-    losses = " ".join(f"{k} {v:.4f}" for k, v in rec["loss"].items() if k != "loss")
-    valid = rec["valid"]
+def _format_line(epochs: int, rec: EpochRecord, stop_metric: str) -> str:
+    losses = " ".join(f"{k} {v:.4f}" for k, v in rec.loss.items() if k != "loss")
     k = stop_metric.split("@")[1]
     return (
-        f"epoch {epoch:3d}/{epochs} | loss {rec['loss']['loss']:.4f} ({losses}) | "
-        f"valid recall@{k} {valid[f'recall@{k}']:.4f} ndcg@{k} {valid[f'ndcg@{k}']:.4f} | "
-        f"{rec['epoch_seconds']:.2f}s (fusion {rec['fusion_seconds']:.2f}s)"
-        + (f" | kNN recall {rec['knn_recall']:.3f}" if rec.get("knn_recall") is not None else "")
-        + (" *" if rec["is_best"] else "")
+        f"epoch {rec.epoch:3d}/{epochs} | loss {rec.loss['loss']:.4f} ({losses}) | "
+        f"valid recall@{k} {rec.valid[f'recall@{k}']:.4f} ndcg@{k} {rec.valid[f'ndcg@{k}']:.4f} | "
+        f"{rec.epoch_seconds:.2f}s (fusion {rec.fusion_seconds:.2f}s)"
+        + (f" | kNN recall {rec.knn_recall:.3f}" if rec.knn_recall is not None else "")
+        + (" *" if rec.is_best else "")
     )
 
 
@@ -141,16 +246,21 @@ def train_loop(
     `resume` continues from run_dir/checkpoint, `resume_from` from another checkpoint folder
     (the one Ray Train hands a restarted worker group). The model trains on `comm.device`.
     `evaluate_test=False` (sweep trials) never touches the test split: results.json then has
-    "test": null, and the sweep evaluates only its chosen trial on test, once."""
+    "test": null, and the sweep evaluates only its chosen trial on test, once.
+
+    Each epoch is the method (architecture.md §4): Z(t-1) -> S(t) -> the epoch's graphs ->
+    steps -> Z(t) -> validation -> checkpoint."""
     comm = comm or Comm.current()
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
     if cfg.variant == "ease":
         return fit_ease(cfg, run_dir, ds, comm, reporter, evaluate_test)
-    knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=cfg.train.seed)
-    model = build_model(cfg, ds, knn_fn, comm).to(comm.device)
-    model.row_sharding = _row_sharding(comm)
+    seeds, t = SeedStreams.of(cfg.train.seed), cfg.train
+    knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=seeds.knn)
+    neighbor = t.sampling == "neighbor"  # sampled steps touch few table rows: sparse grads, row-wise Adam
+    model, static = build_model(cfg, ds, comm, sparse_tables=neighbor)
+    model.to(comm.device)
     comm.broadcast_parameters(model.parameters())
     users, items = training_pairs(ds)
     if users.numel() < comm.world_size:  # every worker needs a shard: refuse before any work
@@ -158,137 +268,147 @@ def train_loop(
                           f"interaction(s): use --workers {max(users.numel(), 1)} or fewer")
     # train.batch_size is the global batch: each of the world_size workers takes its share, so
     # N workers take the same optimisation steps as one
-    per_worker = max(1, cfg.train.batch_size // comm.world_size)
-    neighbor = cfg.train.sampling == "neighbor"
-    # full-graph steps give every table row a gradient: auto means dense there
-    grad_sync = "dense" if cfg.train.grad_sync == "auto" and not neighbor else cfg.train.grad_sync
-    model.sparse_tables = neighbor  # sampled steps touch few table rows: sparse grads, row-wise Adam
-    strategy = make_strategy(cfg.train.strategy, model, cfg.train.lr, cfg.train.weight_decay, comm,
-                              cfg.train.zero_stage, per_worker, model.embedding_tables(), grad_sync, neighbor)
-    sampler = BPRSampler(users, items, ds.num_items, per_worker, cfg.train.seed + 1, comm.rank, comm.world_size)
-    steps = min(len(sampler), cfg.train.steps_per_epoch or len(sampler))
-    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk, users=_user_shard(ds, comm, cfg.train.eval_users, cfg.train.seed))
-    fanouts = view_fanouts(cfg.train.fanout, model.view_layers) if neighbor else None
+    per_worker = max(1, t.batch_size // comm.world_size)
+    strategy = make_strategy(
+        t.strategy, model, comm, lr=t.lr, weight_decay=t.weight_decay, zero_stage=t.zero_stage, micro_batch=per_worker,
+        row_sparse=model.embedding_tables(), sparse_tables=neighbor,
+        # full-graph steps give every table row a gradient: auto means dense there
+        grad_sync="dense" if t.grad_sync == "auto" and not neighbor else t.grad_sync)
+    sampler = BPRSampler(users, items, ds.num_items, per_worker, seed=seeds.negatives, rank=comm.rank,
+                         world_size=comm.world_size)
+    steps = min(len(sampler), t.steps_per_epoch or len(sampler))
+    evaluator = Evaluator(ds, t.topk, t.eval_chunk, users=_user_shard(ds, comm, t.eval_users, seeds.eval_users))
+    fanouts = view_fanouts(t.fanout, model.view_layers) if neighbor else None
     if neighbor and comm.is_main:
-        log.info(f"neighbor sampling: backend {backend()}, fan-outs {cfg.train.fanout} per hop")
-    stopper = EarlyStopping()
-    start_epoch, last_z = 1, None
-    ckpt_dir, best_dir = run_dir / "checkpoint", run_dir / "best"
-    metrics_path = run_dir / "metrics.jsonl"
-
+        log.info(f"neighbor sampling: backend {backend()}, fan-outs {t.fanout} per hop")
+    spmm = layerwise_spmm(sharding=_row_sharding(comm))
+    state = TrainState()
     if resume or resume_from is not None:
-        state, meta = load_checkpoint(resume_from or ckpt_dir)
-        check_compatible(meta, cfg, ds, run_dir)
-        if comm.is_main:  # changed runtime keys (epochs, threads, ...): the folder says so
-            save_config(cfg, run_dir / "config.yaml")
-        model.load_state_dict(state["model"])
-        strategy.load_state_dict(state["optimizer"])
-        stopper = EarlyStopping(**state["early_stopping"])
-        torch.set_rng_state(state["rng"]["torch"])
-        last_z = state["last_z"].to(comm.device)
-        if state.get("corr") is not None:
-            model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
-        start_epoch = int(state["epoch"]) + 1
-        if comm.is_main and metrics_path.exists():  # drop lines written after the checkpoint
-            lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
-            write_text(metrics_path, "".join(ln + "\n" for ln in lines))
-        log.info(f"resuming {run_dir} at epoch {start_epoch} (best so far: epoch {stopper.best_epoch})")
-        if stopper.bad_epochs >= cfg.train.patience:
-            log.info(f"the run had already stopped early ({stopper.bad_epochs} epochs without a better "
-                     f"{cfg.train.stop_metric}, patience {cfg.train.patience}): nothing more to train")
+        _resume(state, model, strategy, cfg, ds, run_dir, resume_from, comm)
     elif comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        metrics_path.write_text("")
+        (run_dir / "metrics.jsonl").write_text("")
 
-    stop_metric = cfg.train.stop_metric
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
-        if stopper.bad_epochs >= cfg.train.patience:
+    graphs: EpochGraphs | None = None
+    for epoch in range(state.epoch + 1, t.epochs + 1):
+        if state.stopper.bad_epochs >= t.patience:
             break
         t0, started = time.perf_counter(), time.time()
         comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
-        model.train()
-        model.pre_epoch(epoch, last_z)
-        subgraphs = BatchSubgraphs(model.epoch_graph(), fanouts, cfg.train.seed + 2, comm.rank) if neighbor else None
-        totals: dict[str, float] = {}
-        n_batches, sampling_seconds, t_steps = 0, 0.0, time.perf_counter()
-        for step, batch in enumerate(log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=steps)):
-            if step >= steps:
-                break
-            if subgraphs is not None:
-                t_sample = time.perf_counter()
-                subgraph = subgraphs.sample(*batch, epoch, step)
-                sampling_seconds += time.perf_counter() - t_sample
-                parts = model.sampled_loss(subgraph)
-            else:
-                parts = model.loss(batch)
-            if not strategy.step(parts["loss"]):  # a non-finite loss (any rank) or averaged gradient
-                # the loss is the sum of the parts: a bad part makes it non-finite, so this names it
-                bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
-                what = (f"loss part '{bad}' is {float(parts[bad].detach())}" if bad
-                        else "the loss on another worker or the averaged gradient is not finite")
-                raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {_stopped_hint(run_dir, epoch)}")
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach())
-            n_batches += 1
+        generator = seeds.epoch_generator(epoch)
+        graphs, knn_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm.device, graphs)
+        fusion_seconds = time.perf_counter() - t0
+        subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank) if neighbor else None
+        t_steps = time.perf_counter()
+        loss, n_steps, sampling_seconds = _train_steps(
+            model=model, strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, epoch=epoch,
+            steps=steps, generator=generator, device=comm.device, run_dir=run_dir)
         train_seconds = time.perf_counter() - t_steps
-        model.end_epoch()
-        model.eval()
+        graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
         t_eval = time.perf_counter()
-        last_z = model.item_representations().clone()
-        if not all(bool(torch.isfinite(r).all()) for r in model.representations()):  # equal on every rank
+        reps = model.representations(graphs, spmm)
+        if not reps.finite():  # equal on every rank
             raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
                                  f"epoch's steps; {_stopped_hint(run_dir, epoch)}")
-        valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
-        is_best = stopper.step(valid[stop_metric], epoch)
-        rec = {
-            "epoch": epoch,
-            "loss": {k: v / max(n_batches, 1) for k, v in totals.items()},
-            "valid": valid,
-            "is_best": is_best,
-            "epoch_seconds": time.perf_counter() - t0,
-            "fusion_seconds": model.timings["fusion_seconds"],
-            "knn_seconds": model.timings["knn_seconds"],
-            "comm_seconds": comm.seconds["comm"],
-            "train_seconds": train_seconds,  # the steps alone: sampling, forward, backward, sync
-            "sampling_seconds": sampling_seconds,
-            "eval_seconds": time.perf_counter() - t_eval,
-            "steps": n_batches,
-            "grad_bytes_per_step": comm.traffic["bytes"] / max(n_batches, 1),
-            "knn_recall": getattr(knn_fn, "recall", None),
-            "epoch_start_unix_seconds": started,  # gaps between epochs = time outside the loop
-            "fused": model.corr_epoch == epoch,
-        }
-        optimizer_state = strategy.state_dict()  # a collective under ZeRO: every rank calls it
-        # replicas and optimizer states are equal on every rank, so all ranks stop alike,
-        # before best/, metrics.jsonl or the checkpoint get anything of this epoch
-        bad_state = first_nonfinite({"model": model.state_dict(), "optimizer": optimizer_state})
-        if bad_state is not None:
-            raise NonFiniteError(f"epoch {epoch}: {bad_state} is not finite after the epoch's steps; "
-                                 f"{_stopped_hint(run_dir, epoch)}")
-        if comm.is_main:
-            if is_best:
-                save_checkpoint(best_dir, {"model": model.state_dict(), "corr": _corr_state(model)},
-                                _checkpoint_meta(cfg, ds, epoch))
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer_state,
-                "epoch": epoch,
-                "early_stopping": vars(stopper).copy(),
-                "rng": {"torch": torch.get_rng_state()},  # sampler and model reseed per epoch
-                "last_z": last_z,
-                "corr": _corr_state(model),
-            }
-            save_checkpoint(ckpt_dir, state, _checkpoint_meta(cfg, ds, epoch))
-            log.info(_format_line(epoch, cfg.train.epochs, rec, stop_metric))
+        state.last_z, state.epoch = reps.items.clone(), epoch
+        valid = evaluator.evaluate(reps.full_scores, VALID, comm.all_reduce_sum)
+        rec = EpochRecord(
+            epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
+            epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
+            comm_seconds=comm.seconds["comm"], train_seconds=train_seconds, sampling_seconds=sampling_seconds,
+            eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
+            grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
+            epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
+        _save_epoch(model, strategy, state, rec, cfg, ds, run_dir, comm)
         if reporter is not None:
-            reporter(rec, ckpt_dir if comm.is_main else None)
+            reporter(rec.to_json(), run_dir / "checkpoint" if comm.is_main else None)
 
     comm.barrier()  # rank 0 has written best/ before anyone loads it
     return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+
+
+def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: TrainState, epoch: int,
+                  generator: torch.Generator, knn_fn: Any, device: torch.device,
+                  previous: EpochGraphs | None) -> tuple[EpochGraphs, float]:
+    """Epoch `epoch`'s graphs: S(t) from Z(t-1) when a fusion is due (kept in `state`), then A(t),
+    A_mm(t), KG(t) and its attention. Returns them and the seconds of the kNN search."""
+    start = time.perf_counter()
+    if fusion_due(cfg.model, epoch) and state.last_z is not None:
+        state.corr = correlation_graph(state.last_z, cfg.model.k_corr, cfg.model.corr_binary, knn_fn)
+        state.corr_epoch = epoch
+    knn_seconds = time.perf_counter() - start
+    graphs = epoch_graphs(static, state.corr, cfg.model, generator, device, previous)
+    return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
+
+
+def _train_steps(*, model: SLIFMR, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
+                 subgraphs: BatchSubgraphs | None, epoch: int, steps: int, generator: torch.Generator,
+                 device: torch.device, run_dir: Path) -> tuple[dict[str, float], int, float]:
+    """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling)."""
+    totals: dict[str, float] = {}
+    n_steps, sampling_seconds = 0, 0.0
+    for step, triples in enumerate(log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=steps)):
+        if step >= steps:
+            break
+        if subgraphs is not None:
+            t_sample = time.perf_counter()
+            batch = sampled_batch(subgraphs.sample(*triples, epoch, step), graphs, generator, device)
+            sampling_seconds += time.perf_counter() - t_sample
+        else:
+            batch = TrainingBatch.full(graphs, triples, generator, device)
+        parts = model(batch)
+        if not strategy.step(parts["loss"]):  # a non-finite loss (any rank) or averaged gradient
+            # the loss is the sum of the parts: a bad part makes it non-finite, so this names it
+            bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)
+            what = (f"loss part '{bad}' is {float(parts[bad].detach())}" if bad
+                    else "the loss on another worker or the averaged gradient is not finite")
+            raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {_stopped_hint(run_dir, epoch)}")
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v.detach())
+        n_steps += 1
+    return {k: v / max(n_steps, 1) for k, v in totals.items()}, n_steps, sampling_seconds
+
+
+def _resume(state: TrainState, model: SLIFMR, strategy: Strategy, cfg: Config, ds: Dataset, run_dir: Path,
+            resume_from: Path | None, comm: Comm) -> None:
+    """Load the checkpoint into model, optimizer and `state`; drop metrics lines written after it."""
+    ckpt, meta = load_checkpoint(resume_from or run_dir / "checkpoint")
+    check_compatible(meta, cfg, ds, run_dir)
+    if comm.is_main:  # changed runtime keys (epochs, threads, ...): the folder says so
+        save_config(cfg, run_dir / "config.yaml")
+    model.load_state_dict(ckpt["model"])
+    strategy.load_state_dict(ckpt["optimizer"])
+    state.load_state_dict(ckpt, comm.device)
+    metrics_path = run_dir / "metrics.jsonl"
+    if comm.is_main and metrics_path.exists():
+        lines = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= state.epoch]
+        write_text(metrics_path, "".join(ln + "\n" for ln in lines))
+    log.info(f"resuming {run_dir} at epoch {state.epoch + 1} (best so far: epoch {state.stopper.best_epoch})")
+    if state.stopper.bad_epochs >= cfg.train.patience:
+        log.info(f"the run had already stopped early ({state.stopper.bad_epochs} epochs without a better "
+                 f"{cfg.train.stop_metric}, patience {cfg.train.patience}): nothing more to train")
+
+
+def _save_epoch(model: SLIFMR, strategy: Strategy, state: TrainState, rec: EpochRecord, cfg: Config,
+                ds: Dataset, run_dir: Path, comm: Comm) -> None:
+    """Rank 0 writes best/ (when best), the metrics line and the checkpoint; nothing of the epoch
+    is written when a parameter or optimizer state is not finite."""
+    optimizer_state = strategy.state_dict()  # a collective under ZeRO: every rank calls it
+    # replicas and optimizer states are equal on every rank, so all ranks stop alike
+    bad_state = first_nonfinite({"model": model.state_dict(), "optimizer": optimizer_state})
+    if bad_state is not None:
+        raise NonFiniteError(f"epoch {rec.epoch}: {bad_state} is not finite after the epoch's steps; "
+                             f"{_stopped_hint(run_dir, rec.epoch)}")
+    if not comm.is_main:
+        return
+    meta, ckpt = _checkpoint_meta(cfg, ds, rec.epoch), state.state_dict()
+    if rec.is_best:
+        save_checkpoint(run_dir / "best", {"model": model.state_dict(), "corr": ckpt["corr"]}, meta)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec.to_json()) + "\n")
+    save_checkpoint(run_dir / "checkpoint", {"model": model.state_dict(), "optimizer": optimizer_state, **ckpt}, meta)
+    log.info(_format_line(cfg.train.epochs, rec, cfg.train.stop_metric))
 
 
 def _stopped_hint(run_dir: Path, epoch: int) -> str:
@@ -298,12 +418,6 @@ def _stopped_hint(run_dir: Path, epoch: int) -> str:
         return f"training stopped; no checkpoint was written (lower train.lr or check the features of {run_dir})"
     return (f"training stopped; the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}: continue with "
             f"`slifmr train --resume {run_dir}` once the cause is fixed, or start a new run with a smaller train.lr")
-
-
-def _corr_state(model: SLIFMR) -> dict[str, torch.Tensor] | None:
-    if model.corr is None:
-        return None
-    return {"edge_index": model.corr[0], "weight": model.corr[1]}
 
 
 def _user_shard(ds: Dataset, comm: Comm, eval_users: int = 0, seed: int = 0) -> torch.Tensor:
@@ -316,7 +430,7 @@ def _user_shard(ds: Dataset, comm: Comm, eval_users: int = 0, seed: int = 0) -> 
     return users[start:stop]
 
 
-def _row_sharding(comm: Comm) -> Any:
+def _row_sharding(comm: Comm) -> RowSharding | None:
     return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
 
 
@@ -339,40 +453,41 @@ def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Repo
         if not bool(torch.isfinite(model.weights).all()):
             raise NonFiniteError(f"ease with model.ease_l2 {l2}: the solved weights are not finite")
         valid = evaluator.evaluate(model.full_scores, VALID)
-        rec = {"epoch": step, "l2": l2, "loss": {"loss": 0.0}, "valid": valid,
-               "is_best": stopper.step(valid[cfg.train.stop_metric], step),
-               "epoch_seconds": time.perf_counter() - t0, "fusion_seconds": 0.0, "epoch_start_unix_seconds": started}
+        rec = EpochRecord(epoch=step, l2=l2, loss={"loss": 0.0}, valid=valid,
+                          is_best=stopper.step(valid[cfg.train.stop_metric], step),
+                          epoch_seconds=time.perf_counter() - t0, epoch_start_unix_seconds=started)
         with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if rec["is_best"]:
+            f.write(json.dumps(rec.to_json()) + "\n")
+        if rec.is_best:
             save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
         log.info(f"ease l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
-                 + (" *" if rec["is_best"] else ""))
+                 + (" *" if rec.is_best else ""))
         if reporter is not None:
-            reporter(rec, run_dir / "best")
+            reporter(rec.to_json(), run_dir / "best")
     shutil.copytree(run_dir / "best", run_dir / "checkpoint", dirs_exist_ok=True)  # marks the folder as a run
     return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
 
 
 def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",
-              comm: Comm | None = None) -> tuple[SLIFMR | EASE, dict[str, Any]]:
-    """The model of the best validation epoch, on `device`, ready for scoring (its layer-wise
-    inference split over `comm`'s workers, who must then all score together)."""
-    state, meta = load_checkpoint(run_dir / "best")
+              comm: Comm | None = None) -> tuple[Scorer, dict[str, Any]]:
+    """What the best validation epoch ranks with, on `device`: its representations over that
+    epoch's graphs (the layer-wise inference split over `comm`'s workers, who must then all call
+    this together), or the EASE weights. Returns it and the checkpoint's meta."""
+    ckpt, meta = load_checkpoint(run_dir / "best")
     check_compatible(meta, cfg, ds, run_dir)
     if cfg.variant == "ease":
-        model = EASE(ds).to(device)
-        model.load_state_dict(state["model"])
-        return model, meta
-    model = build_model(cfg, ds, comm=comm).to(device)
-    model.row_sharding = _row_sharding(comm or Comm())
-    model.load_state_dict(state["model"])
-    if state.get("corr") is not None:
-        model.corr = (state["corr"]["edge_index"], state["corr"]["weight"])
-    model.pre_epoch(int(meta["epoch"]), None)  # the best epoch's graphs, S(t) restored above
-    model.end_epoch()
-    model.eval()
-    return model, meta
+        ease = EASE(ds).to(device)
+        ease.load_state_dict(ckpt["model"])
+        return ease, meta
+    model, static = build_model(cfg, ds, comm=comm)
+    model.to(device)
+    model.load_state_dict(ckpt["model"])
+    state = TrainState()
+    state.corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
+    epoch = int(meta["epoch"])
+    graphs = epoch_graphs(static, state.corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device)
+    spmm = layerwise_spmm(sharding=_row_sharding(comm or Comm()))
+    return model.representations(model.attend(graphs), spmm), meta
 
 
 def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm,

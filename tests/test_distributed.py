@@ -37,10 +37,10 @@ def run_on_two(fn_name: str, tmp_path: Path, *args) -> list:  # noqa: ANN002
 
 
 def _knn_job(comm: Comm, z: torch.Tensor, k: int) -> tuple:
-    from slifmr.distributed.knn import sharded_knn
+    from slifmr.distributed.knn import KnnSearch
     from slifmr.model.graphs import correlation_graph
 
-    return correlation_graph(z, k, knn_fn=sharded_knn(comm, chunk_size=7))
+    return correlation_graph(z, k, knn_fn=KnnSearch(comm, "exact", chunk_size=7))
 
 
 def test_sharded_knn_equals_single_process_exact_knn(tmp_path: Path) -> None:

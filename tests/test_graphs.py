@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from slifmr.data.format import TRAIN
-from slifmr.data.graphs import knn, knn_graph, modality_graph, train_edges, user_item_csr
+from slifmr.data.graphs import interactions_csr, knn, knn_graph, modality_graph, train_edges
 
 
 def test_chunked_knn_matches_brute_force() -> None:
@@ -44,7 +44,7 @@ def test_graphs_use_training_edges_only(tiny_ds) -> None:  # noqa: ANN001
     held_out = tiny_ds.split != TRAIN
     assert not keys & set((tiny_ds.user[held_out] * tiny_ds.num_items + tiny_ds.item[held_out]).tolist())
     assert len(keys) == int((tiny_ds.split == TRAIN).sum())
-    indptr, indices = user_item_csr(tiny_ds)
+    indptr, indices = interactions_csr(*tiny_ds.edges(TRAIN), tiny_ds.num_users)
     assert indptr[-1] == len(keys)
     u = 3
     assert sorted(indices[indptr[u] : indptr[u + 1]].tolist()) == sorted(tiny_ds.item[(tiny_ds.user == u) & ~held_out].tolist())

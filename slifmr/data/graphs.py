@@ -27,11 +27,6 @@ def training_pairs(ds: Dataset) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(u).long(), torch.from_numpy(i).long()
 
 
-def user_item_csr(ds: Dataset) -> tuple[Tensor, Tensor]:
-    """(indptr (M+1,), indices) of each user's training items, indices sorted per user."""
-    return interactions_csr(*ds.edges(TRAIN), ds.num_users)
-
-
 def interactions_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[Tensor, Tensor]:
     """(indptr (M+1,), items) of each user's interactions, items sorted per user."""
     order = np.lexsort((items, users))

@@ -52,8 +52,10 @@ def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, links: int = 16, e
 
 
 class KnnSearch:
-    """A `knn_fn` for SLIFMR: (Z (N, d), k) -> (neighbours (N, k), similarities (N, k)),
-    identical on every worker."""
+    """A `knn_fn` for S(t): (Z (N, d), k) -> (neighbours (N, k), similarities (N, k)),
+    identical on every worker. Every worker passes the same full Z (it has it: Z is the
+    all-gathered output of layer-wise inference); each searches the neighbours of its shard of
+    rows, and the blocks are all-gathered."""
 
     def __init__(self, comm: Comm | None = None, method: str = "exact", check_rows: int = 1000,
                  chunk_size: int = 2048, seed: int = 0):
@@ -67,7 +69,7 @@ class KnnSearch:
     def __call__(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         comm, n = self.comm, z.shape[0]
         start, stop = comm.shard(n)
-        full = comm.all_gather_rows(z[start:stop].contiguous().to(comm.device), n)
+        full = z.to(comm.device)
         rows = torch.arange(start, stop)
         if self.method == "exact":
             nbrs, sims = knn(full, k, self.chunk_size, rows=rows)
@@ -86,8 +88,3 @@ class KnnSearch:
         found = (nbrs[pick].to(exact.device)[:, :, None] == exact[:, None, :]).any(2).sum()
         counts = self.comm.all_reduce_sum(torch.tensor([float(found), float(exact.numel())], dtype=torch.float64))
         return float(counts[0] / counts[1].clamp_min(1))
-
-
-def sharded_knn(comm: Comm, chunk_size: int = 2048) -> KnnSearch:
-    """The exact sharded search (kept for callers of the distributed issue's API)."""
-    return KnnSearch(comm, "exact", chunk_size=chunk_size)

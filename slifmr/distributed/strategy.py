@@ -171,7 +171,7 @@ def check_zero_stage(stage: int) -> None:
                           "stage 3 shards parameters, which full-graph propagation needs whole)")
 
 
-def make_strategy(name: str, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
+def make_strategy(name: str, model: nn.Module, comm: Comm, *, lr: float, weight_decay: float = 0.0,
                   zero_stage: int = 2, micro_batch: int = 1, row_sparse: list[Tensor] | None = None,
                   grad_sync: str = "dense", sparse_tables: bool = False) -> Strategy:
     """`row_sparse` / `grad_sync` / `sparse_tables`: see DDPStrategy (DeepSpeed: dense only)."""

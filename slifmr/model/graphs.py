@@ -1,5 +1,9 @@
 """The three graphs of an epoch and their fusion with the correlation graph S(t) (architecture.md §1).
 
+Graphs are values: `StaticGraphs` (built once from the dataset) and `EpochGraphs` (built per
+epoch by the pure function `epoch_graphs` from the static graphs, S(t), the config and the
+epoch's generator). The model's forward takes them as an argument and keeps none.
+
 All graphs are built from TRAINING edges only. Sparse matrices are torch CSR tensors;
 edge lists are (2, E) `edge_index` with (E,) weights.
 """
@@ -8,13 +12,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.utils import coalesce
 
+from slifmr.config import ModelConfig
 from slifmr.data.format import Dataset
 from slifmr.data.graphs import (
     knn,
@@ -146,7 +151,98 @@ class KnowledgeGraph:
         )
 
 
-def static_graphs(ds: Dataset, k_mm: int, with_mm: bool = True, search: KnnFn | None = None) -> tuple[Tensor, Graph | None]:
-    """(training user-item edges (2, E), frozen multimodal item graph A_mm or None).
-    `search`: an exact top-k (a sharded one splits the work; the graph is the same)."""
-    return train_edges(ds), modality_graph(ds.features, k_mm, search=search) if with_mm else None
+@dataclass(frozen=True)
+class StaticGraphs:
+    """What training never changes, built once (`from_dataset`): the training user-item edges
+    (2, E), the frozen multimodal item graph A_mm (None without the MM view), the KG without
+    S(t) (None without the KG view), and for `model.user_aux` the (M, N) CSR row-mean over each
+    user's training items."""
+
+    num_users: int
+    num_items: int
+    ui_edges: Tensor
+    mm: Graph | None
+    kg: KnowledgeGraph | None
+    user_item_mean: Tensor | None
+
+    @staticmethod
+    def from_dataset(ds: Dataset, cfg: ModelConfig, search: KnnFn | None = None) -> StaticGraphs:
+        """The views a dataset can feed: the KG view needs KG triples, the MM view features.
+        `search`: an exact top-k for A_mm (a sharded one splits the work; the graph is the same)."""
+        ui = train_edges(ds)
+        mm = modality_graph(ds.features, cfg.k_mm, search=search) if cfg.use_mm and ds.features else None
+        kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse) if cfg.use_kg and ds.kg.shape[0] > 0 else None
+        mean = None
+        if cfg.user_aux:
+            deg = torch.bincount(ui[0], minlength=ds.num_users).clamp_min(1).float()
+            mean = to_csr(ui, 1.0 / deg[ui[0]], ds.num_users, ds.num_items)
+        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, mean)
+
+
+@dataclass(frozen=True)
+class KGAttention:
+    """KGAT attention over KG(t) from the model's current weights: `full` (nodes, nodes) CSR and
+    `items` (N, nodes) CSR, its item rows (the last layer needs only those)."""
+
+    full: Tensor
+    items: Tensor
+
+
+@dataclass(frozen=True)
+class EpochGraphs:
+    """The graphs of epoch t (architecture.md §1): S(t) (None before the first fusion, on the
+    CPU), A(t) for the training steps (`train_adj`, after edge pruning) and for ranking
+    (`rank_adj`), both (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
+    `SLIFMR.attend`, which reads the model's weights). Tensors a forward multiplies are on the
+    model's device."""
+
+    static: StaticGraphs
+    corr: Graph | None
+    train_adj: Tensor
+    rank_adj: Tensor
+    mm_adj: Tensor | None
+    kg: KnowledgeGraph | None
+    kg_attention: KGAttention | None
+    user_item_mean: Tensor | None
+
+    @property
+    def num_users(self) -> int:
+        return self.static.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.static.num_items
+
+    def with_attention(self, attention: KGAttention | None) -> EpochGraphs:
+        return replace(self, kg_attention=attention)
+
+
+def fusion_due(cfg: ModelConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` (1-based) rebuilds S(t): from warmup_epochs + 1 on, every refresh_every."""
+    return cfg.self_loop and epoch > cfg.warmup_epochs and (epoch - cfg.warmup_epochs - 1) % cfg.refresh_every == 0
+
+
+def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
+                 generator: torch.Generator, device: torch.device | str = "cpu",
+                 previous: EpochGraphs | None = None) -> EpochGraphs:
+    """Epoch t's graphs from the static graphs and S(t) (`corr`; None = the static graphs).
+
+    `generator` draws the training graph's edge pruning (FREEDOM's degree-sensitive dropout,
+    `edge_dropout`), the only randomness here. Graphs that depend on S(t) alone are taken from
+    `previous` when it was built from the same S(t) (an unchanged S(t) gives the same graphs;
+    the values are immutable, so sharing them is safe). Built on the CPU, moved to `device`."""
+    m, n = static.num_users, static.num_items
+    ui_corr = corr if cfg.fuse_ui else None
+    pruned = degree_sensitive_dropout(static.ui_edges, m, n, cfg.edge_dropout, generator)
+    train_adj = user_item_adjacency(pruned, m, n, ui_corr, cfg.gamma).to(device)
+    if previous is not None and previous.corr is corr:
+        return replace(previous, train_adj=train_adj,
+                       rank_adj=train_adj if cfg.edge_dropout <= 0 else previous.rank_adj)
+    rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(static.ui_edges, m, n, ui_corr, cfg.gamma).to(device)
+    mm_adj = None
+    if static.mm is not None:
+        mm = fuse_item_graph(static.mm, corr if cfg.fuse_mm else None, cfg.beta, n)
+        mm_adj = to_csr(mm[0], mm[1], n).to(device)
+    kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
+    mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
+    return EpochGraphs(static, corr, train_adj, rank_adj, mm_adj, kg, None, mean)

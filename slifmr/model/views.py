@@ -1,46 +1,49 @@
 """The three views of an item (architecture.md §1): CF (LightGCN), KG (relation-aware attentive
-aggregation, KGAT-style) and MM (projected modalities and ID embeddings over A_mm(t))."""
+aggregation, KGAT-style) and MM (projected modalities and ID embeddings over A_mm(t)).
+
+Each view runs on a propagator (slifmr.model.propagate): the whole epoch graph or a sampled
+subgraph, with the same code. Shapes below are for the whole graph; on a sampled subgraph the
+outputs are the seed rows.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 from torch_geometric.utils import softmax
 
-from slifmr.model.graphs import KnowledgeGraph, to_csr
-
-# (adj (R, C) CSR, x (C, d)) -> adj @ x (R, d); the layer-wise inference passes its own
-Spmm = Callable[[Tensor, Tensor], Tensor]
+from slifmr.model.graphs import KGAttention, KnowledgeGraph, to_csr
+from slifmr.model.propagate import Propagator
 
 
 class CFView(nn.Module):
-    """LightGCN: the layer mean of x, Ax, A^2x, ... over the normalised A(t).
-
-    x: (M+N, d) ego embeddings; adj: (M+N, M+N) CSR already D^-1/2 A D^-1/2.
-    """
+    """LightGCN (He et al., SIGIR 2020, eq. 3-4): the layer mean of x, Ax, A^2x, ... over the
+    normalised A(t). x: {user: (M, d), item: (N, d)} ego rows; returns (users (M, d), items (N, d))."""
 
     def __init__(self, num_layers: int):
         super().__init__()
-        self.convs = nn.ModuleList(LGConv(normalize=False) for _ in range(num_layers))
+        self.num_layers = num_layers
 
-    def forward(self, x: Tensor, adj: Tensor, spmm: Spmm | None = None) -> Tensor:
-        out = [x]
-        for conv in self.convs:
-            x = conv(x, adj) if spmm is None else spmm(adj, x)
-            out.append(x)
-        return torch.stack(out).mean(0)
+    def forward(self, x: dict[str, Tensor], graph: Propagator) -> tuple[Tensor, Tensor]:
+        h = graph.layout("cf", x)
+        outs = {t: [graph.seeds("cf", h, t)] for t in ("user", "item")}
+        for layer in range(self.num_layers):
+            h = graph.hop("cf", h, layer, self.num_layers)
+            for t in outs:
+                outs[t].append(graph.seeds("cf", h, t))
+        users, items = (torch.stack(outs[t]).mean(0) for t in ("user", "item"))
+        return users, items
 
 
 class KGView(nn.Module):
-    """Attentive aggregation over KG(t) with KGAT's bi-interaction aggregator.
+    """Attentive aggregation over KG(t) with KGAT's bi-interaction aggregator (Wang et al., KDD
+    2019, eq. 4-8).
 
     Attention pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over a head's
-    neighbours, recomputed once per epoch (`refresh_attention`), as KGAT does.
-    x: (num_nodes, d) node embeddings with items first; returns (N, d) item outputs.
+    neighbours, computed once per epoch and after its steps (`attention`), as KGAT does.
+    x: {item: (N, d), entity: (E, d)}; returns (N, d): the items' ego rows plus the normalised
+    output of every layer.
     """
 
     def __init__(self, num_relations: int, dim: int, num_layers: int):
@@ -52,12 +55,11 @@ class KGView(nn.Module):
         self.sum_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
         self.prod_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
         self.num_layers = num_layers
-        self.att_full: Tensor | None = None  # (nodes, nodes) CSR
-        self.att_items: Tensor | None = None  # (N, nodes) CSR: the item rows only
 
     @torch.no_grad()
-    def refresh_attention(self, x: Tensor, kg: KnowledgeGraph, num_items: int) -> None:
-        """x: (num_nodes, d) on the model's device; kg's index tensors may be on the CPU."""
+    def attention(self, x: Tensor, kg: KnowledgeGraph, num_items: int) -> KGAttention:
+        """x: (num_nodes, d) node embeddings, items first, on the model's device; kg's index
+        tensors may be on the CPU."""
         dev = x.device
         heads, tails, relations = kg.heads.to(dev), kg.tails.to(dev), kg.relations.to(dev)
         score = torch.empty(heads.numel(), device=dev)
@@ -73,30 +75,28 @@ class KGView(nn.Module):
             score[idx] = (et * torch.tanh(eh + self.relation.weight[r])).sum(1)
         att = softmax(score, heads, num_nodes=kg.num_nodes)
         ei = torch.stack([heads, tails])
-        self.att_full = to_csr(ei, att, kg.num_nodes)
         keep = heads < num_items
-        self.att_items = to_csr(ei[:, keep], att[keep], num_items, kg.num_nodes)
+        return KGAttention(to_csr(ei, att, kg.num_nodes), to_csr(ei[:, keep], att[keep], num_items, kg.num_nodes))
 
     def _layer(self, layer: int, ego: Tensor, neigh: Tensor) -> Tensor:
         return F.leaky_relu(self.sum_proj[layer](ego + neigh)) + F.leaky_relu(self.prod_proj[layer](ego * neigh))
 
-    def forward(self, x: Tensor, num_items: int, spmm: Spmm = torch.sparse.mm) -> Tensor:
-        if self.att_items is None:
-            raise RuntimeError("KGView.refresh_attention must run before forward (model.pre_epoch)")
-        out = x[:num_items]
+    def forward(self, x: dict[str, Tensor], graph: Propagator) -> Tensor:
+        h = graph.layout("kg", x)
+        out = graph.seeds("kg", h, "item")
         for layer in range(self.num_layers):
-            last = layer == self.num_layers - 1
-            adj = self.att_items if last else self.att_full
-            neigh = spmm(adj, x)
-            x = self._layer(layer, x[:num_items] if last else x, neigh)
-            out = out + F.normalize(x[:num_items], dim=1)
+            neigh = graph.hop("kg", h, layer, self.num_layers)
+            h = graph.apply(lambda ego, msg, layer=layer: self._layer(layer, ego, msg), h, neigh)
+            out = out + F.normalize(graph.seeds("kg", h, "item"), dim=1)
         return out
 
 
 class MMView(nn.Module):
-    """Modality features projected to d, and item ID embeddings, propagated over A_mm(t).
+    """Modality features projected to d, and item ID embeddings, propagated over A_mm(t)
+    (LATTICE, Zhang et al., MM 2021; FREEDOM, Zhou and Shen, MM 2023, eq. 5).
 
-    features: name -> (N, d_m) frozen tensors. Returns h_mm (N, d) and {name: h_m (N, d)}.
+    Returns h_mm (N, d) = mean_m propagate(proj_m(X^m)) (+ propagate(item ids)) and
+    {modality: its propagated projection (N, d)}.
     """
 
     def __init__(self, feature_dims: dict[str, int], dim: int, num_layers: int, propagate_ids: bool):
@@ -107,25 +107,22 @@ class MMView(nn.Module):
         self.num_layers = num_layers
         self.propagate_ids = propagate_ids
 
-    def forward(self, item_emb: Tensor, features: dict[str, Tensor], adj: Tensor,
-                spmm: Spmm = torch.sparse.mm) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, item_emb: Tensor, features: dict[str, Tensor],
+                graph: Propagator) -> tuple[Tensor, dict[str, Tensor]]:
+        """item_emb: (N, d) ID rows; features: {modality: (N, d_m)} rows of the graph's items."""
         def propagate(x: Tensor) -> Tensor:
-            for _ in range(self.num_layers):
-                x = spmm(adj, x)
-            return x
+            h = graph.layout("mm", {"item": x})
+            for layer in range(self.num_layers):
+                h = graph.hop("mm", h, layer, self.num_layers)
+            return graph.seeds("mm", h, "item")
 
-        return self.combine(item_emb, self.project(features), propagate)
-
-    def project(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {m: self.proj[m](x) for m, x in features.items() if m in self.proj}
-
-    def combine(self, item_emb: Tensor, projected: dict[str, Tensor],
-                propagate: Callable[[Tensor], Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """h_mm = mean_m propagate(projected_m) (+ propagate(item_emb)); shared by the
-        full-graph and the sampled forward, which propagate differently."""
+        projected = {m: self.proj[m](x) for m, x in features.items() if m in self.proj}
         per_modality = {m: propagate(x) for m, x in projected.items()}
         h = torch.stack(list(per_modality.values())).mean(0) if per_modality else None
         if self.propagate_ids:
             ids = propagate(item_emb)
             h = ids if h is None else h + ids
-        return (torch.zeros_like(item_emb) if h is None else h), per_modality
+        if h is None:
+            h = torch.zeros_like(graph.seeds("mm", graph.layout("mm", {"item": item_emb}), "item"))
+        return h, per_modality
+

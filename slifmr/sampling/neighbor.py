@@ -13,14 +13,17 @@ entity; an edge (src, rel, dst) carries the message src -> dst with its normalis
 samples with them; otherwise `_sample` runs a vectorised pure-PyTorch sampler with the same
 output (HeteroSamplerOutput: seeds first, nodes and edges ordered by hop, uniform sampling
 without replacement, edge ids in CSC order). `BatchSubgraphs` turns a BPR batch into the
-sampled HeteroData the model's views run on, through PyG's `filter_hetero_data`.
+sampled HeteroData, through PyG's `filter_hetero_data`; `SampledSubgraph` is the propagator
+(slifmr.model.propagate) the model's views run on over it.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import torch_geometric.typing
 from torch import Tensor
 from torch_geometric.data import HeteroData
@@ -28,6 +31,8 @@ from torch_geometric.loader.utils import filter_hetero_data
 from torch_geometric.sampler import HeteroSamplerOutput, NeighborSampler
 
 from slifmr.errors import ConfigError
+from slifmr.model.graphs import EpochGraphs
+from slifmr.model.slifmr import TrainingBatch
 from slifmr.rng import derive_seed
 
 EdgeType = tuple[str, str, str]
@@ -64,32 +69,30 @@ def _put(data: HeteroData, etype: EdgeType, src: Tensor, dst: Tensor, weight: Te
     data[etype].edge_weight = weight.float()
 
 
-def epoch_graph(num_users: int, num_items: int, num_entities: int, cf_adj: Tensor,
-                mm_adj: Tensor | None = None, kg_att: Tensor | None = None) -> HeteroData:
-    """The epoch's graphs as one HeteroData.
-
-    cf_adj: (M+N, M+N) CSR A(t), users first; mm_adj: (N, N) CSR A_mm(t); kg_att: (N+E, N+E)
-    CSR attention over KG(t), items first. Entry [r, c] is the weight of the message c -> r.
-    """
+def epoch_graph(graphs: EpochGraphs) -> HeteroData:
+    """The epoch's training graphs as one HeteroData: A(t) (after edge pruning), A_mm(t) and the
+    attention over KG(t). Entry [r, c] of each matrix is the weight of the message c -> r."""
+    m, n = graphs.num_users, graphs.num_items
     data = HeteroData()
-    data["user"].num_nodes, data["item"].num_nodes = num_users, num_items
-    r, c, w = _coo(cf_adj)
+    data["user"].num_nodes, data["item"].num_nodes = m, n
+    r, c, w = _coo(graphs.train_adj)
     for etype, keep, src_off, dst_off in (
-        (RATES, (r >= num_users) & (c < num_users), 0, num_users),
-        (RATED_BY, (r < num_users) & (c >= num_users), num_users, 0),
-        (CORRELATES, (r >= num_users) & (c >= num_users), num_users, num_users),
+        (RATES, (r >= m) & (c < m), 0, m),
+        (RATED_BY, (r < m) & (c >= m), m, 0),
+        (CORRELATES, (r >= m) & (c >= m), m, m),
     ):
         _put(data, etype, c[keep] - src_off, r[keep] - dst_off, w[keep])
-    if mm_adj is not None:
-        r, c, w = _coo(mm_adj)
+    if graphs.mm_adj is not None:
+        r, c, w = _coo(graphs.mm_adj)
         _put(data, SIMILAR, c, r, w)
-    if kg_att is not None:
-        data["entity"].num_nodes = num_entities
-        r, c, w = _coo(kg_att)
+    if graphs.kg is not None:
+        if graphs.kg_attention is None:
+            raise RuntimeError("the KG view needs the epoch's attention: graphs = model.attend(graphs)")
+        data["entity"].num_nodes = graphs.kg.num_nodes - n
+        r, c, w = _coo(graphs.kg_attention.full)
         for s, _, d in KG_TYPES:
-            keep = ((c < num_items) == (s == "item")) & ((r < num_items) == (d == "item"))
-            _put(data, (s, "kg", d), c[keep] - (0 if s == "item" else num_items),
-                 r[keep] - (0 if d == "item" else num_items), w[keep])
+            keep = ((c < n) == (s == "item")) & ((r < n) == (d == "item"))
+            _put(data, (s, "kg", d), c[keep] - (0 if s == "item" else n), r[keep] - (0 if d == "item" else n), w[keep])
     return data
 
 
@@ -297,3 +300,57 @@ class BatchSubgraphs:
         data["item"].dst_pos_index = item_index[: pos.numel()]
         data["item"].dst_neg_index = item_index[pos.numel():]
         return data
+
+
+class SampledSubgraph:
+    """A propagator (slifmr.model.propagate) over a batch's sampled subgraph (`BatchSubgraphs`).
+
+    Features are {node type: (nodes, d)}, nodes ordered by hop (seeds first). Layer `l` of L
+    sends messages along the edges sampled in hops <= L - l into the nodes of hops < L - l
+    (PyG orders nodes and edges by hop, so both are prefixes: `trim_to_layer`'s idea), so the
+    last layer leaves the seeds. With every neighbour sampled the seeds' outputs equal the
+    full graph's rows."""
+
+    def __init__(self, data: HeteroData, device: torch.device | str = "cpu"):
+        self.data = data
+        self.n_id = {t: data[t].n_id.to(device) for t in data.node_types}
+        self.num_seeds = {t: data[t].num_sampled_nodes[0] for t in data.node_types}
+
+    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
+        return F.embedding(self.n_id[node_type], table, sparse=sparse)
+
+    def layout(self, view: str, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        return x
+
+    def hop(self, view: str, x: dict[str, Tensor], layer: int, num_layers: int) -> dict[str, Tensor]:
+        b, hop = self.data, num_layers - 1 - layer
+        dim, dev = next(iter(x.values())).shape[1], next(iter(x.values())).device
+        out = {t: torch.zeros(sum(b[t].num_sampled_nodes[: hop + 1]), dim, device=dev) for t in x}
+        for et in VIEW_EDGE_TYPES[view]:
+            if et not in b.edge_types or et[2] not in out:
+                continue
+            n = sum(b[et].num_sampled_edges[: hop + 1])
+            src, dst = b[et].edge_index[:, :n].to(dev)
+            out[et[2]] = out[et[2]].index_add(0, dst, x[et[0]][src] * b[et].edge_weight[:n].to(dev)[:, None])
+        return out
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
+              neigh: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {t: fn(x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
+
+    def seeds(self, view: str, x: dict[str, Tensor], node_type: str) -> Tensor:
+        return x[node_type][: self.num_seeds[node_type]]
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        raise RuntimeError("model.user_aux needs every training item of a user: not with neighbor sampling")
+
+
+def sampled_batch(data: HeteroData, graphs: EpochGraphs, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> TrainingBatch:
+    """The training batch of a sampled subgraph (`BatchSubgraphs.sample`): the triples as rows of
+    the seeds, InfoNCE over every seed item."""
+    users, items = data["user"].n_id.to(device), data["item"].n_id.to(device)
+    ui, pi, ni = (v.to(device) for v in (data["user"].src_index, data["item"].dst_pos_index, data["item"].dst_neg_index))
+    graph = SampledSubgraph(data, device)
+    return TrainingBatch(graph, ui, pi, ni, users[ui], items[pi], items[ni],
+                         torch.arange(graph.num_seeds["item"], device=device), graphs.static.kg, generator)

@@ -1,0 +1,112 @@
+"""Propagators: where a view's message passing runs (architecture.md §1, §4).
+
+A view asks its propagator for the rows of a table, and for one hop of message passing at a
+time; it never looks at the graph itself, so the same model code runs on the whole epoch graph
+(`FullGraph`: sparse products, or sharded row blocks for layer-wise inference) and on a
+neighbor-sampled subgraph (`slifmr.sampling.neighbor.SampledSubgraph`).
+
+Node features travel in the propagator's own layout, written `X` below: `FullGraph` keeps one
+(nodes, d) tensor per view with the nodes in their adjacency's order (users before items,
+items before entities); a sampled subgraph keeps {node type: (nodes kept so far, d)}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from slifmr.model.graphs import EpochGraphs, csr_rows
+
+X = Any  # a view's node features in the propagator's layout (see the module docstring)
+# (adj (R, C) CSR, x (C, d)) -> adj @ x (R, d)
+Spmm = Callable[[Tensor, Tensor], Tensor]
+# how layer-wise inference splits rows across workers: (shard(n) -> [start, stop),
+# all_gather_rows(block, n) -> (n, ...)); None = one process does every row
+RowSharding = tuple[Callable[[int], tuple[int, int]], Callable[[Tensor, int], Tensor]]
+
+VIEW_NODE_TYPES = {"cf": ("user", "item"), "kg": ("item", "entity"), "mm": ("item",)}
+
+
+class Propagator(Protocol):
+    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
+        """The rows of `table` ((nodes of that type, d)) this graph's nodes of `node_type` need;
+        `sparse`: looked up with a sparse gradient."""
+
+    def layout(self, view: str, x: dict[str, Tensor]) -> X:
+        """The view's node features from {node type: rows} (types of VIEW_NODE_TYPES[view])."""
+
+    def hop(self, view: str, x: X, layer: int, num_layers: int) -> X:
+        """Messages into every node the view's remaining layers still need: layer `layer`
+        (0-based) of `num_layers`."""
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: X, neigh: X) -> X:
+        """fn(own features, messages) for the nodes `neigh` holds."""
+
+    def seeds(self, view: str, x: X, node_type: str) -> Tensor:
+        """The output rows of `node_type`: every node of the full graph, the seeds of a sample."""
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        """(output users, d): the mean of item_rows (output items, d) over each user's training
+        items (`model.user_aux`; needs every training item of a user)."""
+
+
+class FullGraph:
+    """Message passing over the whole epoch graph: A(t) for training (`training=True`, after
+    edge pruning) or for ranking, A_mm(t), and KG(t)'s attention.
+
+    `spmm` multiplies a sparse matrix by the features: torch.sparse.mm, or `layerwise_spmm`
+    for inference in row blocks split across workers."""
+
+    def __init__(self, graphs: EpochGraphs, training: bool, spmm: Spmm = torch.sparse.mm):
+        self.graphs, self.spmm = graphs, spmm
+        self.adj = graphs.train_adj if training else graphs.rank_adj
+
+    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
+        return table
+
+    def layout(self, view: str, x: dict[str, Tensor]) -> Tensor:
+        parts = [x[t] for t in VIEW_NODE_TYPES[view] if t in x]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def hop(self, view: str, x: Tensor, layer: int, num_layers: int) -> Tensor:
+        if view == "cf":
+            return self.spmm(self.adj, x)
+        if view == "mm":
+            return self.spmm(self.graphs.mm_adj, x)
+        att = self.graphs.kg_attention
+        if att is None:
+            raise RuntimeError("the KG view needs the epoch's attention: graphs = model.attend(graphs)")
+        # the last layer's output is read at the items only: their rows suffice
+        return self.spmm(att.items if layer == num_layers - 1 else att.full, x)
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, neigh: Tensor) -> Tensor:
+        return fn(x[: neigh.shape[0]], neigh)
+
+    def seeds(self, view: str, x: Tensor, node_type: str) -> Tensor:
+        m, n = self.graphs.num_users, self.graphs.num_items
+        if view == "cf":
+            return x[:m] if node_type == "user" else x[m:]
+        return x[:n]
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        if self.graphs.user_item_mean is None:
+            raise RuntimeError("model.user_aux: the graphs were built without it")
+        return torch.sparse.mm(self.graphs.user_item_mean, item_rows)
+
+
+def layerwise_spmm(chunk: int = 65536, sharding: RowSharding | None = None) -> Spmm:
+    """An spmm for inference (no autograd): the product in blocks of `chunk` rows, each worker
+    its shard of rows (`sharding`), gathered after each product, so no step holds the whole
+    product of a large graph at once and workers split the work."""
+
+    def spmm(adj: Tensor, x: Tensor) -> Tensor:
+        n = adj.shape[0]
+        start, stop = sharding[0](n) if sharding else (0, n)
+        blocks = [csr_rows(adj, a, min(a + chunk, stop)) @ x for a in range(start, stop, chunk)]
+        mine = torch.cat(blocks) if blocks else x.new_zeros((0, x.shape[1]))
+        return sharding[1](mine, n) if sharding else mine
+
+    return spmm
