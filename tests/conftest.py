@@ -39,3 +39,16 @@ def ml100k_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     cache = os.environ.get("SLIFMR_TEST_CACHE") or tmp_path_factory.mktemp("cache")
     return prepare_ml100k(cache)
+
+
+def graphs_at(model, static, cfg, epoch: int = 1, z: torch.Tensor | None = None, previous=None):  # noqa: ANN001
+    """Epoch `epoch`'s graphs as the training loop builds them: S(t) from `z` when a fusion is
+    due (else the previous S(t)), edge pruning from the epoch's seed stream, KG attention."""
+    from slifmr.model.graphs import correlation_graph, epoch_graphs, fusion_due
+    from slifmr.rng import derive_seed
+
+    corr = previous.corr if previous is not None else None
+    if z is not None and fusion_due(cfg, epoch):
+        corr = correlation_graph(z, cfg.k_corr, cfg.corr_binary)
+    graphs = epoch_graphs(static, corr, cfg, torch.Generator().manual_seed(derive_seed(0, epoch)), previous=previous)
+    return graphs if graphs.kg_attention is not None else model.attend(graphs)

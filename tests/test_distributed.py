@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import graphs_at
 
 from slifmr.data.graphs import knn
 from slifmr.distributed.collectives import Comm
@@ -111,32 +112,27 @@ def test_sparse_row_gradients_average_like_dense(tmp_path: Path) -> None:
 def _layerwise_job(comm: Comm, data: str) -> dict:
     from slifmr.config import load_config
     from slifmr.data.format import read_dataset
+    from slifmr.model.propagate import layerwise_spmm
     from slifmr.trainer import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"])
-    model = build_model(cfg, read_dataset(data), comm=comm)  # the frozen kNN graph built sharded
-    model.row_sharding = (comm.shard, comm.all_gather_rows)
-    model.inference_chunk = 5
-    model.pre_epoch(1, None)
-    model.eval()
-    with torch.no_grad():
-        users, z, _ = model.propagate(layerwise=True)
-    return {"users": users, "z": z, "mm": model.base_mm}
+    model, static = build_model(cfg, read_dataset(data), comm=comm)  # the frozen kNN graph built sharded
+    reps = model.representations(graphs_at(model, static, cfg.model, 1),
+                                 layerwise_spmm(chunk=5, sharding=(comm.shard, comm.all_gather_rows)))
+    return {"users": reps.users, "z": reps.items, "mm": static.mm}
 
 
 def test_sharded_layerwise_inference_equals_one_process(tmp_path: Path, tiny_path: Path, tiny_ds) -> None:  # noqa: ANN001
     from slifmr.config import load_config
     from slifmr.trainer import build_model
 
-    model = build_model(load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"]), tiny_ds)
-    model.pre_epoch(1, None)
-    model.eval()
-    with torch.no_grad():
-        users, z, _ = model.propagate()
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"])
+    model, static = build_model(cfg, tiny_ds)
+    reps = model.representations(graphs_at(model, static, cfg.model, 1))
     for r in run_on_two("_layerwise_job", tmp_path, str(tiny_path)):
-        assert torch.equal(r["mm"][0], model.base_mm[0])
-        torch.testing.assert_close(r["users"], users)
-        torch.testing.assert_close(r["z"], z)
+        assert torch.equal(r["mm"][0], static.mm[0])
+        torch.testing.assert_close(r["users"], reps.users)
+        torch.testing.assert_close(r["z"], reps.items)
 
 
 def _eval_job(comm: Comm, data: str, scores: torch.Tensor) -> dict:
@@ -213,21 +209,20 @@ def _sampled_steps_job(comm: Comm, data: str, grad_sync: str) -> dict:
     from slifmr.data.graphs import training_pairs
     from slifmr.distributed.strategy import make_strategy
     from slifmr.sampling.negative import BPRSampler
-    from slifmr.sampling.neighbor import BatchSubgraphs, view_fanouts
+    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph, sampled_batch, view_fanouts
     from slifmr.trainer import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.sampling=neighbor"])
     ds = read_dataset(data)
-    model = build_model(cfg, ds, comm=comm)
-    model.sparse_tables = True
+    model, static = build_model(cfg, ds, comm=comm, sparse_tables=True)
     comm.broadcast_parameters(model.parameters())
-    strategy = make_strategy("ddp", model, 0.01, 0.0, comm, row_sparse=model.embedding_tables(), grad_sync=grad_sync,
+    strategy = make_strategy("ddp", model, comm, lr=0.01, row_sparse=model.embedding_tables(), grad_sync=grad_sync,
                              sparse_tables=True)
-    model.pre_epoch(1, None)
-    sub = BatchSubgraphs(model.epoch_graph(), view_fanouts("3,2", model.view_layers), 0, comm.rank)
+    graphs = graphs_at(model, static, cfg.model, 1)
+    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("3,2", model.view_layers), 0, comm.rank)
     sampler = BPRSampler(*training_pairs(ds), ds.num_items, 32, 1, comm.rank, comm.world_size)
     for step, batch in zip(range(3), sampler.epoch(1)):
-        strategy.step(model.sampled_loss(sub.sample(*batch, 1, step))["loss"])
+        strategy.step(model(sampled_batch(sub.sample(*batch, 1, step), graphs, torch.Generator()))["loss"])
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

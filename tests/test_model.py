@@ -5,12 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import graphs_at, tiny
 
 from slifmr.config import ModelConfig, load_config
 from slifmr.data.graphs import knn, knn_edges, symmetric_graph
-from slifmr.model.graphs import KnowledgeGraph, correlation_graph, user_item_adjacency
-from slifmr.model.slifmr import SLIFMR
+from slifmr.model.graphs import KnowledgeGraph, correlation_graph, fusion_due, user_item_adjacency
+from slifmr.model.slifmr import TrainingBatch
+from slifmr.trainer import build_model
 
 
 def dense(csr: torch.Tensor) -> torch.Tensor:
@@ -37,52 +38,64 @@ def test_user_item_adjacency_has_gamma_s_block() -> None:
     torch.testing.assert_close(a, d[:, None] * raw * d[None, :])
 
 
-def _model(ds, **cfg) -> SLIFMR:  # noqa: ANN001, ANN003
-    torch.manual_seed(0)
-    return SLIFMR(ds, dataclasses.replace(ModelConfig(embedding_dim=16, k_corr=3, k_mm=3), **cfg), seed=0)
+def _model(ds, **cfg):  # noqa: ANN001, ANN003
+    """(model, static graphs, model config) as the trainer builds them."""
+    from slifmr.config import Config
+
+    mcfg = dataclasses.replace(ModelConfig(embedding_dim=16, k_corr=3, k_mm=3), **cfg)
+    model, static = build_model(Config(model=mcfg), ds)
+    return model, static, mcfg
 
 
 def test_self_loop_fuses_s_into_all_three_graphs(tiny_ds) -> None:  # noqa: ANN001
-    m = _model(tiny_ds, gamma=0.3, beta=0.25, edge_dropout=0.0)
-    m.pre_epoch(1, None)
-    assert m.corr is None
-    mm_static = dense(m.adj_mm).clone()
-    kg_edges = m.kg.heads.numel()
-    z = m.item_representations()
-    m.pre_epoch(2, z)
-    assert m.corr_epoch == 2
+    m, static, cfg = _model(tiny_ds, gamma=0.3, beta=0.25, edge_dropout=0.0)
+    g1 = graphs_at(m, static, cfg, 1)
+    assert g1.corr is None
+    mm_static = dense(g1.mm_adj)
+    kg_edges = g1.kg.heads.numel()
+    z = m.representations(g1).items
+    g2 = graphs_at(m, static, cfg, 2, z, previous=g1)
+    corr = g2.corr
     s = torch.zeros(tiny_ds.num_items, tiny_ds.num_items)
-    s[m.corr[0][0], m.corr[0][1]] = m.corr[1]
-    ref_s = correlation_graph(z, 3)
-    assert torch.equal(m.corr[0], ref_s[0])
+    s[corr[0][0], corr[0][1]] = corr[1]
+    assert torch.equal(corr[0], correlation_graph(z, 3)[0])
     # multimodal graph: (1 - beta) A_mm + beta S
-    torch.testing.assert_close(dense(m.adj_mm), 0.75 * mm_static + 0.25 * s)
+    torch.testing.assert_close(dense(g2.mm_adj), 0.75 * mm_static + 0.25 * s)
     # KG: S edges joined as correlated_with
-    added = m.kg.heads.numel() - kg_edges
-    assert added == m.corr[0].shape[1]
-    assert (m.kg.relations[kg_edges:] == m.kg.corr_relation).all()
+    added = g2.kg.heads.numel() - kg_edges
+    assert added == corr[0].shape[1]
+    assert (g2.kg.relations[kg_edges:] == g2.kg.corr_relation).all()
     # user-item graph: item block holds gamma * S before normalisation
-    ui = user_item_adjacency(m.ui_edges, tiny_ds.num_users, tiny_ds.num_items, m.corr, 0.3)
-    torch.testing.assert_close(dense(m.adj_full), dense(ui))
-    item_block = dense(m.adj_full)[tiny_ds.num_users :, tiny_ds.num_users :]
+    ui = user_item_adjacency(static.ui_edges, tiny_ds.num_users, tiny_ds.num_items, corr, 0.3)
+    torch.testing.assert_close(dense(g2.rank_adj), dense(ui))
+    item_block = dense(g2.rank_adj)[tiny_ds.num_users :, tiny_ds.num_users :]
     assert ((item_block > 0) == (s > 0)).all()
+    # the values of epoch 1 are untouched: graphs are values, not state
+    assert g1.corr is None and torch.equal(dense(g1.mm_adj), mm_static) and g1.kg.heads.numel() == kg_edges
+
+
+def test_unchanged_s_reuses_the_graphs_built_from_it(tiny_ds) -> None:  # noqa: ANN001
+    m, static, cfg = _model(tiny_ds, refresh_every=2, edge_dropout=0.5)
+    g2 = graphs_at(m, static, cfg, 2, torch.randn(tiny_ds.num_items, 16))
+    g3 = graphs_at(m, static, cfg, 3, torch.randn(tiny_ds.num_items, 16), previous=g2)  # not a fusion epoch
+    assert g3.corr is g2.corr and g3.mm_adj is g2.mm_adj and g3.kg is g2.kg and g3.rank_adj is g2.rank_adj
+    assert not torch.equal(dense(g3.train_adj), dense(g2.train_adj))  # pruning is redrawn every epoch
 
 
 def test_switches_keep_graphs_static() -> None:
     ds = tiny()
-    m = _model(ds, fuse_ui=False, fuse_mm=False, fuse_kg=False)
-    m.pre_epoch(1, None)
-    before = dense(m.adj_full).clone(), dense(m.adj_mm).clone(), m.kg.heads.numel()
-    m.pre_epoch(2, m.item_representations())
-    assert m.corr is not None
-    assert torch.equal(dense(m.adj_full), before[0]) and torch.equal(dense(m.adj_mm), before[1])
-    assert m.kg.heads.numel() == before[2]
+    m, static, cfg = _model(ds, fuse_ui=False, fuse_mm=False, fuse_kg=False)
+    g1 = graphs_at(m, static, cfg, 1)
+    g2 = graphs_at(m, static, cfg, 2, m.representations(g1).items, previous=g1)
+    assert g2.corr is not None
+    assert torch.equal(dense(g2.rank_adj), dense(g1.rank_adj)) and torch.equal(dense(g2.mm_adj), dense(g1.mm_adj))
+    assert g2.kg.heads.numel() == g1.kg.heads.numel()
 
 
 def test_warmup_and_refresh_interval() -> None:
-    m = _model(tiny(), warmup_epochs=2, refresh_every=3)
-    assert [e for e in range(1, 12) if m.fusion_due(e)] == [3, 6, 9]
-    assert not any(_model(tiny(), self_loop=False).fusion_due(e) for e in range(1, 12))
+    cfg = ModelConfig(warmup_epochs=2, refresh_every=3)
+    assert [e for e in range(1, 12) if fusion_due(cfg, e)] == [3, 6, 9]
+    assert not any(fusion_due(ModelConfig(self_loop=False), e) for e in range(1, 12))
 
 
 def test_knowledge_graph_maps_items_first_and_adds_inverse() -> None:
@@ -99,18 +112,18 @@ def test_knowledge_graph_maps_items_first_and_adds_inverse() -> None:
 @pytest.mark.parametrize("variant", ["lightgcn", "static", "no_sc", "no_kg", "no_mm", "slifmr"])
 def test_variants_train_a_step_and_score(variant: str, tiny_ds) -> None:  # noqa: ANN001
     cfg = load_config(variant=variant, overrides=["model.embedding_dim=16", "model.k_corr=3"])
-    m = SLIFMR(tiny_ds, cfg.model, seed=0)
-    m.pre_epoch(1, None)
+    m, static = build_model(cfg, tiny_ds)
+    graphs = graphs_at(m, static, cfg.model, 1)
     opt = torch.optim.Adam(m.parameters(), lr=0.01)
-    batch = (torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
-    parts = m.loss(batch)
+    triples = (torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))
+    parts = m(TrainingBatch.full(graphs, triples, torch.Generator()))
     assert ("sc" in parts) == (cfg.model.lambda_sc > 0)
     parts["loss"].backward()
     opt.step()
-    scores = m.full_scores(torch.tensor([0, 1]))
+    scores = m.representations(graphs).full_scores(torch.tensor([0, 1]))
     assert scores.shape == (2, tiny_ds.num_items) and torch.isfinite(scores).all()
-    m.pre_epoch(2, m.item_representations())
-    assert (m.corr is not None) == cfg.model.self_loop
+    g2 = graphs_at(m, static, cfg.model, 2, m.representations(graphs).items, previous=graphs)
+    assert (g2.corr is not None) == cfg.model.self_loop
 
 
 def test_missing_kg_and_features_turn_views_off_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -120,14 +133,14 @@ def test_missing_kg_and_features_turn_views_off_with_a_warning(caplog: pytest.Lo
     log.setup()
     log.logger.propagate = True
     try:
-        m = _model(ds)
+        m, static, cfg = _model(ds)
     finally:
         log.logger.propagate = False
-    assert not m.use_kg and not m.use_mm
+    assert not m.use_kg and not m.use_mm and static.kg is None and static.mm is None
     assert "no knowledge graph" in caplog.text and "no modality features" in caplog.text
-    m.pre_epoch(1, None)
-    m.pre_epoch(2, m.item_representations())
-    assert m.full_scores(torch.tensor([0])).shape == (1, ds.num_items)
+    g1 = graphs_at(m, static, cfg, 1)
+    g2 = graphs_at(m, static, cfg, 2, m.representations(g1).items, previous=g1)
+    assert m.representations(g2).full_scores(torch.tensor([0])).shape == (1, ds.num_items)
 
 
 def test_degree_sensitive_dropout_keeps_share_and_is_seeded() -> None:
@@ -141,19 +154,18 @@ def test_degree_sensitive_dropout_keeps_share_and_is_seeded() -> None:
 
 def test_device_follows_the_module_and_frozen_inputs_stay_out_of_checkpoints(tiny_ds) -> None:  # noqa: ANN001
     """The GPU path's plumbing, exercised on the CPU: modality features are buffers that move
-    with model.to(device) but are not checkpointed, graphs land on the model's device, and a
-    batch from the (CPU) sampler is moved to it by loss()."""
+    with model.to(device) but are not checkpointed, the epoch's graphs land on the requested
+    device, and a batch from the (CPU) sampler is moved to it."""
     cfg = dataclasses.replace(ModelConfig(), embedding_dim=8, k_corr=3, k_mm=3, user_aux=True)
-    model = SLIFMR(tiny_ds, cfg).to(torch.device("cpu"))
-    assert model.device == torch.device("cpu")
+    model, static, cfg = _model(tiny_ds, embedding_dim=8, user_aux=True)
+    model.to(torch.device("cpu"))
     assert set(model.features) == set(tiny_ds.features)
-    moved = {name for name, _ in model.named_buffers()}
-    assert {f"feature_{m}" for m in tiny_ds.features} | {"user_item_mean"} <= moved
-    assert not any(k.startswith("feature_") or k == "user_item_mean" for k in model.state_dict())
-    model.pre_epoch(1, None)
-    model.pre_epoch(2, torch.randn(tiny_ds.num_items, 8))
-    for adj in (model.adj_train, model.adj_full, model.adj_mm, model.kg_view.att_full):
-        assert adj.device == model.device
-    batch = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
-    model.loss(batch)["loss"].backward()
-    assert model.full_scores(torch.tensor([0, 1])).shape == (2, tiny_ds.num_items)
+    assert {f"feature_{m}" for m in tiny_ds.features} <= {name for name, _ in model.named_buffers()}
+    assert not any(k.startswith("feature_") for k in model.state_dict())
+    g1 = graphs_at(model, static, cfg, 1)
+    g2 = graphs_at(model, static, cfg, 2, torch.randn(tiny_ds.num_items, 8), previous=g1)
+    for adj in (g2.train_adj, g2.rank_adj, g2.mm_adj, g2.kg_attention.full, g2.user_item_mean):
+        assert adj.device == torch.device("cpu")
+    triples = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
+    model(TrainingBatch.full(g2, triples, torch.Generator(), "cpu"))["loss"].backward()
+    assert model.representations(g2).full_scores(torch.tensor([0, 1])).shape == (2, tiny_ds.num_items)

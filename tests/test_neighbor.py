@@ -8,30 +8,37 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import graphs_at
 
 from slifmr.config import load_config
 from slifmr.data.format import Dataset
 from slifmr.errors import ConfigError
-from slifmr.model.slifmr import SLIFMR
+from slifmr.model.graphs import EpochGraphs
+from slifmr.model.propagate import FullGraph, layerwise_spmm
+from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.sampling.neighbor import (
     KG_TYPES,
     RATES,
     BatchSubgraphs,
     HeteroNeighborSampler,
+    SampledSubgraph,
     _sample_rows,
     backend,
+    epoch_graph,
     parse_fanout,
+    sampled_batch,
     view_fanouts,
 )
 from slifmr.trainer import build_model
 
 
-def _model(ds: Dataset, *overrides: str) -> SLIFMR:
+def _model(ds: Dataset, *overrides: str, sparse: bool = False) -> tuple[SLIFMR, EpochGraphs]:
+    """The model and epoch 2's graphs (S(t) fused)."""
     cfg = load_config(overrides=["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", *overrides])
-    model = build_model(cfg, ds)
-    model.pre_epoch(1, None)
-    model.pre_epoch(2, torch.randn(ds.num_items, 16, generator=torch.Generator().manual_seed(1)))  # S(t) fused
-    return model
+    model, static = build_model(cfg, ds, sparse_tables=sparse)
+    graphs = graphs_at(model, static, cfg.model, 1)
+    z = torch.randn(ds.num_items, 16, generator=torch.Generator().manual_seed(1))
+    return model, graphs_at(model, static, cfg.model, 2, z, previous=graphs)
 
 
 def _batch(ds: Dataset, n: int = 24, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -41,8 +48,8 @@ def _batch(ds: Dataset, n: int = 24, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def test_sampled_edges_exist_and_fanouts_are_respected(tiny_ds: Dataset) -> None:
-    model = _model(tiny_ds)
-    graph = model.epoch_graph()
+    model, graphs = _model(tiny_ds)
+    graph = epoch_graph(graphs)
     fanout = view_fanouts("4,2", model.view_layers)
     sub = BatchSubgraphs(graph, fanout, seed=3).sample(*_batch(tiny_ds), epoch=1, step=0)
     assert backend() == "pytorch"  # this machine has neither pyg-lib nor torch-sparse
@@ -72,9 +79,9 @@ def test_sampled_edges_exist_and_fanouts_are_respected(tiny_ds: Dataset) -> None
 
 
 def test_sampling_is_seeded(tiny_ds: Dataset) -> None:
-    model = _model(tiny_ds)
+    model, graphs = _model(tiny_ds)
     fanout = view_fanouts("3,2", model.view_layers)
-    a, b = (BatchSubgraphs(model.epoch_graph(), fanout, seed=5) for _ in range(2))
+    a, b = (BatchSubgraphs(epoch_graph(graphs), fanout, seed=5) for _ in range(2))
     batch = _batch(tiny_ds)
     x, y, z = a.sample(*batch, 2, 7), b.sample(*batch, 2, 7), a.sample(*batch, 2, 8)
     assert torch.equal(x[RATES].e_id, y[RATES].e_id) and torch.equal(x["item"].n_id, y["item"].n_id)
@@ -100,8 +107,8 @@ def test_uniform_without_replacement_matches_pyg_semantics() -> None:
 
 @pytest.mark.skipif(backend() == "pytorch", reason="pyg-lib / torch-sparse not installed (no PyPI wheels)")
 def test_native_backend_agrees_in_distribution(tiny_ds: Dataset) -> None:  # pragma: no cover - GPU clusters
-    model = _model(tiny_ds)
-    graph = model.epoch_graph()
+    model, graphs = _model(tiny_ds)
+    graph = epoch_graph(graphs)
     fanout = view_fanouts("3,2", model.view_layers)
     sampler = HeteroNeighborSampler(graph, fanout)
     seed = {"user": torch.arange(10), "item": torch.arange(10)}
@@ -113,17 +120,17 @@ def test_native_backend_agrees_in_distribution(tiny_ds: Dataset) -> None:  # pra
 
 
 def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
-    model = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
-    sub = BatchSubgraphs(model.epoch_graph(), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
-    users, z, views = model.sampled_propagate(sub)
-    ref_users, ref_z, ref_views = model.propagate()
+    model, graphs = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
+    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
+    users, z, views = model.encode(SampledSubgraph(sub))
+    ref_users, ref_z, ref_views = model.encode(FullGraph(graphs, training=True))
     u_ids, i_ids = sub["user"].n_id[: users.shape[0]], sub["item"].n_id[: z.shape[0]]
     torch.testing.assert_close(users, ref_users[u_ids], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(z, ref_z[i_ids], atol=1e-5, rtol=1e-5)
     for name in ("cf", "kg", "mm"):
         torch.testing.assert_close(views[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
-    full = model.loss(_batch(tiny_ds))
-    sampled = model.sampled_loss(sub)
+    full = model(TrainingBatch.full(graphs, _batch(tiny_ds), torch.Generator()))
+    sampled = model(sampled_batch(sub, graphs, torch.Generator()))
     torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
 
 
@@ -133,13 +140,12 @@ def test_sampled_step_touches_only_the_sampled_rows(tiny_ds: Dataset) -> None:
     from slifmr.distributed.collectives import Comm
     from slifmr.distributed.strategy import DDPStrategy
 
-    model = _model(tiny_ds)
-    model.sparse_tables = True
+    model, graphs = _model(tiny_ds, sparse=True)
     strategy = DDPStrategy(model, 0.01, 0.0, Comm(), model.embedding_tables(), "auto", sparse_tables=True)
-    sub = BatchSubgraphs(model.epoch_graph(), view_fanouts("2,1", model.view_layers), 0).sample(*_batch(tiny_ds, 4), 1, 0)
+    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("2,1", model.view_layers), 0).sample(*_batch(tiny_ds, 4), 1, 0)
     before = model.user_emb.weight.detach().clone()
     proj = model.mm.proj["text"].weight.detach().clone()
-    strategy.step(model.sampled_loss(sub)["loss"])
+    strategy.step(model(sampled_batch(sub, graphs, torch.Generator()))["loss"])
     moved = (model.user_emb.weight.detach() != before).any(1)
     sampled = torch.zeros_like(moved)
     sampled[sub["user"].n_id] = True
@@ -149,14 +155,11 @@ def test_sampled_step_touches_only_the_sampled_rows(tiny_ds: Dataset) -> None:
 
 
 def test_layerwise_inference_equals_one_pass(tiny_ds: Dataset) -> None:
-    model = _model(tiny_ds)
-    model.eval()
-    with torch.no_grad():
-        ref_users, ref_z, _ = model.propagate()
-        model.inference_chunk = 7  # many row blocks
-        users, z, _ = model.propagate(layerwise=True)
-    torch.testing.assert_close(users, ref_users)
-    torch.testing.assert_close(z, ref_z)
+    model, graphs = _model(tiny_ds)
+    ref = model.representations(graphs)
+    reps = model.representations(graphs, layerwise_spmm(chunk=7))  # many row blocks
+    torch.testing.assert_close(reps.users, ref.users)
+    torch.testing.assert_close(reps.items, ref.items)
 
 
 def test_fanout_spec_errors() -> None:

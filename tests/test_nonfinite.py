@@ -34,21 +34,23 @@ def test_extreme_features_stop_training_at_the_first_step(tmp_path: Path) -> Non
 
 
 def _nan_from_epoch(epoch: int, part: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pre_epoch, loss = SLIFMR.pre_epoch, SLIFMR.loss
+    from slifmr import trainer
 
-    def record_epoch(self, e, reps):  # noqa: ANN001, ANN202
-        self.test_epoch = e
-        return pre_epoch(self, e, reps)
+    build_graphs, forward, current = trainer._epoch_graphs, SLIFMR.forward, {}
+
+    def record_epoch(model, static, cfg, state, e, *args):  # noqa: ANN001, ANN002, ANN202
+        current["epoch"] = e
+        return build_graphs(model, static, cfg, state, e, *args)
 
     def poisoned(self, batch):  # noqa: ANN001, ANN202
-        parts = loss(self, batch)
-        if self.test_epoch >= epoch:
+        parts = forward(self, batch)
+        if current["epoch"] >= epoch:
             parts[part] = parts[part] * float("nan")
             parts["loss"] = sum(v for k, v in parts.items() if k != "loss")
         return parts
 
-    monkeypatch.setattr(SLIFMR, "pre_epoch", record_epoch)
-    monkeypatch.setattr(SLIFMR, "loss", poisoned)
+    monkeypatch.setattr(trainer, "_epoch_graphs", record_epoch)
+    monkeypatch.setattr(SLIFMR, "forward", poisoned)
 
 
 def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_path: Path, tmp_path: Path,
@@ -72,14 +74,14 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(tiny_path: Path, tm
 def test_infinite_gradient_is_caught_before_the_update(tiny_path: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A finite loss whose gradient overflows: no parameter is updated with it."""
-    loss = SLIFMR.loss
+    loss = SLIFMR.forward
 
     def steep(self, batch):  # noqa: ANN001, ANN202
         parts = loss(self, batch)
         parts["loss"] = parts["loss"] + 0.0 * self.user_emb.weight.sum() * torch.tensor(float("inf"))
         return parts
 
-    monkeypatch.setattr(SLIFMR, "loss", steep)
+    monkeypatch.setattr(SLIFMR, "forward", steep)
     cfg = load_config(overrides=SMALL)
     cfg.data = str(tiny_path)
     with pytest.raises(NonFiniteError, match="epoch 1, step 1"):
@@ -90,7 +92,7 @@ def test_infinite_loss_with_finite_gradients_is_not_applied(tiny_path: Path, tmp
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A loss can be inf while every gradient is finite: the step is refused all the same,
     before the update."""
-    loss = SLIFMR.loss
+    loss = SLIFMR.forward
     seen: dict[str, torch.Tensor] = {}
 
     def inf_offset(self, batch):  # noqa: ANN001, ANN202
@@ -99,7 +101,7 @@ def test_infinite_loss_with_finite_gradients_is_not_applied(tiny_path: Path, tmp
         parts["loss"] = parts["loss"] + float("inf")
         return parts
 
-    monkeypatch.setattr(SLIFMR, "loss", inf_offset)
+    monkeypatch.setattr(SLIFMR, "forward", inf_offset)
     cfg = load_config(overrides=SMALL)
     cfg.data = str(tiny_path)
     captured = {}

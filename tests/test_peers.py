@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import graphs_at
 
 from slifmr.cli import main
 from slifmr.config import load_config
@@ -17,6 +18,7 @@ from slifmr.data.format import TRAIN, Dataset
 from slifmr.errors import ConfigError, SlifmrError
 from slifmr.model.ease import EASE, ease_weights, gram
 from slifmr.model.losses import softmax_loss
+from slifmr.model.propagate import FullGraph
 from slifmr.trainer import build_model, train_loop
 
 SMALL = ["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.batch_size=256"]
@@ -76,12 +78,11 @@ def test_ease_scores_are_interactions_times_weights(tiny_ds: Dataset) -> None:
 
 def test_mf_scores_are_embedding_dot_products(tiny_ds: Dataset) -> None:
     cfg = load_config(variant="mf", overrides=SMALL)
-    model = build_model(cfg, tiny_ds)
-    model.pre_epoch(1, None)
-    model.eval()
+    model, static = build_model(cfg, tiny_ds)
+    reps = model.representations(graphs_at(model, static, cfg.model, 1))
     users = torch.arange(5)
     expected = model.user_emb.weight[users] @ model.item_emb.weight.T
-    torch.testing.assert_close(model.full_scores(users), expected.detach())
+    torch.testing.assert_close(reps.full_scores(users), expected.detach())
     assert not model.use_kg and not model.use_mm
 
 
@@ -89,13 +90,12 @@ def test_freedom_adds_the_item_graph_over_id_embeddings(tiny_ds: Dataset) -> Non
     """FREEDOM: h_i = LightGCN(A pruned)_i + (A_mm item_emb)_i, no feature projection, no
     normalisation, no KG, no self-loop; 80% of the user-item edges pruned for training."""
     cfg = load_config(variant="freedom", overrides=["model.embedding_dim=8"])
-    model = build_model(cfg, tiny_ds)
-    model.pre_epoch(1, None)
+    model, static = build_model(cfg, tiny_ds)
+    graphs = graphs_at(model, static, cfg.model, 1)
     assert len(model.mm.proj) == 0 and not model.use_kg and model.use_mm
-    model.eval()
-    users, z, views = model.propagate()
-    torch.testing.assert_close(z, views["cf"] + torch.sparse.mm(model.adj_mm, model.item_emb.weight))
-    assert model.adj_train._nnz() < model.adj_full._nnz()  # the pruned training graph
+    users, z, views = model.encode(FullGraph(graphs, training=False))
+    torch.testing.assert_close(z, views["cf"] + torch.sparse.mm(graphs.mm_adj, model.item_emb.weight))
+    assert graphs.train_adj._nnz() < graphs.rank_adj._nnz()  # the pruned training graph
     assert cfg.model.edge_dropout == 0.8 and cfg.model.k_mm == 10 and cfg.model.loss == "bpr"
 
 
