@@ -63,11 +63,12 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
+def run(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> tuple[int, float, int]:
     """(exit status, wall seconds, peak RSS bytes of the process tree)."""
     start, peak = time.time(), 0
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
         ps = psutil.Process(proc.pid)
         done = threading.Event()
 
@@ -86,12 +87,16 @@ def run(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
 
 
 def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path, batch: int,
-            epochs: int = 2, fanout: str = "10,5") -> dict[str, Any]:
+            epochs: int = 2, fanout: str = "10,5", extra: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One `slifmr train` run (`extra`: more of its options; `env`: its environment, e.g. a
+    PYTHONPATH naming another checkout) and what its last epoch measured."""
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
            "--workers", str(workers), "--sampling", mode, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
            "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}"]
     if mode == "neighbor":
         cmd += ["--fanout", fanout]
+    cmd += list(extra)
     if steps:
         cmd += ["--set", f"train.steps_per_epoch={steps}"]
     if out.exists():
@@ -99,7 +104,7 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
 
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rc, wall, peak = run(cmd, out.parent / f"{out.name}.log")
+    rc, wall, peak = run(cmd, out.parent / f"{out.name}.log", env)
     row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "batch_size": batch, "fanout": fanout,
                            "train_interactions": n_train,
                            "exit_status": rc, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,

@@ -302,7 +302,7 @@ def train_loop(
         subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank) if neighbor else None
         t_steps = time.perf_counter()
         loss, n_steps, sampling_seconds = _train_steps(
-            model=model, strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, epoch=epoch,
+            strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, epoch=epoch,
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir)
         train_seconds = time.perf_counter() - t_steps
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
@@ -342,7 +342,7 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
     return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
 
 
-def _train_steps(*, model: SLIFMR, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
+def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
                  subgraphs: BatchSubgraphs | None, epoch: int, steps: int, generator: torch.Generator,
                  device: torch.device, run_dir: Path) -> tuple[dict[str, float], int, float]:
     """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling)."""
@@ -357,7 +357,7 @@ def _train_steps(*, model: SLIFMR, strategy: Strategy, graphs: EpochGraphs, samp
             sampling_seconds += time.perf_counter() - t_sample
         else:
             batch = TrainingBatch.full(graphs, triples, generator, device)
-        parts = model(batch)
+        parts = strategy.module(batch)  # the model, or its DDP / DeepSpeed wrapper
         if not strategy.step(parts["loss"]):  # a non-finite loss (any rank) or averaged gradient
             # the loss is the sum of the parts: a bad part makes it non-finite, so this names it
             bad = next((k for k, v in parts.items() if not bool(torch.isfinite(v.detach()))), None)

@@ -120,8 +120,8 @@ def test_deepspeed_zero_workers_match_ddp(reference_run, tiny_path: Path, tmp_pa
     [
         ({"workers": 3}, {}, "--workers 3 is more than the 2 CPUs of the Ray cluster"),
         ({"workers": 1, "gpu": True}, {}, "--gpu: the Ray cluster has no GPUs"),
-        ({"workers": 1}, {"strategy": "fsdp"}, "--strategy fsdp is not supported"),
-        ({"workers": 1}, {"strategy": "deepspeed", "zero_stage": 3}, "--zero-stage 3 is not supported"),
+        ({"workers": 1}, {"strategy": "fsdp"}, "train.strategy must be 'ddp' or 'deepspeed', got 'fsdp'"),
+        ({"workers": 1}, {"strategy": "deepspeed", "zero_stage": 3}, "train.zero_stage must be 1 or 2, got 3"),
     ],
 )
 def test_impossible_requests_fail_before_any_work(ray_local, tiny_path: Path, tmp_path: Path, kwargs: dict,  # noqa: ANN001

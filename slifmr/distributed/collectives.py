@@ -81,11 +81,10 @@ class Comm:
         return out[:n]
 
     def average_gradients(self, params: Iterable[Tensor], row_sparse: Iterable[Tensor] = (), mode: str = "auto") -> None:
-        """DDP's gradient step by hand: one flat all-reduce of every present gradient, / world.
-
-        The model's loss is a method, not forward(), so DDP's hooks would not see it; every
-        rank runs the same graph, so the set of parameters holding a gradient is the same.
-        `row_sparse` parameters (embedding tables) whose gradients touch few rows go through
+        """Average the gradients where torch's DDP does not (neighbor-sampled steps, whose
+        tables have sparse gradients, and grad_sync sparse/auto): one flat all-reduce of every
+        present dense gradient, / world. Every rank runs the same graph, so the set of
+        parameters holding a gradient is the same. `row_sparse` parameters (embedding tables) whose gradients touch few rows go through
         `average_rows` instead (mode sparse always, auto when it moves fewer bytes); a sparse
         (COO) gradient always does."""
         if not _active():
@@ -122,7 +121,7 @@ class Comm:
             self._average_dense([full])
             if not grad.is_sparse:
                 return full
-            # back to sparse by hand: Tensor.to_sparse(1) takes ~1 s for a 10^4 x 64 table
+            # back to sparse from the non-zero rows: Tensor.to_sparse(1) scans every entry
             keep = torch.nonzero(full.abs().sum(1)).flatten()
             return torch.sparse_coo_tensor(keep[None], full[keep], grad.shape, is_coalesced=True)
         ids = torch.zeros(most, dtype=torch.long, device=grad.device)

@@ -20,8 +20,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from slifmr.config import Config, from_dict
-from slifmr.distributed.strategy import STRATEGIES, check_zero_stage
+from slifmr.config import Config, from_dict, validate
 from slifmr.errors import SlifmrError
 
 RAY_RUN_NAME = "train"
@@ -51,7 +50,6 @@ def worker_fn(config: dict[str, Any]) -> None:
 
     from slifmr import log
     from slifmr.distributed.collectives import Comm
-    from slifmr.trainer import train_loop
 
     comm = Comm.current(ray.train.torch.get_device() if config["gpu"] else "cpu")
     log.setup(level=20 if comm.is_main else 30, progress=False)
@@ -66,13 +64,19 @@ def worker_fn(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    evaluate_test = config.get("evaluate_test", True)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            train_loop(cfg, run_dir, comm, reporter=report, resume_from=Path(folder), evaluate_test=evaluate_test)
-    else:
-        train_loop(cfg, run_dir, comm, reporter=report, evaluate_test=evaluate_test)
+    train_from_checkpoint(ray.train.get_checkpoint(), cfg, run_dir, comm, reporter=report,
+                          evaluate_test=config.get("evaluate_test", True))
+
+
+def train_from_checkpoint(checkpoint: Any, cfg: Config, run_dir: Path, comm: Any, **kwargs: Any) -> dict[str, Any]:
+    """`train_loop`, resumed from the Ray checkpoint a restarted worker group or trial is handed
+    (ray.train / ray.tune `get_checkpoint()`), or from scratch when it is None."""
+    from slifmr.trainer import train_loop
+
+    if checkpoint is None:
+        return train_loop(cfg, run_dir, comm, **kwargs)
+    with checkpoint.as_directory() as folder:
+        return train_loop(cfg, run_dir, comm, resume_from=Path(folder), **kwargs)
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
@@ -116,23 +120,15 @@ def _user_error(e: Exception) -> SlifmrError | None:
     return None
 
 
-def check_request(workers: int, gpu: bool, cfg: Config, resources: dict[str, float] | None = None) -> None:
-    """Refuse what cannot run, before any work starts; without `resources` (the cluster's,
-    known only once connected) only the request itself is checked."""
-    if cfg.train.strategy not in STRATEGIES:
-        raise SlifmrError(f"--strategy {cfg.train.strategy} is not supported (supported: {', '.join(STRATEGIES)})")
-    if cfg.train.strategy == "deepspeed":
-        check_zero_stage(cfg.train.zero_stage)
-    if workers < 1:
-        raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
-    if resources is None:
-        return
+def check_resources(workers: int, gpu: bool, resources: dict[str, float], option: str = "--workers") -> None:
+    """Refuse a request for more workers (one CPU, or with `gpu` one GPU, each) than the Ray
+    cluster's `resources` hold, before any work starts; `option` names the request."""
     kind = "GPU" if gpu else "CPU"
     have = int(resources.get(kind, 0))
     if gpu and have == 0:
         raise SlifmrError("--gpu: the Ray cluster has no GPUs")
     if workers > have:
-        raise SlifmrError(f"--workers {workers} is more than the {have} {kind}s of the Ray cluster")
+        raise SlifmrError(f"{option} {workers} is more than the {have} {kind}s of the Ray cluster")
 
 
 def make_trainer(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
@@ -166,11 +162,13 @@ def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_f
               address: str | None = None) -> dict[str, Any]:
     """Train with a TorchTrainer of `workers` workers (gloo on CPU, nccl with --gpu, one GPU
     each); returns results.json's contents."""
-    check_request(workers, gpu, cfg)
+    validate(cfg)  # a programmatic caller may have changed the config since it was loaded
+    if workers < 1:
+        raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
     connect(address)
     import ray
 
-    check_request(workers, gpu, cfg, ray.cluster_resources())
+    check_resources(workers, gpu, ray.cluster_resources())
     trainer = make_trainer(cfg, run_dir, workers, gpu, max_failures)
     try:
         trainer.fit()

@@ -20,16 +20,19 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 
 from slifmr.config import CHOICES
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
 
 STRATEGIES = CHOICES["train.strategy"]
-ZERO_STAGES = CHOICES["train.zero_stage"]
 
 
 class Strategy(Protocol):
+    module: nn.Module  # what the loop calls for the loss parts: the model or its DDP / DeepSpeed wrapper
+
     def step(self, loss: Tensor) -> bool: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -38,10 +41,17 @@ class Strategy(Protocol):
 class DDPStrategy:
     """Adam on a full replica; gradients averaged across ranks before each step.
 
+    grad_sync dense (full-graph steps): torch's DistributedDataParallel wraps the model
+    (`module`) and all-reduces the gradients in buckets during backward. Its communication
+    overlaps backward, so the epoch record's comm_seconds stays 0 there; the bytes are counted.
+
     `sparse_tables`: the `row_sparse` embedding tables get sparse gradients (neighbor-sampled
     steps look up a few rows) and a row-wise lazy Adam (torch's SparseAdam, as TorchRec's
     row-wise optimizers): a step costs O(rows touched), not O(table), in compute as in
-    communication. The other parameters keep dense Adam."""
+    communication. The other parameters keep dense Adam. Their gradients are exchanged by
+    `Comm.average_gradients`: the touched rows only (grad_sync sparse, or auto when smaller),
+    which moves half the bytes of a dense all-reduce at 10^6 users (benchmarks/RESULTS.md,
+    scale table), a case DDP has no exchange for."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
                  row_sparse: list[Tensor] | None = None, grad_sync: str = "dense", sparse_tables: bool = False):
@@ -51,6 +61,13 @@ class DDPStrategy:
         self.optimizer = torch.optim.Adam([p for p in self.params if id(p) not in tables], lr=lr, weight_decay=weight_decay)
         self.table_optimizer = torch.optim.SparseAdam(self.row_sparse, lr=lr) if sparse_tables else None
         self.comm = comm
+        self.module: nn.Module = model
+        if comm.world_size > 1 and grad_sync == "dense" and not sparse_tables:
+            # static_graph: the same parameters take part in every step; some never get a
+            # gradient (the KG attention's, which is computed without autograd)
+            self.module = DistributedDataParallel(model, device_ids=[comm.device] if comm.device.type == "cuda" else None,
+                                                  broadcast_buffers=False, static_graph=True)
+            self.module.register_comm_hook(comm, _counted_allreduce)
 
     def step(self, loss: Tensor) -> bool:
         """Backward, average, update; False (and no update) when any rank's loss or the
@@ -62,8 +79,9 @@ class DDPStrategy:
             self.table_optimizer.zero_grad(set_to_none=True)
         if not loss_finite_everywhere(loss, self.comm):  # an inf loss can have finite gradients
             return False
-        loss.backward()
-        self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
+        loss.backward()  # DDP all-reduces in its backward hooks
+        if not isinstance(self.module, DistributedDataParallel):
+            self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
         if not gradients_finite(self.params):
             return False
         self.optimizer.step()
@@ -85,14 +103,11 @@ class DDPStrategy:
 
 
 class DeepSpeedStrategy:
-    """DeepSpeed ZeRO stage 1 or 2 around the same Adam.
-
-    The model's loss is a method rather than forward(), so the engine is used for backward()
-    and step() only; ZeRO's gradient hooks sit on the parameters and fire either way."""
+    """DeepSpeed ZeRO stage 1 or 2 around the same Adam; the engine is the `module` the loop
+    calls, and runs backward() and step()."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
                  zero_stage: int, micro_batch: int):
-        check_zero_stage(zero_stage)
         import deepspeed
 
         # DeepSpeed's ZeRO calls a collective torch 2.13 deprecates, once per step
@@ -110,6 +125,7 @@ class DeepSpeedStrategy:
             model=model, optimizer=adam, config=config, dist_init_required=False)
         self.comm = comm
         self.zero_stage = zero_stage
+        self.module: nn.Module = self.engine
 
     def step(self, loss: Tensor) -> bool:
         """False (and no update) when any rank's loss is not finite (one scalar all-reduce).
@@ -150,6 +166,13 @@ class DeepSpeedStrategy:
         self.optimizer.load_state_dict([sd] * self.comm.world_size, load_from_fp32_weights=True)
 
 
+def _counted_allreduce(comm: Comm, bucket):  # noqa: ANN001, ANN202
+    """DDP's default all-reduce of a gradient bucket (a dist.GradBucket; DDP checks the hook's
+    annotations as objects, so they are left off), its bytes counted in the epoch record."""
+    comm.traffic["bytes"] += bucket.buffer().numel() * bucket.buffer().element_size()
+    return default_hooks.allreduce_hook(None, bucket)
+
+
 def loss_finite_everywhere(loss: Tensor, comm: Comm) -> bool:
     """True when the loss is finite on every rank (in one process: this loss)."""
     bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
@@ -165,12 +188,6 @@ def gradients_finite(params: list[Tensor]) -> bool:
     return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
-def check_zero_stage(stage: int) -> None:
-    if stage not in ZERO_STAGES:
-        raise SlifmrError(f"--zero-stage {stage} is not supported (supported: {', '.join(map(str, ZERO_STAGES))}; "
-                          "stage 3 shards parameters, which full-graph propagation needs whole)")
-
-
 def make_strategy(name: str, model: nn.Module, comm: Comm, *, lr: float, weight_decay: float = 0.0,
                   zero_stage: int = 2, micro_batch: int = 1, row_sparse: list[Tensor] | None = None,
                   grad_sync: str = "dense", sparse_tables: bool = False) -> Strategy:
@@ -179,4 +196,4 @@ def make_strategy(name: str, model: nn.Module, comm: Comm, *, lr: float, weight_
         return DDPStrategy(model, lr, weight_decay, comm, row_sparse, grad_sync, sparse_tables)
     if name == "deepspeed":
         return DeepSpeedStrategy(model, lr, weight_decay, comm, zero_stage, micro_batch)
-    raise SlifmrError(f"--strategy {name} is not supported (supported: {', '.join(STRATEGIES)})")
+    raise ValueError(f"strategy {name!r}: config.validate admits only {', '.join(STRATEGIES)}")

@@ -44,8 +44,7 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
     import ray.tune
 
     from slifmr.distributed.collectives import Comm
-    from slifmr.distributed.launch import flat_metrics, make_trainer
-    from slifmr.trainer import train_loop
+    from slifmr.distributed.launch import flat_metrics, make_trainer, train_from_checkpoint
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per checkpoint otherwise
     sweep = spec_from_dict(spec, "spec")
@@ -58,12 +57,8 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
         def report(rec: dict[str, Any], ckpt_dir: Path | None) -> None:
             ray.tune.report(flat_metrics(rec), checkpoint=ray.tune.Checkpoint.from_directory(str(ckpt_dir)))
 
-        checkpoint = ray.tune.get_checkpoint()  # an interrupted trial continues from its own
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                train_loop(cfg, run_dir, Comm(), reporter=report, resume_from=Path(folder), evaluate_test=False)
-        else:
-            train_loop(cfg, run_dir, Comm(), reporter=report, evaluate_test=False)
+        # an interrupted trial continues from its own checkpoint
+        train_from_checkpoint(ray.tune.get_checkpoint(), cfg, run_dir, Comm(), reporter=report, evaluate_test=False)
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -149,7 +144,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
               samples: int | None = None, workers_per_trial: int | None = None, address: str | None = None,
               resume: str | Path | None = None, data: str | None = None) -> dict[str, Any]:
     """Run (or, with `resume`, continue) a sweep; returns best.json's contents."""
-    from slifmr.distributed.launch import connect
+    from slifmr.distributed.launch import check_resources, connect
 
     if resume is not None:
         sweep_dir = Path(resume).resolve()
@@ -187,12 +182,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
         connect(address)
         import ray
 
-        resources = ray.cluster_resources()
-        need = max(spec.workers_per_trial, 1)
-        kind = "GPU" if spec.gpu else "CPU"
-        if need > int(resources.get(kind, 0)):
-            raise SlifmrError(f"workers_per_trial {spec.workers_per_trial} is more than the {int(resources.get(kind, 0))} "
-                              f"{kind}s of the Ray cluster")
+        check_resources(max(spec.workers_per_trial, 1), spec.gpu, ray.cluster_resources(), "workers_per_trial")
         if resume is None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             write_text(sweep_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
