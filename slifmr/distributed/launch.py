@@ -20,8 +20,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from slifmr import log
 from slifmr.config import Config, from_dict, validate
+from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
+from slifmr.trainer import train_loop
 
 RAY_RUN_NAME = "train"
 
@@ -48,9 +51,6 @@ def worker_fn(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from slifmr import log
-    from slifmr.distributed.collectives import Comm
-
     comm = Comm.current(ray.train.torch.get_device() if config["gpu"] else "cpu")
     log.setup(level=20 if comm.is_main else 30, progress=False)
     _quiet_report_lines()
@@ -71,8 +71,6 @@ def worker_fn(config: dict[str, Any]) -> None:
 def train_from_checkpoint(checkpoint: Any, cfg: Config, run_dir: Path, comm: Any, **kwargs: Any) -> dict[str, Any]:
     """`train_loop`, resumed from the Ray checkpoint a restarted worker group or trial is handed
     (ray.train / ray.tune `get_checkpoint()`), or from scratch when it is None."""
-    from slifmr.trainer import train_loop
-
     if checkpoint is None:
         return train_loop(cfg, run_dir, comm, **kwargs)
     with checkpoint.as_directory() as folder:
