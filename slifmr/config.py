@@ -42,6 +42,12 @@ class ModelConfig:
     fuse_mm: bool = True  # A_mm(t) = (1 - beta) A_mm + beta S(t)
     gamma: float = 0.2
     beta: float = 0.5
+    # the self-loop's item-item ridge head (slifmr/model/ridge.py): every item's interactions
+    # regressed on those of its ridge_k nearest neighbours in Z(t-1); its score x_u W(t) is
+    # added at ranking with this weight (both scores standardised per user; 0 = off)
+    ridge_weight: float = 0.5
+    ridge_k: int = 100
+    ridge_l2: float = 200.0
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
@@ -109,9 +115,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # peers in the same harness (README "Variants"): BPR-MF (Rendle et al., UAI 2009), FREEDOM
     # (Zhou and Shen, ACM MM 2023: LightGCN over the degree-sensitively pruned user-item graph,
     # plus the frozen modality kNN graph over item ID embeddings, h_i = h_cf + h_mm), EASE
-    "mf": {"model.loss": "bpr", "model.ui_layers": 0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False,
+    "mf": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.ui_layers": 0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False,
            "model.lambda_sc": 0.0},
-    "freedom": {"model.loss": "bpr", "model.use_kg": False, "model.self_loop": False, "model.lambda_sc": 0.0, "model.edge_dropout": 0.8,
+    "freedom": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.self_loop": False, "model.lambda_sc": 0.0, "model.edge_dropout": 0.8,
                 "model.k_mm": 10, "model.ui_layers": 2, "model.mm_layers": 1, "model.mm_propagate_ids": True,
                 "model.mm_view_features": False, "model.fuse_normalize": False, "model.alpha_mm": 1.0,
                 # MMRec's FREEDOM: learning rate 0.001, a BPR loss without embedding L2, up to
@@ -119,10 +125,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 "train.lr": 0.001, "model.lambda_reg": 0.0, "train.epochs": 1000},
     "ease": {},
     "static": {"model.self_loop": False},
+    "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
     "no_kg": {"model.use_kg": False},
     "no_mm": {"model.use_mm": False},
-    "lightgcn": {"model.loss": "bpr", "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
+    "lightgcn": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
 }
 
 
@@ -305,6 +312,8 @@ def validate(cfg: Config) -> None:
         (0.0 <= m.beta <= 1.0, "model.beta must be in [0, 1]"),
         (m.alpha_kg >= 0 and m.alpha_mm >= 0, "model.alpha_kg and model.alpha_mm must be >= 0"),
         (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
+        (m.ridge_weight >= 0 and m.ridge_k > 0 and m.ridge_l2 > 0,
+         "model.ridge_weight must be >= 0, model.ridge_k and model.ridge_l2 positive"),
         (m.lambda_sc >= 0 and m.lambda_reg >= 0 and m.lambda_kg >= 0,
          "model.lambda_sc, model.lambda_reg and model.lambda_kg must be >= 0"),
         (m.tau > 0 and m.softmax_tau > 0, "model.tau and model.softmax_tau must be positive"),

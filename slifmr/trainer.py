@@ -39,7 +39,7 @@ from slifmr.model.graphs import (
     EpochGraphs,
     Graph,
     StaticGraphs,
-    correlation_graph,
+    correlation_from_neighbours,
     epoch_graphs,
     fusion_due,
 )
@@ -105,6 +105,7 @@ class TrainState:
     last_z: torch.Tensor | None = None
     corr: Graph | None = None
     corr_epoch: int | None = None
+    neighbours: torch.Tensor | None = None  # (N, k) of Z(t-1): the ridge head's regressors
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +114,7 @@ class TrainState:
             "rng": {"torch": torch.get_rng_state()},  # samplers and graphs reseed per epoch
             "last_z": self.last_z,
             "corr": None if self.corr is None else {"edge_index": self.corr[0], "weight": self.corr[1]},
+            "neighbours": self.neighbours,
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -122,6 +124,7 @@ class TrainState:
         self.last_z = None if state.get("last_z") is None else state["last_z"].to(device)
         corr = state.get("corr")
         self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
+        self.neighbours = state.get("neighbours")
 
 
 @dataclass
@@ -333,12 +336,16 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
                   previous: EpochGraphs | None) -> tuple[EpochGraphs, float]:
     """Epoch `epoch`'s graphs: S(t) from Z(t-1) when a fusion is due (kept in `state`), then A(t),
     A_mm(t), KG(t) and its attention. Returns them and the seconds of the kNN search."""
-    start = time.perf_counter()
-    if fusion_due(cfg.model, epoch) and state.last_z is not None:
-        state.corr = correlation_graph(state.last_z, cfg.model.k_corr, cfg.model.corr_binary, knn_fn)
+    start, m = time.perf_counter(), cfg.model
+    if fusion_due(m, epoch) and state.last_z is not None:
+        # one search serves S(t) (the first k_corr neighbours) and the ridge head (ridge_k)
+        k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
+        nbrs, sims = knn_fn(state.last_z.detach(), k)
+        state.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
+        state.neighbours = nbrs[:, : m.ridge_k].cpu() if m.ridge_weight > 0 else None
         state.corr_epoch = epoch
     knn_seconds = time.perf_counter() - start
-    graphs = epoch_graphs(static, state.corr, cfg.model, generator, device, previous)
+    graphs = epoch_graphs(static, state.corr, m, generator, device, previous, state.neighbours)
     return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
 
 
@@ -404,7 +411,8 @@ def _save_epoch(model: SLIFMR, strategy: Strategy, state: TrainState, rec: Epoch
         return
     meta, ckpt = _checkpoint_meta(cfg, ds, rec.epoch), state.state_dict()
     if rec.is_best:
-        save_checkpoint(run_dir / "best", {"model": model.state_dict(), "corr": ckpt["corr"]}, meta)
+        save_checkpoint(run_dir / "best", {"model": model.state_dict(), "corr": ckpt["corr"],
+                                           "neighbours": ckpt["neighbours"]}, meta)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(rec.to_json()) + "\n")
     save_checkpoint(run_dir / "checkpoint", {"model": model.state_dict(), "optimizer": optimizer_state, **ckpt}, meta)
@@ -482,10 +490,10 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     model, static = build_model(cfg, ds, comm=comm)
     model.to(device)
     model.load_state_dict(ckpt["model"])
-    state = TrainState()
-    state.corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
+    corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
     epoch = int(meta["epoch"])
-    graphs = epoch_graphs(static, state.corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device)
+    graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device,
+                          neighbours=ckpt.get("neighbours"))
     spmm = layerwise_spmm(sharding=_row_sharding(comm or Comm()))
     return model.representations(model.attend(graphs), spmm), meta
 

@@ -29,6 +29,7 @@ from slifmr.data.graphs import (
     symmetric_graph,
     train_edges,
 )
+from slifmr.model.ridge import ridge_weights
 
 # torch flags CSR tensors as beta and warns about skipped invariant checks on every build;
 # our CSR tensors come from coalesced COO, so both warnings are noise here.
@@ -57,7 +58,12 @@ def correlation_graph(z: Tensor, k: int, binary: bool = False, knn_fn: KnnFn | N
     substitute its sharded search (it must return the exact top-k of every row). The search
     runs on z's device; the graph is built on the CPU."""
     nbrs, sims = (knn_fn or knn)(z.detach(), k)
-    return symmetric_graph(*knn_edges(nbrs.cpu(), sims.cpu()), z.shape[0], binary)
+    return correlation_from_neighbours(nbrs, sims, binary)
+
+
+def correlation_from_neighbours(nbrs: Tensor, sims: Tensor, binary: bool = False) -> Graph:
+    """S(t) from each item's top-k neighbours (N, k) and their cosine similarities (N, k)."""
+    return symmetric_graph(*knn_edges(nbrs.cpu(), sims.cpu()), nbrs.shape[0], binary)
 
 
 def user_item_adjacency(
@@ -155,14 +161,15 @@ class KnowledgeGraph:
 class StaticGraphs:
     """What training never changes, built once (`from_dataset`): the training user-item edges
     (2, E), the frozen multimodal item graph A_mm (None without the MM view), the KG without
-    S(t) (None without the KG view), and for `model.user_aux` the (M, N) CSR row-mean over each
-    user's training items."""
+    S(t) (None without the KG view), the (M, N) sparse COO training matrix X, and for
+    `model.user_aux` the (M, N) CSR row-mean over each user's training items."""
 
     num_users: int
     num_items: int
     ui_edges: Tensor
     mm: Graph | None
     kg: KnowledgeGraph | None
+    interactions: Tensor
     user_item_mean: Tensor | None
 
     @staticmethod
@@ -172,11 +179,12 @@ class StaticGraphs:
         ui = train_edges(ds)
         mm = modality_graph(ds.features, cfg.k_mm, search=search) if cfg.use_mm and ds.features else None
         kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse) if cfg.use_kg and ds.kg.shape[0] > 0 else None
+        x = torch.sparse_coo_tensor(ui, torch.ones(ui.shape[1]), (ds.num_users, ds.num_items)).coalesce()
         mean = None
         if cfg.user_aux:
             deg = torch.bincount(ui[0], minlength=ds.num_users).clamp_min(1).float()
             mean = to_csr(ui, 1.0 / deg[ui[0]], ds.num_users, ds.num_items)
-        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, mean)
+        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean)
 
 
 @dataclass(frozen=True)
@@ -193,8 +201,9 @@ class EpochGraphs:
     """The graphs of epoch t (architecture.md §1): S(t) (None before the first fusion, on the
     CPU), A(t) for the training steps (`train_adj`, after edge pruning) and for ranking
     (`rank_adj`), both (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
-    `SLIFMR.attend`, which reads the model's weights). Tensors a forward multiplies are on the
-    model's device."""
+    `SLIFMR.attend`, which reads the model's weights); W(t)^T (N, N) CSR, the ridge head's
+    item-item weights (`slifmr.model.ridge`; None when off or before the first fusion).
+    Tensors a forward multiplies are on the model's device."""
 
     static: StaticGraphs
     corr: Graph | None
@@ -204,6 +213,7 @@ class EpochGraphs:
     kg: KnowledgeGraph | None
     kg_attention: KGAttention | None
     user_item_mean: Tensor | None
+    item_ridge: Tensor | None
 
     @property
     def num_users(self) -> int:
@@ -224,8 +234,10 @@ def fusion_due(cfg: ModelConfig, epoch: int) -> bool:
 
 def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
                  generator: torch.Generator, device: torch.device | str = "cpu",
-                 previous: EpochGraphs | None = None) -> EpochGraphs:
+                 previous: EpochGraphs | None = None, neighbours: Tensor | None = None) -> EpochGraphs:
     """Epoch t's graphs from the static graphs and S(t) (`corr`; None = the static graphs).
+    `neighbours` (N, k): each item's nearest neighbours in Z(t-1), from the same search as S(t),
+    which the ridge head regresses on (model.ridge_weight > 0).
 
     `generator` draws the training graph's edge pruning (FREEDOM's degree-sensitive dropout,
     `edge_dropout`), the only randomness here. Graphs that depend on S(t) alone are taken from
@@ -245,4 +257,7 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
         mm_adj = to_csr(mm[0], mm[1], n).to(device)
     kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
     mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
-    return EpochGraphs(static, corr, train_adj, rank_adj, mm_adj, kg, None, mean)
+    ridge = None
+    if cfg.ridge_weight > 0 and neighbours is not None:
+        ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2).to(device)
+    return EpochGraphs(static, corr, train_adj, rank_adj, mm_adj, kg, None, mean, ridge)

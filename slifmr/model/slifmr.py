@@ -24,6 +24,7 @@ from slifmr.config import ModelConfig
 from slifmr.model.graphs import EpochGraphs, KnowledgeGraph
 from slifmr.model.losses import bpr_loss, info_nce, l2_reg, softmax_loss
 from slifmr.model.propagate import FullGraph, Propagator, Spmm
+from slifmr.model.ridge import ridge_scores
 from slifmr.model.views import CFView, KGView, MMView
 
 Triples = tuple[Tensor, Tensor, Tensor]  # (users, positive items, negative items), each (B,)
@@ -61,21 +62,39 @@ class TrainingBatch:
 @dataclass(frozen=True)
 class Representations:
     """Detached representations for ranking: users (M, d) and fused items z (N, d). Scores are
-    u . z_i, or their cosine when trained with the softmax loss (which compares cosines)."""
+    u . z_i, or their cosine when trained with the softmax loss (which compares cosines).
+
+    With the ridge head (`item_ridge` W^T (N, N) CSR, `interactions` X (M, N) sparse COO,
+    `ridge_weight` eta > 0) the score is standardise(u . z) + eta standardise(x_u W), each
+    standardised over the user's N scores (zero mean, unit variance), so eta weighs two scores
+    of different scales (slifmr/model/ridge.py)."""
 
     users: Tensor
     items: Tensor
     cosine: bool = False
+    item_ridge: Tensor | None = None
+    interactions: Tensor | None = None
+    ridge_weight: float = 0.0
 
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
         u, z = self.users[users.to(self.users.device)], self.items
         if self.cosine:
             u, z = F.normalize(u, dim=1), F.normalize(z, dim=1)
-        return u @ z.T
+        scores = u @ z.T
+        if self.item_ridge is None or self.interactions is None or self.ridge_weight <= 0:
+            return scores
+        ridge = ridge_scores(self.interactions, self.item_ridge, users)
+        return _standardise(scores) + self.ridge_weight * _standardise(ridge)
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.users).all()) and bool(torch.isfinite(self.items).all())
+
+
+def _standardise(scores: Tensor) -> Tensor:
+    """Each row (a user's scores) to zero mean and unit variance; a constant row to zeros."""
+    centred = scores - scores.mean(1, keepdim=True)
+    return centred / centred.std(1, keepdim=True).clamp_min(1e-12)
 
 
 class SLIFMR(nn.Module):
@@ -244,4 +263,5 @@ class SLIFMR(nn.Module):
         """Users and fused items over the ranking graph, detached (`spmm`: e.g. the layer-wise,
         sharded product of `slifmr.model.propagate.layerwise_spmm`)."""
         users, z, _ = self.encode(FullGraph(graphs, training=False, spmm=spmm))
-        return Representations(users, z, cosine=self.cfg.loss == "softmax")
+        return Representations(users, z, cosine=self.cfg.loss == "softmax", item_ridge=graphs.item_ridge,
+                               interactions=graphs.static.interactions.to(z.device), ridge_weight=self.cfg.ridge_weight)

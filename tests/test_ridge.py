@@ -1,0 +1,90 @@
+"""The self-loop's item-item ridge head (issue 15): closed form, its EASE limit, the fused
+ranking score, and its place in the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import tiny
+
+from slifmr.config import load_config
+from slifmr.data.format import TRAIN
+from slifmr.data.graphs import train_edges
+from slifmr.distributed.checkpoint import load_checkpoint
+from slifmr.model.ease import ease_weights, gram
+from slifmr.model.ridge import ridge_scores, ridge_weights
+from slifmr.model.slifmr import Representations
+from slifmr.trainer import train_loop
+
+
+def _interactions(ds) -> torch.Tensor:  # noqa: ANN001
+    ui = train_edges(ds)
+    return torch.sparse_coo_tensor(ui, torch.ones(ui.shape[1]), (ds.num_users, ds.num_items)).coalesce()
+
+
+def test_weights_solve_each_items_ridge_regression_on_its_neighbours() -> None:
+    ds = tiny()
+    u, i = ds.edges(TRAIN)
+    x = np.zeros((ds.num_users, ds.num_items))
+    x[u, i] = 1
+    nbrs = torch.stack([torch.randperm(ds.num_items - 1, generator=torch.Generator().manual_seed(j))[:5] for j in
+                        range(ds.num_items)])
+    nbrs = nbrs + (nbrs >= torch.arange(ds.num_items)[:, None]).long()  # never the item itself
+    w = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 3.0).to_dense().double().numpy()
+    g = x.T @ x
+    for j in range(ds.num_items):
+        n = nbrs[j].numpy()
+        expected = np.linalg.solve(g[np.ix_(n, n)] + 3.0 * np.eye(5), g[n, j])
+        np.testing.assert_allclose(w[j, n], expected, rtol=1e-4, atol=1e-6)
+        assert np.count_nonzero(w[j]) <= 5 and w[j, j] == 0
+
+
+def test_every_other_item_as_neighbours_is_ease() -> None:
+    """EASE's zero-diagonal problem splits into one ridge regression per item on all the others
+    (Steck 2019): with k = N - 1 the head is EASE."""
+    ds = tiny()
+    n = ds.num_items
+    others = torch.stack([torch.cat([torch.arange(j), torch.arange(j + 1, n)]) for j in range(n)])
+    w_t = ridge_weights(train_edges(ds), ds.num_users, n, others, 10.0)
+    torch.testing.assert_close(w_t.to_dense().T, ease_weights(gram(ds), 10.0), rtol=1e-4, atol=1e-5)
+    users = torch.tensor([0, 5, 9])
+    x = _interactions(ds).to_dense()
+    torch.testing.assert_close(ridge_scores(_interactions(ds), w_t, users), x[users] @ ease_weights(gram(ds), 10.0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_ranking_score_standardises_both_parts() -> None:
+    ds = tiny()
+    g = torch.Generator().manual_seed(0)
+    users_emb, items = torch.randn(ds.num_users, 4, generator=g), torch.randn(ds.num_items, 4, generator=g)
+    nbrs = torch.stack([torch.tensor([(j + 1) % ds.num_items, (j + 2) % ds.num_items]) for j in range(ds.num_items)])
+    w_t = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 1.0)
+    users = torch.tensor([1, 2])
+    fused = Representations(users_emb, items, False, w_t, _interactions(ds), 0.5).full_scores(users)
+
+    def z(s: torch.Tensor) -> torch.Tensor:
+        return (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True)
+
+    dot = users_emb[users] @ items.T
+    expected = z(dot) + 0.5 * z(_interactions(ds).to_dense()[users] @ w_t.to_dense().T)
+    torch.testing.assert_close(fused, expected)
+    assert torch.equal(Representations(users_emb, items, False, w_t, _interactions(ds), 0.0).full_scores(users), dot)
+
+
+def test_trained_run_keeps_the_neighbours_and_ranks_with_the_head(tiny_path: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=3",
+                                 "train.batch_size=256", "model.ridge_k=7"])
+    cfg.data = str(tiny_path)
+    results = train_loop(cfg, tmp_path / "run")
+    latest, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert latest["neighbours"].shape == (40, 7)  # epoch 3's: a fusion epoch
+    best_state, _ = load_checkpoint(tmp_path / "run" / "best")
+    assert (best_state["neighbours"] is None) == (results["best_epoch"] == 1)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = lines[results["best_epoch"] - 1]
+    # the best checkpoint reproduces the validation metrics its epoch logged, head included
+    assert results["valid"]["recall@20"] == best["valid"]["recall@20"]
+    assert lines[1]["fused"] and lines[1]["valid"] != lines[0]["valid"]
