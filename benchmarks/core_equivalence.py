@@ -42,6 +42,7 @@ SINGLE: dict[str, list[str]] = {
 }
 GROUP: dict[str, list[str]] = {  # two gloo workers
     "ddp2": [],
+    "ddp2_torch_ddp": ["train.grad_sync=ddp"],
     "ddp2_neighbor_sparse": ["train.sampling=neighbor", "train.fanout=4,2", "train.grad_sync=sparse"],
 }
 

@@ -43,14 +43,18 @@ ML100K_CONFIGS = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old-tree", required=True, help="checkout of the code to compare against")
+    ap.add_argument("--new-tree", default=str(HERE.parent), help="checkout of the new code (default: this one)")
     ap.add_argument("--users", nargs="*", type=int, default=[10_000, 100_000])
     ap.add_argument("--steps", type=int, default=6, help="optimiser steps per epoch of the synthetic sizes")
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--ml100k-epochs", type=int, default=3)
+    ap.add_argument("--configs", nargs="*", default=[],
+                    help="only these configurations, as MODE:WORKERS:GRAD_SYNC:STRATEGY (e.g. full:2:auto:ddp)")
+    ap.add_argument("--tag", default="", help="suffix of the output names: results/core-speed-TAG.json, its RESULTS.md section")
     ap.add_argument("--runs", default=str(HERE / "runs" / "core_speed"))
     args = ap.parse_args()
     runs = Path(args.runs)
-    trees = {"old": {"PYTHONPATH": str(Path(args.old_tree).resolve())}, "new": {"PYTHONPATH": str(HERE.parent)}}
+    trees = {"old": {"PYTHONPATH": str(Path(args.old_tree).resolve())}, "new": {"PYTHONPATH": str(Path(args.new_tree).resolve())}}
 
     from slifmr.data.ml100k import prepare_ml100k
 
@@ -65,6 +69,8 @@ def main() -> int:
     for name, data, n_train, (mode, workers, sync, extra), steps, epochs in jobs:
         row: dict[str, Any] = {"data": name, "mode": mode, "workers": workers, "grad_sync": sync,
                                "strategy": "deepspeed" if "deepspeed" in extra else "ddp", "threads": 1}
+        if args.configs and f"{mode}:{workers}:{sync}:{row['strategy']}" not in args.configs:
+            continue
         for tree, env in trees.items():
             slug = f"{name.split()[0].replace(',', '')}-{mode}-w{workers}-{sync}-{row['strategy']}-{tree}"
             m = measure(data, n_train, mode, workers, sync, steps, runs / slug, args.batch if steps else 2048,
@@ -86,11 +92,12 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     doc = {"command": "python benchmarks/core_speed.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "core-speed.json.tmp"
+    name = "core-speed" + (f"-{args.tag}" if args.tag else "")
+    tmp = RESULTS / f"{name}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / "core-speed.json")
+    tmp.replace(RESULTS / f"{name}.json")
     lines = [
-        "## The model core redesign, old and new code side by side (issue 13)", "",
+        "## The model core redesign, old and new code side by side (issue 13)" + (f" ({args.tag})" if args.tag else ""), "",
         f"Command: `{doc['command']}`  ",
         "Machine: x86_64, 2 cores, local Ray, gloo, one torch thread per worker. Each configuration ran with the old "
         "code and then the new, one after the other; the last epoch measured (it includes a fusion). ml-100k: whole epochs, "
@@ -106,7 +113,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f"| {r['old']['seconds_per_step']:.3f} | {r['new']['seconds_per_step']:.3f} | {r['ratio_seconds_per_step']:.2f} "
             f"| {r['old']['outside_steps_seconds']:.2f} | {r['new']['outside_steps_seconds']:.2f} "
             f"| {r['ratio_outside_steps']:.2f} |")
-    write_results_md("CORE_SPEED", "\n".join(lines))
+    write_results_md("CORE_SPEED" + (f"_{args.tag.upper()}" if args.tag else ""), "\n".join(lines))
 
 
 if __name__ == "__main__":

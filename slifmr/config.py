@@ -93,8 +93,10 @@ class TrainConfig:
     fanout: str = "10,5"  # neighbors per hop, optionally per relation: "10,5;kg=5,0"
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
-    # embedding-table gradients across workers: dense all-reduce, sparse (touched rows only),
-    # or auto (sparse when the touched rows are smaller than the table)
+    # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'
+    # touched rows only), auto (full graph: dense; sampled: sparse when the touched rows are
+    # smaller than the table), or ddp (full graph: torch's DistributedDataParallel, all-reduce
+    # in buckets overlapped with backward; slower than dense on CPU, benchmarks/RESULTS.md)
     grad_sync: str = "auto"
 
 
@@ -205,7 +207,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),
     "train.sampling": ("full", "neighbor"),
-    "train.grad_sync": ("auto", "dense", "sparse"),
+    "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
 }
 
 
@@ -337,6 +339,8 @@ def validate(cfg: Config) -> None:
          "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
         (not (t.sampling == "neighbor" and t.strategy == "deepspeed"),
          "train.sampling=neighbor trains the embedding tables with sparse row updates: use --strategy ddp"),
+        (not (t.sampling == "neighbor" and t.grad_sync == "ddp"),
+         "train.grad_sync=ddp is for full-graph steps: sampled steps have sparse table gradients (use auto)"),
         (not (t.sampling == "neighbor" and t.weight_decay > 0),
          "train.weight_decay applies to every table row each step: with train.sampling=neighbor use model.lambda_reg"),
         (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),

@@ -233,3 +233,24 @@ def test_sampled_replicas_stay_equal(tmp_path: Path, tiny_path: Path) -> None:
             torch.testing.assert_close(rank1[key], value, atol=0, rtol=0, msg=f"{sync}: {key}")
     for key, value in results["sparse"][0].items():  # row gather and dense all-reduce: the same step
         torch.testing.assert_close(results["dense"][0][key], value, atol=1e-6, rtol=1e-5, msg=key)
+
+
+def _grad_sync_job(comm: Comm, data: str, out: str) -> dict:
+    from slifmr.config import load_config
+    from slifmr.trainer import train_loop
+
+    results = {}
+    for sync in ("dense", "ddp"):
+        cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=2",
+                                     "train.batch_size=256", f"train.grad_sync={sync}"])
+        cfg.data = data
+        results[sync] = train_loop(cfg, Path(out) / sync, comm)
+    return results
+
+
+def test_torch_ddp_takes_the_same_steps_as_the_flat_all_reduce(tmp_path: Path, tiny_path: Path) -> None:
+    """grad_sync ddp wraps the model in torch's DistributedDataParallel (the loss is forward's
+    output): the same averaged gradients as the hand-written flat all-reduce, so the same run."""
+    for r in run_on_two("_grad_sync_job", tmp_path, str(tiny_path), str(tmp_path / "runs")):
+        assert r["ddp"]["valid"] == pytest.approx(r["dense"]["valid"], abs=1e-6)
+        assert r["ddp"]["test"] == pytest.approx(r["dense"]["test"], abs=1e-6)

@@ -1,11 +1,13 @@
 """How replicas stay identical: the optimisation step of each `--strategy`.
 
-    ddp        plain Adam on every replica; gradients averaged by one flat all-reduce per step,
-               embedding tables optionally by their touched rows only (grad_sync sparse/auto)
+    ddp        plain Adam on every replica; gradients averaged by one flat all-reduce per step
+               (or torch's DistributedDataParallel, grad_sync ddp), embedding tables
+               optionally by their touched rows only (grad_sync sparse/auto)
     deepspeed  DeepSpeed ZeRO stage 1 (optimizer state sharded) or 2 (gradients too), on the
                process group Ray Train already set up (gloo on CPU, nccl on GPU)
 
-The training loop sees only `step(loss) -> applied`, `state_dict()` and `load_state_dict(state)`.
+The training loop sees only `module` (what it calls for the loss parts: the model, or its DDP /
+DeepSpeed wrapper), `step(loss) -> applied`, `state_dict()` and `load_state_dict(state)`.
 `step` applies no update when any rank's loss or the averaged gradient is not finite and returns
 False on every rank (the decision is the same everywhere, so no rank is left waiting in a
 collective).
@@ -41,9 +43,13 @@ class Strategy(Protocol):
 class DDPStrategy:
     """Adam on a full replica; gradients averaged across ranks before each step.
 
-    grad_sync dense (full-graph steps): torch's DistributedDataParallel wraps the model
-    (`module`) and all-reduces the gradients in buckets during backward. Its communication
-    overlaps backward, so the epoch record's comm_seconds stays 0 there; the bytes are counted.
+    grad_sync dense (full-graph steps, and auto there): one flat all-reduce of every gradient
+    after backward (`Comm.average_gradients`). grad_sync ddp: torch's DistributedDataParallel
+    wraps the model (`module`) and all-reduces in buckets during backward; its communication
+    overlaps backward, so the epoch record's comm_seconds stays 0 (the bytes are counted). The
+    hand-written exchange stays the default because it measured faster with 2 gloo workers on
+    CPU at 10^4 and 10^5 users (benchmarks/RESULTS.md, CORE_SPEED); try ddp on GPUs, where
+    NCCL overlaps communication with backward.
 
     `sparse_tables`: the `row_sparse` embedding tables get sparse gradients (neighbor-sampled
     steps look up a few rows) and a row-wise lazy Adam (torch's SparseAdam, as TorchRec's
@@ -62,7 +68,7 @@ class DDPStrategy:
         self.table_optimizer = torch.optim.SparseAdam(self.row_sparse, lr=lr) if sparse_tables else None
         self.comm = comm
         self.module: nn.Module = model
-        if comm.world_size > 1 and grad_sync == "dense" and not sparse_tables:
+        if comm.world_size > 1 and grad_sync == "ddp" and not sparse_tables:
             # static_graph: the same parameters take part in every step; some never get a
             # gradient (the KG attention's, which is computed without autograd)
             self.module = DistributedDataParallel(model, device_ids=[comm.device] if comm.device.type == "cuda" else None,
