@@ -265,7 +265,7 @@ def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from slifmr.config import load_config, set_key, validate
+    from slifmr.config import load_config
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
     from slifmr.runlock import RunLock
     from slifmr.trainer import train_loop
@@ -280,10 +280,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         saved, cfg = _resumed_config(run_dir, args)
     else:
-        cfg = load_config(args.config, args.variant, args.set)
-        for key, value in _flag_overrides(args):
-            set_key(cfg, key, value)
-        validate(cfg)
+        cfg = load_config(args.config, args.variant, args.set, settings=_flag_overrides(args))
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         _refuse_existing_run(run_dir)
     if cfg.data is not None and not Path(cfg.data).exists():

@@ -8,6 +8,7 @@ wrong type raise ConfigError (one line, exit status 2 at the command line).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -239,8 +240,9 @@ def apply_variant(cfg: Config, variant: str) -> None:
         set_key(cfg, k, v)
 
 
-def from_dict(d: dict[str, Any], source: str = "config") -> Config:
-    """A Config from a (nested) dict; the variant is applied first, explicit keys win."""
+def _assemble(d: dict[str, Any], source: str) -> Config:
+    """A Config from a (nested) dict, types checked, ranges not yet: the variant first, explicit
+    keys win."""
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys")
     cfg = Config()
@@ -248,12 +250,18 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     apply_variant(cfg, str(flat.pop("variant", "slifmr")))
     for k, v in flat.items():
         set_key(cfg, k, v)
+    return cfg
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    """A validated Config from a (nested) dict; the variant is applied first, explicit keys win."""
+    cfg = _assemble(d, source)
     validate(cfg)
     return cfg
 
 
 def copy_config(cfg: Config) -> Config:
-    return from_dict(cfg.to_dict())
+    return copy.deepcopy(cfg)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -277,16 +285,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return d
 
 
-def load_config(path: str | Path | None = None, variant: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- --variant <- --set key=value overrides."""
+def load_config(path: str | Path | None = None, variant: str | None = None, overrides: list[str] | None = None,
+                settings: list[tuple[str, Any]] | None = None) -> Config:
+    """Defaults <- YAML file <- --variant <- --set key=value overrides <- `settings` (the
+    (key, value) pairs of a command's own flags), validated once, at the end."""
     d = read_config_file(path) if path is not None else {}
     if variant is not None:
         d = {**d, "variant": variant}
-    cfg = from_dict(d, str(path or "config"))
+    cfg = _assemble(d, str(path or "config"))
     for item in overrides or []:
         key, value = parse_override(item)
         if key == "variant":
             raise ConfigError("use --variant to choose a variant")
+        set_key(cfg, key, value)
+    for key, value in settings or []:
         set_key(cfg, key, value)
     validate(cfg)
     return cfg
