@@ -154,13 +154,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_config(run_dir: Path):  # noqa: ANN202
-    from slifmr.config import load_config
+    from slifmr.config import read_config_file, saved_config
 
     if not run_dir.is_dir():
         raise SlifmrError(f"run folder {run_dir} does not exist")
     if not (run_dir / "config.yaml").exists():
         raise SlifmrError(f"{run_dir} is not a run folder (no config.yaml)")
-    return load_config(run_dir / "config.yaml")
+    return saved_config(read_config_file(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:

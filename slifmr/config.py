@@ -45,7 +45,8 @@ class ModelConfig:
     beta: float = 0.5
     # the self-loop's item-item ridge head (slifmr/model/ridge.py): every item's interactions
     # regressed on those of its ridge_k nearest neighbours in Z(t-1); its score x_u W(t) is
-    # added at ranking with this weight (both scores standardised per user; 0 = off)
+    # added at ranking with this weight (both scores standardised per user; 0 = off; it needs
+    # the self-loop's search, so it is off with self_loop false)
     ridge_weight: float = 0.5
     ridge_k: int = 100
     ridge_l2: float = 200.0
@@ -127,7 +128,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 # 1000 epochs (at lr 0.001 it is still improving at our default 200)
                 "train.lr": 0.001, "model.lambda_reg": 0.0, "train.epochs": 1000},
     "ease": {},
-    "static": {"model.self_loop": False},
+    "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
     "no_kg": {"model.use_kg": False},
@@ -260,6 +261,25 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+# Keys added after runs were saved without them, and the value those runs trained with: a
+# saved config (a run's config.yaml, a checkpoint's meta) that lacks one takes it, not the
+# current default, so an old run resumes, evaluates and serves as it was trained.
+ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0}
+
+
+def saved_config(d: dict[str, Any], source: str = "config") -> Config:
+    """The validated Config of a run as saved (`save_config`, checkpoint meta): keys missing
+    from it take their ADDED_KEYS value."""
+    flat = flatten_config(d) if isinstance(d, dict) else d
+    if isinstance(flat, dict):
+        flat = {**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat}
+        d = {}
+        for key, value in flat.items():
+            section, _, name = key.rpartition(".")
+            (d.setdefault(section, {}) if section else d)[name] = value
+    return from_dict(d, source)
+
+
 def copy_config(cfg: Config) -> Config:
     return copy.deepcopy(cfg)
 
@@ -351,6 +371,8 @@ def validate(cfg: Config) -> None:
          "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
         (not (t.sampling == "neighbor" and t.strategy == "deepspeed"),
          "train.sampling=neighbor trains the embedding tables with sparse row updates: use --strategy ddp"),
+        (not (t.strategy == "deepspeed" and t.grad_sync == "ddp"),
+         "train.grad_sync=ddp is torch's DDP: --strategy deepspeed exchanges gradients itself"),
         (not (t.sampling == "neighbor" and t.grad_sync == "ddp"),
          "train.grad_sync=ddp is for full-graph steps: sampled steps have sparse table gradients (use auto)"),
         (not (t.sampling == "neighbor" and t.weight_decay > 0),

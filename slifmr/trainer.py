@@ -4,8 +4,9 @@
 Run folder:
     config.yaml          the resolved configuration
     metrics.jsonl        one line per epoch: losses, validation metrics, timings
-    checkpoint/          latest: model, optimizer, epoch, early stopping, RNG, last Z, S(t)
-    best/                the model at the best validation epoch
+    checkpoint/          latest: model, optimizer, epoch, early stopping, RNG, last Z, S(t) and
+                         the ridge head's neighbours
+    best/                the model at the best validation epoch, its S(t) and neighbours
     results.json         best epoch, its validation metrics, the test metrics (read once)
 """
 
@@ -25,7 +26,7 @@ import torch
 
 from slifmr import __version__, log
 from slifmr.atomic import write_text
-from slifmr.config import RUNTIME_KEYS, Config, from_dict, save_config
+from slifmr.config import RUNTIME_KEYS, Config, save_config, saved_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
@@ -38,6 +39,7 @@ from slifmr.model.ease import EASE, ease_weights, gram
 from slifmr.model.graphs import (
     EpochGraphs,
     Graph,
+    KnnFn,
     StaticGraphs,
     correlation_from_neighbours,
     epoch_graphs,
@@ -115,6 +117,7 @@ class TrainState:
             "last_z": self.last_z,
             "corr": None if self.corr is None else {"edge_index": self.corr[0], "weight": self.corr[1]},
             "neighbours": self.neighbours,
+            "corr_epoch": self.corr_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -125,6 +128,7 @@ class TrainState:
         corr = state.get("corr")
         self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
         self.neighbours = state.get("neighbours")
+        self.corr_epoch = state.get("corr_epoch")
 
 
 @dataclass
@@ -208,7 +212,7 @@ def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path
             k: v for k, v in mine.items() if k != "digest"} else "its counts differ"
         raise SlifmrError(f"dataset {cfg.data or ds.name} changed since {where} was trained ({what}): "
                           "retrain, or restore the dataset it was trained on")
-    saved = from_dict(meta.get("config", {}))
+    saved = saved_config(meta.get("config", {}))
     mine, theirs = cfg.to_dict(), saved.to_dict()
     for key in RUNTIME_KEYS:  # how long and on how many threads, not what is trained
         section, name = key.split(".")
@@ -240,7 +244,7 @@ def train_loop(
     resume: bool = False,
     ds: Dataset | None = None,
     reporter: Reporter | None = None,
-    knn_fn: Any = None,
+    knn_fn: KnnFn | None = None,
     resume_from: Path | None = None,
     evaluate_test: bool = True,
 ) -> dict[str, Any]:
@@ -332,7 +336,7 @@ def train_loop(
 
 
 def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: TrainState, epoch: int,
-                  generator: torch.Generator, knn_fn: Any, device: torch.device,
+                  generator: torch.Generator, knn_fn: KnnFn, device: torch.device,
                   previous: EpochGraphs | None) -> tuple[EpochGraphs, float]:
     """Epoch `epoch`'s graphs: S(t) from Z(t-1) when a fusion is due (kept in `state`), then A(t),
     A_mm(t), KG(t) and its attention. Returns them and the seconds of the kNN search."""
@@ -342,7 +346,7 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
         k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
         nbrs, sims = knn_fn(state.last_z.detach(), k)
         state.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
-        state.neighbours = nbrs[:, : m.ridge_k].cpu() if m.ridge_weight > 0 else None
+        state.neighbours = nbrs[:, : m.ridge_k].cpu().int() if m.ridge_weight > 0 else None
         state.corr_epoch = epoch
     knn_seconds = time.perf_counter() - start
     graphs = epoch_graphs(static, state.corr, m, generator, device, previous, state.neighbours)

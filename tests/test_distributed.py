@@ -44,7 +44,7 @@ def _knn_job(comm: Comm, z: torch.Tensor, k: int) -> tuple:
     return correlation_graph(z, k, knn_fn=KnnSearch(comm, "exact", chunk_size=7))
 
 
-def test_sharded_knn_equals_single_process_exact_knn(tmp_path: Path) -> None:
+def test_sharded_knn_search_equals_single_process_exact_knn(tmp_path: Path) -> None:
     from slifmr.model.graphs import correlation_graph
 
     z = torch.randn(101, 12)  # odd: the last shard is padded

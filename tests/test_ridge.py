@@ -88,3 +88,16 @@ def test_trained_run_keeps_the_neighbours_and_ranks_with_the_head(tiny_path: Pat
     # the best checkpoint reproduces the validation metrics its epoch logged, head included
     assert results["valid"]["recall@20"] == best["valid"]["recall@20"]
     assert lines[1]["fused"] and lines[1]["valid"] != lines[0]["valid"]
+
+
+def test_a_run_saved_before_the_head_existed_keeps_it_off() -> None:
+    """A saved config lacking model.ridge_weight was trained without the head: resuming,
+    evaluating or serving it must not switch the head on (config.ADDED_KEYS); a user's own
+    YAML without the key takes the default."""
+    from slifmr.config import Config, from_dict, saved_config
+
+    old = Config().to_dict()
+    del old["model"]["ridge_weight"]
+    assert saved_config(old).model.ridge_weight == 0.0
+    assert from_dict(old).model.ridge_weight == Config().model.ridge_weight > 0
+    assert saved_config(Config().to_dict()).model.ridge_weight == Config().model.ridge_weight

@@ -1,9 +1,8 @@
 """The per-epoch top-k search behind S(t) (architecture.md §4), exact or approximate, sharded.
 
-Each worker contributes the fused representations of its block of items, an all-gather
-assembles Z(t), each worker searches the neighbours of its own block, and the neighbour
-blocks are gathered so every worker builds the same S(t+1). In one process the block is
-every item and the gathers do nothing.
+Every worker holds the same full Z (the all-gathered output of layer-wise inference), searches
+the neighbours of its own block of items, and the neighbour blocks are all-gathered so every
+worker builds the same S(t+1). In one process the block is every item and the gather does nothing.
 
     exact   chunked matmul + topk: the same result as `slifmr.data.graphs.knn`
     approx  faiss HNSW over the normalised rows (inner product = cosine), for large N; after

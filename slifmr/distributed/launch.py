@@ -68,7 +68,7 @@ def worker_fn(config: dict[str, Any]) -> None:
                           evaluate_test=config.get("evaluate_test", True))
 
 
-def train_from_checkpoint(checkpoint: Any, cfg: Config, run_dir: Path, comm: Any, **kwargs: Any) -> dict[str, Any]:
+def train_from_checkpoint(checkpoint: Any, cfg: Config, run_dir: Path, comm: Comm, **kwargs: Any) -> dict[str, Any]:
     """`train_loop`, resumed from the Ray checkpoint a restarted worker group or trial is handed
     (ray.train / ray.tune `get_checkpoint()`), or from scratch when it is None."""
     if checkpoint is None:

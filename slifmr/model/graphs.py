@@ -54,9 +54,9 @@ def csr_rows(adj: Tensor, start: int, stop: int) -> Tensor:
 
 def correlation_graph(z: Tensor, k: int, binary: bool = False, knn_fn: KnnFn | None = None) -> Graph:
     """S(t): top-k cosine neighbours of the fused item representations z (N, d), self
-    excluded, symmetrised, D^-1/2 S D^-1/2 normalised. `knn_fn` lets a distributed caller
-    substitute its sharded search (it must return the exact top-k of every row). The search
-    runs on z's device; the graph is built on the CPU."""
+    excluded, symmetrised, D^-1/2 S D^-1/2 normalised (`knn_fn`: another search, e.g. the
+    sharded `KnnSearch`; default exact, in-process). The training loop runs the search itself,
+    once for S(t) and the ridge head, and calls `correlation_from_neighbours`."""
     nbrs, sims = (knn_fn or knn)(z.detach(), k)
     return correlation_from_neighbours(nbrs, sims, binary)
 
@@ -241,8 +241,9 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
 
     `generator` draws the training graph's edge pruning (FREEDOM's degree-sensitive dropout,
     `edge_dropout`), the only randomness here. Graphs that depend on S(t) alone are taken from
-    `previous` when it was built from the same S(t) (an unchanged S(t) gives the same graphs;
-    the values are immutable, so sharing them is safe). Built on the CPU, moved to `device`."""
+    `previous` when it was built from the same S(t) object, the ridge head's W(t) included
+    (`previous` must then come from the same fusion, neighbours and all, as in the training
+    loop; the values are immutable, so sharing them is safe). Built on the CPU, moved to `device`."""
     m, n = static.num_users, static.num_items
     ui_corr = corr if cfg.fuse_ui else None
     pruned = degree_sensitive_dropout(static.ui_edges, m, n, cfg.edge_dropout, generator)
