@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-VARIANTS = ["mf", "lightgcn", "freedom", "ease", "static", "no_sc", "no_kg", "no_mm", "slifmr"]
+VARIANTS = ["mf", "lightgcn", "freedom", "ease", "static", "no_sc", "no_kg", "no_mm", "no_ridge", "slifmr"]
 
 
 def run_one(variant: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:
@@ -132,8 +132,10 @@ def main() -> int:
     start = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     if args.collect:
-        found = [Path(args.runs) / f"{v}-seed{s}" / "results.json" for v, s in jobs]
-        runs = [json.loads(p.read_text()) for p in found if p.exists()]
+        # the folder name says which variant a run stands for (a folder may link to a run trained
+        # under another name whose config is that variant's, e.g. no_ridge = slifmr before the head)
+        found = [(v, Path(args.runs) / f"{v}-seed{s}" / "results.json") for v, s in jobs]
+        runs = [{**json.loads(p.read_text()), "variant": v} for v, p in found if p.exists()]
         if not runs:
             sys.exit(f"error: no finished runs under {args.runs}")
     else:
