@@ -26,6 +26,8 @@ from typing import Any
 from quality import HERE, RESULTS, write_results_md
 from scale import dataset, measure
 
+from slifmr.atomic import write_text
+
 CONFIGS = [  # (mode, workers, grad_sync, extra options)
     ("full", 1, "auto", ()),
     ("full", 2, "auto", ()),
@@ -93,9 +95,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "core-speed" + (f"-{args.tag}" if args.tag else "")
-    tmp = RESULTS / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / f"{name}.json")
+    write_text(RESULTS / f"{name}.json", json.dumps(doc, indent=2))
     lines = [
         "## The model core redesign, old and new code side by side (issue 13)" + (f" ({args.tag})" if args.tag else ""), "",
         f"Command: `{doc['command']}`  ",

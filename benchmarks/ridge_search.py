@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from quality import RESULTS, write_results_md
 
+from slifmr.atomic import write_text
+
 
 def main() -> int:
     from slifmr.config import from_dict, read_config_file
@@ -60,7 +62,7 @@ def main() -> int:
     command = "python benchmarks/ridge_search.py " + " ".join(sys.argv[1:])
     doc = {"command": command, "run": str(args.run), "best_epoch": int(meta["epoch"]), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ridge-search.json").write_text(json.dumps(doc, indent=2))
+    write_text(RESULTS / "ridge-search.json", json.dumps(doc, indent=2))
     best = sorted(rows[1:], key=lambda r: -r["valid_recall@20"])[:8]
     lines = ["## The ridge head's settings, chosen on validation (issue 15)", "",
              f"Command: `{command}`  ",

@@ -18,6 +18,8 @@ import time
 import torch
 from quality import RESULTS, write_results_md
 
+from slifmr.atomic import write_text
+
 
 def profile(variant: str, steps: int, top: int) -> dict:
     from slifmr.config import load_config
@@ -66,7 +68,7 @@ def main() -> int:
     rows = [profile(v, args.steps, args.top) for v in args.variants]
     command = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "step-profile.json").write_text(json.dumps({"command": command, "threads": args.threads, "rows": rows},
+    write_text(RESULTS / "step-profile.json", json.dumps({"command": command, "threads": args.threads, "rows": rows},
                                                           indent=2))
     base = rows[0]["seconds_per_step"]
     lines = ["## Where a training step's time goes (issue 15, cost)", "", f"Command: `{command}`  ",

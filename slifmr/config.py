@@ -270,14 +270,10 @@ ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0}
 def saved_config(d: dict[str, Any], source: str = "config") -> Config:
     """The validated Config of a run as saved (`save_config`, checkpoint meta): keys missing
     from it take their ADDED_KEYS value."""
-    flat = flatten_config(d) if isinstance(d, dict) else d
-    if isinstance(flat, dict):
-        flat = {**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat}
-        d = {}
-        for key, value in flat.items():
-            section, _, name = key.rpartition(".")
-            (d.setdefault(section, {}) if section else d)[name] = value
-    return from_dict(d, source)
+    if not isinstance(d, dict):
+        return from_dict(d, source)  # refused, naming the source
+    flat = flatten_config(d)  # from_dict takes dotted keys as well as nested ones
+    return from_dict({**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat}, source)
 
 
 def copy_config(cfg: Config) -> Config:

@@ -12,17 +12,12 @@ from conftest import tiny
 
 from slifmr.config import load_config
 from slifmr.data.format import TRAIN
-from slifmr.data.graphs import train_edges
+from slifmr.data.graphs import train_edges, training_matrix
 from slifmr.distributed.checkpoint import load_checkpoint
 from slifmr.model.ease import ease_weights, gram
 from slifmr.model.ridge import ridge_scores, ridge_weights
 from slifmr.model.slifmr import Representations
 from slifmr.trainer import train_loop
-
-
-def _interactions(ds) -> torch.Tensor:  # noqa: ANN001
-    ui = train_edges(ds)
-    return torch.sparse_coo_tensor(ui, torch.ones(ui.shape[1]), (ds.num_users, ds.num_items)).coalesce()
 
 
 def test_weights_solve_each_items_ridge_regression_on_its_neighbours() -> None:
@@ -51,8 +46,8 @@ def test_every_other_item_as_neighbours_is_ease() -> None:
     w_t = ridge_weights(train_edges(ds), ds.num_users, n, others, 10.0)
     torch.testing.assert_close(w_t.to_dense().T, ease_weights(gram(ds), 10.0), rtol=1e-4, atol=1e-5)
     users = torch.tensor([0, 5, 9])
-    x = _interactions(ds).to_dense()
-    torch.testing.assert_close(ridge_scores(_interactions(ds), w_t, users), x[users] @ ease_weights(gram(ds), 10.0),
+    x = training_matrix(ds).to_dense()
+    torch.testing.assert_close(ridge_scores(training_matrix(ds), w_t, users), x[users] @ ease_weights(gram(ds), 10.0),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -63,15 +58,15 @@ def test_ranking_score_standardises_both_parts() -> None:
     nbrs = torch.stack([torch.tensor([(j + 1) % ds.num_items, (j + 2) % ds.num_items]) for j in range(ds.num_items)])
     w_t = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 1.0)
     users = torch.tensor([1, 2])
-    fused = Representations(users_emb, items, False, w_t, _interactions(ds), 0.5).full_scores(users)
+    fused = Representations(users_emb, items, False, w_t, training_matrix(ds), 0.5).full_scores(users)
 
     def z(s: torch.Tensor) -> torch.Tensor:
         return (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True)
 
     dot = users_emb[users] @ items.T
-    expected = z(dot) + 0.5 * z(_interactions(ds).to_dense()[users] @ w_t.to_dense().T)
+    expected = z(dot) + 0.5 * z(training_matrix(ds).to_dense()[users] @ w_t.to_dense().T)
     torch.testing.assert_close(fused, expected)
-    assert torch.equal(Representations(users_emb, items, False, w_t, _interactions(ds), 0.0).full_scores(users), dot)
+    assert torch.equal(Representations(users_emb, items, False, w_t, training_matrix(ds), 0.0).full_scores(users), dot)
 
 
 def test_trained_run_keeps_the_neighbours_and_ranks_with_the_head(tiny_path: Path, tmp_path: Path) -> None:

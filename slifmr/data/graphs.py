@@ -21,6 +21,12 @@ def train_edges(ds: Dataset) -> Tensor:
     return torch.from_numpy(np.stack([u, i])).long()
 
 
+def training_matrix(ds: Dataset, dtype: torch.dtype = torch.float32) -> Tensor:
+    """X (M, N): the binary training interactions as a coalesced sparse COO tensor."""
+    ui = train_edges(ds)
+    return torch.sparse_coo_tensor(ui, torch.ones(ui.shape[1], dtype=dtype), (ds.num_users, ds.num_items)).coalesce()
+
+
 def training_pairs(ds: Dataset) -> tuple[Tensor, Tensor]:
     """(users (E,), items (E,)) int64 tensors of the training interactions."""
     u, i = ds.edges(TRAIN)

@@ -13,11 +13,11 @@ EASE_MAX_ITEMS items.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slifmr.data.format import TRAIN, Dataset
+from slifmr.data.format import Dataset
+from slifmr.data.graphs import training_matrix
 from slifmr.errors import SlifmrError
 
 EASE_MAX_ITEMS = 20_000
@@ -25,9 +25,7 @@ EASE_MAX_ITEMS = 20_000
 
 def gram(ds: Dataset) -> Tensor:
     """X^T X (N, N) float64 of the binary training matrix."""
-    u, i = ds.edges(TRAIN)
-    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u), dtype=torch.float64),
-                                (ds.num_users, ds.num_items)).coalesce()
+    x = training_matrix(ds, torch.float64)
     return (x.t().coalesce() @ x).to_dense()
 
 
@@ -54,10 +52,8 @@ class EASE(nn.Module):
         if ds.num_items > EASE_MAX_ITEMS:
             raise SlifmrError(f"variant ease inverts a dense {ds.num_items:,} x {ds.num_items:,} matrix: it stops at "
                               f"{EASE_MAX_ITEMS:,} items (about {32 * EASE_MAX_ITEMS**2 / 1e9:.0f} GB while solving)")
-        u, i = ds.edges(TRAIN)
-        x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([u, i])), torch.ones(len(u)),
-                                    (ds.num_users, ds.num_items)).coalesce()
-        self.register_buffer("interactions", x, persistent=False)  # COO: index_select picks user rows
+        # COO: index_select picks user rows
+        self.register_buffer("interactions", training_matrix(ds), persistent=False)  # COO: index_select picks user rows
         self.register_buffer("weights", weights if weights is not None else torch.zeros(ds.num_items, ds.num_items))
 
     def full_scores(self, users: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from slifmr.data.graphs import (
     sym_norm,
     symmetric_graph,
     train_edges,
+    training_matrix,
 )
 from slifmr.model.ridge import ridge_weights
 
@@ -179,7 +180,7 @@ class StaticGraphs:
         ui = train_edges(ds)
         mm = modality_graph(ds.features, cfg.k_mm, search=search) if cfg.use_mm and ds.features else None
         kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse) if cfg.use_kg and ds.kg.shape[0] > 0 else None
-        x = torch.sparse_coo_tensor(ui, torch.ones(ui.shape[1]), (ds.num_users, ds.num_items)).coalesce()
+        x = training_matrix(ds)
         mean = None
         if cfg.user_aux:
             deg = torch.bincount(ui[0], minlength=ds.num_users).clamp_min(1).float()
