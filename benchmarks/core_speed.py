@@ -54,7 +54,12 @@ def main() -> int:
                     help="only these configurations, as MODE:WORKERS:GRAD_SYNC:STRATEGY (e.g. full:2:auto:ddp)")
     ap.add_argument("--tag", default="", help="suffix of the output names: results/core-speed-TAG.json, its RESULTS.md section")
     ap.add_argument("--runs", default=str(HERE / "runs" / "core_speed"))
+    ap.add_argument("--replot", action="store_true", help="train nothing: redraw the PNG of results/core-speed[-TAG].json")
     args = ap.parse_args()
+    if args.replot:
+        name = "core-speed" + (f"-{args.tag}" if args.tag else "")
+        plot(json.loads((RESULTS / f"{name}.json").read_text())["rows"], RESULTS / f"{name}.png")
+        return 0
     runs = Path(args.runs)
     trees = {"old": {"PYTHONPATH": str(Path(args.old_tree).resolve())}, "new": {"PYTHONPATH": str(Path(args.new_tree).resolve())}}
 
@@ -96,6 +101,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "core-speed" + (f"-{args.tag}" if args.tag else "")
     write_text(RESULTS / f"{name}.json", json.dumps(doc, indent=2))
+    plot(rows, RESULTS / f"{name}.png")
     lines = [
         "## The model core redesign, old and new code side by side (issue 13)" + (f" ({args.tag})" if args.tag else ""), "",
         f"Command: `{doc['command']}`  ",
@@ -113,7 +119,33 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f"| {r['old']['seconds_per_step']:.3f} | {r['new']['seconds_per_step']:.3f} | {r['ratio_seconds_per_step']:.2f} "
             f"| {r['old']['outside_steps_seconds']:.2f} | {r['new']['outside_steps_seconds']:.2f} "
             f"| {r['ratio_outside_steps']:.2f} |")
+    lines += ["", f"![core speed](results/{name}.png)"]
     write_results_md("CORE_SPEED" + (f"_{args.tag.upper()}" if args.tag else ""), "\n".join(lines))
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Bars of new / old per configuration (seconds per step, seconds outside the steps), with
+    the 1.10 bar (no slowdown beyond 10%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['data']}\n{r['mode']} w{r['workers']} {r['grad_sync']}" + (" ZeRO" if r["strategy"] == "deepspeed" else "")
+              for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    ax.bar(x - 0.2, [r["ratio_seconds_per_step"] for r in rows], 0.4, label="s/step, new / old")
+    ax.bar(x + 0.2, [r["ratio_outside_steps"] for r in rows], 0.4, label="outside the steps, new / old")
+    ax.axhline(1.10, color="red", linestyle="--", linewidth=1, label="1.10: the bar")
+    ax.axhline(1.0, color="black", linewidth=0.5)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_title("old and new code side by side, one run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
