@@ -64,12 +64,13 @@ class ModelConfig:
     edge_dropout: float = 0.0  # FREEDOM's degree-sensitive share of user-item edges dropped per epoch
     # KG
     kg_add_inverse: bool = True  # add (t, r^-1, h) for every (h, r, t)
+    kg_min_triples: int = 2  # drop entities (not items) in fewer triples (KGAT filters < 10)
     # losses
     loss: str = "bpr"  # bpr (one negative) | softmax (in-batch sampled softmax, cosine / softmax_tau)
     softmax_tau: float = 0.2
     lambda_sc: float = 0.05  # semantic consistency (InfoNCE)
     tau: float = 0.2
-    sc_max_items: int = 1024  # InfoNCE over at most this many batch items
+    sc_max_items: int = 256  # InfoNCE over at most this many batch items (cost grows with its square)
     lambda_reg: float = 1e-4
     lambda_kg: float = 0.0  # TransR KG loss (off by default)
     # variant ease: the ridge weights tried, the best chosen on validation (Steck 2019)
@@ -264,7 +265,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
 # Keys added after runs were saved without them, and the value those runs trained with: a
 # saved config (a run's config.yaml, a checkpoint's meta) that lacks one takes it, not the
 # current default, so an old run resumes, evaluates and serves as it was trained.
-ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0}
+ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0, "model.kg_min_triples": 1}
 
 
 def saved_config(d: dict[str, Any], source: str = "config") -> Config:
@@ -348,6 +349,7 @@ def validate(cfg: Config) -> None:
          "model.lambda_sc, model.lambda_reg and model.lambda_kg must be >= 0"),
         (m.tau > 0 and m.softmax_tau > 0, "model.tau and model.softmax_tau must be positive"),
         (m.sc_max_items >= 2, "model.sc_max_items must be >= 2 (InfoNCE needs negatives)"),
+        (m.kg_min_triples >= 1, "model.kg_min_triples must be >= 1"),
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),

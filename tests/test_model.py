@@ -9,7 +9,15 @@ from conftest import graphs_at, tiny
 
 from slifmr.config import ModelConfig, load_config
 from slifmr.data.graphs import knn, knn_edges, symmetric_graph
-from slifmr.model.graphs import KnowledgeGraph, correlation_graph, fusion_due, user_item_adjacency
+from slifmr.model.graphs import (
+    KnowledgeGraph,
+    correlation_graph,
+    fusion_due,
+    to_csr,
+    transpose_csr,
+    user_item_adjacency,
+)
+from slifmr.model.propagate import spmm
 from slifmr.model.slifmr import TrainingBatch
 from slifmr.trainer import build_model
 
@@ -107,6 +115,38 @@ def test_knowledge_graph_maps_items_first_and_adds_inverse() -> None:
     if rows.size:
         assert kg.heads[rows[0]] == item  # the linked entity IS the item node
     assert kg.num_nodes == ds.num_items + ds.num_entities - ds.item_entity.shape[0]
+
+
+def test_kg_drops_entities_in_fewer_triples_but_never_items() -> None:
+    ds = tiny(0)
+    count = np.bincount(ds.kg[:, [0, 2]].ravel(), minlength=ds.num_entities)
+    linked = np.zeros(ds.num_entities, bool)
+    linked[ds.item_entity[:, 1]] = True
+    dropped = (count < 3) & ~linked
+    assert dropped.any() and (~dropped & ~linked).any()  # the filter has something to do
+    kg = KnowledgeGraph.from_dataset(ds, add_inverse=False, min_triples=3)
+    kept = ~(dropped[ds.kg[:, 0]] | dropped[ds.kg[:, 2]])
+    assert kg.heads.numel() == int(kept.sum())
+    assert kg.num_nodes == ds.num_items + int((~dropped & ~linked).sum())
+    full = KnowledgeGraph.from_dataset(ds, add_inverse=False)
+    assert full.num_nodes == ds.num_items + int((~linked).sum())  # min_triples 1 keeps every entity
+    # the kept triples are the same triples, renumbered: items keep their node ids
+    is_item = kg.heads < ds.num_items
+    assert torch.equal(kg.heads[is_item], full.heads[torch.from_numpy(kept)][is_item])
+
+
+def test_spmm_backward_through_the_stored_transpose_matches_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    ei = torch.stack([torch.randint(0, 7, (30,), generator=g), torch.randint(0, 5, (30,), generator=g)])
+    adj = to_csr(ei, torch.rand(30, generator=g), 7, 5)  # not square, not symmetric
+    x = torch.randn(5, 3, generator=g, requires_grad=True)
+    w = torch.randn(7, 3, generator=g)
+    (spmm(adj, transpose_csr(adj), x) * w).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    (torch.sparse.mm(adj, x) * w).sum().backward()
+    torch.testing.assert_close(ours, x.grad)
+    torch.testing.assert_close(transpose_csr(adj).to_dense(), adj.to_dense().T)
 
 
 @pytest.mark.parametrize("variant", ["lightgcn", "static", "no_sc", "no_kg", "no_mm", "slifmr"])

@@ -45,6 +45,12 @@ def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None =
     return torch.sparse_coo_tensor(edge_index, weight.float(), (n_rows, n_cols or n_rows)).coalesce().to_sparse_csr()
 
 
+def transpose_csr(adj: Tensor) -> Tensor:
+    """adj^T as CSR: a training step's backward multiplies by it (`slifmr.model.propagate.spmm`),
+    so it is built once per graph rather than by torch's sparse backward on every step."""
+    return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
 def csr_rows(adj: Tensor, start: int, stop: int) -> Tensor:
     """Rows [start, stop) of a CSR matrix as a CSR matrix (no copy of the other rows)."""
     crow = adj.crow_indices()
@@ -127,17 +133,27 @@ class KnowledgeGraph:
     corr_relation: int  # id of correlated_with (used once S(t) joins)
 
     @staticmethod
-    def from_dataset(ds: Dataset, add_inverse: bool = True) -> KnowledgeGraph:
+    def from_dataset(ds: Dataset, add_inverse: bool = True, min_triples: int = 1) -> KnowledgeGraph:
+        """`min_triples`: entities (other than items) in fewer triples are dropped with their
+        triples, as KGAT filters infrequent entities (Wang et al., KDD 2019, §4.1: fewer than 10).
+        An entity in one triple links to one item only: it carries no signal between items, and
+        on ml-100k 61% of the entities are such leaves."""
         n = ds.num_items
         node_of_entity = np.full(ds.num_entities, -1, np.int64)
         if ds.item_entity.size:
             # one entity linked to several items: the first item takes the entity node
             ent, first = np.unique(ds.item_entity[:, 1], return_index=True)
             node_of_entity[ent] = ds.item_entity[first, 0]
-        free = node_of_entity < 0
+        triples = ds.kg
+        if min_triples > 1:
+            count = np.bincount(triples[:, [0, 2]].ravel(), minlength=ds.num_entities)
+            dropped = (count < min_triples) & (node_of_entity < 0)
+            triples = triples[~(dropped[triples[:, 0]] | dropped[triples[:, 2]])]
+            node_of_entity[dropped] = -2
+        free = node_of_entity == -1
         node_of_entity[free] = n + np.arange(int(free.sum()))
         num_nodes = n + int(free.sum())
-        kg = torch.from_numpy(ds.kg).long()
+        kg = torch.from_numpy(triples).long()
         h = torch.from_numpy(node_of_entity)[kg[:, 0]]
         t = torch.from_numpy(node_of_entity)[kg[:, 2]]
         r = kg[:, 1]
@@ -179,7 +195,7 @@ class StaticGraphs:
         `search`: an exact top-k for A_mm (a sharded one splits the work; the graph is the same)."""
         ui = train_edges(ds)
         mm = modality_graph(ds.features, cfg.k_mm, search=search) if cfg.use_mm and ds.features else None
-        kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse) if cfg.use_kg and ds.kg.shape[0] > 0 else None
+        kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse, cfg.kg_min_triples) if cfg.use_kg and ds.kg.shape[0] > 0 else None
         x = training_matrix(ds)
         mean = None
         if cfg.user_aux:
@@ -191,10 +207,20 @@ class StaticGraphs:
 @dataclass(frozen=True)
 class KGAttention:
     """KGAT attention over KG(t) from the model's current weights: `full` (nodes, nodes) CSR and
-    `items` (N, nodes) CSR, its item rows (the last layer needs only those)."""
+    `items` (N, nodes) CSR, its item rows (the last layer needs only those); `full_t`, `items_t`
+    their transposes, for the backward of training steps."""
 
     full: Tensor
     items: Tensor
+    full_t: Tensor
+    items_t: Tensor
+
+    @staticmethod
+    def from_edges(edge_index: Tensor, weight: Tensor, num_nodes: int, num_items: int) -> KGAttention:
+        """From the attention weights (E,) of KG(t)'s edges (2, E) (head, tail)."""
+        keep = edge_index[0] < num_items
+        full, items = to_csr(edge_index, weight, num_nodes), to_csr(edge_index[:, keep], weight[keep], num_items, num_nodes)
+        return KGAttention(full, items, transpose_csr(full), transpose_csr(items))
 
 
 @dataclass(frozen=True)
@@ -209,8 +235,10 @@ class EpochGraphs:
     static: StaticGraphs
     corr: Graph | None
     train_adj: Tensor
+    train_adj_t: Tensor
     rank_adj: Tensor
     mm_adj: Tensor | None
+    mm_adj_t: Tensor | None
     kg: KnowledgeGraph | None
     kg_attention: KGAttention | None
     user_item_mean: Tensor | None
@@ -249,17 +277,19 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
     ui_corr = corr if cfg.fuse_ui else None
     pruned = degree_sensitive_dropout(static.ui_edges, m, n, cfg.edge_dropout, generator)
     train_adj = user_item_adjacency(pruned, m, n, ui_corr, cfg.gamma).to(device)
+    train_adj_t = transpose_csr(train_adj)
     if previous is not None and previous.corr is corr:
-        return replace(previous, train_adj=train_adj,
+        return replace(previous, train_adj=train_adj, train_adj_t=train_adj_t,
                        rank_adj=train_adj if cfg.edge_dropout <= 0 else previous.rank_adj)
     rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(static.ui_edges, m, n, ui_corr, cfg.gamma).to(device)
-    mm_adj = None
+    mm_adj = mm_adj_t = None
     if static.mm is not None:
         mm = fuse_item_graph(static.mm, corr if cfg.fuse_mm else None, cfg.beta, n)
         mm_adj = to_csr(mm[0], mm[1], n).to(device)
+        mm_adj_t = transpose_csr(mm_adj)
     kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
     mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
     ridge = None
     if cfg.ridge_weight > 0 and neighbours is not None:
         ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2).to(device)
-    return EpochGraphs(static, corr, train_adj, rank_adj, mm_adj, kg, None, mean, ridge)
+    return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean, ridge)

@@ -53,16 +53,42 @@ class Propagator(Protocol):
         items (`model.user_aux`; needs every training item of a user)."""
 
 
+class _SpmmWithTranspose(torch.autograd.Function):
+    """adj @ x whose backward is adj^T @ grad with a transpose built once per graph. torch's own
+    sparse backward transposes adj (a sort over its edges) on every call, which made a full-graph
+    LightGCN step 2.5x slower (benchmarks/RESULTS.md, STEP_PROFILE)."""
+
+    @staticmethod
+    def forward(ctx, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's ctx
+        ctx.adj_t = adj_t
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:  # noqa: ANN001
+        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+
+
+def spmm(adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:
+    """adj (R, C) CSR @ x (C, d) -> (R, d), differentiable in x only; adj_t: adj^T (C, R) CSR
+    (`slifmr.model.graphs.transpose_csr`)."""
+    return _SpmmWithTranspose.apply(adj, adj_t, x)
+
+
 class FullGraph:
     """Message passing over the whole epoch graph: A(t) for training (`training=True`, after
     edge pruning) or for ranking, A_mm(t), and KG(t)'s attention.
 
-    `spmm` multiplies a sparse matrix by the features: torch.sparse.mm, or `layerwise_spmm`
-    for inference in row blocks split across workers."""
+    `spmm` multiplies a sparse matrix by the features for inference (default torch.sparse.mm;
+    `layerwise_spmm` runs row blocks split across workers). Training products (`training=True`,
+    no `spmm`) are differentiated through the graphs' stored transposes."""
 
-    def __init__(self, graphs: EpochGraphs, training: bool, spmm: Spmm = torch.sparse.mm):
-        self.graphs, self.spmm = graphs, spmm
+    def __init__(self, graphs: EpochGraphs, training: bool, spmm: Spmm | None = None):
+        self.graphs = graphs
+        self.spmm = spmm if spmm is not None or training else torch.sparse.mm
         self.adj = graphs.train_adj if training else graphs.rank_adj
+
+    def _product(self, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:
+        return self.spmm(adj, x) if self.spmm is not None else spmm(adj, adj_t, x)
 
     def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
         return table
@@ -73,14 +99,15 @@ class FullGraph:
 
     def hop(self, view: str, x: Tensor, layer: int, num_layers: int) -> Tensor:
         if view == "cf":
-            return self.spmm(self.adj, x)
+            return self._product(self.adj, self.graphs.train_adj_t, x)
         if view == "mm":
-            return self.spmm(self.graphs.mm_adj, x)
+            return self._product(self.graphs.mm_adj, self.graphs.mm_adj_t, x)
         att = self.graphs.kg_attention
         if att is None:
             raise RuntimeError("the KG view needs the epoch's attention: graphs = model.attend(graphs)")
         # the last layer's output is read at the items only: their rows suffice
-        return self.spmm(att.items if layer == num_layers - 1 else att.full, x)
+        last = layer == num_layers - 1
+        return self._product(att.items if last else att.full, att.items_t if last else att.full_t, x)
 
     def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, neigh: Tensor) -> Tensor:
         return fn(x[: neigh.shape[0]], neigh)

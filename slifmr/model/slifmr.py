@@ -259,9 +259,9 @@ class SLIFMR(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def representations(self, graphs: EpochGraphs, spmm: Spmm = torch.sparse.mm) -> Representations:
-        """Users and fused items over the ranking graph, detached (`spmm`: e.g. the layer-wise,
-        sharded product of `slifmr.model.propagate.layerwise_spmm`)."""
+    def representations(self, graphs: EpochGraphs, spmm: Spmm | None = None) -> Representations:
+        """Users and fused items over the ranking graph, detached (`spmm`: torch.sparse.mm by
+        default, or e.g. the layer-wise, sharded product of `slifmr.model.propagate.layerwise_spmm`)."""
         users, z, _ = self.encode(FullGraph(graphs, training=False, spmm=spmm))
         if graphs.item_ridge is None:
             return Representations(users, z, cosine=self.cfg.loss == "softmax")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
-from slifmr.model.graphs import KGAttention, KnowledgeGraph, to_csr
+from slifmr.model.graphs import KGAttention, KnowledgeGraph
 from slifmr.model.propagate import Propagator
 
 
@@ -74,9 +74,7 @@ class KGView(nn.Module):
             et = x[tails[idx]] @ w
             score[idx] = (et * torch.tanh(eh + self.relation.weight[r])).sum(1)
         att = softmax(score, heads, num_nodes=kg.num_nodes)
-        ei = torch.stack([heads, tails])
-        keep = heads < num_items
-        return KGAttention(to_csr(ei, att, kg.num_nodes), to_csr(ei[:, keep], att[keep], num_items, kg.num_nodes))
+        return KGAttention.from_edges(torch.stack([heads, tails]), att, kg.num_nodes, num_items)
 
     def _layer(self, layer: int, ego: Tensor, neigh: Tensor) -> Tensor:
         return F.leaky_relu(self.sum_proj[layer](ego + neigh)) + F.leaky_relu(self.prod_proj[layer](ego * neigh))
