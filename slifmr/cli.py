@@ -53,10 +53,48 @@ def _write_imported(ds, out: str, overwrite: bool) -> int:  # noqa: ANN001
     return 0
 
 
+TABLE_FLAGS = ("user_col", "item_col", "time_col", "split", "split_col", "items", "item_key", "text_cols", "features",
+               "kg", "kg_links")
+
+
+def _cmd_import_table(args: argparse.Namespace, thresholds: dict[str, float]) -> int:
+    from slifmr.data.table import FeatureSource, InteractionColumns, import_table
+
+    split = args.split or ("column" if args.split_col else "random")
+    if args.split_seed is not None and split != "random":
+        raise SlifmrError(f"--split-seed does not apply: --split {split} draws nothing")
+    cols = InteractionColumns(args.user_col, args.item_col, args.time_col, args.split_col, thresholds)
+    ds = import_table(
+        args.dir, columns=cols, split=split, split_seed=2026 if args.split_seed is None else args.split_seed,
+        items=args.items, item_key=args.item_key,
+        text_columns=[c.strip() for c in (args.text_cols or "").split(",") if c.strip()],
+        features=[FeatureSource.parse(f) for f in args.features], kg=args.kg, kg_links=args.kg_links,
+        name=args.name or Path(args.out).name, cache_dir=args.cache_dir,
+    )
+    return _write_imported(ds, args.out, args.overwrite)
+
+
+def _cmd_add_features(args: argparse.Namespace) -> int:
+    from slifmr.data.format import write_dataset
+    from slifmr.data.info import format_summary, summary
+    from slifmr.data.table import FeatureSource, add_features
+
+    ds = add_features(args.dataset, args.name, FeatureSource(args.name, args.source, args.column), key=args.key)
+    write_dataset(ds, args.dataset, overwrite=True)
+    print(f"added modality {args.name} to {args.dataset}")
+    print(format_summary(summary(ds)))
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from slifmr.data.recbole import is_presplit, parse_thresholds
 
     thresholds = parse_thresholds(args.threshold)
+    if args.format == "table":
+        return _cmd_import_table(args, thresholds)
+    given = [f"--{f.replace('_', '-')}" for f in TABLE_FLAGS if getattr(args, f) not in (None, [], False)]
+    if given:
+        raise SlifmrError(f"{', '.join(given)}: only for 'slifmr data import table'")
     if args.split_seed is not None and (args.format == "mmrec" or is_presplit(args.dir, args.name)):
         raise SlifmrError(f"--split-seed does not apply: {args.dir} is pre-split "
                           f"({'x_label' if args.format == 'mmrec' else '.train/.valid/.test.inter'}), its split is kept")
@@ -116,19 +154,48 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the cached dataset exists")
     p.set_defaults(func=_cmd_prepare)
 
-    p = _sub(dsub, "import", "import RecBole atomic files or an MMRec dataset folder",
-             "slifmr data import recbole ./ml-1m --out data/ml-1m")
-    p.add_argument("format", choices=["recbole", "mmrec"])
-    p.add_argument("dir", help="folder holding <name>.inter (and .item/.kg/.link, or image_feat.npy/text_feat.npy)")
+    p = _sub(dsub, "import", "import Parquet/CSV tables, RecBole atomic files or an MMRec dataset folder",
+             "slifmr data import table interactions.parquet --user-col user_id --item-col item_id --out data/mine\n"
+             "  slifmr data import recbole ./ml-1m --out data/ml-1m")
+    p.add_argument("format", choices=["table", "recbole", "mmrec"])
+    p.add_argument("dir", help="table: the interactions table (Parquet or CSV; a path or a URI such as s3://...); "
+                   "recbole/mmrec: the folder holding <name>.inter (and .item/.kg/.link, or image_feat.npy/text_feat.npy)")
     p.add_argument("--out", required=True, help="dataset folder to write (must not exist unless --overwrite)")
-    p.add_argument("--name", help="atomic-file prefix (default: the folder name or the only .inter)")
+    p.add_argument("--name", help="dataset name (recbole: the atomic-file prefix; default: the folder name or the only .inter)")
     p.add_argument("--split-seed", type=int, help="seed of the per-user 8:1:1 split (default 2026; only for a "
-                   "RecBole set that is not pre-split)")
+                   "random split)")
+    t = p.add_argument_group("table (slifmr data import table)")
+    t.add_argument("--user-col", default="user_id", help="user id column (default user_id)")
+    t.add_argument("--item-col", default="item_id", help="item id column (default item_id)")
+    t.add_argument("--time-col", help="timestamp column (seconds or Arrow timestamps)")
+    t.add_argument("--split", choices=["random", "temporal", "global-temporal", "column"],
+                   help="random: per-user 8:1:1 (default); temporal: per-user leave-last-out; global-temporal: cut at "
+                        "the 80%%/90%% time quantiles; column: the --split-col values (train/valid/test)")
+    t.add_argument("--split-col", help="column holding train / valid / test (implies --split column)")
+    t.add_argument("--items", help="item metadata table keyed by --item-key")
+    t.add_argument("--item-key", help="item id column of --items, --features tables and --kg-links (default: --item-col)")
+    t.add_argument("--text-cols", help="columns of --items embedded with all-MiniLM-L6-v2 as the text modality, e.g. "
+                   "title,description")
+    t.add_argument("--features", action="append", default=[], metavar="NAME=PATH[:COLUMN]",
+                   help="a modality from a table keyed by item id (its one list column, or COLUMN), or an .npy matrix "
+                        "in the row order of --items (repeatable)")
+    t.add_argument("--kg", help="KG triples table with columns head, relation, tail (raw entity ids)")
+    t.add_argument("--kg-links", help="item -> entity link table with columns --item-key and entity")
+    t.add_argument("--cache-dir", help="where text embeddings are cached (default $XDG_CACHE_HOME/slifmr)")
     p.add_argument("--threshold", action="append", metavar="COL=VALUE",
                    help="keep only rows with COL >= VALUE as positives (RecBole's convention; repeatable, all must "
                         "hold), e.g. label=1 or rating=4; the summary reports how many rows it dropped")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_import)
+
+    p = _sub(dsub, "add-features", "attach a modality to a dataset from a table keyed by raw item id (atomic; a new "
+             "fingerprint)", "slifmr data add-features data/mine --name image --from image_emb.parquet")
+    p.add_argument("dataset")
+    p.add_argument("--name", required=True, help="the modality's name")
+    p.add_argument("--from", dest="source", required=True, help="Parquet or CSV table: item id and one vector column")
+    p.add_argument("--key", default="item_id", help="its item id column (default item_id)")
+    p.add_argument("--column", help="its vector column (default: the one list column)")
+    p.set_defaults(func=_cmd_add_features)
 
     p = _sub(dsub, "synth", "generate a seeded synthetic dataset (power-law, KG, correlated features)",
              "slifmr data synth --users 10000 --items 2000 --interactions 200000 --out data/synth-10k")

@@ -69,6 +69,18 @@ def _recbole(inter: str) -> Setup:
     return setup
 
 
+def _imported(tmp: Path) -> Path:
+    from slifmr.data.table import import_table
+
+    (tmp / "inter.csv").write_text(INTER_CSV)
+    return write_dataset(import_table(str(tmp / "inter.csv")), tmp / "imported")
+
+
+def _write(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
 def _run_folder(tmp: Path) -> Path:
     from slifmr.config import load_config
     from slifmr.trainer import train_loop
@@ -77,6 +89,27 @@ def _run_folder(tmp: Path) -> Path:
     cfg.data = str(_dataset(tmp))
     train_loop(cfg, tmp / "run")
     return tmp / "run"
+
+
+INTER_CSV = "user_id,item_id,ts\n" + "".join(f"u{u},i{(u + k) % 7},{100 * k + u}\n" for u in range(5) for k in range(5))
+
+
+def _table(files: dict[str, str | pa.Table], *argv: str) -> Setup:
+    """Write `files` (CSV text or a pyarrow table, saved as Parquet) into the scratch folder,
+    then run `data import table` (FILE:name in argv is that file's path)."""
+    def setup(tmp: Path) -> list[str]:
+        for name, content in {"inter.csv": INTER_CSV, **files}.items():
+            if isinstance(content, pa.Table):
+                pq.write_table(content, tmp / name)
+            else:
+                (tmp / name).write_text(content)
+        args = [a.replace("FILE:", f"{tmp}/") for a in argv]
+        return ["data", "import", "table", *(args or [str(tmp / "inter.csv")]), "--out", "OUT"]
+    return setup
+
+
+def _table_args(*argv: str) -> list[str]:
+    return ["FILE:inter.csv", *argv]
 
 
 SWEEP = "variant: slifmr\nscheduler: {type: asha, grace_period: 2, max_t: 4, reduction_factor: 2}\n"
@@ -97,6 +130,36 @@ CASES: dict[str, tuple[Setup, str]] = {
     "dataset is a file": (_file("f.txt", "x", "data", "info", "FILE"), "f.txt"),
     "recbole header without types": (_recbole("user_id\titem_id\n1\t2\n"), "rb.inter"),
     "recbole empty": (_recbole(""), "rb.inter"),
+    "table null user id": (_table({"i.parquet": pa.table({"user_id": ["a", None, "b"], "item_id": [1, 2, 3]})},
+                                  "FILE:i.parquet"), "i.parquet, row 1, column 'user_id': missing id"),
+    "table float ids": (_table({"i.parquet": pa.table({"user_id": [1.5, 2.0], "item_id": [1, 2]})}, "FILE:i.parquet"),
+                        "ids must be strings or integers, found double"),
+    "table empty csv id": (_table({"e.csv": "user_id,item_id\nu1,i1\n  ,i2\n"}, "FILE:e.csv"), "e.csv, row 1 (line 3), column 'user_id': empty id"),
+    "table text timestamps": (_table({"t.csv": "user_id,item_id,ts\nu1,i1,2020-01-03\n"}, "FILE:t.csv", "--time-col", "ts",
+                                     "--split", "temporal"), "convert dates first"),
+    "table bad split value": (_table({"s.csv": "user_id,item_id,part\nu1,i1,train\nu1,i2,training\n"}, "FILE:s.csv",
+                                     "--split-col", "part"), "row 1 (line 3), column 'part': split 'training' is not train"),
+    "table missing column": (_table({}, *_table_args("--user-col", "customer")), "column 'customer': column is missing"),
+    "table not a table": (_table({"x.txt": "a"}, "FILE:x.txt"), "is neither Parquet"),
+    "table threshold on text": (_table({}, *_table_args("--threshold", "user_id=3")), "is an id or split column"),
+    "table vector lengths differ": (_table({"f.parquet": pa.table({"item_id": ["i0", "i1"], "v": [[1.0, 2.0], [1.0]]})},
+                                           *_table_args("--features", "image=FILE:f.parquet")),
+                                    "f.parquet, row 1, column 'v': vector of length 1, expected 2"),
+    "table NaN vector": (_table({"f.parquet": pa.table({"item_id": ["i0", "i1"], "v": [[1.0, float("nan")], [1.0, 2.0]]})},
+                                *_table_args("--features", "image=FILE:f.parquet")), "vector entry 1 is nan"),
+    "table item metadata twice": (_table({"items.csv": "item_id,title\ni1,A\ni2,B\ni1,C\n"},
+                                         *_table_args("--items", "FILE:items.csv")), "items.csv, row 2 (line 4), column 'item_id': item 'i1' has a second row"),
+    "table kg without links": (_table({"kg.csv": "head,relation,tail\na,r,b\n"}, *_table_args("--kg", "FILE:kg.csv")),
+                               "needs both --kg"),
+    "table item linked twice": (_table({"kg.csv": "head,relation,tail\na,r,b\n", "l.csv": "item_id,entity\ni1,a\ni1,b\n"},
+                                       *_table_args("--kg", "FILE:kg.csv", "--kg-links", "FILE:l.csv")),
+                                "l.csv, row 1 (line 3), column 'item_id': item 'i1' is linked to a second entity"),
+    "add-features unknown ids": (lambda tmp: ["data", "add-features", str(_imported(tmp)), "--name", "image", "--from",
+                                              str(_write(tmp / "f.parquet", pa.table({"item_id": ["zz"], "v": [[1.0]]})))],
+                                 "0 row(s) match an item"),
+    "add-features without raw ids": (lambda tmp: ["data", "add-features", str(_dataset(tmp)), "--name", "image", "--from",
+                                                  str(_write(tmp / "f.parquet", pa.table({"item_id": ["i1"], "v": [[1.0]]})))],
+                                     "has no raw item ids"),
     "recbole folder missing": (lambda tmp: ["data", "import", "recbole", str(tmp / "none"), "--out", "OUT"], "folder does not exist"),
     # configs
     "config invalid yaml": (_file("c.yaml", "model: [", "train", "--config", "FILE", "--out", "OUT"), "invalid YAML"),

@@ -4,6 +4,8 @@
                            2 test), timestamp (float64, optional)
     items.parquet          item (int64) and metadata columns (title, year, genres, ...)
     features/<m>.npy       float32 (num_items, d_m), one row per item; listed in meta.json
+    features/<m>.present.npy  bool (num_items,): which rows hold a real vector (absent: all;
+                           a missing row is zeros)
     kg.parquet             head, relation, tail (int64 entity / relation ids)
     item_entity.parquet    item, entity (int64)
     ids/<kind>.parquet     raw id token of every contiguous id (users, items, entities)
@@ -45,8 +47,11 @@ class Dataset:
     """A recommendation dataset in memory: plain numpy arrays, contiguous int64 ids.
 
     user, item: (I,) int64 interaction endpoints; split: (I,) int8; timestamp: (I,) or None.
-    features: modality name -> (num_items, d_m) float32. kg: (T, 3) int64 (head, relation,
-    tail) over `num_entities` entities and `relation_names`; item_entity: (L, 2) int64.
+    features: modality name -> (num_items, d_m) float32; feature_present: modality name ->
+    (num_items,) bool, the rows that hold a vector (a modality absent here covers every item).
+    kg: (T, 3) int64 (head, relation, tail) over `num_entities` entities and `relation_names`;
+    item_entity: (L, 2) int64. ids: kind -> raw id of every contiguous id (numpy or pyarrow
+    array of strings).
     """
 
     name: str
@@ -58,11 +63,12 @@ class Dataset:
     timestamp: np.ndarray | None = None
     items: pa.Table | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    feature_present: dict[str, np.ndarray] = field(default_factory=dict)
     kg: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     item_entity: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     num_entities: int = 0
     relation_names: list[str] = field(default_factory=list)
-    ids: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     split_seed: int | None = None
     digest: str | None = None  # content_digest(); written into meta.json, computed when absent
@@ -96,18 +102,41 @@ class Dataset:
             "modalities": sorted(self.features),
         }
 
+    def present(self, modality: str) -> np.ndarray:
+        """(num_items,) bool: the items whose `modality` row is a real vector."""
+        mask = self.feature_present.get(modality)
+        return np.ones(self.num_items, bool) if mask is None else mask
+
 
 def content_digest(ds: Dataset) -> str:
-    """sha256 of what ties a model's rows to data: every id map (raw id of each contiguous id)
-    and the (user, item, split) columns. The same rows imported in another order give other
+    """sha256 of what ties a model's rows to data: every id map (raw id of each contiguous id),
+    the (user, item, split) columns and every modality's name, shape and values (adding a
+    modality makes a new fingerprint). The same rows imported in another order give other
     contiguous ids, hence another digest. About 1 s per 10^7 interactions."""
     h = hashlib.sha256(f"{ds.num_users} {ds.num_items}".encode())
     for col in (ds.user, ds.item, ds.split):
         h.update(np.ascontiguousarray(col, dtype=np.int64).tobytes())
     for kind in sorted(ds.ids):
         h.update(f"\n{kind}\n".encode())
-        h.update("\n".join(map(str, ds.ids[kind].tolist())).encode())
+        tokens = id_array(ds.ids[kind])
+        for buf in tokens.buffers()[1:]:  # offsets and characters of the string array
+            h.update(memoryview(buf))
+    for name in sorted(ds.features):
+        x = ds.features[name]
+        h.update(f"\nfeature {name} {tuple(x.shape)}\n".encode())
+        for start in range(0, x.shape[0], 65536):
+            h.update(np.ascontiguousarray(x[start : start + 65536], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(ds.present(name)).tobytes())
     return h.hexdigest()
+
+
+def id_array(raw: Any) -> pa.Array:
+    """Raw ids (numpy array or pyarrow array) as one pyarrow string array with zero offset."""
+    arr = raw if isinstance(raw, pa.Array | pa.ChunkedArray) else pa.array(np.asarray(raw).astype(str))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.string())
+    return pa.concat_arrays([arr]) if arr.offset else arr
 
 
 # ----------------------------------------------------------------------------- writing
@@ -136,6 +165,8 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
         (tmp / "features").mkdir()
         for name, x in ds.features.items():
             np.save(tmp / "features" / f"{name}.npy", np.ascontiguousarray(x, dtype=np.float32))
+            if name in ds.feature_present and not ds.feature_present[name].all():
+                np.save(tmp / "features" / f"{name}.present.npy", np.asarray(ds.feature_present[name], bool))
         _write_table(
             pa.table({"head": ds.kg[:, 0], "relation": ds.kg[:, 1], "tail": ds.kg[:, 2]}),
             tmp / "kg.parquet",
@@ -146,7 +177,7 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
         )
         (tmp / "ids").mkdir()
         for kind, raw in ds.ids.items():
-            _write_table(pa.table({"raw_id": pa.array(raw.astype(str))}), tmp / "ids" / f"{kind}.parquet")
+            _write_table(pa.table({"raw_id": id_array(raw)}), tmp / "ids" / f"{kind}.parquet")
         meta = {
             "schema_version": SCHEMA_VERSION,
             "name": ds.name,
@@ -156,7 +187,8 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
             "num_entities": ds.num_entities,
             "num_triples": int(ds.kg.shape[0]),
             "relation_names": list(ds.relation_names),
-            "modalities": {n: {"file": f"features/{n}.npy", "dim": int(x.shape[1])} for n, x in ds.features.items()},
+            "modalities": {n: {"file": f"features/{n}.npy", "dim": int(x.shape[1]),
+                               "coverage": float(ds.present(n).mean())} for n, x in ds.features.items()},
             "ids": sorted(ds.ids),
             "split_seed": ds.split_seed,
             "provenance": ds.provenance,
@@ -233,7 +265,7 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
         ts = inter.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64)
     items_table = _read_table(root / "items.parquet", ["item"], optional=True)
 
-    features = {}
+    features, present = {}, {}
     for name, spec in meta.get("modalities", {}).items():
         fp = root / spec["file"]
         if not fp.exists():
@@ -242,6 +274,12 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
             features[name] = np.load(fp, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise DataError(str(fp), f"not a readable .npy array ({e})") from e
+        mask_path = fp.with_name(f"{name}.present.npy")
+        if mask_path.exists():
+            try:
+                present[name] = np.asarray(np.load(mask_path, allow_pickle=False), dtype=bool)
+            except (ValueError, OSError) as e:
+                raise DataError(str(mask_path), f"not a readable .npy array ({e})") from e
 
     kp = root / "kg.parquet"
     kg_table = _read_table(kp, ["head", "relation", "tail"], optional=True)
@@ -269,6 +307,7 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
         timestamp=ts,
         items=items_table,
         features=features,
+        feature_present=present,
         kg=kg,
         item_entity=links,
         num_entities=int(meta["num_entities"]),
@@ -345,6 +384,10 @@ def validate(ds: Dataset, root: Path | None = None) -> None:
         if not np.issubdtype(x.dtype, np.floating):
             raise DataError(str(fp), f"dtype {x.dtype} is not floating point")
         check_feature_values(x, fp)
+        mask = ds.feature_present.get(name)
+        if mask is not None and (mask.shape != (ds.num_items,) or mask.dtype != bool):
+            raise DataError(str(fp.with_name(f"{name}.present.npy")), f"has shape {mask.shape} and dtype {mask.dtype}, "
+                            f"expected ({ds.num_items},) bool")
 
     kp = r / "kg.parquet"
     for j, (col, bound) in enumerate(

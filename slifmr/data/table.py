@@ -1,0 +1,663 @@
+"""Import your own data from Parquet or CSV tables (`slifmr data import table`, issue 16).
+
+    interactions   one row per (user, item) event: id columns of any type, an optional
+                   timestamp, rating/label columns (`thresholds`) and split column
+    items          item metadata keyed by the item id; `text_columns` become a text modality
+    features       per modality, an (item id, vector) Parquet table or an .npy matrix whose
+                   rows follow the items table's rows
+    kg             (head, relation, tail) triples and (item, entity) links, raw ids
+
+Sources are local paths or any URI pyarrow's filesystems open (file://, s3://, gs://, hdfs://).
+Every table is read in record batches through pyarrow.dataset: ids are dictionary-encoded
+batch by batch and unified once, joins are pyarrow hash lookups (`index_in`), and nothing
+loops over rows in Python. The rules where a table is silent:
+
+* Ids are strings or integers; an integer id is its decimal text (7 and "7" are one id). A
+  string id has its surrounding whitespace stripped ('u1 ' is 'u1'); an id that is null, empty
+  after stripping or holds a control character is an error. Float ids are refused.
+* Feedback: every row is a positive, unless `thresholds` ({"rating": 4}) keep only rows with
+  every named column >= its value (RecBole's convention); the summary reports what was dropped.
+* Timestamps are numbers (seconds) or Arrow timestamps; text dates are refused, never guessed.
+* Repeated (user, item) pairs keep their first row (in the earliest split of a split column).
+* Splits (`split`): "column" keeps the table's split column (train/valid/test or 0/1/2);
+  "random" is the per-user seeded 8:1:1 split of MMRec and FREEDOM (Zhou et al., 2023);
+  "temporal" is per-user leave-last-out: each user's last interaction is test and the one
+  before valid (SASRec, Kang and McAuley, ICDM 2018; NCF's leave-one-out, He et al., WWW
+  2017); "global-temporal" cuts every interaction at the 80% and 90% time quantiles, so that
+  nothing from the future trains the model (Meng et al., "Exploring Data Splitting Strategies
+  for the Evaluation of Recommendation Models", RecSys 2020). Valid and test rows of users
+  without a training row are dropped there (a ranker cannot score a user it never saw), and
+  counted in the summary.
+* Feature and metadata rows of items that never occur in the interactions are dropped; items
+  with no feature row get a zero row and are marked missing (`Dataset.feature_present`), and
+  the modality's item graph leaves them out.
+
+Errors name the source, the 0-based data row (CSV: also its line) or Parquet row group, the
+column and the raw value, and nothing is written before every check has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
+from slifmr.data.split import split_per_user
+from slifmr.errors import DataError, SlifmrError
+
+SPLIT_RULES = ("random", "temporal", "global-temporal", "column")
+SPLIT_SOURCES = {
+    "random": "per-user random 8:1:1 (MMRec, FREEDOM)",
+    "temporal": "per-user temporal leave-last-out (SASRec, NCF)",
+    "global-temporal": "global temporal cut at the 80% / 90% time quantiles (Meng et al., RecSys 2020)",
+    "column": "the source's split column",
+}
+SPLIT_VALUES = {"train": TRAIN, "valid": VALID, "validation": VALID, "test": TEST, "0": TRAIN, "1": VALID, "2": TEST}
+BATCH_ROWS = 1 << 20
+_CONTROL = r"[\x00-\x1f\x7f]"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Table:
+    """One Parquet or CSV source, read in record batches of the named columns."""
+
+    source: str
+    dataset: pads.Dataset
+    is_csv: bool
+
+    @property
+    def columns(self) -> list[str]:
+        return self.dataset.schema.names
+
+    def require(self, *columns: str) -> None:
+        for col in columns:
+            if col not in self.columns:
+                raise DataError(self.source, f"column is missing (found: {', '.join(self.columns)})", column=col)
+
+    def batches(self, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(offset of the batch's first row, batch), in file order."""
+        self.require(*columns)
+        offset = 0
+        try:
+            for batch in self.dataset.to_batches(columns=list(columns), batch_size=BATCH_ROWS, use_threads=False):
+                yield offset, batch
+                offset += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as e:
+            first = (str(e).splitlines() or ["unreadable"])[0]
+            raise DataError(self.source, f"cannot be read after row {offset} ({first[:200]})") from None
+
+    def where(self, row: int) -> str:
+        """The source and a row, for an error: CSV rows also give their line (header = line 1)."""
+        return f"{self.source}, row {row}" + (f" (line {row + 2})" if self.is_csv else "")
+
+
+def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
+    """A Parquet (.parquet, .pq or a folder of them) or CSV (.csv, .tsv, optionally .gz) source;
+    a path or a URI of any pyarrow filesystem. `string_columns` are read from CSV as text (so
+    an id '007' stays '007')."""
+    source = str(source)
+    try:
+        if "://" in source:
+            fs, path = pafs.FileSystem.from_uri(source)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(source).absolute())
+        info = fs.get_file_info(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(source, f"cannot be opened ({str(e).splitlines()[0][:200]})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(source, "file is missing")
+    name = path.lower().removesuffix(".gz")
+    is_csv = name.endswith((".csv", ".tsv"))
+    if is_csv:
+        fmt = pads.CsvFileFormat(
+            parse_options=pacsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ","),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns}),
+        )
+    elif name.endswith((".parquet", ".pq")) or info.type == pafs.FileType.Directory:
+        fmt = pads.ParquetFileFormat()
+    else:
+        raise DataError(source, "is neither Parquet (.parquet, .pq) nor CSV (.csv, .tsv, optionally .gz)")
+    try:
+        return Table(source, pads.dataset(path, format=fmt, filesystem=fs), is_csv)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(source, f"not a readable {'CSV' if is_csv else 'Parquet'} table "
+                                f"({str(e).splitlines()[0][:200]})") from None
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Array:
+    """An id column as trimmed strings: integers as their decimal text; null, empty, control
+    characters and non-integer numbers refused."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_integer(arr.type):
+        out = pc.cast(arr, pa.string())
+    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        out = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    else:
+        raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
+    bad = pc.or_kleene(pc.is_null(out), pc.or_(pc.equal(pc.utf8_length(out), 0),
+                                               pc.match_substring_regex(out, _CONTROL)))
+    bad = pc.fill_null(bad, True)
+    if pc.any(bad).as_py():
+        i = _first(np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
+        raw = arr[i].as_py()
+        why = "missing id" if raw is None else ("empty id" if not str(raw).strip() else f"id {_show(raw)} holds a control character")
+        raise DataError(table.where(offset + i), why, column=column)
+    return out
+
+
+def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "") -> np.ndarray:
+    """A numeric column as finite float64 (Arrow timestamps as seconds)."""
+    if pa.types.is_timestamp(arr.type):
+        arr = pc.divide(pc.cast(pc.cast(arr, pa.timestamp("us")), pa.int64()).cast(pa.float64()), 1e6)
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
+        raw = arr[0].as_py() if len(arr) else None
+        raise DataError(table.where(offset), f"{_show(raw)} is not a number (the column holds {arr.type})"
+                        + (f"; {hint}" if hint else ""), column=column)
+    x = np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = _first(bad)
+        raw = arr[i].as_py()
+        raise DataError(table.where(offset + i), "missing number" if raw is None else f"{_show(raw)} is not a finite number",
+                        column=column)
+    return x
+
+
+class Encoder:
+    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch (pyarrow
+    dictionary encoding; the dictionaries are unified once, at the end)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[pa.DictionaryArray] = []
+
+    def add(self, tokens: pa.Array) -> None:
+        self.chunks.append(pc.dictionary_encode(tokens))
+
+    def finish(self) -> tuple[pa.Array, list[np.ndarray]]:
+        """(tokens (T,) string, the codes of each added chunk, int64)."""
+        if not self.chunks:
+            return pa.array([], pa.string()), []
+        unified = pa.chunked_array(self.chunks, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
+        tokens = unified.chunk(0).dictionary
+        return tokens, [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
+
+
+def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
+    """Position of every key in `tokens`, -1 where absent (a pyarrow hash join)."""
+    return np.asarray(pc.fill_null(pc.index_in(keys, value_set=tokens), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- interactions
+
+
+@dataclass
+class InteractionColumns:
+    """Column names of the interactions table."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str | None = None
+    split: str | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def _split_codes(table: Table, arr: pa.Array, offset: int, column: str) -> np.ndarray:
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(arr, pa.string())))
+    codes = lookup(pa.array(list(SPLIT_VALUES)), text)
+    if (codes < 0).any():
+        i = _first(codes < 0)
+        raise DataError(table.where(offset + i), f"split {_show(arr[i].as_py())} is not train, valid or test "
+                        "(or 0, 1, 2)", column=column)
+    return np.asarray(list(SPLIT_VALUES.values()), np.int8)[codes]
+
+
+def per_user_temporal(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Leave-last-out: each user's latest interaction is test, the one before valid (ties: the
+    later row is later); users with fewer than 3 interactions keep them all in train."""
+    n = user.size
+    order = np.lexsort((np.arange(n), ts, user))
+    u = user[order]
+    last = np.r_[u[1:] != u[:-1], True]
+    second = np.r_[last[1:], False] & ~last
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    counts = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n]))
+    code = np.full(n, TRAIN, np.int8)
+    code[last & (counts >= 3)] = TEST
+    code[second & (counts >= 3)] = VALID
+    split = np.empty(n, np.int8)
+    split[order] = code
+    return split
+
+
+def global_temporal(ts: np.ndarray) -> np.ndarray:
+    """Every interaction after the 90% time quantile is test, after the 80% valid."""
+    lo, hi = np.quantile(ts, [0.8, 0.9])
+    return np.where(ts > hi, TEST, np.where(ts > lo, VALID, TRAIN)).astype(np.int8)
+
+
+@dataclass
+class Interactions:
+    """Imported interactions: contiguous users and items, split codes, and the id tokens."""
+
+    user: np.ndarray
+    item: np.ndarray
+    split: np.ndarray
+    timestamp: np.ndarray | None
+    users: pa.Array
+    items: pa.Array
+    notes: dict[str, Any]
+
+
+def read_interactions(table: Table, cols: InteractionColumns, split: str, split_seed: int) -> Interactions:
+    """Stream the interactions table: ids encoded, feedback filtered, pairs deduplicated, split."""
+    if split not in SPLIT_RULES:
+        raise SlifmrError(f"--split {split!r}: choose one of {', '.join(SPLIT_RULES)}")
+    if split == "column" and not cols.split:
+        raise SlifmrError("--split column needs --split-col (the column holding train / valid / test)")
+    if split in ("temporal", "global-temporal") and not cols.time:
+        raise SlifmrError(f"--split {split} needs --time-col (the interactions' timestamps)")
+    for col in cols.thresholds:
+        if col in (cols.user, cols.item, cols.split):
+            raise SlifmrError(f"--threshold {col}: '{col}' is an id or split column, not a feedback value")
+    names = [cols.user, cols.item] + [c for c in (cols.time, cols.split) if c] + list(cols.thresholds)
+    users, items = Encoder(), Encoder()
+    keep, times, splits = [], [], []
+    total = 0
+    for offset, batch in table.batches(list(dict.fromkeys(names))):
+        users.add(id_tokens(table, batch.column(cols.user), offset, cols.user))
+        items.add(id_tokens(table, batch.column(cols.item), offset, cols.item))
+        mask = np.ones(batch.num_rows, bool)
+        for col, v in cols.thresholds.items():
+            mask &= numbers(table, batch.column(col), offset, col) >= v
+        keep.append(mask)
+        if cols.time:
+            times.append(numbers(table, batch.column(cols.time), offset, cols.time,
+                                 "timestamps must be numbers of seconds or Arrow timestamps: convert dates first"))
+        if cols.split and split == "column":
+            splits.append(_split_codes(table, batch.column(cols.split), offset, cols.split))
+        total += batch.num_rows
+    if total == 0:
+        raise DataError(table.source, "no rows")
+    user_tokens, user_chunks = users.finish()
+    item_tokens, item_chunks = items.finish()
+    user, item = np.concatenate(user_chunks), np.concatenate(item_chunks)
+    kept = np.concatenate(keep)
+    ts = np.concatenate(times) if times else None
+    given = np.concatenate(splits) if splits else None
+    notes: dict[str, Any] = {"rows": total, "split": SPLIT_SOURCES[split]}
+    if cols.thresholds:
+        notes["threshold"] = dict(cols.thresholds)
+        notes["threshold_dropped"] = int(total - kept.sum())
+        if not kept.any():
+            raise DataError(table.source, "no row passes --threshold " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items()))
+    # one row per (user, item): the first, in the earliest given split
+    key = user * np.int64(max(len(item_tokens), 1)) + item
+    rank = given if given is not None else np.zeros(total, np.int8)
+    order = np.lexsort((np.arange(total), rank, key, ~kept))
+    first = np.r_[True, key[order][1:] != key[order][:-1]]
+    rows = np.sort(order[first & kept[order]])
+    notes["duplicates_dropped"] = int(kept.sum() - rows.size)
+    user, item = user[rows], item[rows]
+    ts = ts[rows] if ts is not None else None
+    if split == "column":
+        codes = given[rows]
+    elif split == "random":
+        codes = split_per_user(user, split_seed)
+    elif split == "temporal":
+        codes = per_user_temporal(user, ts)
+    else:
+        codes = global_temporal(ts)
+        has_train = np.zeros(len(user_tokens), bool)
+        has_train[user[codes == TRAIN]] = True
+        stay = has_train[user]
+        notes["cold_rows_dropped"] = int((~stay).sum())
+        user, item, codes, ts = user[stay], item[stay], codes[stay], ts[stay]
+    # contiguous ids over what is left, in order of first appearance
+    user, users_kept = _compact(user, len(user_tokens))
+    item, items_kept = _compact(item, len(item_tokens))
+    return Interactions(user, item, codes, ts, user_tokens.take(pa.array(users_kept)),
+                        item_tokens.take(pa.array(items_kept)), notes)
+
+
+def _compact(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes renumbered 0.. over the values present (their order kept), and those values."""
+    present = np.zeros(n, bool)
+    present[codes] = True
+    new = np.cumsum(present) - 1
+    return new[codes].astype(np.int64), np.flatnonzero(present)
+
+
+def check_interaction_splits(inter: Interactions, source: str) -> None:
+    for code, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
+        if not (inter.split == code).any():
+            raise DataError(source, f"the {name} split is empty ({inter.notes['split']}): too few interactions "
+                            "per user or over time for this rule")
+    has_train = np.zeros(len(inter.users), bool)
+    has_train[inter.user[inter.split == TRAIN]] = True
+    if not has_train.all():
+        u = _first(~has_train)
+        raise DataError(source, f"user {_show(inter.users[u].as_py())} has no training interaction in the split column; "
+                        "every user needs one")
+
+
+# ----------------------------------------------------------------------------- items and features
+
+
+def read_items(table: Table, key: str, items: pa.Array) -> tuple[pa.Table, np.ndarray, int]:
+    """The metadata rows of known items: (table with an `item` column first, sorted by item;
+    the item of each source row (-1 unknown); rows dropped as unknown)."""
+    table.require(key)
+    parts, codes = [], []
+    for offset, batch in table.batches(table.columns):
+        tok = id_tokens(table, batch.column(key), offset, key)
+        code = lookup(items, tok)
+        seen = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+        _refuse_repeats(table, code, seen, offset, key, items)
+        codes.append(code)
+        known = code >= 0
+        rb = pa.Table.from_batches([batch]).filter(pa.array(known))
+        parts.append(rb.drop_columns([key]).add_column(0, "item", pa.array(code[known])))
+    code = np.concatenate(codes)
+    meta = pa.concat_tables(parts).sort_by("item")
+    return meta, code, int((code < 0).sum())
+
+
+def _refuse_repeats(table: Table, code: np.ndarray, seen: np.ndarray, offset: int, key: str, items: pa.Array) -> None:
+    """An item keyed twice (in this batch or an earlier one) is an error naming the second row."""
+    known = code[code >= 0]
+    if not known.size:
+        return
+    allc = np.concatenate([seen[seen >= 0], known])
+    uniq, counts = np.unique(allc, return_counts=True)
+    if (counts > 1).any():
+        dup = int(uniq[counts > 1][0])
+        rows = np.flatnonzero(code == dup)
+        row = offset + int(rows[-1] if (seen == dup).any() else rows[1])
+        raise DataError(table.where(row), f"item {_show(items[dup].as_py())} has a second row", column=key)
+
+
+def text_sentences(meta: pa.Table, columns: Sequence[str], num_items: int, source: str) -> tuple[list[str], np.ndarray]:
+    """One sentence per item, 'value. value' over `columns` (nulls skipped), and which items
+    have any text."""
+    for col in columns:
+        if col not in meta.column_names:
+            raise DataError(source, f"column named by --text-cols is missing (found: {', '.join(meta.column_names[1:])})",
+                            column=col)
+    parts = [pc.fill_null(pc.utf8_trim_whitespace(pc.cast(meta.column(c), pa.string())), "") for c in columns]
+    joined = pc.binary_join_element_wise(*parts, ". ") if len(parts) > 1 else parts[0]
+    joined = pc.utf8_trim(joined, ". ")
+    sentences = [""] * num_items
+    item = meta.column("item").to_numpy()
+    for i, s in zip(item.tolist(), joined.to_pylist()):  # one per item: the text model's input list
+        sentences[i] = s
+    present = np.array([bool(s) for s in sentences])
+    return sentences, present
+
+
+def features_from_table(table: Table, key: str, items: pa.Array, column: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(N, d) float32 from an (item id, vector) table, zero rows where an item has none; which
+    rows are present; rows dropped as unknown items. The vector column is `column`, else the
+    one list-typed column."""
+    table.require(key)
+    schema = table.dataset.schema
+    if column is None:
+        lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+                 or pa.types.is_large_list(f.type)]
+        if len(lists) != 1:
+            raise DataError(table.source, "needs exactly one vector column (a list of floats) besides the item id, found "
+                            f"{lists or 'none'}: name it as NAME=PATH:COLUMN")
+        column = lists[0]
+    table.require(column)
+    n = len(items)
+    out: np.ndarray | None = None
+    present = np.zeros(n, bool)
+    dropped = 0
+    seen: list[np.ndarray] = []
+    for offset, batch in table.batches([key, column]):
+        code = lookup(items, id_tokens(table, batch.column(key), offset, key))
+        _refuse_repeats(table, code, np.concatenate(seen) if seen else np.zeros(0, np.int64), offset, key, items)
+        seen.append(code)
+        vec = batch.column(column)
+        if not (pa.types.is_list(vec.type) or pa.types.is_fixed_size_list(vec.type) or pa.types.is_large_list(vec.type)):
+            raise DataError(table.source, f"the vector column holds {vec.type}, not a list of floats", column=column)
+        if vec.null_count:
+            i = _first(np.asarray(vec.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+            raise DataError(table.where(offset + i), "missing vector", column=column)
+        lengths = np.asarray(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
+        d = int(lengths[0]) if out is None else out.shape[1]
+        if (lengths != d).any() or d == 0:
+            i = _first(lengths != d) if (lengths != d).any() else 0
+            raise DataError(table.where(offset + i), f"vector of length {int(lengths[i])}, expected {d} (every vector "
+                            "has the same positive length)", column=column)
+        try:
+            flat = np.asarray(pc.cast(pc.list_flatten(vec), pa.float32()).to_numpy(zero_copy_only=False), np.float32)
+        except pa.ArrowException:
+            raise DataError(table.source, f"the vectors hold {vec.type.value_type}, not numbers", column=column) from None
+        rows = flat.reshape(-1, d)
+        bad = ~np.isfinite(rows).all(1)
+        if bad.any():
+            i = _first(bad)
+            c = _first(~np.isfinite(rows[i]))
+            raise DataError(table.where(offset + i), f"vector entry {c} is {rows[i, c]} (NaN or inf)", column=column)
+        if out is None:
+            out = np.zeros((n, d), np.float32)
+        known = code >= 0
+        out[code[known]] = rows[known]
+        present[code[known]] = True
+        dropped += int((~known).sum())
+    if out is None:
+        raise DataError(table.source, "no rows")
+    check_feature_values(out, table.source)
+    return out, present, dropped
+
+
+def features_from_npy(path: str, order: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) float32 from an .npy matrix whose row r is the item order[r] (the items table's
+    row order; -1: an item not in the interactions, skipped); which rows are present."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(path, f"not a readable .npy array ({e})") from None
+    if x.ndim != 2 or x.shape[0] != order.size:
+        raise DataError(path, f"has shape {tuple(x.shape)}, expected ({order.size}, d): one row per row of the items "
+                        "table, in its order")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(path, f"dtype {x.dtype} is not numeric")
+    check_feature_values(x, path)
+    out = np.zeros((num_items, x.shape[1]), np.float32)
+    present = np.zeros(num_items, bool)
+    known = order >= 0
+    out[order[known]] = x[known]
+    present[order[known]] = True
+    return out, present
+
+
+# ----------------------------------------------------------------------------- knowledge graph
+
+
+def read_kg(triples: Table, links: Table, items: pa.Array, head: str = "head", relation: str = "relation",
+            tail: str = "tail", link_item: str = "item", link_entity: str = "entity"
+            ) -> tuple[np.ndarray, np.ndarray, int, list[str], pa.Array, dict[str, int]]:
+    """(kg (T, 3), item_entity (L, 2), entities, relation names, entity tokens, counts) from raw
+    triples and item -> entity links; links of items outside the interactions are dropped."""
+    entities, relations = Encoder(), Encoder()
+    link_items: list[np.ndarray] = []
+    for offset, batch in links.batches([link_item, link_entity]):
+        link_items.append(lookup(items, id_tokens(links, batch.column(link_item), offset, link_item)))
+        entities.add(id_tokens(links, batch.column(link_entity), offset, link_entity))
+    n_link_chunks = len(entities.chunks)
+    for offset, batch in triples.batches([head, relation, tail]):  # per batch: a head chunk, then a tail chunk
+        entities.add(id_tokens(triples, batch.column(head), offset, head))
+        entities.add(id_tokens(triples, batch.column(tail), offset, tail))
+        relations.add(id_tokens(triples, batch.column(relation), offset, relation))
+    entity_tokens, ent = entities.finish()
+    relation_tokens, rel = relations.finish()
+    if not rel:
+        raise DataError(triples.source, "no triples")
+    heads, tails = ent[n_link_chunks::2], ent[n_link_chunks + 1 :: 2]
+    kg = np.stack([np.concatenate(heads), np.concatenate(rel), np.concatenate(tails)], 1)
+    item = np.concatenate(link_items) if link_items else np.zeros(0, np.int64)
+    linked = np.concatenate(ent[:n_link_chunks]) if n_link_chunks else np.zeros(0, np.int64)
+    known = item >= 0
+    pairs = np.stack([item[known], linked[known]], 1)
+    if pairs.size:
+        uniq, first = np.unique(pairs[:, 0], return_index=True)
+        if uniq.size < pairs.shape[0]:
+            seen = np.zeros(pairs.shape[0], bool)
+            seen[first] = True
+            dup = _first(~seen)
+            row = int(np.flatnonzero(known)[dup])
+            raise DataError(links.where(row), f"item {_show(items[int(pairs[dup, 0])].as_py())} is linked to a second "
+                            "entity", column=link_item)
+    counts = {"links_dropped": int((~known).sum())}
+    return kg, pairs.astype(np.int64), len(entity_tokens), relation_tokens.to_pylist(), entity_tokens, counts
+
+
+# ----------------------------------------------------------------------------- the import
+
+
+@dataclass
+class FeatureSource:
+    """One modality: `name`, from `path` (Parquet / CSV keyed by item id, or .npy in the items
+    table's row order), its vector `column` (default: the one list column)."""
+
+    name: str
+    path: str
+    column: str | None = None
+
+    @staticmethod
+    def parse(spec: str) -> FeatureSource:
+        """'NAME=PATH' or 'NAME=PATH:COLUMN' (a URI's own ':' is kept)."""
+        name, sep, rest = spec.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise SlifmrError(f"--features {spec!r}: expected NAME=PATH or NAME=PATH:COLUMN (e.g. image=image_emb.parquet)")
+        path, column = rest, None
+        head, colon, tail = rest.rpartition(":")
+        if colon and head and "/" not in tail and not tail.startswith("//") and not rest.endswith((".npy", ".parquet", ".pq", ".csv")):
+            path, column = head, tail
+        return FeatureSource(name.strip(), path.strip(), column)
+
+
+def attach_features(ds: Dataset, name: str, x: np.ndarray, present: np.ndarray, source: str) -> None:
+    """Add modality `name` (N, d) with its present-row mask to `ds` (refusing a name in use)."""
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise SlifmrError(f"modality name {name!r}: use letters, digits, '-' and '_'")
+    if name in ds.features:
+        raise SlifmrError(f"the dataset already has a modality named {name!r}")
+    if present.sum() < 2:
+        raise DataError(source, f"{int(present.sum())} row(s) match an item of the dataset, a modality needs 2 "
+                        "(are the ids the same as the interactions'?)")
+    ds.features[name] = x
+    ds.feature_present[name] = present
+    ds.provenance.setdefault("features", {})[name] = {"source": source, "coverage": float(present.mean())}
+
+
+def import_table(interactions: str, *, columns: InteractionColumns | None = None, split: str = "random",
+                 split_seed: int = 2026, items: str | None = None, item_key: str | None = None,
+                 text_columns: Sequence[str] = (), features: Sequence[FeatureSource] = (),
+                 kg: str | None = None, kg_links: str | None = None, name: str | None = None,
+                 cache_dir: Path | None = None) -> Dataset:
+    """A `Dataset` (not yet written) from tables; see the module docstring for the rules.
+
+    Raises DataError (file, row, column, raw value) on bad input, SlifmrError on bad options."""
+    cols = columns or InteractionColumns()
+    if (kg is None) != (kg_links is None):
+        raise SlifmrError("a KG needs both --kg (head, relation, tail triples) and --kg-links (item, entity links)")
+    if text_columns and items is None:
+        raise SlifmrError("--text-cols needs --items (the item metadata table holding those columns)")
+    table = open_table(interactions, [cols.user, cols.item] + ([cols.split] if cols.split else []))
+    inter = read_interactions(table, cols, split, split_seed)
+    check_interaction_splits(inter, table.source)
+    n = len(inter.items)
+    ds = Dataset(
+        name=name or Path(interactions.rstrip("/")).stem,
+        num_users=len(inter.users), num_items=n, user=inter.user, item=inter.item, split=inter.split,
+        timestamp=inter.timestamp, ids={"users": inter.users, "items": inter.items},
+        split_seed=split_seed if split == "random" else None,
+        provenance={"source": interactions, "import": {k: v for k, v in inter.notes.items() if k != "split"},
+                    "split": inter.notes["split"]},
+    )
+    if "threshold" in inter.notes:
+        ds.provenance["threshold"] = inter.notes["threshold"]
+        ds.provenance["feedback"] = ("positives are rows with " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items())
+                                     + f": dropped {inter.notes['threshold_dropped']:,} of {inter.notes['rows']:,} rows")
+    key = item_key or cols.item
+    order = None
+    if items is not None:
+        meta_table = open_table(items, [key])
+        meta, order, unknown = read_items(meta_table, key, inter.items)
+        ds.items = meta
+        ds.provenance["import"]["item_rows_dropped"] = unknown
+        if text_columns:
+            sentences, present = text_sentences(meta, text_columns, n, meta_table.source)
+            _embed_text(ds, sentences, present, text_columns, cache_dir)
+    for f in features:
+        if f.path.lower().endswith(".npy"):
+            if order is None:
+                raise SlifmrError(f"--features {f.name}={f.path}: an .npy matrix's rows follow the items table; pass --items")
+            x, present = features_from_npy(f.path, order, n)
+        else:
+            ft = open_table(f.path, [key])
+            x, present, _ = features_from_table(ft, key, inter.items, f.column)
+        attach_features(ds, f.name, x, present, f.path)
+    if kg is not None and kg_links is not None:
+        triples = open_table(kg, ["head", "relation", "tail"])
+        links = open_table(kg_links, [key, "entity"])
+        ds.kg, ds.item_entity, ds.num_entities, ds.relation_names, entity_tokens, counts = read_kg(
+            triples, links, inter.items, link_item=key)
+        ds.ids["entities"] = entity_tokens
+        ds.provenance["import"].update(counts)
+    return ds
+
+
+def _embed_text(ds: Dataset, sentences: list[str], present: np.ndarray, columns: Sequence[str],
+                cache_dir: Path | None) -> None:
+    from slifmr.data.ml100k import cache_root
+    from slifmr.data.text import MODEL_NAME, embed_sentences
+
+    vectors = embed_sentences(sentences, cache_root(cache_dir) / "embeddings")
+    if vectors is None:
+        return
+    vectors[~present] = 0.0
+    attach_features(ds, "text", vectors, present, f"{MODEL_NAME} over {' + '.join(columns)}")
+
+
+def add_features(path: str | Path, name: str, source: FeatureSource | str, key: str = "item_id") -> Dataset:
+    """Read the dataset folder `path`, attach modality `name` from a keyed table (raw item ids as
+    in the dataset's ids/items.parquet) and return it, to be written back atomically."""
+    from slifmr.data.format import read_dataset
+
+    ds = read_dataset(path)
+    src = source if isinstance(source, FeatureSource) else FeatureSource(name, str(source))
+    if "items" not in ds.ids:
+        raise DataError(str(path), "has no raw item ids (ids/items.parquet) to match the feature table's ids against")
+    if src.path.lower().endswith(".npy"):
+        raise SlifmrError("add-features takes a table keyed by item id (Parquet or CSV); an .npy matrix has no ids")
+    tokens = pa.array(np.asarray(ds.ids["items"]).astype(str))
+    table = open_table(src.path, [key])
+    x, present, _ = features_from_table(table, key, tokens, src.column)
+    attach_features(ds, name, x, present, src.path)
+    ds.digest = None  # a new modality: a new fingerprint
+    return ds

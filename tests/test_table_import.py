@@ -1,0 +1,143 @@
+"""Bring your own data: `slifmr data import table` and `data add-features` (issue 16)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from slifmr.cli import main
+from slifmr.data import table as table_mod
+from slifmr.data.format import TEST, TRAIN, VALID, read_dataset, write_dataset
+from slifmr.data.graphs import modality_graph
+from slifmr.data.table import InteractionColumns, import_table
+from slifmr.errors import SlifmrError
+
+
+def _user_files(root: Path, seed: int = 0) -> Path:
+    """What a new user brings: interactions.parquet (string ids, a rating), items.csv (title,
+    description), image_emb.parquet (35 of 40 items), and a KG as two CSVs."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n = 50, 40, 1600
+    u = rng.integers(0, n_users, n)
+    i = (u * 7 + rng.integers(0, 12, n)) % n_items
+    users = np.array([f"user-{x:03d}" for x in range(n_users)])
+    items = np.array([f"B{x * 13:05d}" for x in range(n_items)])
+    pq.write_table(pa.table({"user_id": users[u], "item_id": items[i], "rating": rng.integers(1, 6, n),
+                             "ts": rng.integers(1_600_000_000, 1_700_000_000, n)}), root / "interactions.parquet")
+    pacsv.write_csv(pa.table({"item_id": items, "title": [f"Item {x}" for x in range(n_items)],
+                              "description": [f"A thing of kind {x % 5}" for x in range(n_items)]}), root / "items.csv")
+    vectors = pa.array(list(rng.normal(size=(35, 8)).astype(np.float32)), pa.list_(pa.float32(), 8))
+    pq.write_table(pa.table({"item_id": items[:35], "embedding": vectors}), root / "image_emb.parquet")
+    entities = [f"/m/{x}" for x in range(30)]
+    pacsv.write_csv(pa.table({"head": rng.choice(entities, 200), "relation": rng.choice(["genre", "actor"], 200),
+                              "tail": rng.choice(entities, 200)}), root / "kg.csv")
+    pacsv.write_csv(pa.table({"item_id": items[:30], "entity": entities}), root / "links.csv")
+    return root
+
+
+def test_own_files_to_a_trained_run_from_the_readme_commands(tmp_path: Path) -> None:
+    src = _user_files(tmp_path)
+    data = tmp_path / "mine"
+    assert main(["-q", "data", "import", "table", str(src / "interactions.parquet"), "--threshold", "rating=3",
+                 "--items", str(src / "items.csv"), "--text-cols", "title,description",
+                 "--features", f"image={src / 'image_emb.parquet'}", "--kg", str(src / "kg.csv"),
+                 "--kg-links", str(src / "links.csv"), "--out", str(data)]) == 0
+    ds = read_dataset(data)
+    assert set(ds.features) == {"text", "image"} and ds.features["text"].shape == (ds.num_items, 384)
+    with_image = set(pq.read_table(src / "image_emb.parquet").column("item_id").to_pylist())
+    items_raw = np.asarray(ds.ids["items"]).astype(str)
+    assert np.array_equal(ds.present("image"), np.isin(items_raw, list(with_image)))
+    assert ds.num_entities == 30 and set(ds.relation_names) == {"genre", "actor"} and ds.kg.shape == (200, 3)
+    raw = pq.read_table(src / "interactions.parquet").to_pydict()
+    kept = {(a, b) for a, b, r in zip(raw["user_id"], raw["item_id"], raw["rating"]) if r >= 3}
+    users = np.asarray(ds.ids["users"]).astype(str)
+    assert set(zip(users[ds.user], items_raw[ds.item])) == kept  # raw ids survive, every positive once
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(data), "--epochs", "2", "--out", str(run), "--set", "model.k_corr=5",
+                 "--set", "model.k_mm=5"]) == 0
+    result = json.loads((run / "results.json").read_text())
+    assert 0 < result["test"]["recall@20"] <= 1
+
+
+def test_missing_feature_rows_are_zero_marked_and_left_out_of_the_item_graph(tmp_path: Path) -> None:
+    src = _user_files(tmp_path)
+    ds = import_table(str(src / "interactions.parquet"), items=str(src / "items.csv"),
+                      features=[table_mod.FeatureSource("image", str(src / "image_emb.parquet"))])
+    present = ds.present("image")
+    assert 0 < present.sum() < ds.num_items and not ds.features["image"][~present].any()
+    ei, _ = modality_graph(ds.features, 3, present=ds.feature_present)
+    missing = np.flatnonzero(~present)
+    assert not np.isin(ei.numpy(), missing).any()
+    write_dataset(ds, tmp_path / "d")
+    back = read_dataset(tmp_path / "d")
+    assert np.array_equal(back.present("image"), present)
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["modalities"]["image"]["coverage"] == present.mean()
+
+
+def test_ids_of_any_type_and_whitespace_are_one_id_each(tmp_path: Path) -> None:
+    big = 2**62 + 7
+    pq.write_table(pa.table({"user_id": [big, big, big, 5, 5, 5], "item_id": [" a", "b ", "c", "a", "b", "c"]}),
+                   tmp_path / "i.parquet")
+    ds = import_table(str(tmp_path / "i.parquet"))
+    assert ds.num_users == 2 and ds.num_items == 3
+    assert list(np.asarray(ds.ids["users"]).astype(str)) == [str(big), "5"]
+    assert list(np.asarray(ds.ids["items"]).astype(str)) == ["a", "b", "c"]
+    (tmp_path / "i.csv").write_text("user_id,item_id\n007,x\n007,y\n007,z\n7,x\n7,y\n7,z\n")
+    ds = import_table(str(tmp_path / "i.csv"))
+    assert list(np.asarray(ds.ids["users"]).astype(str)) == ["007", "7"]  # CSV ids are text: 007 is not 7
+
+
+def test_split_rules(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    user = rng.integers(0, 20, n)
+    item = rng.permutation(n)  # every (user, item) pair once
+    ts = rng.permutation(n).astype(np.int64) * 10
+    pq.write_table(pa.table({"u": user, "i": item, "t": ts, "part": np.where(np.arange(n) % 10 == 0, "test",
+                                                                              np.where(np.arange(n) % 10 == 1, "valid", "train"))}),
+                   tmp_path / "x.parquet")
+    cols = InteractionColumns(user="u", item="i", time="t")
+    temporal = import_table(str(tmp_path / "x.parquet"), columns=cols, split="temporal")
+    for u in range(temporal.num_users):
+        mine = temporal.user == u
+        order = np.argsort(temporal.timestamp[mine])
+        assert list(temporal.split[mine][order][-2:]) == [VALID, TEST]  # the last is test, the one before valid
+    cut = import_table(str(tmp_path / "x.parquet"), columns=cols, split="global-temporal")
+    assert cut.timestamp[cut.split == TRAIN].max() < cut.timestamp[cut.split == VALID].min()
+    assert cut.timestamp[cut.split == VALID].max() < cut.timestamp[cut.split == TEST].min()
+    given = import_table(str(tmp_path / "x.parquet"), columns=InteractionColumns(user="u", item="i", split="part"),
+                         split="column")
+    raw = pq.read_table(tmp_path / "x.parquet").to_pydict()
+    expect = {(str(a), str(b)): {"train": TRAIN, "valid": VALID, "test": TEST}[s]
+              for a, b, s in zip(raw["u"], raw["i"], raw["part"])}
+    users, items = np.asarray(given.ids["users"]).astype(str), np.asarray(given.ids["items"]).astype(str)
+    got = {(users[a], items[b]): int(s) for a, b, s in zip(given.user, given.item, given.split)}
+    assert all(expect[k] == v for k, v in got.items()) and len(got) == len(expect)
+    assert "leave-last-out" in temporal.provenance["split"] and "Meng" in cut.provenance["split"]
+
+
+def test_batches_and_uri_give_the_same_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _user_files(tmp_path)
+    one = import_table(str(src / "interactions.parquet"))
+    monkeypatch.setattr(table_mod, "BATCH_ROWS", 97)  # many batches: dictionaries unified across them
+    many = import_table(f"file://{src / 'interactions.parquet'}")
+    assert one.fingerprint()["digest"] == many.fingerprint()["digest"]
+    assert np.array_equal(one.split, many.split)
+
+
+def test_add_features_is_atomic_and_makes_a_new_fingerprint(tmp_path: Path) -> None:
+    src = _user_files(tmp_path)
+    data = write_dataset(import_table(str(src / "interactions.parquet")), tmp_path / "d")
+    before = json.loads((data / "meta.json").read_text())["fingerprint"]
+    assert main(["-q", "data", "add-features", str(data), "--name", "image", "--from", str(src / "image_emb.parquet")]) == 0
+    ds = read_dataset(data)
+    assert "image" in ds.features and ds.fingerprint()["digest"] != before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
+    with pytest.raises(SlifmrError, match="already has a modality"):
+        table_mod.add_features(data, "image", str(src / "image_emb.parquet"))
