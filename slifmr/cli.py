@@ -53,8 +53,11 @@ def _write_imported(ds, out: str, overwrite: bool) -> int:  # noqa: ANN001
     return 0
 
 
-TABLE_FLAGS = ("user_col", "item_col", "time_col", "split", "split_col", "items", "item_key", "text_cols", "features",
-               "kg", "kg_links")
+TABLE_FLAGS = ("user_col", "item_col", "time_col", "split", "split_col", "items", "item_key", "features", "kg", "kg_links")
+
+
+def _text_columns(args: argparse.Namespace) -> list[str]:
+    return [c.strip() for c in (args.text_cols or "").split(",") if c.strip()]
 
 
 def _cmd_import_table(args: argparse.Namespace, thresholds: dict[str, float]) -> int:
@@ -63,11 +66,12 @@ def _cmd_import_table(args: argparse.Namespace, thresholds: dict[str, float]) ->
     split = args.split or ("column" if args.split_col else "random")
     if args.split_seed is not None and split != "random":
         raise SlifmrError(f"--split-seed does not apply: --split {split} draws nothing")
-    cols = InteractionColumns(args.user_col, args.item_col, args.time_col, args.split_col, thresholds)
+    cols = InteractionColumns(args.user_col or "user_id", args.item_col or "item_id", args.time_col, args.split_col,
+                              thresholds)
     ds = import_table(
         args.dir, columns=cols, split=split, split_seed=2026 if args.split_seed is None else args.split_seed,
         items=args.items, item_key=args.item_key,
-        text_columns=[c.strip() for c in (args.text_cols or "").split(",") if c.strip()],
+        text_columns=_text_columns(args),
         features=[FeatureSource.parse(f) for f in args.features], kg=args.kg, kg_links=args.kg_links,
         name=args.name or Path(args.out).name, cache_dir=args.cache_dir,
     )
@@ -100,9 +104,13 @@ def _cmd_import(args: argparse.Namespace) -> int:
                           f"({'x_label' if args.format == 'mmrec' else '.train/.valid/.test.inter'}), its split is kept")
     if args.format == "recbole":
         from slifmr.data.recbole import import_recbole
+        from slifmr.data.table import add_text_modality
 
         seed = 2026 if args.split_seed is None else args.split_seed
         ds = import_recbole(args.dir, args.name, split_seed=seed, thresholds=thresholds)
+        add_text_modality(ds, _text_columns(args), args.cache_dir, f"{args.dir}/{ds.name}.item")
+    elif args.text_cols:
+        raise SlifmrError("--text-cols: an MMRec folder has no item metadata table (use data import table or recbole)")
     else:
         from slifmr.data.mmrec import import_mmrec
 
@@ -165,8 +173,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, help="seed of the per-user 8:1:1 split (default 2026; only for a "
                    "random split)")
     t = p.add_argument_group("table (slifmr data import table)")
-    t.add_argument("--user-col", default="user_id", help="user id column (default user_id)")
-    t.add_argument("--item-col", default="item_id", help="item id column (default item_id)")
+    t.add_argument("--user-col", help="user id column (default user_id)")
+    t.add_argument("--item-col", help="item id column (default item_id)")
     t.add_argument("--time-col", help="timestamp column (seconds or Arrow timestamps)")
     t.add_argument("--split", choices=["random", "temporal", "global-temporal", "column"],
                    help="random: per-user 8:1:1 (default); temporal: per-user leave-last-out; global-temporal: cut at "
@@ -174,8 +182,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--split-col", help="column holding train / valid / test (implies --split column)")
     t.add_argument("--items", help="item metadata table keyed by --item-key")
     t.add_argument("--item-key", help="item id column of --items, --features tables and --kg-links (default: --item-col)")
-    t.add_argument("--text-cols", help="columns of --items embedded with all-MiniLM-L6-v2 as the text modality, e.g. "
-                   "title,description")
+    t.add_argument("--text-cols", help="columns of --items (recbole: of .item) embedded with all-MiniLM-L6-v2 as the "
+                   "text modality, e.g. title,description")
     t.add_argument("--features", action="append", default=[], metavar="NAME=PATH[:COLUMN]",
                    help="a modality from a table keyed by item id (its one list column, or COLUMN), or an .npy matrix "
                         "in the row order of --items (repeatable)")

@@ -499,3 +499,36 @@ def test_mmrec_without_features_remaps_items(tmp_path: Path) -> None:
     _mmrec_rows(root, lambda r: [r[0]] + [x.replace("\t", "000\t", 2).replace("000\t", "\t", 1) for x in r[1:]])
     ds = import_mmrec(root)
     assert ds.num_items == 5 and ds.ids["items"].tolist() == [0, 1000, 2000, 3000, 4000]
+
+
+def test_recbole_float_seq_fields_become_modalities_with_missing_rows(tmp_path: Path) -> None:
+    item = ("item_id:token\tmovie_title:token_seq\timage:float_seq\n"
+            "i1\tToy Story\t0.5 1 2\ni2\tHeat\t\ni3\tAlien\t-1  2.5 3\ni1\tAgain\t9 9 9\n")
+    ds = import_recbole(write_recbole(tmp_path / "toy", item=item, link=None), split_seed=1)
+    items = list(ds.ids["items"])
+    x, present = ds.features["image"], ds.present("image")
+    assert x.shape == (ds.num_items, 3) and "image" not in ds.items.column_names
+    np.testing.assert_array_equal(x[items.index("i1")], [0.5, 1, 2])  # an item's first row
+    np.testing.assert_array_equal(x[items.index("i3")], [-1, 2.5, 3])
+    assert not present[items.index("i2")] and not x[items.index("i2")].any()  # empty cell: missing
+    assert not present[items.index("i4")]  # no .item row
+    back = read_dataset(write_dataset(ds, tmp_path / "out"))
+    np.testing.assert_array_equal(back.present("image"), present)
+
+
+def test_recbole_float_seq_of_two_lengths_names_the_line(tmp_path: Path) -> None:
+    item = "item_id:token\timage:float_seq\ni1\t1 2\ni2\t1 2 3\n"
+    with pytest.raises(DataError, match=r"toy.item, line 3, column 'image': 3 numbers, the first filled row has 2"):
+        import_recbole(write_recbole(tmp_path / "toy", item=item, link=None), split_seed=1)
+
+
+def test_recbole_text_cols_embed_item_metadata(tmp_path: Path) -> None:
+    from slifmr.cli import main
+
+    root = write_recbole(tmp_path / "toy")
+    assert main(["-q", "data", "import", "recbole", str(root), "--text-cols", "title,genres", "--out",
+                 str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    ds = read_dataset(tmp_path / "out")
+    assert ds.features["text"].shape == (ds.num_items, 384)
+    norms = np.linalg.norm(ds.features["text"], axis=1)
+    np.testing.assert_allclose(norms[ds.present("text")], 1.0, atol=1e-4)  # unit vectors from the model

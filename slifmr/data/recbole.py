@@ -29,6 +29,9 @@ the order they first appear. The rules this importer applies where the format is
 * A pre-split set keeps its split exactly: each split file must keep a row, and every user
   of the valid and test files must have a training row. Without a pre-split, the per-user
   8:1:1 split must leave a row in valid and test (some user needs 3 interactions).
+* Fields of .item: float_seq fields become modalities (one row per item, space-separated
+  numbers of one length; an empty cell or an item without a row is a zero row marked missing);
+  the other fields are item metadata (items.parquet), which `--text-cols` can embed.
 * Every error names the source file, the 1-based physical line (the header is line 1), the
   column as written in the header and the raw value; warnings are printed only once the
   whole import has passed, so a refused import prints one line.
@@ -489,12 +492,13 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
     for i in kept_i:
         items.add(i)
     item_table = None
+    item_file = None
     item_path = root / f"{name}.item"
     if item_path.exists():
-        f = read_atomic(item_path, (ITEM,))
-        tok = f.ids(ITEM)
+        item_file = read_atomic(item_path, (ITEM,))
+        tok = item_file.ids(ITEM)
         items.add(tok)
-        item_table = _item_metadata(f, tok, items)
+        item_table = _item_metadata(item_file, tok, items)
 
     user = np.concatenate([users.index(u) for u in kept_u])
     item = np.concatenate([items.index(i) for i in kept_i])
@@ -534,8 +538,11 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
                                  f"{name}.train.inter/.valid.inter/.test.inter)")
 
     kg, links, entities, relations = import_kg(root, name, items)
+    features, present = ({}, {}) if item_file is None else float_seq_features(item_file, items)
     emit(warnings, infos)
     return Dataset(
+        features=features,
+        feature_present=present,
         name=name,
         num_users=len(users),
         num_items=len(items),
@@ -587,6 +594,49 @@ def import_kg(root: Path, name: str, items: IdMap) -> tuple[np.ndarray, np.ndarr
     return kg, links, entities, relations.tokens
 
 
+def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every float_seq field of .item as a modality: (N, d) float32 and which items have a row
+    (an empty cell or an item without a row: a zero row, marked missing). An item listed twice
+    keeps its first row."""
+    features, present = {}, {}
+    ids = items.index(f.ids(ITEM))
+    _, first = np.unique(ids, return_index=True)
+    for col, ftype in f.types.items():
+        if ftype != "float_seq":
+            continue
+        text = pc.utf8_trim_whitespace(f.table.column(col))
+        filled = np.asarray(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False), dtype=bool)
+        parts = pc.split_pattern_regex(text, r"\s+")
+        lengths = np.asarray(pc.list_value_length(parts).to_numpy(zero_copy_only=False))
+        d = int(lengths[filled][0]) if filled.any() else 0
+        if (lengths[filled] != d).any():
+            i = _first(filled & (lengths != d))
+            raise f.error(f"{int(lengths[i])} numbers, the first filled row has {d} (every vector has one length)",
+                          row=i, column=col)
+        if d == 0:
+            continue
+        try:
+            flat = np.asarray(pc.cast(pc.list_flatten(parts.filter(pa.array(filled))), pa.float32())
+                              .to_numpy(zero_copy_only=False), dtype=np.float32)
+        except pa.ArrowException:
+            rows = np.flatnonzero(filled)
+            i = int(rows[_first_failing(parts.filter(pa.array(filled)),
+                                        lambda a: pc.cast(pc.list_flatten(a), pa.float32()))])
+            raise f.error(f"{_show(f.cell(col, i))} is not a list of numbers", row=i, column=col) from None
+        vectors = flat.reshape(-1, d)
+        rows = np.flatnonzero(filled)
+        if not np.isfinite(vectors).all():
+            i = int(rows[_first(~np.isfinite(vectors).all(1))])
+            raise f.error(f"{_show(f.cell(col, i))} holds NaN or inf", row=i, column=col)
+        take = np.isin(rows, first)  # an item's first row only
+        x = np.zeros((len(items), d), np.float32)
+        x[ids[rows[take]]] = vectors[take]
+        mask = np.zeros(len(items), bool)
+        mask[ids[rows[take]]] = True
+        features[col], present[col] = x, mask
+    return features, present
+
+
 def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
     """items.parquet: contiguous item id plus every field; RecBole's ml-100k names mapped to
     title / year / genres (a year that is not a number, like item 1412's 'V', becomes null).
@@ -608,6 +658,8 @@ def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
             cols[out] = pc.split_pattern(values, " ")
         elif ftype == "float":
             cols[out] = f.numbers(col, nullable=True)
+        elif ftype == "float_seq":
+            continue  # a modality (float_seq_features), not metadata
         else:
             cols[out] = values
     table = pa.table(cols)

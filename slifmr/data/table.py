@@ -105,8 +105,8 @@ class Table:
 
 def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
     """A Parquet (.parquet, .pq or a folder of them) or CSV (.csv, .tsv, optionally .gz) source;
-    a path or a URI of any pyarrow filesystem. `string_columns` are read from CSV as text (so
-    an id '007' stays '007')."""
+    a path or a URI of any pyarrow filesystem. `string_columns` (id columns) are read
+    dictionary-encoded, and from CSV as text (so an id '007' stays '007')."""
     source = str(source)
     try:
         if "://" in source:
@@ -123,10 +123,12 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
     if is_csv:
         fmt = pads.CsvFileFormat(
             parse_options=pacsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ","),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns}),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.dictionary(pa.int32(), pa.string()) for c in string_columns}),
         )
     elif name.endswith((".parquet", ".pq")) or info.type == pafs.FileType.Directory:
-        fmt = pads.ParquetFileFormat()
+        # string ids come back dictionary-encoded, never as one string per row
+        fmt = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=list(string_columns)))
     else:
         raise DataError(source, "is neither Parquet (.parquet, .pq) nor CSV (.csv, .tsv, optionally .gz)")
     try:
@@ -145,26 +147,38 @@ def _show(value: Any, limit: int = 40) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Array:
-    """An id column as trimmed strings: integers as their decimal text; null, empty, control
-    characters and non-integer numbers refused."""
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if pa.types.is_integer(arr.type):
-        out = pc.cast(arr, pa.string())
-    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        out = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
+    """An id column, dictionary-encoded, its dictionary the trimmed text of each distinct id
+    (integers as their decimal text). Checked on the dictionary, so once per distinct id per
+    batch: null, empty and control characters refused, and non-integer numbers."""
+    if not pa.types.is_dictionary(arr.type):
+        if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
+        arr = pc.dictionary_encode(arr)
+    values, indices = arr.dictionary, arr.indices
+    if indices.null_count:
+        i = _first(np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+        raise DataError(table.where(offset + i), "missing id", column=column)
+    if pa.types.is_integer(values.type):
+        text = pc.cast(values, pa.string())
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
     else:
-        raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
-    bad = pc.or_kleene(pc.is_null(out), pc.or_(pc.equal(pc.utf8_length(out), 0),
-                                               pc.match_substring_regex(out, _CONTROL)))
-    bad = pc.fill_null(bad, True)
+        raise DataError(table.source, f"ids must be strings or integers, found {values.type}", column=column)
+    bad = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, _CONTROL))
     if pc.any(bad).as_py():
-        i = _first(np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
-        raw = arr[i].as_py()
-        why = "missing id" if raw is None else ("empty id" if not str(raw).strip() else f"id {_show(raw)} holds a control character")
+        entry = _first(np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
+        i = _first(np.asarray(indices.to_numpy(zero_copy_only=False)) == entry)
+        raw = values[entry].as_py()
+        why = "empty id" if not str(raw).strip() else f"id {_show(raw)} holds a control character"
         raise DataError(table.where(offset + i), why, column=column)
-    return out
+    merged = pc.dictionary_encode(text)  # 'u1 ' and 'u1' become one entry
+    return pa.DictionaryArray.from_arrays(merged.indices.take(indices), merged.dictionary)
+
+
+def token_array(ids: pa.DictionaryArray) -> pa.Array:
+    """The id of every row as plain strings (for hash lookups against another table's ids)."""
+    return ids.dictionary.take(ids.indices)
 
 
 def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "") -> np.ndarray:
@@ -192,8 +206,9 @@ class Encoder:
     def __init__(self) -> None:
         self.chunks: list[pa.DictionaryArray] = []
 
-    def add(self, tokens: pa.Array) -> None:
-        self.chunks.append(pc.dictionary_encode(tokens))
+    def add(self, ids: pa.DictionaryArray) -> None:
+        """ids: from `id_tokens`."""
+        self.chunks.append(ids)
 
     def finish(self) -> tuple[pa.Array, list[np.ndarray]]:
         """(tokens (T,) string, the codes of each added chunk, int64)."""
@@ -312,12 +327,18 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
         notes["threshold_dropped"] = int(total - kept.sum())
         if not kept.any():
             raise DataError(table.source, "no row passes --threshold " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items()))
-    # one row per (user, item): the first, in the earliest given split
-    key = user * np.int64(max(len(item_tokens), 1)) + item
-    rank = given if given is not None else np.zeros(total, np.int8)
-    order = np.lexsort((np.arange(total), rank, key, ~kept))
-    first = np.r_[True, key[order][1:] != key[order][:-1]]
-    rows = np.sort(order[first & kept[order]])
+    # one row per (user, item): the first, in the earliest given split (one stable sort of a
+    # single int64 key: pair, then split)
+    candidates = np.flatnonzero(kept)
+    key = user[candidates] * np.int64(max(len(item_tokens), 1)) + item[candidates]
+    if given is not None:
+        key = key * 3 + given[candidates]
+    order = np.argsort(key, kind="stable")
+    pair = key[order] // 3 if given is not None else key[order]
+    del key
+    first = np.r_[True, pair[1:] != pair[:-1]]
+    rows = np.sort(candidates[order[first]])
+    del order, pair, first, candidates
     notes["duplicates_dropped"] = int(kept.sum() - rows.size)
     user, item = user[rows], item[rows]
     ts = ts[rows] if ts is not None else None
@@ -371,8 +392,7 @@ def read_items(table: Table, key: str, items: pa.Array) -> tuple[pa.Table, np.nd
     table.require(key)
     parts, codes = [], []
     for offset, batch in table.batches(table.columns):
-        tok = id_tokens(table, batch.column(key), offset, key)
-        code = lookup(items, tok)
+        code = lookup(items, token_array(id_tokens(table, batch.column(key), offset, key)))
         seen = np.concatenate(codes) if codes else np.zeros(0, np.int64)
         _refuse_repeats(table, code, seen, offset, key, items)
         codes.append(code)
@@ -398,6 +418,13 @@ def _refuse_repeats(table: Table, code: np.ndarray, seen: np.ndarray, offset: in
         raise DataError(table.where(row), f"item {_show(items[dup].as_py())} has a second row", column=key)
 
 
+def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A metadata column as text: lists (genres) joined by ', ', anything else cast."""
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return pc.binary_join(pc.cast(col, pa.list_(pa.string())), ", ")
+    return pc.cast(col, pa.string())
+
+
 def text_sentences(meta: pa.Table, columns: Sequence[str], num_items: int, source: str) -> tuple[list[str], np.ndarray]:
     """One sentence per item, 'value. value' over `columns` (nulls skipped), and which items
     have any text."""
@@ -405,7 +432,7 @@ def text_sentences(meta: pa.Table, columns: Sequence[str], num_items: int, sourc
         if col not in meta.column_names:
             raise DataError(source, f"column named by --text-cols is missing (found: {', '.join(meta.column_names[1:])})",
                             column=col)
-    parts = [pc.fill_null(pc.utf8_trim_whitespace(pc.cast(meta.column(c), pa.string())), "") for c in columns]
+    parts = [pc.fill_null(pc.utf8_trim_whitespace(_as_text(meta.column(c))), "") for c in columns]
     joined = pc.binary_join_element_wise(*parts, ". ") if len(parts) > 1 else parts[0]
     joined = pc.utf8_trim(joined, ". ")
     sentences = [""] * num_items
@@ -436,7 +463,7 @@ def features_from_table(table: Table, key: str, items: pa.Array, column: str | N
     dropped = 0
     seen: list[np.ndarray] = []
     for offset, batch in table.batches([key, column]):
-        code = lookup(items, id_tokens(table, batch.column(key), offset, key))
+        code = lookup(items, token_array(id_tokens(table, batch.column(key), offset, key)))
         _refuse_repeats(table, code, np.concatenate(seen) if seen else np.zeros(0, np.int64), offset, key, items)
         seen.append(code)
         vec = batch.column(column)
@@ -505,7 +532,7 @@ def read_kg(triples: Table, links: Table, items: pa.Array, head: str = "head", r
     entities, relations = Encoder(), Encoder()
     link_items: list[np.ndarray] = []
     for offset, batch in links.batches([link_item, link_entity]):
-        link_items.append(lookup(items, id_tokens(links, batch.column(link_item), offset, link_item)))
+        link_items.append(lookup(items, token_array(id_tokens(links, batch.column(link_item), offset, link_item))))
         entities.add(id_tokens(links, batch.column(link_entity), offset, link_entity))
     n_link_chunks = len(entities.chunks)
     for offset, batch in triples.batches([head, relation, tail]):  # per batch: a head chunk, then a tail chunk
@@ -610,9 +637,7 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
         meta, order, unknown = read_items(meta_table, key, inter.items)
         ds.items = meta
         ds.provenance["import"]["item_rows_dropped"] = unknown
-        if text_columns:
-            sentences, present = text_sentences(meta, text_columns, n, meta_table.source)
-            _embed_text(ds, sentences, present, text_columns, cache_dir)
+        add_text_modality(ds, text_columns, cache_dir, meta_table.source)
     for f in features:
         if f.path.lower().endswith(".npy"):
             if order is None:
@@ -632,11 +657,18 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
     return ds
 
 
-def _embed_text(ds: Dataset, sentences: list[str], present: np.ndarray, columns: Sequence[str],
-                cache_dir: Path | None) -> None:
+def add_text_modality(ds: Dataset, columns: Sequence[str], cache_dir: Path | str | None, source: str) -> None:
+    """Embed `columns` of the item metadata (ds.items) with all-MiniLM-L6-v2 into modality
+    'text' (N, 384), batched and cached by content; items without text get a zero row, marked
+    missing. Without the model installed: a warning, and no text modality."""
+    if not columns:
+        return
+    if ds.items is None:
+        raise SlifmrError(f"--text-cols {','.join(columns)}: the dataset has no item metadata to embed")
     from slifmr.data.ml100k import cache_root
     from slifmr.data.text import MODEL_NAME, embed_sentences
 
+    sentences, present = text_sentences(ds.items, columns, ds.num_items, source)
     vectors = embed_sentences(sentences, cache_root(cache_dir) / "embeddings")
     if vectors is None:
         return

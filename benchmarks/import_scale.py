@@ -1,0 +1,151 @@
+"""Importing your own data at scale (issue 16): synthetic interactions with string ids written as
+Parquet, then `slifmr data import table` on them, one size at a time in a fresh process.
+
+    python benchmarks/import_scale.py --rows 10000000 100000000
+
+Per size: rows/s of the whole command (read, encode, split, validate, write), its peak resident
+memory (the child process's ru_maxrss), the size of the Parquet input and of the written
+dataset folder, and the ratio peak memory / written dataset. Input: ~10 interactions per user,
+users 'user-<n>', items 'item-<n>' over rows/100 items (Zipf-like popularity), a float rating;
+the 1e8-row input is written in row groups of 2^20 rows and never held whole in memory.
+Writes benchmarks/results/import-scale.json, its PNG and the IMPORT_SCALE section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quality import RESULTS, write_results_md
+
+ROW_GROUP = 1 << 20
+
+
+def write_input(path: Path, rows: int, seed: int = 0) -> None:
+    """`rows` interactions as Parquet, generated and written one row group at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    users, items = max(1, rows // 10), max(2, rows // 100)
+    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32())])
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for start in range(0, rows, ROW_GROUP):
+            n = min(ROW_GROUP, rows - start)
+            u = rng.integers(0, users, n)
+            i = np.minimum((rng.pareto(1.2, n) * items / 50).astype(np.int64), items - 1)
+            writer.write_table(pa.table({
+                "user_id": pc.binary_join_element_wise("user-", pc.cast(pa.array(u), pa.string()), ""),
+                "item_id": pc.binary_join_element_wise("item-", pc.cast(pa.array(i), pa.string()), ""),
+                "rating": pa.array(rng.integers(1, 6, n).astype(np.float32)),
+            }, schema=schema))
+    tmp.replace(path)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def child(source: str, out: str) -> int:
+    """The measured command, in this (fresh) process: prints one JSON line."""
+    from slifmr.cli import main
+
+    start = time.perf_counter()
+    code = main(["-q", "data", "import", "table", source, "--threshold", "rating=3", "--out", out])
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"code": code, "seconds": seconds, "peak_rss_bytes": peak}))
+    return code
+
+
+def measure(rows: int, work: Path) -> dict:
+    src = work / f"interactions-{rows}.parquet"
+    if not src.exists():
+        t = time.perf_counter()
+        write_input(src, rows)
+        print(f"wrote {rows:,} rows in {time.perf_counter() - t:.0f} s", flush=True)
+    out = work / f"dataset-{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", str(src), str(out)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if proc.returncode != 0:
+        raise SystemExit(f"import of {rows:,} rows failed:\n{proc.stderr[-2000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta = json.loads((out / "meta.json").read_text())
+    written = folder_bytes(out)
+    row = {"mode": "import table", "rows": rows, "users": meta["num_users"], "items": meta["num_items"],
+           "interactions_kept": meta["num_interactions"], "workers": 1, "threads": os.cpu_count(),
+           "seconds": r["seconds"], "rows_per_second": rows / r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
+           "input_bytes": src.stat().st_size, "dataset_bytes": written,
+           "peak_over_dataset": r["peak_rss_bytes"] / written}
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    x = [r["rows"] for r in rows]
+    a.plot(x, [r["rows_per_second"] / 1e6 for r in rows], "o-", label="import table")
+    a.axhline(2.0, ls="--", c="gray", label="target 2e6 rows/s")
+    a.set(xscale="log", xlabel="input rows", ylabel="million rows / s", title="throughput")
+    a.legend()
+    b.plot(x, [r["peak_over_dataset"] for r in rows], "o-")
+    b.axhline(3.0, ls="--", c="gray", label="target 3x")
+    b.set(xscale="log", xlabel="input rows", ylabel="peak RSS / written dataset", title="memory")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", nargs="+", type=int, default=[10_000_000])
+    ap.add_argument("--work", default="/tmp/slifmr-import-scale", help="where inputs and datasets go (large)")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [measure(n, work) for n in args.rows]
+    command = "python benchmarks/import_scale.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from slifmr.atomic import write_text
+
+    write_text(RESULTS / "import-scale.json", json.dumps({"command": command, "machine": f"{platform.machine()}, "
+                                                          f"{os.cpu_count()} cores", "rows": rows}, indent=2))
+    plot(rows, RESULTS / "import-scale.png")
+    gb = 1 << 30
+    lines = ["## Importing your own data at scale (issue 16)", "", f"Command: `{command}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, nothing else running. Input: Parquet with string ids "
+             "(~10 interactions per user, rows/100 items), `--threshold rating=3`; the whole "
+             "`slifmr data import table` command (read, encode, deduplicate, split, validate, write) in a fresh process.",
+             "", "| input rows | users | items | kept | seconds | rows/s | peak RSS GiB | input GiB | dataset GiB | "
+             "peak / dataset |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['rows']:,} | {r['users']:,} | {r['items']:,} | {r['interactions_kept']:,} | {r['seconds']:.1f} | "
+              f"{r['rows_per_second'] / 1e6:.2f}M | {r['peak_rss_bytes'] / gb:.2f} | {r['input_bytes'] / gb:.2f} | "
+              f"{r['dataset_bytes'] / gb:.2f} | {r['peak_over_dataset']:.1f}x |" for r in rows]
+    lines += ["", "![import scale](results/import-scale.png)"]
+    write_results_md("IMPORT_SCALE", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
