@@ -16,7 +16,7 @@ from slifmr.data import table as table_mod
 from slifmr.data.format import TEST, TRAIN, VALID, read_dataset, write_dataset
 from slifmr.data.graphs import modality_graph
 from slifmr.data.table import InteractionColumns, import_table
-from slifmr.errors import SlifmrError
+from slifmr.errors import DataError, SlifmrError
 
 
 def _user_files(root: Path, seed: int = 0) -> Path:
@@ -141,3 +141,29 @@ def test_add_features_is_atomic_and_makes_a_new_fingerprint(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
     with pytest.raises(SlifmrError, match="already has a modality"):
         table_mod.add_features(data, "image", str(src / "image_emb.parquet"))
+
+
+@pytest.mark.parametrize(("spec", "path", "column"), [
+    ("image=img.parquet", "img.parquet", None),
+    ("image=img.parquet:clip", "img.parquet", "clip"),
+    ("image=s3://bucket/emb/img.parquet", "s3://bucket/emb/img.parquet", None),
+    ("image=s3://bucket/emb/img.parquet:clip", "s3://bucket/emb/img.parquet", "clip"),
+    ("image=vectors.npy", "vectors.npy", None),
+])
+def test_feature_spec_names_path_and_column(spec: str, path: str, column: str | None) -> None:
+    f = table_mod.FeatureSource.parse(spec)
+    assert (f.name, f.path, f.column) == ("image", path, column)
+
+
+def test_metadata_rows_in_two_batches_and_an_item_column_of_their_own(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "i.csv").write_text("user_id,item_id\n" + "".join(f"u{u},i{k}\n" for u in range(4) for k in range(4)))
+    (tmp_path / "items.csv").write_text("item_id,item,title\ni0,x,A\ni1,y,B\ni2,z,C\ni9,w,unknown\ni1,v,again\n")
+    monkeypatch.setattr(table_mod, "BATCH_ROWS", 2)
+    with pytest.raises(DataError, match=r"row 4 \(line 6\), column 'item_id': item 'i1' has a second row"):
+        import_table(str(tmp_path / "i.csv"), items=str(tmp_path / "items.csv"))
+    (tmp_path / "items.csv").write_text("item_id,item,title\ni0,x,A\ni1,y,B\ni2,z,C\ni9,w,unknown\n")
+    ds = import_table(str(tmp_path / "i.csv"), items=str(tmp_path / "items.csv"))
+    meta = ds.items.to_pydict()
+    assert meta["item"] == [0, 1, 2] and meta["item_"] == ["x", "y", "z"] and meta["title"] == ["A", "B", "C"]
+    assert ds.provenance["import"]["item_rows_dropped"] == 1

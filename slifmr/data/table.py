@@ -63,6 +63,7 @@ SPLIT_SOURCES = {
 }
 SPLIT_VALUES = {"train": TRAIN, "valid": VALID, "validation": VALID, "test": TEST, "0": TRAIN, "1": VALID, "2": TEST}
 BATCH_ROWS = 1 << 20
+TABLE_SUFFIXES = (".npy", ".parquet", ".pq", ".csv", ".tsv", ".gz")
 _CONTROL = r"[\x00-\x1f\x7f]"
 
 
@@ -397,8 +398,10 @@ def read_items(table: Table, key: str, items: pa.Array) -> tuple[pa.Table, np.nd
         _refuse_repeats(table, code, seen, offset, key, items)
         codes.append(code)
         known = code >= 0
-        rb = pa.Table.from_batches([batch]).filter(pa.array(known))
-        parts.append(rb.drop_columns([key]).add_column(0, "item", pa.array(code[known])))
+        rb = pa.Table.from_batches([batch]).filter(pa.array(known)).drop_columns([key])
+        if "item" in rb.column_names:  # the contiguous id takes the name 'item'
+            rb = rb.rename_columns([c if c != "item" else "item_" for c in rb.column_names])
+        parts.append(rb.add_column(0, "item", pa.array(code[known])))
     code = np.concatenate(codes)
     meta = pa.concat_tables(parts).sort_by("item")
     return meta, code, int((code < 0).sum())
@@ -414,7 +417,7 @@ def _refuse_repeats(table: Table, code: np.ndarray, seen: np.ndarray, offset: in
     if (counts > 1).any():
         dup = int(uniq[counts > 1][0])
         rows = np.flatnonzero(code == dup)
-        row = offset + int(rows[-1] if (seen == dup).any() else rows[1])
+        row = offset + int(rows[0] if (seen == dup).any() else rows[1])
         raise DataError(table.where(row), f"item {_show(items[dup].as_py())} has a second row", column=key)
 
 
@@ -580,11 +583,11 @@ class FeatureSource:
         name, sep, rest = spec.partition("=")
         if not sep or not name.strip() or not rest.strip():
             raise SlifmrError(f"--features {spec!r}: expected NAME=PATH or NAME=PATH:COLUMN (e.g. image=image_emb.parquet)")
-        path, column = rest, None
+        rest = rest.strip()
         head, colon, tail = rest.rpartition(":")
-        if colon and head and "/" not in tail and not tail.startswith("//") and not rest.endswith((".npy", ".parquet", ".pq", ".csv")):
-            path, column = head, tail
-        return FeatureSource(name.strip(), path.strip(), column)
+        if colon and head and "/" not in tail and not rest.lower().endswith(TABLE_SUFFIXES):
+            return FeatureSource(name.strip(), head, tail)
+        return FeatureSource(name.strip(), rest)
 
 
 def attach_features(ds: Dataset, name: str, x: np.ndarray, present: np.ndarray, source: str) -> None:
