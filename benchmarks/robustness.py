@@ -27,6 +27,8 @@ from typing import Any
 
 from quality import HERE, RESULTS, write_results_md
 
+from slifmr.atomic import write_text
+
 CONDITIONS = {
     "clean": None,
     "fake interactions 10%": ("add_fake_interactions", 0.1),
@@ -74,7 +76,11 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["static", "slifmr"])
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS))
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--reuse-clean", action="store_true", help="clean runs from results/quality.json")
+    ap.add_argument("--reuse-clean", action="store_true", help="clean runs from --clean-from")
+    ap.add_argument("--clean-from", default=str(RESULTS / "quality.json"),
+                    help="a quality.py results file whose runs are the clean condition (with --reuse-clean)")
+    ap.add_argument("--tag", default="", help="suffix of the outputs: results/robustness-TAG.json, its PNG, the "
+                    "ROBUSTNESS_TAG section of RESULTS.md")
     ap.add_argument("--runs", default=str(HERE / "runs" / "robustness"))
     args = ap.parse_args()
     bad = [c for c in args.conditions if c not in CONDITIONS]
@@ -83,9 +89,9 @@ def main() -> int:
 
     runs: list[dict[str, Any]] = []
     if args.reuse_clean and "clean" in args.conditions:
-        quality = json.loads((RESULTS / "quality.json").read_text())
+        quality = json.loads(Path(args.clean_from).read_text())
         runs += [{"condition": "clean", "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
-                  "valid": r["valid"], "test": r["test"], "source": "results/quality.json"}
+                  "valid": r["valid"], "test": r["test"], "source": os.path.relpath(args.clean_from, HERE)}
                  for r in quality["runs"] if r["variant"] in args.variants and r["seed"] in args.seeds]
     todo = [c for c in args.conditions if not (c == "clean" and args.reuse_clean)]
     data = {c: corrupted_dataset(c, Path(args.runs) / "data") for c in todo}
@@ -112,8 +118,10 @@ def main() -> int:
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run, {args.parallel} runs in parallel"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "robustness.json").write_text(json.dumps({"command": command, "machine": machine, "runs": runs, "table": table}, indent=2))
-    plot(table, args.variants, RESULTS / "robustness.png")
+    name = "robustness" + (f"-{args.tag}" if args.tag else "")
+    write_text(RESULTS / f"{name}.json", json.dumps({"command": command, "machine": machine, "runs": runs, "table": table},
+                                                     indent=2))
+    plot(table, args.variants, RESULTS / f"{name}.png")
     lines = ["| condition | " + " | ".join(f"{v} test Recall@20 | {v} drop" for v in args.variants) + " |",
              "|---|" + "---|---|" * len(args.variants)]
     for c, row in table.items():
@@ -123,11 +131,11 @@ def main() -> int:
             cells += ["", ""] if cell is None else [f"{cell['mean']:.4f} ± {cell['std']:.4f}",
                                                     "" if cell["relative_drop"] is None else f"{cell['relative_drop']:+.1%}"]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    body = (f"## Robustness to corrupted training data (issue 7)\n\nCommand: `{command}`  \nMachine: {machine}. "
+    body = (f"## Robustness to corrupted training data{' (' + args.tag + ')' if args.tag else ''}\n\nCommand: `{command}`  \nMachine: {machine}. "
             "ml-100k, full protocol, mean ± std over seeds " + ", ".join(map(str, args.seeds))
             + "; drop = relative fall of test Recall@20 against the clean dataset (positive: worse).\n\n"
-            + "\n".join(lines) + "\n\n![robustness](results/robustness.png)\n")
-    write_results_md("ROBUSTNESS", body)
+            + "\n".join(lines) + f"\n\n![robustness](results/{name}.png)\n")
+    write_results_md("ROBUSTNESS" + (f"_{args.tag.upper()}" if args.tag else ""), body)
     print(body)
     return 0
 

@@ -22,6 +22,10 @@ import yaml
 from slifmr.atomic import write_text
 from slifmr.errors import ConfigError
 
+# what train.stop_metric may select (slifmr/evaluation.py; higher is better, so not arp@K,
+# whose goal is lower)
+STOP_METRICS = ("recall", "ndcg", "precision", "hit", "mrr", "map", "coverage", "tail")
+
 
 @dataclass
 class ModelConfig:
@@ -362,9 +366,9 @@ def validate(cfg: Config) -> None:
         (t.threads >= 0, "train.threads must be >= 0 (0 = the cores this process owns)"),
         (len(t.topk) > 0 and all(k > 0 for k in t.topk) and len(set(t.topk)) == len(t.topk),
          "train.topk must list distinct positive cutoffs"),
-        (t.stop_metric.split("@")[0] in ("recall", "ndcg", "precision", "hit")
+        (t.stop_metric.split("@")[0] in STOP_METRICS
          and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
-         "train.stop_metric must be one of recall/ndcg/precision/hit@K with K in train.topk"),
+         f"train.stop_metric must be one of {'/'.join(STOP_METRICS)}@K with K in train.topk"),
         (not (t.sampling == "neighbor" and m.user_aux),
          "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
         (not (t.sampling == "neighbor" and t.strategy == "deepspeed"),

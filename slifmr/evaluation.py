@@ -1,7 +1,19 @@
 """Full-ranking evaluation (architecture.md §3): every item is a candidate; training items are
-masked for validation, training and validation items for test. Recall, NDCG, Precision and
-Hit at each K, computed in user chunks (memory O(chunk x N)) as SUMS plus a user count, so
-workers can all-reduce them before dividing.
+masked for validation, training and validation items for test. Computed in user chunks (memory
+O(chunk x N)) as SUMS plus a user count, so workers can all-reduce them before dividing.
+
+At each K, per user then averaged over users with ground truth:
+    recall, ndcg, precision, hit    the standard accuracy metrics
+    mrr     reciprocal rank of the first relevant item in the top K (0 without one)
+    map     average precision at K, normalised by min(relevant, K)
+    arp     average recommendation popularity: mean training count of the top-K items
+            (Abdollahpouri et al., FLAIRS 2019; lower: less popularity bias)
+    tail    share of the top-K items in the long tail: outside the 20% most-interacted items
+            in training (the Pareto short head; Abdollahpouri et al., RecSys 2017)
+and over the catalogue:
+    coverage  share of all items that appear in some user's top K (aggregate diversity)
+They match torch_geometric.metrics' LinkPred* metrics on the same top-K lists
+(tests/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -13,10 +25,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from slifmr.config import STOP_METRICS  # noqa: F401 - what train.stop_metric may select, defined with the config
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
 from slifmr.data.graphs import csr_entries, interactions_csr
 
-METRICS = ("recall", "ndcg", "precision", "hit")
+METRICS = ("recall", "ndcg", "precision", "hit", "mrr", "map", "arp", "tail")  # per-user means
+CATALOGUE_METRICS = ("coverage",)  # over the union of every user's top K
+HEAD_SHARE = 0.2  # the short head: this share of items, the most interacted with in training
 ScoreFn = Callable[[Tensor], Tensor]  # users (B,) -> scores (B, N)
 
 
@@ -27,9 +42,12 @@ class Scorer(Protocol):
         """(B, N) scores of every item for users (B,)."""
 
 
-def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tensor]:
-    """Per-chunk metric sums. scores: (B, N) with masked items at -inf; truth: (B, N) bool.
-    Users without any ground-truth item are not counted."""
+def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor | None = None,
+                tail: Tensor | None = None) -> dict[str, Tensor]:
+    """Per-chunk metric sums. scores: (B, N) with masked items at -inf; truth: (B, N) bool;
+    popularity: (N,) training interactions per item (for arp@K); tail: (N,) bool, the long-tail
+    items (for tail@K). Users without any ground-truth item are not counted. Also returns
+    "items@K": (N,) how many counted users have each item in their top K (for coverage@K)."""
     n_true = truth.sum(1)
     keep = n_true > 0
     # float64 sums: they are added over chunks and workers, and must not depend on the order
@@ -37,7 +55,8 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tenso
     kmax = min(max(ks), scores.shape[1])
     top = torch.topk(scores, kmax, dim=1).indices
     hits = truth.gather(1, top).double()  # (B, kmax)
-    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64, device=scores.device))
+    ranks = torch.arange(1, kmax + 1, dtype=torch.float64, device=scores.device)
+    discount = 1.0 / torch.log2(ranks + 1)
     out = {"users": torch.tensor(float(keep.sum()), dtype=torch.float64)}
     for k in ks:
         kk = min(k, kmax)
@@ -48,7 +67,24 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int]) -> dict[str, Tenso
         out[f"ndcg@{k}"] = (dcg / ideal).sum()
         out[f"precision@{k}"] = (h / k).sum()
         out[f"hit@{k}"] = (h > 0).double().sum()
+        out[f"mrr@{k}"] = (hits[:, :kk] / ranks[:kk]).amax(1).sum() if kk else torch.tensor(0.0, dtype=torch.float64)
+        precision_at = torch.cumsum(hits[:, :kk], 1) / ranks[:kk]
+        out[f"map@{k}"] = ((precision_at * hits[:, :kk]).sum(1) / n_true.clamp_max(k)).sum()
+        if popularity is not None:
+            out[f"arp@{k}"] = popularity.double()[top[:, :kk]].mean(1).sum()
+        if tail is not None:
+            out[f"tail@{k}"] = tail[top[:, :kk]].double().mean(1).sum()
+        out[f"items@{k}"] = torch.bincount(top[:, :kk].reshape(-1), minlength=scores.shape[1]).double()
     return out
+
+
+def long_tail(popularity: Tensor, head_share: float = HEAD_SHARE) -> Tensor:
+    """(N,) bool: items outside the `head_share` most popular (ties by item id)."""
+    n = popularity.numel()
+    order = torch.sort(popularity, descending=True, stable=True).indices
+    tail = torch.ones(n, dtype=torch.bool)
+    tail[order[: int(round(head_share * n))]] = False
+    return tail
 
 
 class Evaluator:
@@ -60,6 +96,8 @@ class Evaluator:
         self.chunk_size = chunk_size
         self.users = torch.arange(ds.num_users) if users is None else users
         self.csr = {s: interactions_csr(*ds.edges(s), ds.num_users) for s in (TRAIN, VALID, TEST)}
+        self.popularity = torch.bincount(torch.from_numpy(ds.edges(TRAIN)[1]), minlength=ds.num_items).double()
+        self.tail = long_tail(self.popularity)
 
     def sums(self, score_fn: ScoreFn, split: int) -> dict[str, Tensor]:
         if split not in (VALID, TEST):
@@ -80,7 +118,7 @@ class Evaluator:
             truth = torch.zeros_like(scores, dtype=torch.bool)
             r, i = csr_entries(*self.csr[split], users)
             truth[r.to(dev), i.to(dev)] = True
-            for key, v in metric_sums(scores, truth, self.ks).items():
+            for key, v in metric_sums(scores, truth, self.ks, self.popularity.to(dev), self.tail.to(dev)).items():
                 total[key] = total.get(key, 0.0) + v
         if not total:
             total = {"users": torch.tensor(0.0)}
@@ -92,7 +130,14 @@ class Evaluator:
         sums = self.sums(score_fn, split)
         keys = ["users"] + [f"{m}@{k}" for k in self.ks for m in METRICS]
         vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).cpu() for k in keys])
+        items = [torch.as_tensor(sums.get(f"items@{k}", torch.zeros(self.num_items)), dtype=torch.float64).cpu()
+                 .expand(self.num_items) for k in self.ks]
+        vec = torch.cat([vec, *items])  # one all-reduce for the means and the coverage counts
         if all_reduce is not None:
             vec = all_reduce(vec)
         n = max(float(vec[0]), 1.0)
-        return {k: float(v) / n for k, v in zip(keys[1:], vec[1:])}
+        out = {k: float(v) / n for k, v in zip(keys[1:], vec[1 : len(keys)])}
+        for j, k in enumerate(self.ks):
+            counts = vec[len(keys) + j * self.num_items : len(keys) + (j + 1) * self.num_items]
+            out[f"coverage@{k}"] = float((counts > 0).double().mean())
+        return out

@@ -68,3 +68,64 @@ def test_sums_all_reduce_the_same_as_one_process() -> None:
     parts = [Evaluator(ds, [2], users=torch.tensor([u])).sums(lambda u: base[u], TEST) for u in (0, 1)]
     merged = {k: parts[0][k] + parts[1][k] for k in parts[0]}
     assert math.isclose(float(merged["recall@2"] / merged["users"]), full["recall@2"], rel_tol=1e-6)
+
+
+def test_metrics_equal_torch_geometric_link_pred_metrics_on_fixed_lists() -> None:
+    from torch_geometric.metrics import (
+        LinkPredAveragePopularity,
+        LinkPredCoverage,
+        LinkPredHitRatio,
+        LinkPredMAP,
+        LinkPredMRR,
+        LinkPredNDCG,
+        LinkPredPrecision,
+        LinkPredRecall,
+    )
+
+    from slifmr.evaluation import long_tail
+
+    g = torch.Generator().manual_seed(3)
+    users, items, ks = 40, 30, [5, 10]
+    scores = torch.randn(users, items, generator=g)
+    truth = torch.rand(users, items, generator=g) < 0.15
+    truth[0] = False  # a user without ground truth counts in neither
+    popularity = torch.randint(0, 50, (items,), generator=g).double()
+    tail = long_tail(popularity)
+    sums = metric_sums(scores, truth, ks, popularity, tail)
+    n = float(sums["users"])
+    counted = truth.any(1)
+    top = torch.topk(scores[counted], max(ks), dim=1).indices
+    label = truth[counted].nonzero().T
+    for k in ks:
+        for name, metric in (("recall", LinkPredRecall(k)), ("ndcg", LinkPredNDCG(k)), ("precision", LinkPredPrecision(k)),
+                             ("hit", LinkPredHitRatio(k)), ("mrr", LinkPredMRR(k)), ("map", LinkPredMAP(k)),
+                             ("arp", LinkPredAveragePopularity(k, popularity))):
+            metric.update(top, label)
+            assert math.isclose(float(sums[f"{name}@{k}"]) / n, float(metric.compute()), rel_tol=1e-5), name
+        coverage = LinkPredCoverage(k, items)
+        coverage.update(top, label)
+        assert math.isclose(float((sums[f"items@{k}"] > 0).double().mean()), float(coverage.compute()), rel_tol=1e-6)
+        share = tail[top[:, :k]].double().mean(1).mean()
+        assert math.isclose(float(sums[f"tail@{k}"]) / n, float(share), rel_tol=1e-9)
+    assert int((~tail).sum()) == round(0.2 * items) and popularity[~tail].min() >= popularity[tail].max()
+
+
+def test_evaluator_reports_every_metric_and_coverage_over_all_users() -> None:
+    ds = _toy()
+    ev = Evaluator(ds, [1, 2])
+    out = ev.evaluate(lambda u: torch.arange(ds.num_items, dtype=torch.float32).flip(0).expand(u.numel(), -1), VALID)
+    for m in ("recall", "ndcg", "precision", "hit", "mrr", "map", "arp", "tail", "coverage"):
+        assert f"{m}@1" in out and f"{m}@2" in out
+    assert 0 < out["coverage@2"] <= 1
+
+
+def test_stop_metric_can_be_any_higher_is_better_metric() -> None:
+    import pytest
+
+    from slifmr.config import load_config
+    from slifmr.errors import ConfigError
+
+    for m in ("mrr@20", "map@10", "coverage@20", "tail@20"):
+        assert load_config(overrides=[f"train.stop_metric={m}"]).train.stop_metric == m
+    with pytest.raises(ConfigError, match="train.stop_metric must be one of"):
+        load_config(overrides=["train.stop_metric=arp@20"])  # lower is better: not a stopping metric
