@@ -229,13 +229,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_config(run_dir: Path):  # noqa: ANN202
-    from slifmr.config import read_config_file, saved_config
+    from slifmr.api import load_run
 
-    if not run_dir.is_dir():
-        raise SlifmrError(f"run folder {run_dir} does not exist")
-    if not (run_dir / "config.yaml").exists():
-        raise SlifmrError(f"{run_dir} is not a run folder (no config.yaml)")
-    return saved_config(read_config_file(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    return load_run(run_dir).config
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -244,13 +240,6 @@ def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
              ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
              ("train.sampling", args.sampling), ("train.fanout", args.fanout))
     return [(key, value) for key, value in pairs if value is not None]
-
-
-def _refuse_existing_run(run_dir: Path) -> None:
-    from slifmr.distributed.checkpoint import exists as checkpoint_exists
-
-    if checkpoint_exists(run_dir / "checkpoint"):
-        raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
 
 
 def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
@@ -340,10 +329,9 @@ def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from slifmr.api import fit, refuse_existing_run
     from slifmr.config import load_config
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
-    from slifmr.runlock import RunLock
-    from slifmr.trainer import train_loop
 
     saved = None
     if args.resume:
@@ -357,36 +345,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.variant, args.set, settings=_flag_overrides(args))
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        _refuse_existing_run(run_dir)
+        refuse_existing_run(run_dir)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     _check_train_options(args, cfg)
-    comm = None
-    if args.workers == 0 and args.gpu:
-        import torch
-
-        from slifmr.distributed.collectives import Comm
-
-        if not torch.cuda.is_available():
-            raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
-        comm = Comm.current("cuda")
-    with RunLock(run_dir):
-        if not args.resume:  # checked again under the lock: a writer may have finished meanwhile
-            _refuse_existing_run(run_dir)
-        if saved is not None and saved != cfg:  # train_loop records it once the checkpoint is accepted
-            log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
-        log.info(f"run folder: {run_dir}")
-        try:
-            if args.workers == 0:
-                results = train_loop(cfg, run_dir, comm, resume=bool(args.resume))
-            else:
-                from slifmr.distributed.launch import ray_train
-
-                results = ray_train(cfg, run_dir, args.workers, args.gpu, args.max_failures, args.address)
-        except KeyboardInterrupt:
-            # checkpoints are swapped in atomically, so the last complete epoch's is on disk
-            sys.stderr.write(f"interrupted; continue with: slifmr train --resume {run_dir}\n")
-            return 130
+    if saved is not None and saved != cfg:  # train_loop records it once the checkpoint is accepted
+        log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
+    try:
+        results = fit(cfg, run_dir, resume=bool(args.resume), workers=args.workers, gpu=args.gpu,
+                      max_failures=args.max_failures, address=args.address).results
+    except KeyboardInterrupt:
+        # checkpoints are swapped in atomically, so the last complete epoch's is on disk
+        sys.stderr.write(f"interrupted; continue with: slifmr train --resume {run_dir}\n")
+        return 130
     print(json.dumps({"run": str(run_dir), "best_epoch": results["best_epoch"], "test": results["test"]}, indent=2))
     return 0
 
@@ -398,36 +369,17 @@ def _changes(before, after) -> list[str]:  # noqa: ANN001
     return [f"{k} {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
 
 
-def _load_run(run_dir: Path):  # noqa: ANN202
-    from slifmr.trainer import load_best, resolve_dataset
-
-    cfg = _run_config(run_dir)
-    ds = resolve_dataset(cfg)
-    model, meta = load_best(cfg, ds, run_dir)
-    return cfg, ds, model, meta
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from slifmr.data.format import TEST, VALID
-    from slifmr.evaluation import Evaluator
+    from slifmr.api import load_run
 
-    run_dir = Path(args.run_dir)
-    cfg, ds, model, meta = _load_run(run_dir)
-    ev = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk)
-    out = {"run": str(run_dir), "best_epoch": meta["epoch"],
-           "valid": ev.evaluate(model.full_scores, VALID), "test": ev.evaluate(model.full_scores, TEST)}
+    run = load_run(args.run_dir)
+    out = {"run": str(run.path), "best_epoch": run.best_epoch, "valid": run.evaluate("valid"), "test": run.evaluate("test")}
     print(json.dumps(out, indent=2))
     return 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from slifmr.recommend import (
-        format_recommendations,
-        recommend,
-        resolve_users,
-        shortfall_note,
-        write_recommendations,
-    )
+    from slifmr.recommend import format_recommendations, recommend, resolve_users, shortfall_note
 
     if args.k <= 0:
         raise SlifmrError(f"--k must be positive, got {args.k}")
@@ -437,9 +389,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise SlifmrError("--all needs --out FILE.parquet")
     if args.out and not args.all:
         raise SlifmrError("--out applies to --all (with --users the lists are printed)")
-    _, ds, model, _ = _load_run(Path(args.run_dir))
+    from slifmr.api import load_run
+
+    run = load_run(args.run_dir)
+    ds, model = run.dataset, run.model
     if args.all:
-        path, short = write_recommendations(model, ds, args.k, Path(args.out))
+        path, short = run.recommend_all(args.out, args.k)
         print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
         users = ds.num_users
     else:

@@ -78,7 +78,12 @@ def recommend(model: Scorer, ds: Dataset, users: Tensor, k: int,
 
 
 def _raw(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
-    return ds.ids[kind][ids].astype(str) if kind in ds.ids else ids.astype(str)
+    if kind not in ds.ids:
+        return ids.astype(str)
+    raw = ds.ids[kind]
+    if isinstance(raw, pa.Array | pa.ChunkedArray):  # a freshly imported dataset keeps its ids in Arrow
+        return np.asarray(raw.take(pa.array(ids)).to_numpy(zero_copy_only=False)).astype(str)
+    return raw[ids].astype(str)
 
 
 def _titles(ds: Dataset) -> dict[int, str]:
@@ -110,6 +115,16 @@ def shortfall_note(users: int, short: int, k: int) -> str | None:
     return f"note: {short:,} of {users:,} users have fewer than {k} unseen items and get fewer rows"
 
 
+def recommendation_table(ds: Dataset, recs: Recommendations) -> pa.Table:
+    """user, rank, item, score with raw ids (as in the source data)."""
+    return pa.table({
+        "user": _raw(ds, "users", recs.user.numpy()),
+        "rank": recs.rank.numpy(),
+        "item": _raw(ds, "items", recs.item.numpy()),
+        "score": recs.score.numpy(),
+    })
+
+
 def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:
     """Every user's top-k unseen items as Parquet (user, rank, item, score: raw ids), written
     atomically; returns (the file, how many users got fewer than k rows)."""
@@ -120,12 +135,7 @@ def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: 
         users = torch.arange(start, min(start + chunk, ds.num_users))
         recs = recommend(model, ds, users, k, seen)
         short += int((torch.bincount(recs.user - start, minlength=users.numel()) < k).sum())
-        parts.append(pa.table({
-            "user": _raw(ds, "users", recs.user.numpy()),
-            "rank": recs.rank.numpy(),
-            "item": _raw(ds, "items", recs.item.numpy()),
-            "score": recs.score.numpy(),
-        }))
+        parts.append(recommendation_table(ds, recs))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pq.write_table(pa.concat_tables(parts), tmp)

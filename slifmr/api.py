@@ -1,0 +1,181 @@
+"""The Python API (issue 17, part 4): train, load a run, evaluate it and recommend from it in a
+notebook, through the same functions the `slifmr` command calls.
+
+    import slifmr
+    run = slifmr.train(variant="slifmr", epochs=5, k_corr=20)   # the embedded ml-100k
+    run.results["test"]["recall@20"]
+    run.recommend(["196", "186"], k=10)                        # a pyarrow Table, raw ids
+    slifmr.load_run("runs/slifmr").evaluate("valid")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slifmr import log
+from slifmr.config import Config, ModelConfig, TrainConfig, load_config
+from slifmr.errors import ConfigError, SlifmrError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig}
+
+
+def config_key(name: str) -> str:
+    """A keyword argument's config key: 'model.k_corr' or 'model__k_corr' as given, or a bare
+    field name ('k_corr', 'lr') when exactly one section has it. Raises ConfigError otherwise."""
+    if "." in name or "__" in name:
+        return name.replace("__", ".")
+    owners = [s for s, cls in _SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+    if len(owners) != 1:
+        why = "is in both model and train" if owners else "is not a config key"
+        raise ConfigError(f"{name} {why}: pass it as model__{name} or train__{name}" if owners
+                          else f"{name} {why} (see slifmr/config.py: ModelConfig, TrainConfig)")
+    return f"{owners[0]}.{name}"
+
+
+@dataclass
+class Run:
+    """A run folder: its config, and lazily its dataset, best model and results."""
+
+    path: Path
+    config: Config
+
+    @cached_property
+    def dataset(self) -> Any:
+        """The run's `slifmr.data.format.Dataset` (its fingerprint is checked against the model)."""
+        from slifmr.trainer import resolve_dataset
+
+        return resolve_dataset(self.config)
+
+    @cached_property
+    def _best(self) -> tuple[Any, dict[str, Any]]:
+        from slifmr.trainer import load_best
+
+        return load_best(self.config, self.dataset, self.path)
+
+    @property
+    def model(self) -> Any:
+        """The best epoch's scorer: `full_scores(users (B,)) -> (B, N)` (slifmr.evaluation.Scorer)."""
+        return self._best[0]
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self._best[1]["epoch"])
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """results.json: best epoch, its validation metrics and the test metrics (read once, at the end)."""
+        path = self.path / "results.json"
+        if not path.exists():
+            raise SlifmrError(f"{self.path} has no results.json (the run has not finished)")
+        return json.loads(path.read_text())
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """metrics.jsonl: one dict per epoch (losses, validation metrics, timings)."""
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Full-ranking metrics of the best model on "valid" or "test" (architecture.md §3):
+        {"recall@20": ..., "ndcg@20": ..., "mrr@20": ..., "coverage@20": ...} at train.topk."""
+        from slifmr.data.format import TEST, VALID
+        from slifmr.evaluation import Evaluator
+
+        if split not in ("valid", "test"):
+            raise SlifmrError(f"split must be 'valid' or 'test', got {split!r}")
+        ev = Evaluator(self.dataset, self.config.train.topk, self.config.train.eval_chunk)
+        return ev.evaluate(self.model.full_scores, VALID if split == "valid" else TEST)
+
+    def recommend(self, users: Sequence[str] | str, k: int = 10) -> pa.Table:
+        """Top-k unseen items of each user (raw ids, as in the source data): a Table of user,
+        rank (1-based), item, score. Raises SlifmrError for an unknown user or k <= 0."""
+        from slifmr.recommend import recommend, recommendation_table, resolve_users
+
+        if k <= 0:
+            raise SlifmrError(f"k must be positive, got {k}")
+        spec = users if isinstance(users, str) else ",".join(map(str, users))
+        ids = resolve_users(self.dataset, spec)
+        return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
+
+    def recommend_all(self, out: str | Path, k: int = 10) -> tuple[Path, int]:
+        """Every user's top-k as Parquet at `out` (atomic); returns (the file, users given fewer than k)."""
+        from slifmr.recommend import write_recommendations
+
+        return write_recommendations(self.model, self.dataset, k, Path(out))
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished or checkpointed run folder. Raises SlifmrError when it is not one."""
+    from slifmr.config import read_config_file, saved_config
+
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise SlifmrError(f"run folder {run_dir} does not exist")
+    if not (run_dir / "config.yaml").exists():
+        raise SlifmrError(f"{run_dir} is not a run folder (no config.yaml)")
+    return Run(run_dir, saved_config(read_config_file(run_dir / "config.yaml"), str(run_dir / "config.yaml")))
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run never writes into a folder that holds one."""
+    from slifmr.distributed.checkpoint import exists as checkpoint_exists
+
+    if checkpoint_exists(run_dir / "checkpoint"):
+        raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+
+
+def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, gpu: bool = False,
+        max_failures: int = 0, address: str | None = None) -> Run:
+    """Train `cfg` in `run_dir` (one writer: the folder is locked): in this process
+    (`workers=0`; `gpu`: this machine's CUDA device) or on Ray Train with `workers` workers."""
+    from slifmr.runlock import RunLock
+    from slifmr.trainer import train_loop
+
+    comm = None
+    if workers == 0 and gpu:
+        import torch
+
+        from slifmr.distributed.collectives import Comm
+
+        if not torch.cuda.is_available():
+            raise SlifmrError("--gpu: torch sees no CUDA device on this machine")
+        comm = Comm.current("cuda")
+    with RunLock(run_dir):
+        if not resume:  # checked again under the lock: a writer may have finished meanwhile
+            refuse_existing_run(run_dir)
+        log.info(f"run folder: {run_dir}")
+        if workers == 0:
+            train_loop(cfg, run_dir, comm, resume=resume)
+        else:
+            from slifmr.distributed.launch import ray_train
+
+            ray_train(cfg, run_dir, workers, gpu, max_failures, address)
+    return Run(run_dir, cfg)
+
+
+def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Path | None = None,
+          config: str | Path | None = None, workers: int = 0, **overrides: Any) -> Run:
+    """Train a variant on a dataset folder (default: the embedded ml-100k) and return its Run.
+
+    `overrides` set config keys: bare names where unambiguous (epochs=5, k_corr=20, lr=1e-3),
+    or model__k_corr / train__lr. `out`: the run folder (default runs/<variant>-seed<seed>-<time>).
+    Raises ConfigError for an unknown key or a bad value, SlifmrError for bad input."""
+    settings: list[tuple[str, Any]] = [(config_key(k), v) for k, v in overrides.items()]
+    if data is not None:
+        settings.append(("data", str(data)))
+    cfg = load_config(config, variant, settings=settings)
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise SlifmrError(f"dataset folder {cfg.data} does not exist")
+    run_dir = Path(out) if out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_existing_run(run_dir)
+    return fit(cfg, run_dir, workers=workers)

@@ -1,0 +1,43 @@
+"""The Python API (issue 17, part 4): what a notebook does, on the tiny dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import slifmr
+from slifmr.errors import ConfigError, SlifmrError
+
+
+def test_train_load_evaluate_recommend(tiny_path: Path, tmp_path: Path) -> None:
+    run = slifmr.train(data=tiny_path, variant="slifmr", out=tmp_path / "run", epochs=2, embedding_dim=8, k_corr=3,
+                       model__k_mm=3, ridge_k=5)
+    assert run.config.model.k_corr == 3 and run.config.model.k_mm == 3 and run.config.train.epochs == 2
+    assert len(run.history) == 2 and run.results["best_epoch"] in (1, 2)
+    again = slifmr.load_run(tmp_path / "run")
+    test = again.evaluate("test")
+    for key in ("recall@20", "ndcg@20", "mrr@20", "coverage@20"):
+        assert test[key] == pytest.approx(run.results["test"][key], abs=1e-6)
+    recs = again.recommend(["0", "3"], k=5)
+    assert recs.column_names == ["user", "rank", "item", "score"] and recs.num_rows == 10
+    assert recs.column("user").to_pylist()[:5] == ["0"] * 5
+    with pytest.raises(SlifmrError, match="unknown user id 'nobody'"):
+        again.recommend(["nobody"])
+    with pytest.raises(SlifmrError, match="already holds a run"):
+        slifmr.train(data=tiny_path, out=tmp_path / "run", epochs=1)
+
+
+def test_keyword_overrides_name_config_keys() -> None:
+    from slifmr.api import config_key
+
+    assert config_key("k_corr") == "model.k_corr" and config_key("lr") == "train.lr"
+    assert config_key("model__gamma") == "model.gamma" and config_key("train.epochs") == "train.epochs"
+    with pytest.raises(ConfigError, match="not a config key"):
+        config_key("learning_rate")
+
+
+def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(SlifmrError, match="is not a run folder"):
+        slifmr.load_run(tmp_path)
+    assert set(slifmr.__all__) >= {"train", "load_run", "Run"}
