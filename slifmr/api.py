@@ -107,6 +107,13 @@ class Run:
         ids = resolve_users(self.dataset, spec)
         return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
 
+    def export(self, out: str | Path, k: int = 20) -> Path:
+        """Embeddings as Parquet with raw ids, a faiss index (its recall@k measured), the ridge
+        head and a manifest, for serving (slifmr/export.py); `slifmr.export.load_export` reads it."""
+        from slifmr.export import export_run
+
+        return export_run(self, out, k)
+
     def recommend_all(self, out: str | Path, k: int = 10) -> tuple[Path, int]:
         """Every user's top-k as Parquet at `out` (atomic); returns (the file, users given fewer than k)."""
         from slifmr.recommend import write_recommendations

@@ -408,6 +408,16 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from slifmr.api import load_run
+
+    path = load_run(args.run_dir).export(args.out, args.k)
+    manifest = json.loads((path / "manifest.json").read_text())
+    print(f"wrote {path}: {manifest['users']:,} users, {manifest['items']:,} items, {manifest['dim']}-d, "
+          f"{manifest['index']['kind']} recall@{args.k} {manifest['index'][f'recall@{args.k}']:.4f}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from slifmr.report import report
     from slifmr.tune.results import TABLE, draw
@@ -466,6 +476,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids)")
     p.set_defaults(func=_cmd_recommend)
+
+    p = _sub(sub, "export", "export a run for serving: embeddings (Parquet, raw ids), a faiss index, the ridge head, a "
+             "manifest", "slifmr export runs/slifmr --out exports/slifmr")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="export folder (must not exist)")
+    p.add_argument("--k", type=int, default=20, help="K of the index's measured recall@K (default 20)")
+    p.set_defaults(func=_cmd_export)
 
     p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs; or re-draw a sweep's table and plot",
              "slifmr report runs/lightgcn runs/slifmr --out report/\n  slifmr report runs/tune/fusion")

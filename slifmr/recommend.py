@@ -67,7 +67,7 @@ def recommend(model: Scorer, ds: Dataset, users: Tensor, k: int,
     finite = torch.isfinite(scores).all(1)
     if not bool(finite.all()):
         u = int(users[~finite][0])
-        raise SlifmrError(f"the model's scores for user {_raw(ds, 'users', np.array([u]))[0]} are not finite: "
+        raise SlifmrError(f"the model's scores for user {raw_ids(ds, 'users', np.array([u]))[0]} are not finite: "
                           "its checkpoint is damaged or from a diverged run")
     rows, items = csr_entries(*(seen or seen_items(ds)), users)
     scores[rows, items] = -math.inf
@@ -77,7 +77,8 @@ def recommend(model: Scorer, ds: Dataset, users: Tensor, k: int,
     return Recommendations(users[:, None].expand_as(top.indices)[keep], rank[keep], top.indices[keep], top.values[keep])
 
 
-def _raw(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
+def raw_ids(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
+    """The raw ids (as in the source data, strings) of contiguous ids of `kind` (users, items)."""
     if kind not in ds.ids:
         return ids.astype(str)
     raw = ds.ids[kind]
@@ -96,11 +97,11 @@ def format_recommendations(ds: Dataset, users: Tensor, recs: Recommendations) ->
     titles = _titles(ds)
     lines = []
     for u in users.tolist():
-        lines.append(f"user {_raw(ds, 'users', np.array([u]))[0]}:")
+        lines.append(f"user {raw_ids(ds, 'users', np.array([u]))[0]}:")
         mine = recs.user == u
         for rank, i, s in zip(recs.rank[mine].tolist(), recs.item[mine].tolist(), recs.score[mine].tolist()):
             title = f"  {titles[i]}" if i in titles and titles[i] else ""
-            lines.append(f"  {rank:2d}. item {_raw(ds, 'items', np.array([i]))[0]:>6}  score {s:7.3f}{title}")
+            lines.append(f"  {rank:2d}. item {raw_ids(ds, 'items', np.array([i]))[0]:>6}  score {s:7.3f}{title}")
         if not mine.any():
             lines.append("  (no unseen item left)")
     return "\n".join(lines)
@@ -118,9 +119,9 @@ def shortfall_note(users: int, short: int, k: int) -> str | None:
 def recommendation_table(ds: Dataset, recs: Recommendations) -> pa.Table:
     """user, rank, item, score with raw ids (as in the source data)."""
     return pa.table({
-        "user": _raw(ds, "users", recs.user.numpy()),
+        "user": raw_ids(ds, "users", recs.user.numpy()),
         "rank": recs.rank.numpy(),
-        "item": _raw(ds, "items", recs.item.numpy()),
+        "item": raw_ids(ds, "items", recs.item.numpy()),
         "score": recs.score.numpy(),
     })
 
