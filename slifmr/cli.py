@@ -238,7 +238,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     """The config keys `slifmr train`'s own flags set (those given)."""
     pairs = (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
              ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
-             ("train.sampling", args.sampling), ("train.fanout", args.fanout))
+             ("train.sampling", args.sampling), ("train.fanout", args.fanout), ("train.tracker", args.tracker),
+             ("train.tracking_uri", args.tracking_uri))
     return [(key, value) for key, value in pairs if value is not None]
 
 
@@ -436,6 +437,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracker", choices=CHOICES["train.tracker"],
+                   help="send epochs, config and final metrics to TensorBoard (RUN/tensorboard) or MLflow")
+    p.add_argument("--tracking-uri", help="with --tracker mlflow: the store (default sqlite:///<runs folder>/mlflow.db; "
+                   "file:DIR for MLflow's file store)")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "train", "train a variant (in-process); no --data means the embedded ml-100k",
              "slifmr train --variant slifmr --epochs 100 --out runs/slifmr --set model.k_corr=20\n"
@@ -462,6 +470,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all)")
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    _tracking_flags(p)
     p.set_defaults(func=_cmd_train)
 
     p = _sub(sub, "evaluate", "re-evaluate the best model of a run (validation and test)", "slifmr evaluate runs/slifmr")
@@ -496,12 +505,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if (args.spec is None) == (args.resume is None):
         raise SlifmrError("give either a sweep file (tune_configs/*.yaml) or --resume SWEEP_DIR")
-    if args.resume and any(v is not None for v in (args.samples, args.workers_per_trial, args.name, args.data)):
-        raise SlifmrError("--resume continues a sweep as it was started: --samples, --workers-per-trial, --name "
-                          "and --data do not apply")
+    if args.resume and any(v is not None for v in (args.samples, args.workers_per_trial, args.name, args.data,
+                                                   args.tracker, args.tracking_uri)):
+        raise SlifmrError("--resume continues a sweep as it was started: --samples, --workers-per-trial, --name, "
+                          "--data and --tracker do not apply")
     try:
         best = run_sweep(args.spec, args.storage, args.name, args.samples, args.workers_per_trial, args.address,
-                         args.resume, args.data)
+                         args.resume, args.data, tracker=args.tracker, tracking_uri=args.tracking_uri)
     except SweepInterrupted as e:
         sys.stderr.write(f"{e}\n")
         return 130
@@ -522,6 +532,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default="runs/tune", help="folder of sweeps (shared storage on a cluster)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    _tracking_flags(p)
     p.set_defaults(func=_cmd_tune)
 
 

@@ -105,6 +105,11 @@ class TrainConfig:
     # smaller than the table), or ddp (full graph: torch's DistributedDataParallel, all-reduce
     # in buckets overlapped with backward; slower than dense on CPU, benchmarks/RESULTS.md)
     grad_sync: str = "auto"
+    # experiment tracking (slifmr/tracking.py): none | tensorboard | mlflow; the MLflow store
+    # (default: sqlite at the run folder's parent, mlflow.db) and experiment
+    tracker: str = "none"
+    tracking_uri: str = ""
+    tracking_experiment: str = "slifmr"
 
 
 @dataclass
@@ -215,6 +220,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.zero_stage": (1, 2),
     "train.sampling": ("full", "neighbor"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
+    "train.tracker": ("none", "tensorboard", "mlflow"),
 }
 
 
@@ -224,7 +230,8 @@ def _one_of(values: tuple[Any, ...]) -> str:
 
 
 # Keys a resumed run may change: how long and how it runs, not what is trained.
-RUNTIME_KEYS = ("train.epochs", "train.threads", "train.eval_chunk", "train.grad_sync")
+RUNTIME_KEYS = ("train.epochs", "train.threads", "train.eval_chunk", "train.grad_sync", "train.tracker",
+                "train.tracking_uri", "train.tracking_experiment")
 
 
 def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

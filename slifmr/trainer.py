@@ -57,6 +57,7 @@ from slifmr.sampling.neighbor import (
     sampled_batch,
     view_fanouts,
 )
+from slifmr.tracking import make_tracker
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
 
@@ -297,6 +298,7 @@ def train_loop(
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "metrics.jsonl").write_text("")
 
+    tracker = make_tracker(cfg, run_dir, resume=resume or resume_from is not None) if comm.is_main else None
     graphs: EpochGraphs | None = None
     for epoch in range(state.epoch + 1, t.epochs + 1):
         if state.stopper.bad_epochs >= t.patience:
@@ -328,11 +330,16 @@ def train_loop(
             grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
             epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
         _save_epoch(model, strategy, state, rec, cfg, ds, run_dir, comm)
+        if tracker is not None:
+            tracker.log_epoch(rec.to_json())
         if reporter is not None:
             reporter(rec.to_json(), run_dir / "checkpoint" if comm.is_main else None)
 
     comm.barrier()  # rank 0 has written best/ before anyone loads it
-    return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+    results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+    if tracker is not None:
+        tracker.finish(results)
+    return results
 
 
 def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: TrainState, epoch: int,

@@ -91,11 +91,17 @@ def test_sweep_interrupted_then_resumed(sweep_data: Path, tmp_path: Path) -> Non
 
 def test_trials_can_be_ray_train_runs(sweep_data: Path, tmp_path: Path) -> None:
     """workers_per_trial 1: each trial is a TorchTrainer whose epochs reach Tune through
-    TuneReportCallback."""
+    TuneReportCallback; with --tracker tensorboard each trial is one TensorBoard entry."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     done = subprocess.run(_slifmr("tune", str(SMOKE), "--data", str(sweep_data), "--storage", str(tmp_path),
-                                  "--samples", "2", "--workers-per-trial", "1"),
+                                  "--samples", "2", "--workers-per-trial", "1", "--tracker", "tensorboard"),
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     rows = pq.read_table(tmp_path / "smoke" / "trials.parquet").to_pylist()
     assert len(rows) == 2 and all(r["epochs"] >= 2 and r["valid_recall@20"] is not None for r in rows)
     assert all((tmp_path / "smoke" / "runs" / r["trial"] / "ray").is_dir() for r in rows)
+    for r in rows:
+        events = EventAccumulator(str(tmp_path / "smoke" / "runs" / r["trial"] / "tensorboard"))
+        events.Reload()
+        assert len(events.Scalars("valid/recall@20")) == r["epochs"]

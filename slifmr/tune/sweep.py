@@ -142,8 +142,11 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, restore: bool) -> Any:
 
 def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/tune", name: str | None = None,
               samples: int | None = None, workers_per_trial: int | None = None, address: str | None = None,
-              resume: str | Path | None = None, data: str | None = None) -> dict[str, Any]:
-    """Run (or, with `resume`, continue) a sweep; returns best.json's contents."""
+              resume: str | Path | None = None, data: str | None = None, tracker: str | None = None,
+              tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run (or, with `resume`, continue) a sweep; returns best.json's contents. `tracker`: every
+    trial is one entry in TensorBoard (its run folder) or MLflow (experiment: the sweep's name;
+    default store: sqlite at the sweep folder's mlflow.db)."""
     from slifmr.distributed.launch import check_resources, connect
 
     if resume is not None:
@@ -161,8 +164,13 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
             spec.workers_per_trial = workers_per_trial
         if data is not None:
             spec.data = data
-        spec = spec_from_dict(spec.to_dict(), spec.source)  # re-check the overridden values
         sweep_dir = (Path(storage) / (name or Path(spec_path).stem)).resolve()
+        if tracker is not None:
+            spec.set["train.tracker"] = tracker
+            spec.set["train.tracking_experiment"] = sweep_dir.name
+            if tracker == "mlflow":
+                spec.set["train.tracking_uri"] = tracking_uri or f"sqlite:///{sweep_dir / 'mlflow.db'}"
+        spec = spec_from_dict(spec.to_dict(), spec.source)  # re-check the overridden values
         if (sweep_dir / SPEC_FILE).exists():
             raise SlifmrError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, "
                               "or choose another --name")
