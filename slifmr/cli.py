@@ -390,9 +390,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise SlifmrError("--all needs --out FILE.parquet")
     if args.out and not args.all:
         raise SlifmrError("--out applies to --all (with --users the lists are printed)")
+    if (args.workers or args.gpu or args.address) and not args.all:
+        raise SlifmrError("--workers, --gpu and --address apply to --all (Ray Data batch inference)")
+    if args.workers < 0:
+        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    if (args.gpu or args.address) and not args.workers:
+        raise SlifmrError("--gpu and --address apply to Ray Data inference: add --workers N (N >= 1)")
     from slifmr.api import load_run
 
     run = load_run(args.run_dir)
+    if args.all and args.workers:
+        return _recommend_all_ray(run, args)
     ds, model = run.dataset, run.model
     if args.all:
         path, short = run.recommend_all(args.out, args.k)
@@ -406,6 +414,26 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     note = shortfall_note(users, short, args.k)
     if note:
         log.info(note)
+    return 0
+
+
+def _recommend_all_ray(run, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """--all --workers N: export the run beside --out, score on Ray Data actors, drop the export."""
+    import shutil
+    import uuid
+
+    from slifmr.inference import recommend_all_ray
+
+    out = Path(args.out)
+    if out.exists():
+        raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
+    export = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        run.export(export)
+        path = recommend_all_ray(export, out, args.k, args.workers, args.gpu, args.address)
+    finally:
+        shutil.rmtree(export, ignore_errors=True)
+    print(f"wrote top-{args.k} for every user to {path} (a Parquet dataset: {args.workers} Ray Data actor(s))")
     return 0
 
 
@@ -477,13 +505,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = _sub(sub, "recommend", "top-K items for some users, or for every user into a Parquet file",
-             "slifmr recommend runs/slifmr --users 196,186 --k 10")
+    p = _sub(sub, "recommend", "top-K items for some users, or for every user into Parquet (on Ray Data with --workers)",
+             "slifmr recommend runs/slifmr --users 196,186 --k 10\n"
+             "  slifmr recommend runs/slifmr --all --k 20 --out recs.parquet --workers 2")
     p.add_argument("run_dir")
     p.add_argument("--users", help="comma-separated user ids as in the source data")
     p.add_argument("--all", action="store_true", help="every user (with --out)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids)")
+    p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids); with --workers a "
+                   "Parquet dataset (folder)")
+    p.add_argument("--workers", type=int, default=0, help="with --all: Ray Data actors that score batches of users "
+                   "(0: this process)")
+    p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per actor")
+    p.add_argument("--address", help="with --workers: Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=_cmd_recommend)
 
     p = _sub(sub, "export", "export a run for serving: embeddings (Parquet, raw ids), a faiss index, the ridge head, a "

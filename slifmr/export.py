@@ -7,9 +7,10 @@
     items.faiss        a faiss inner-product index over the item embeddings: exact (IndexFlatIP)
                        up to `exact_limit` items, HNSW beyond, its recall@K measured against
                        the exact top K and written to the manifest
-    history.parquet    user, item (raw ids) of every interaction, `train` true for training
-                       ones: what is never recommended, and the ridge head's x_u
-    ridge.parquet      (with the ridge head) item, neighbour, weight: w_j over N_j
+    history.parquet    user, item (raw ids; user_row, item_row: rows of the two tables) of every
+                       interaction, `train` true for training ones: what is never recommended,
+                       and the ridge head's x_u
+    ridge.parquet      (with the ridge head) item, neighbour (raw ids and rows), weight: w_j over N_j
     manifest.json      slifmr version, dataset fingerprint, variant, best epoch and its
                        validation metrics, and the score
 
@@ -25,10 +26,12 @@ has x_u W = 0 and a lower u . z than K unseen candidates): `Export.recommend` sc
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,7 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
         w = reps.item_ridge.to_sparse_coo().coalesce()
         j, i = w.indices().numpy()
         ridge = pa.table({"item": raw_ids(ds, "items", j), "neighbour": raw_ids(ds, "items", i),
+                          "item_row": j.astype(np.int64), "neighbour_row": i.astype(np.int64),
                           "weight": w.values().numpy().astype(np.float32)})
         centred = items - items.mean(0)
         score.update({"ridge_weight": float(reps.ridge_weight), "item_mean": items.mean(0).tolist(),
@@ -121,7 +125,8 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
         pq.write_table(_vectors(raw_ids(ds, "users", np.arange(ds.num_users)), users_np, "user"), tmp / "users.parquet")
         pq.write_table(_vectors(raw_ids(ds, "items", np.arange(ds.num_items)), items_np, "item"), tmp / "items.parquet")
         pq.write_table(pa.table({"user": raw_ids(ds, "users", ds.user), "item": raw_ids(ds, "items", ds.item),
-                                 "train": ds.split == TRAIN}), tmp / "history.parquet")
+                                 "user_row": ds.user, "item_row": ds.item, "train": ds.split == TRAIN}),
+                       tmp / "history.parquet")
         if ridge is not None:
             pq.write_table(ridge, tmp / "ridge.parquet")
         import faiss
@@ -137,37 +142,43 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
 
 @dataclass
 class Export:
-    """A loaded export: answers top-K for raw user ids (`recommend`)."""
+    """A loaded export: top-K for one raw user id through the index (`recommend`), or exact
+    batch scoring (`recommend_batch`, what `slifmr recommend --all --workers N` runs)."""
 
     manifest: dict[str, Any]
-    user_index: dict[str, int]
+    user_ids: np.ndarray
     item_ids: np.ndarray
     users: np.ndarray
     items: np.ndarray
     index: Any
-    seen: dict[int, np.ndarray]
-    train: dict[int, np.ndarray]
-    ridge_t: Any  # scipy CSR W^T (N, N) or None
+    seen: Any  # scipy CSR (M, N): every interaction
+    train: Any  # scipy CSR (M, N): training interactions, the ridge head's X
+    ridge_t: Any  # scipy CSR W^T (N, N), or None
 
-    def recommend(self, user: str, k: int = 10) -> list[tuple[str, float]]:
-        """The user's top-k unseen items as (raw item id, score), best first."""
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {str(u): i for i, u in enumerate(self.user_ids)}
+
+    def row(self, user: str) -> int:
         if user not in self.user_index:
             raise SlifmrError(f"unknown user id {user!r}")
-        u = self.user_index[user]
+        return self.user_index[user]
+
+    def recommend(self, user: str, k: int = 10) -> list[tuple[str, float]]:
+        """The user's top-k unseen items as (raw item id, score), best first, from the index's
+        candidates (exact: see the module docstring)."""
+        u = self.row(user)
         q = self.users[u]
-        seen = self.seen.get(u, np.zeros(0, np.int64))
+        seen = self.seen.indices[self.seen.indptr[u] : self.seen.indptr[u + 1]]
         _, found = self.index.search(q[None, :], min(k + seen.size, self.items.shape[0]))
         candidates = found[0][found[0] >= 0]
-        s = self.manifest["score"]
-        n = self.items.shape[0]
         if self.ridge_t is not None:
-            x = np.zeros(n, np.float32)
-            x[self.train.get(u, np.zeros(0, np.int64))] = 1.0
-            ridge = np.asarray(self.ridge_t @ x).ravel()  # x_u W, sparse in effect
+            ridge = np.asarray((self.train[u] @ self.ridge_t.T).todense()).ravel()  # x_u W
             candidates = np.union1d(candidates, np.flatnonzero(ridge))
         candidates = np.setdiff1d(candidates, seen)
         scores = self.items[candidates] @ q
         if self.ridge_t is not None:
+            s, n = self.manifest["score"], self.items.shape[0]
             mean1 = float(q @ np.asarray(s["item_mean"], np.float32))
             std1 = float(np.sqrt(max(q @ np.asarray(s["item_cov"], np.float32) @ q, 1e-24)))
             mean2 = float(ridge.sum() / n)
@@ -175,6 +186,30 @@ class Export:
             scores = (scores - mean1) / std1 + s["ridge_weight"] * (ridge[candidates] - mean2) / std2
         order = np.argsort(-scores, kind="stable")[:k]
         return [(str(self.item_ids[candidates[i]]), float(scores[i])) for i in order]
+
+    def scores(self, rows: np.ndarray, device: str = "cpu") -> torch.Tensor:
+        """(B, N) scores of every item for user rows (B,), as the trained model scores them."""
+        from slifmr.model.slifmr import _standardise
+
+        u = torch.from_numpy(self.users[rows]).to(device)
+        s = u @ torch.from_numpy(self.items).to(device).T
+        if self.ridge_t is None:
+            return s
+        ridge = torch.from_numpy(np.asarray((self.train[rows] @ self.ridge_t.T).todense(), np.float32)).to(device)
+        return _standardise(s) + self.manifest["score"]["ridge_weight"] * _standardise(ridge)
+
+    def recommend_batch(self, rows: np.ndarray, k: int, device: str = "cpu") -> dict[str, np.ndarray]:
+        """Top-k unseen items of user rows (B,): columns user, rank, item, score (raw ids)."""
+        scores = self.scores(rows, device)
+        seen = self.seen[rows].tocoo()
+        scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -math.inf
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        keep = (top.values > -math.inf).cpu().numpy()
+        items = top.indices.cpu().numpy()
+        ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
+        users = np.broadcast_to(np.asarray(rows)[:, None], items.shape)
+        return {"user": self.user_ids[users[keep]].astype(str), "rank": ranks[keep].astype(np.int64),
+                "item": self.item_ids[items[keep]].astype(str), "score": top.values.cpu().numpy()[keep]}
 
 
 def load_export(path: str | Path) -> Export:
@@ -191,26 +226,19 @@ def load_export(path: str | Path) -> Export:
     def matrix(t: pa.Table) -> np.ndarray:
         return np.asarray(t.column("embedding").combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1)
 
-    user_ids = users.column("user").to_pylist()
-    item_ids = np.asarray(items.column("item").to_pylist(), dtype=object)
-    user_index = {u: i for i, u in enumerate(user_ids)}
-    item_index = {t: i for i, t in enumerate(item_ids)}
-    history = pq.read_table(root / "history.parquet").to_pydict()
-    hu = np.array([user_index[u] for u in history["user"]], np.int64)
-    hi = np.array([item_index[t] for t in history["item"]], np.int64)
-    tr = np.asarray(history["train"], bool)
+    m, n = users.num_rows, items.num_rows
+    h = pq.read_table(root / "history.parquet", columns=["user_row", "item_row", "train"])
+    hu, hi = (h.column(c).to_numpy() for c in ("user_row", "item_row"))
+    tr = h.column("train").to_numpy(zero_copy_only=False)
 
-    def grouped(mask: np.ndarray) -> dict[int, np.ndarray]:
-        order = np.argsort(hu[mask], kind="stable")
-        us, its = hu[mask][order], hi[mask][order]
-        cuts = np.flatnonzero(np.r_[True, us[1:] != us[:-1]]) if us.size else np.zeros(0, np.int64)
-        return {int(us[a]): its[a:b] for a, b in zip(cuts, np.r_[cuts[1:], us.size])}
+    def csr(mask: np.ndarray) -> Any:
+        return sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (hu[mask], hi[mask])), shape=(m, n))
 
     ridge_t = None
     if (root / "ridge.parquet").exists():
-        r = pq.read_table(root / "ridge.parquet").to_pydict()
-        rows = np.array([item_index[t] for t in r["item"]], np.int64)
-        cols = np.array([item_index[t] for t in r["neighbour"]], np.int64)
-        ridge_t = sp.csr_matrix((np.asarray(r["weight"], np.float32), (rows, cols)), shape=(len(item_ids),) * 2)
-    return Export(manifest, user_index, item_ids, matrix(users), matrix(items), faiss.read_index(str(root / "items.faiss")),
-                  grouped(np.ones(hu.size, bool)), grouped(tr), ridge_t)
+        r = pq.read_table(root / "ridge.parquet", columns=["item_row", "neighbour_row", "weight"])
+        ridge_t = sp.csr_matrix((r.column("weight").to_numpy(), (r.column("item_row").to_numpy(),
+                                                                r.column("neighbour_row").to_numpy())), shape=(n, n))
+    return Export(manifest, users.column("user").to_numpy(zero_copy_only=False).astype(object),
+                  items.column("item").to_numpy(zero_copy_only=False).astype(object), matrix(users), matrix(items),
+                  faiss.read_index(str(root / "items.faiss")), csr(np.ones(hu.size, bool)), csr(tr), ridge_t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import slifmr
@@ -29,6 +30,9 @@ def test_export_answers_the_runs_top_k(variant: str, tiny_path: Path, tmp_path: 
         rows = [i for i, user in enumerate(expected["user"]) if user == str(u)]
         assert [item for item, _ in got] == [expected["item"][i] for i in rows]
         assert [s for _, s in got] == pytest.approx([expected["score"][i] for i in rows], abs=1e-3)
+    batch = exported.recommend_batch(np.arange(12), k=7)
+    assert list(batch["item"]) == expected["item"] and list(batch["user"]) == expected["user"]
+    np.testing.assert_allclose(batch["score"], expected["score"], atol=1e-4)
     with pytest.raises(SlifmrError, match="already exists"):
         run.export(tmp_path / "exp")
 

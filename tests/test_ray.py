@@ -174,3 +174,21 @@ def test_a_workers_data_error_reaches_the_user_as_one_line() -> None:
     got = _user_error(WorkerGroupError("rank 1 failed", {1: err}))
     assert got is not None and str(got) == str(err)
     assert _user_error(WorkerGroupError("rank 0 failed", {0: RuntimeError("segfault")})) is None
+
+
+def test_ray_data_batch_inference_equals_the_single_process_file(ray_local, tiny_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    import pyarrow.parquet as pq
+
+    from slifmr.cli import main
+
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(tiny_path), "--out", str(run), "--epochs", "2", "--set",
+                 "model.embedding_dim=8", "--set", "model.k_corr=3", "--set", "model.k_mm=3", "--set", "model.ridge_k=5"]) == 0
+    assert main(["-q", "recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "one.parquet")]) == 0
+    assert main(["-q", "recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "ray.parquet"),
+                 "--workers", "2"]) == 0
+    one = pq.read_table(tmp_path / "one.parquet").sort_by([("user", "ascending"), ("rank", "ascending")])
+    ray_out = pq.read_table(tmp_path / "ray.parquet").sort_by([("user", "ascending"), ("rank", "ascending")])
+    assert ray_out.column("item").to_pylist() == one.column("item").to_pylist()
+    assert ray_out.column("score").to_pylist() == pytest.approx(one.column("score").to_pylist(), abs=1e-4)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary export is gone
