@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,10 @@ import torch
 
 import slifmr
 from slifmr.errors import SlifmrError
+
+if TYPE_CHECKING:
+    from slifmr.data.format import Dataset
+    from slifmr.model.slifmr import Representations
 
 MANIFEST = "manifest.json"
 EXACT_LIMIT = 1_000_000  # items up to which the index is exact (IndexFlatIP); HNSW beyond
@@ -83,16 +87,26 @@ def index_recall(index: Any, users: np.ndarray, items: np.ndarray, k: int, sampl
 def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int = EXACT_LIMIT) -> Path:
     """Write the export of `run`'s best epoch to the folder `out` (must not exist); see the module
     docstring. Raises SlifmrError for variant ease (an item-item matrix, no embeddings)."""
+    if Path(out).exists():
+        raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
+    if run.config.variant == "ease":
+        raise SlifmrError("variant ease scores with an N x N item-item matrix, not embeddings: there is nothing "
+                          "to index (serve it with slifmr recommend --all)")
+    about = {"run": str(run.path.resolve()), "variant": run.config.variant, "best_epoch": run.best_epoch,
+             "valid": run.results.get("valid") if (run.path / "results.json").exists() else None}
+    return export_representations(run.dataset, run.model, out, about, k, exact_limit)
+
+
+def export_representations(ds: Dataset, reps: Representations, out: str | Path, about: dict[str, Any],
+                           k: int = 20, exact_limit: int = EXACT_LIMIT) -> Path:
+    """Write the export of representations `reps` of dataset `ds` to the folder `out` (must not
+    exist); `about` joins the manifest (run, variant, best epoch, validation metrics)."""
     from slifmr.data.format import TRAIN
     from slifmr.recommend import raw_ids
 
     out = Path(out)
     if out.exists():
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
-    if run.config.variant == "ease":
-        raise SlifmrError("variant ease scores with an N x N item-item matrix, not embeddings: there is nothing "
-                          "to index (serve it with slifmr recommend --all)")
-    ds, reps = run.dataset, run.model
     users, items = reps.users.detach().float(), reps.items.detach().float()
     if reps.cosine:
         users, items = (torch.nn.functional.normalize(x, dim=1) for x in (users, items))
@@ -111,10 +125,7 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
                       "item_cov": (centred.T @ centred / max(items.shape[0] - 1, 1)).tolist(),
                       "formula": "standardise(u.z) + ridge_weight * standardise(x_u W), over the user's N scores"})
     manifest = {
-        "slifmr_version": slifmr.__version__, "dataset": ds.fingerprint(), "run": str(run.path.resolve()),
-        "variant": run.config.variant, "best_epoch": run.best_epoch,
-        "valid": run.results.get("valid") if (run.path / "results.json").exists() else None,
-        "dim": int(items.shape[1]), "users": int(users.shape[0]), "items": int(items.shape[0]), "score": score,
+        "slifmr_version": slifmr.__version__, "dataset": ds.fingerprint(), **about, "dim": int(items.shape[1]), "users": int(users.shape[0]), "items": int(items.shape[0]), "score": score,
         "index": {"kind": type(index).__name__, f"recall@{k}": index_recall(index, users_np, items_np, k),
                   "measured_against": f"the exact top {k} by inner product, 1000 sampled users"},
     }

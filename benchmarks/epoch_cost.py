@@ -1,0 +1,63 @@
+"""What an ml-100k epoch costs, variant against variant (issue 15's cost target), measured side by
+side in one run with nothing else on the machine.
+
+    python benchmarks/epoch_cost.py --variants lightgcn freedom slifmr --epochs 8
+
+Each variant trains `--epochs` epochs with 1 torch thread, one after the other, through
+`slifmr train`; the table gives the mean over epochs 2.. (epoch 1 has no fusion) of the epoch's
+wall seconds and its parts (training steps, fusion: S(t), the epoch's graphs and the ridge head,
+and validation), and the ratio to the first variant. Writes benchmarks/results/epoch-cost.json
+and the EPOCH_COST section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from quality import RESULTS, write_results_md
+
+from slifmr.atomic import write_text
+
+PARTS = ("epoch_seconds", "train_seconds", "fusion_seconds", "eval_seconds")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=["lightgcn", "freedom", "slifmr"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--work", default="/tmp/slifmr-epoch-cost")
+    args = ap.parse_args()
+    rows = []
+    for v in args.variants:
+        run = Path(args.work) / v
+        shutil.rmtree(run, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "slifmr", "-q", "train", "--variant", v, "--epochs", str(args.epochs),
+                        "--set", "train.threads=1", "--out", str(run)], check=True, capture_output=True)
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
+        rows.append({"mode": "full graph", "variant": v, "workers": 1, "threads": 1, "epochs_averaged": len(recs),
+                     "steps_per_epoch": recs[0]["steps"], **{k: statistics.mean(r[k] for r in recs) for k in PARTS}})
+    base = rows[0]["epoch_seconds"]
+    command = "python benchmarks/epoch_cost.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
+    write_text(RESULTS / "epoch-cost.json", json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2))
+    lines = ["## What an ml-100k epoch costs (issue 15)", "", f"Command: `{command}`  ",
+             f"Machine: {machine}; 1 torch thread, one variant after the other; means over epochs 2-{args.epochs}.", "",
+             "| variant | s/epoch | steps s | fusion s | validation s | vs " + rows[0]["variant"] + " |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['epoch_seconds']:.2f} | {r['train_seconds']:.2f} | {r['fusion_seconds']:.2f} | "
+              f"{r['eval_seconds']:.2f} | {r['epoch_seconds'] / base:.2f}x |" for r in rows]
+    write_results_md("EPOCH_COST", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
