@@ -22,9 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quality import RESULTS, write_results_md
-
-from slifmr.atomic import write_text
+from quality import publish
 
 PARTS = ("epoch_seconds", "train_seconds", "fusion_seconds", "eval_seconds")
 
@@ -47,15 +45,13 @@ def main() -> int:
     base = rows[0]["epoch_seconds"]
     command = "python benchmarks/epoch_cost.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
-    write_text(RESULTS / "epoch-cost.json", json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2))
     lines = ["## What an ml-100k epoch costs (issue 15)", "", f"Command: `{command}`  ",
              f"Machine: {machine}; 1 torch thread, one variant after the other; means over epochs 2-{args.epochs}.", "",
              "| variant | s/epoch | steps s | fusion s | validation s | vs " + rows[0]["variant"] + " |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['epoch_seconds']:.2f} | {r['train_seconds']:.2f} | {r['fusion_seconds']:.2f} | "
               f"{r['eval_seconds']:.2f} | {r['epoch_seconds'] / base:.2f}x |" for r in rows]
-    write_results_md("EPOCH_COST", "\n".join(lines))
-    print("\n".join(lines))
+    publish("EPOCH_COST", "epoch-cost", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0
 
 

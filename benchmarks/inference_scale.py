@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quality import RESULTS, write_results_md
-
-from slifmr.atomic import write_text
+from quality import publish
 
 
 def make_export(users: int, items: int, work: Path) -> Path:
@@ -112,8 +110,6 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     command = "python benchmarks/inference_scale.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
-    write_text(RESULTS / "inference-scale.json", json.dumps({"command": command, "machine": machine, "rows": rows},
-                                                             indent=2))
     base = rows[0]["users_per_second"]
     lines = ["## Batch inference at scale (issue 17)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. A synthetic export ({args.users:,} users, {args.items:,} items, 64-d, the ridge "
@@ -122,8 +118,7 @@ def main() -> int:
              "| mode | workers | threads | seconds | users/s | vs one thread |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['workers']} | {r['threads']} | {r['seconds']:.1f} | {r['users_per_second']:,.0f} | "
               f"{r['users_per_second'] / base:.2f}x |" for r in rows]
-    write_results_md("INFERENCE_SCALE", "\n".join(lines))
-    print("\n".join(lines))
+    publish("INFERENCE_SCALE", "inference-scale", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0
 
 

@@ -91,6 +91,16 @@ def plot(summary: dict[str, dict[str, Any]], out: Path, title: str = "ml-100k, f
     plt.close(fig)
 
 
+def publish(section: str, name: str, payload: dict[str, Any], lines: list[str]) -> None:
+    """A benchmark's outputs: results/NAME.json (atomically), the SECTION of RESULTS.md, stdout."""
+    from slifmr.atomic import write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2))
+    write_results_md(section, "\n".join(lines))
+    print("\n".join(lines))
+
+
 def write_results_md(section: str, body: str) -> None:
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"

@@ -58,9 +58,17 @@ def _vectors(raw: np.ndarray, x: np.ndarray, name: str) -> pa.Table:
     return pa.table({name: pa.array(raw.astype(str)), "embedding": pa.FixedSizeListArray.from_arrays(flat, d)})
 
 
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise SlifmrError("export needs faiss for its index: pip install 'slifmr[faiss]'") from None
+    return faiss
+
+
 def build_index(items: np.ndarray, exact_limit: int = EXACT_LIMIT) -> Any:
     """A faiss inner-product index over `items` (N, d) float32: exact up to `exact_limit` rows."""
-    import faiss
+    faiss = _faiss()
 
     d = items.shape[1]
     if items.shape[0] <= exact_limit:
@@ -140,9 +148,7 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
                        tmp / "history.parquet")
         if ridge is not None:
             pq.write_table(ridge, tmp / "ridge.parquet")
-        import faiss
-
-        faiss.write_index(index, str(tmp / "items.faiss"))
+        _faiss().write_index(index, str(tmp / "items.faiss"))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         os.rename(tmp, out)
     finally:
@@ -225,9 +231,9 @@ class Export:
 
 def load_export(path: str | Path) -> Export:
     """Read an export folder written by `export_run`."""
-    import faiss
     import scipy.sparse as sp
 
+    faiss = _faiss()
     root = Path(path)
     if not (root / MANIFEST).exists():
         raise SlifmrError(f"{root} is not an export folder (no {MANIFEST})")

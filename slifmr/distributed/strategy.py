@@ -114,7 +114,10 @@ class DeepSpeedStrategy:
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, comm: Comm,
                  zero_stage: int, micro_batch: int):
-        import deepspeed
+        try:
+            import deepspeed
+        except ImportError:
+            raise SlifmrError("--strategy deepspeed needs DeepSpeed: pip install 'slifmr[deepspeed]'") from None
 
         # DeepSpeed's ZeRO calls a collective torch 2.13 deprecates, once per step
         warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
