@@ -62,7 +62,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError:
-        raise SlifmrError("export needs faiss for its index: pip install 'slifmr[faiss]'") from None
+        raise SlifmrError("export needs faiss for its index: pip install faiss-cpu") from None
     return faiss
 
 

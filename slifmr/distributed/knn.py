@@ -30,7 +30,7 @@ def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, links: int = 16, e
     try:
         import faiss
     except ImportError:
-        raise SlifmrError("model.knn=approx needs faiss: pip install 'slifmr[faiss]'") from None
+        raise SlifmrError("model.knn=approx needs faiss: pip install faiss-cpu") from None
     xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
     rows = torch.arange(x.shape[0]) if rows is None else rows.cpu()
     k = min(k, x.shape[0] - 1)

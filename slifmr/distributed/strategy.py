@@ -117,7 +117,7 @@ class DeepSpeedStrategy:
         try:
             import deepspeed
         except ImportError:
-            raise SlifmrError("--strategy deepspeed needs DeepSpeed: pip install 'slifmr[deepspeed]'") from None
+            raise SlifmrError("--strategy deepspeed needs DeepSpeed: pip install deepspeed") from None
 
         # DeepSpeed's ZeRO calls a collective torch 2.13 deprecates, once per step
         warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
