@@ -467,7 +467,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _tracking_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracker", choices=CHOICES["train.tracker"],
-                   help="send epochs, config and final metrics to TensorBoard (RUN/tensorboard) or MLflow")
+                   help="send epochs, config and final metrics to TensorBoard (RUN/tensorboard), MLflow or W&B")
     p.add_argument("--tracking-uri", help="with --tracker mlflow: the store (default sqlite:///<runs folder>/mlflow.db; "
                    "file:DIR for MLflow's file store)")
 

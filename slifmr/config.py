@@ -105,7 +105,7 @@ class TrainConfig:
     # smaller than the table), or ddp (full graph: torch's DistributedDataParallel, all-reduce
     # in buckets overlapped with backward; slower than dense on CPU, benchmarks/RESULTS.md)
     grad_sync: str = "auto"
-    # experiment tracking (slifmr/tracking.py): none | tensorboard | mlflow; the MLflow store
+    # experiment tracking (slifmr/tracking.py): none | tensorboard | mlflow | wandb; the MLflow store
     # (default: sqlite at the run folder's parent, mlflow.db) and experiment
     tracker: str = "none"
     tracking_uri: str = ""
@@ -220,7 +220,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.zero_stage": (1, 2),
     "train.sampling": ("full", "neighbor"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
-    "train.tracker": ("none", "tensorboard", "mlflow"),
+    "train.tracker": ("none", "tensorboard", "mlflow", "wandb"),
 }
 
 

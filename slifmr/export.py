@@ -240,8 +240,8 @@ def load_export(path: str | Path) -> Export:
     manifest = json.loads((root / MANIFEST).read_text())
     users, items = pq.read_table(root / "users.parquet"), pq.read_table(root / "items.parquet")
 
-    def matrix(t: pa.Table) -> np.ndarray:
-        return np.asarray(t.column("embedding").combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1)
+    def matrix(t: pa.Table) -> np.ndarray:  # a writable copy: torch warns on Arrow's read-only buffers
+        return np.array(t.column("embedding").combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1)
 
     m, n = users.num_rows, items.num_rows
     h = pq.read_table(root / "history.parquet", columns=["user_row", "item_row", "train"])

@@ -9,8 +9,13 @@ process (`train.tracker`; a Tune trial is a run of its own, so each trial is one
                   RUN_DIR/../mlflow.db); a file: URI is MLflow's file store, which MLflow 3 keeps
                   in maintenance mode, so choosing one opts in to it (MLFLOW_ALLOW_FILE_STORE)
 
-A resumed run continues its entry (TensorBoard appends to the folder; MLflow reopens the run id
-kept in RUN_DIR/tracking.json).
+    wandb         one Weights & Biases run per slifmr run (project `train.tracking_experiment`,
+                  files under RUN_DIR/wandb; WANDB_MODE=offline keeps them local). Logged from
+                  the training loop like the others rather than through Ray's WandbLoggerCallback,
+                  so `train` and every Tune trial (Ray Train ones included) log the same way.
+
+A resumed run continues its entry (TensorBoard appends to the folder; MLflow and W&B reopen the
+run id kept in RUN_DIR/tracking.json).
 """
 
 from __future__ import annotations
@@ -107,10 +112,33 @@ class MLflowTracker:
         self.mlflow.end_run()
 
 
+class WandbTracker:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool):
+        try:
+            import wandb
+        except ImportError as e:
+            raise SlifmrError("--tracker wandb needs Weights & Biases: pip install wandb") from e
+        state = run_dir / "tracking.json"
+        run_id = json.loads(state.read_text()).get("wandb_run_id") if resume and state.exists() else None
+        self.run = wandb.init(project=cfg.train.tracking_experiment, name=run_dir.name, dir=str(run_dir),
+                              config=flatten_config(cfg.to_dict()), id=run_id, resume="allow" if run_id else None)
+        if run_id is None:
+            state.write_text(json.dumps({"wandb_run_id": self.run.id}))
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        self.run.log(epoch_scalars(record), step=int(record["epoch"]))
+
+    def finish(self, results: dict[str, Any]) -> None:
+        self.run.summary.update(final_scalars(results))
+        self.run.finish()
+
+
 def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | None:
     """The tracker `cfg.train.tracker` names, or None ("none")."""
     if cfg.train.tracker == "tensorboard":
         return TensorBoardTracker(cfg, run_dir)
     if cfg.train.tracker == "mlflow":
         return MLflowTracker(cfg, run_dir, resume)
+    if cfg.train.tracker == "wandb":
+        return WandbTracker(cfg, run_dir, resume)
     return None

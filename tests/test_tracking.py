@@ -45,3 +45,21 @@ def test_mlflow_file_store_holds_params_epochs_and_final_metrics(tiny_path: Path
     assert sorted(m.step for m in history) == [1, 2]
     results = json.loads((run / "results.json").read_text())
     assert entry.data.metrics["test/recall_at_20"] == pytest.approx(results["test"]["recall@20"], rel=1e-6)
+
+
+def test_wandb_offline_run_file_holds_epochs_and_final_metrics(tiny_path: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(tiny_path), "--out", str(run), "--tracker", "wandb", *ARGS]) == 0
+    run_id = json.loads((run / "tracking.json").read_text())["wandb_run_id"]
+    logs = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(logs) == 1
+    # W&B's record log keeps each metric's name and JSON value as text
+    blob = logs[0].read_bytes()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((run / "results.json").read_text())
+    assert blob.count(b"valid/recall@20") >= len(history)
+    for value in [h["valid"]["recall@20"] for h in history] + [results["test"]["recall@20"]]:
+        assert json.dumps(value).encode() in blob
