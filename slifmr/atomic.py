@@ -1,11 +1,11 @@
-"""Atomic file writes: write a temporary sibling, then one rename onto the target, so a
-reader or a crash sees the old file or the new one, never half of one. (Dataset and
-checkpoint folders are swapped the same way, folder-wide: slifmr.data.format,
-slifmr.distributed.checkpoint.)"""
+"""Atomic writes: write a temporary sibling, then one rename onto the target, so a reader or a
+crash sees the old file or folder or the new one, never half of one (`atomic_path` for files,
+`atomic_folder` for dataset, checkpoint and export folders)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +30,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """`Path.write_text`, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, previous: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A new, empty temporary folder beside `path` to fill; when the block ends without an
+    error it becomes `path`. A folder already at `path` is moved to `previous` (replacing what
+    was there: a kept generation) or, without one, removed once the new folder is in place. On
+    an error the temporary folder is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(previous) if previous is not None else path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None and previous is None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -26,11 +26,7 @@ has x_u W = 0 and a lower u . z than K unseen candidates): `Export.recommend` sc
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 import slifmr
+from slifmr.atomic import atomic_folder
 from slifmr.errors import SlifmrError
 
 if TYPE_CHECKING:
@@ -133,14 +130,12 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
                       "item_cov": (centred.T @ centred / max(items.shape[0] - 1, 1)).tolist(),
                       "formula": "standardise(u.z) + ridge_weight * standardise(x_u W), over the user's N scores"})
     manifest = {
-        "slifmr_version": slifmr.__version__, "dataset": ds.fingerprint(), **about, "dim": int(items.shape[1]), "users": int(users.shape[0]), "items": int(items.shape[0]), "score": score,
+        "slifmr_version": slifmr.__version__, "dataset": ds.fingerprint(), **about, "dim": int(items.shape[1]),
+        "users": int(users.shape[0]), "items": int(items.shape[0]), "score": score,
         "index": {"kind": type(index).__name__, f"recall@{k}": index_recall(index, users_np, items_np, k),
                   "measured_against": f"the exact top {k} by inner product, 1000 sampled users"},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:
         pq.write_table(_vectors(raw_ids(ds, "users", np.arange(ds.num_users)), users_np, "user"), tmp / "users.parquet")
         pq.write_table(_vectors(raw_ids(ds, "items", np.arange(ds.num_items)), items_np, "item"), tmp / "items.parquet")
         pq.write_table(pa.table({"user": raw_ids(ds, "users", ds.user), "item": raw_ids(ds, "items", ds.item),
@@ -150,10 +145,6 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
             pq.write_table(ridge, tmp / "ridge.parquet")
         _faiss().write_index(index, str(tmp / "items.faiss"))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -171,6 +162,7 @@ class Export:
     seen: Any  # scipy CSR (M, N): every interaction
     train: Any  # scipy CSR (M, N): training interactions, the ridge head's X
     ridge_t: Any  # scipy CSR W^T (N, N), or None
+    _scorers: dict[str, Representations] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def user_index(self) -> dict[str, int]:
@@ -204,29 +196,36 @@ class Export:
         order = np.argsort(-scores, kind="stable")[:k]
         return [(str(self.item_ids[candidates[i]]), float(scores[i])) for i in order]
 
-    def scores(self, rows: np.ndarray, device: str = "cpu") -> torch.Tensor:
-        """(B, N) scores of every item for user rows (B,), as the trained model scores them."""
-        from slifmr.model.slifmr import _standardise
+    def representations(self, device: str = "cpu") -> Representations:
+        """The trained model's scorer rebuilt from the export, on `device` (built once per device):
+        its `full_scores` is the model's score, ridge head included."""
+        if device not in self._scorers:
+            from slifmr.model.slifmr import Representations
 
-        u = torch.from_numpy(self.users[rows]).to(device)
-        s = u @ torch.from_numpy(self.items).to(device).T
-        if self.ridge_t is None:
-            return s
-        ridge = torch.from_numpy(np.asarray((self.train[rows] @ self.ridge_t.T).todense(), np.float32)).to(device)
-        return _standardise(s) + self.manifest["score"]["ridge_weight"] * _standardise(ridge)
+            def sparse(m: Any, csr: bool) -> torch.Tensor:
+                coo = m.tocoo()
+                t = torch.sparse_coo_tensor(np.stack([coo.row, coo.col]), coo.data.astype(np.float32), m.shape)
+                t = t.coalesce()
+                return (t.to_sparse_csr() if csr else t).to(device)
+
+            ridge = self.ridge_t is not None
+            self._scorers[device] = Representations(
+                torch.from_numpy(self.users).to(device), torch.from_numpy(self.items).to(device),
+                item_ridge=sparse(self.ridge_t, csr=True) if ridge else None,
+                interactions=sparse(self.train, csr=False) if ridge else None,
+                ridge_weight=float(self.manifest["score"]["ridge_weight"]))
+        return self._scorers[device]
 
     def recommend_batch(self, rows: np.ndarray, k: int, device: str = "cpu") -> dict[str, np.ndarray]:
         """Top-k unseen items of user rows (B,): columns user, rank, item, score (raw ids)."""
-        scores = self.scores(rows, device)
-        seen = self.seen[rows].tocoo()
-        scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -math.inf
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        keep = (top.values > -math.inf).cpu().numpy()
-        items = top.indices.cpu().numpy()
-        ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
-        users = np.broadcast_to(np.asarray(rows)[:, None], items.shape)
-        return {"user": self.user_ids[users[keep]].astype(str), "rank": ranks[keep].astype(np.int64),
-                "item": self.item_ids[items[keep]].astype(str), "score": top.values.cpu().numpy()[keep]}
+        from slifmr.recommend import top_unseen
+
+        users = torch.as_tensor(np.asarray(rows, np.int64))
+        seen = self.seen[users.numpy()].tocoo()
+        recs = top_unseen(self.representations(device).full_scores(users), users,
+                          torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long(), k)
+        return {"user": self.user_ids[recs.user.cpu().numpy()].astype(str), "rank": recs.rank.cpu().numpy(),
+                "item": self.item_ids[recs.item.cpu().numpy()].astype(str), "score": recs.score.cpu().numpy()}
 
 
 def load_export(path: str | Path) -> Export:

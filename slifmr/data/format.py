@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slifmr.atomic import atomic_folder
 from slifmr.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -152,62 +151,54 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(str(out), "already exists (choose another --out or remove it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
-        cols = {"user": ds.user, "item": ds.item, "split": ds.split.astype(np.int8)}
-        if ds.timestamp is not None:
-            cols["timestamp"] = ds.timestamp.astype(np.float64)
-        _write_table(pa.table(cols), tmp / "interactions.parquet")
-        if ds.items is not None:
-            _write_table(ds.items, tmp / "items.parquet")
-        (tmp / "features").mkdir()
-        for name, x in ds.features.items():
-            np.save(tmp / "features" / f"{name}.npy", np.ascontiguousarray(x, dtype=np.float32))
-            if name in ds.feature_present and not ds.feature_present[name].all():
-                np.save(tmp / "features" / f"{name}.present.npy", np.asarray(ds.feature_present[name], bool))
-        _write_table(
-            pa.table({"head": ds.kg[:, 0], "relation": ds.kg[:, 1], "tail": ds.kg[:, 2]}),
-            tmp / "kg.parquet",
-        )
-        _write_table(
-            pa.table({"item": ds.item_entity[:, 0], "entity": ds.item_entity[:, 1]}),
-            tmp / "item_entity.parquet",
-        )
-        (tmp / "ids").mkdir()
-        for kind, raw in ds.ids.items():
-            _write_table(pa.table({"raw_id": id_array(raw)}), tmp / "ids" / f"{kind}.parquet")
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            "name": ds.name,
-            "num_users": ds.num_users,
-            "num_items": ds.num_items,
-            "num_interactions": ds.num_interactions,
-            "num_entities": ds.num_entities,
-            "num_triples": int(ds.kg.shape[0]),
-            "relation_names": list(ds.relation_names),
-            "modalities": {n: {"file": f"features/{n}.npy", "dim": int(x.shape[1]),
-                               "coverage": float(ds.present(n).mean())} for n, x in ds.features.items()},
-            "ids": sorted(ds.ids),
-            "split_seed": ds.split_seed,
-            "provenance": ds.provenance,
-            "fingerprint": content_digest(ds),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():  # overwrite: swap in the new folder, then drop the old one
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        with atomic_folder(out) as tmp:  # overwrite: the old folder goes once the new one is in place
+            _write_dataset_files(ds, tmp)
     except OSError as e:
         raise DataError(str(out), f"could not write dataset: {e.strerror or e}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _write_dataset_files(ds: Dataset, tmp: Path) -> None:
+    cols = {"user": ds.user, "item": ds.item, "split": ds.split.astype(np.int8)}
+    if ds.timestamp is not None:
+        cols["timestamp"] = ds.timestamp.astype(np.float64)
+    _write_table(pa.table(cols), tmp / "interactions.parquet")
+    if ds.items is not None:
+        _write_table(ds.items, tmp / "items.parquet")
+    (tmp / "features").mkdir()
+    for name, x in ds.features.items():
+        np.save(tmp / "features" / f"{name}.npy", np.ascontiguousarray(x, dtype=np.float32))
+        if name in ds.feature_present and not ds.feature_present[name].all():
+            np.save(tmp / "features" / f"{name}.present.npy", np.asarray(ds.feature_present[name], bool))
+    _write_table(
+        pa.table({"head": ds.kg[:, 0], "relation": ds.kg[:, 1], "tail": ds.kg[:, 2]}),
+        tmp / "kg.parquet",
+    )
+    _write_table(
+        pa.table({"item": ds.item_entity[:, 0], "entity": ds.item_entity[:, 1]}),
+        tmp / "item_entity.parquet",
+    )
+    (tmp / "ids").mkdir()
+    for kind, raw in ds.ids.items():
+        _write_table(pa.table({"raw_id": id_array(raw)}), tmp / "ids" / f"{kind}.parquet")
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "name": ds.name,
+        "num_users": ds.num_users,
+        "num_items": ds.num_items,
+        "num_interactions": ds.num_interactions,
+        "num_entities": ds.num_entities,
+        "num_triples": int(ds.kg.shape[0]),
+        "relation_names": list(ds.relation_names),
+        "modalities": {n: {"file": f"features/{n}.npy", "dim": int(x.shape[1]),
+                           "coverage": float(ds.present(n).mean())} for n, x in ds.features.items()},
+        "ids": sorted(ds.ids),
+        "split_seed": ds.split_seed,
+        "provenance": ds.provenance,
+        "fingerprint": content_digest(ds),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 # ----------------------------------------------------------------------------- reading

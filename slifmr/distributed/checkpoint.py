@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from slifmr import log
+from slifmr.atomic import atomic_folder
 from slifmr.errors import SlifmrError
 
 STATE, META = "state.pt", "meta.json"
@@ -54,24 +53,13 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], meta: dict
     bad = first_nonfinite(state)
     if bad is not None:
         raise CheckpointError(f"refusing to write checkpoint {folder}: {bad} is not finite; the previous one is kept")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    prev = previous(folder)
     try:
-        tmp.mkdir()
-        torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps(meta, indent=2))
-        if folder.exists():
-            if prev.exists():
-                shutil.rmtree(prev)
-            os.rename(folder, prev)
-        os.rename(tmp, folder)
+        with atomic_folder(folder, previous=previous(folder)) as tmp:  # the last generation becomes .prev
+            torch.save(state, tmp / STATE)
+            (tmp / META).write_text(json.dumps(meta, indent=2))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
         raise CheckpointError(f"could not write checkpoint {folder}: {reason}; the previous one is kept") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
