@@ -400,7 +400,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir)
     if args.all and args.workers:
-        return _recommend_all_ray(run, args)
+        path = run.recommend_all_ray(args.out, args.k, args.workers, args.gpu, args.address)
+        print(f"wrote top-{args.k} for every user to {path} ({args.workers} Ray Data actor(s))")
+        return 0
     ds, model = run.dataset, run.model
     if args.all:
         path, short = run.recommend_all(args.out, args.k)
@@ -414,26 +416,6 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     note = shortfall_note(users, short, args.k)
     if note:
         log.info(note)
-    return 0
-
-
-def _recommend_all_ray(run, args: argparse.Namespace) -> int:  # noqa: ANN001
-    """--all --workers N: export the run beside --out, score on Ray Data actors, drop the export."""
-    import shutil
-    import uuid
-
-    from slifmr.inference import recommend_all_ray
-
-    out = Path(args.out)
-    if out.exists():
-        raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
-    export = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
-    try:
-        run.export(export)
-        path = recommend_all_ray(export, out, args.k, args.workers, args.gpu, args.address)
-    finally:
-        shutil.rmtree(export, ignore_errors=True)
-    print(f"wrote top-{args.k} for every user to {path} (a Parquet dataset: {args.workers} Ray Data actor(s))")
     return 0
 
 

@@ -69,12 +69,18 @@ def recommend(model: Scorer, ds: Dataset, users: Tensor, k: int,
         u = int(users[~finite][0])
         raise SlifmrError(f"the model's scores for user {raw_ids(ds, 'users', np.array([u]))[0]} are not finite: "
                           "its checkpoint is damaged or from a diverged run")
-    rows, items = csr_entries(*(seen or seen_items(ds)), users)
-    scores[rows, items] = -math.inf
-    top = torch.topk(scores, min(k, ds.num_items), dim=1)
+    return top_unseen(scores, users, *csr_entries(*(seen or seen_items(ds)), users), k)
+
+
+def top_unseen(scores: Tensor, users: Tensor, seen_rows: Tensor, seen_items: Tensor, k: int) -> Recommendations:
+    """The top-k of each row of finite `scores` (B, N) (modified in place) for `users` (B,),
+    leaving out the seen (row, item) pairs `seen_rows`, `seen_items` (S,)."""
+    scores[seen_rows.to(scores.device), seen_items.to(scores.device)] = -math.inf
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     keep = top.values > -math.inf  # every real score is finite: -inf marks a seen item
-    rank = torch.arange(1, top.indices.shape[1] + 1).expand_as(top.indices)
-    return Recommendations(users[:, None].expand_as(top.indices)[keep], rank[keep], top.indices[keep], top.values[keep])
+    rank = torch.arange(1, top.indices.shape[1] + 1, device=scores.device).expand_as(top.indices)
+    users = users.to(scores.device)[:, None].expand_as(top.indices)
+    return Recommendations(users[keep], rank[keep], top.indices[keep], top.values[keep])
 
 
 def raw_ids(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
