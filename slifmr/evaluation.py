@@ -25,7 +25,6 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from slifmr.config import STOP_METRICS  # noqa: F401 - what train.stop_metric may select, defined with the config
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
 from slifmr.data.graphs import csr_entries, interactions_csr
 

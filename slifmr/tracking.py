@@ -20,11 +20,13 @@ run id kept in RUN_DIR/tracking.json).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from slifmr.atomic import write_text
 from slifmr.config import Config, flatten_config
 from slifmr.errors import SlifmrError
 
@@ -53,16 +55,35 @@ def final_scalars(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _require(module: str, tracker: str, what: str) -> Any:
+    """Import the tracker's package, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise SlifmrError(f"--tracker {tracker} needs {what}: pip install 'slifmr[track]'") from e
+
+
+def _saved_run_id(run_dir: Path, key: str, resume: bool) -> str | None:
+    """The tracker's run id a resumed run continues (RUN_DIR/tracking.json), else None."""
+    state = run_dir / "tracking.json"
+    return json.loads(state.read_text()).get(key) if resume and state.exists() else None
+
+
+def _save_run_id(run_dir: Path, **ids: str) -> None:
+    """Record tracker run ids in RUN_DIR/tracking.json, beside those of other trackers."""
+    state = run_dir / "tracking.json"
+    write_text(state, json.dumps({**(json.loads(state.read_text()) if state.exists() else {}), **ids}))
+
+
 def _params(cfg: Config) -> dict[str, str]:
     return {k: str(v) for k, v in flatten_config(cfg.to_dict()).items()}
 
 
 class TensorBoardTracker:
     def __init__(self, cfg: Config, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise SlifmrError("--tracker tensorboard needs the tensorboard package: pip install 'slifmr[track]'") from e
+        _require("tensorboard", "tensorboard", "the tensorboard package")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.params = _params(cfg)
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in self.params.items()))
@@ -82,22 +103,17 @@ class TensorBoardTracker:
 
 class MLflowTracker:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
-        try:
-            import mlflow
-        except ImportError as e:
-            raise SlifmrError("--tracker mlflow needs MLflow: pip install 'slifmr[track]'") from e
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _require("mlflow", "mlflow", "MLflow")
         uri = cfg.train.tracking_uri or f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.train.tracking_experiment)
-        state = run_dir / "tracking.json"
-        run_id = json.loads(state.read_text()).get("mlflow_run_id") if resume and state.exists() else None
+        run_id = _saved_run_id(run_dir, "mlflow_run_id", resume)
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_dir.name)
         if run_id is None:
             mlflow.log_params(_params(cfg))
-            state.write_text(json.dumps({"mlflow_run_id": self.run.info.run_id, "tracking_uri": uri}))
+            _save_run_id(run_dir, mlflow_run_id=self.run.info.run_id, tracking_uri=uri)
 
     @staticmethod
     def _names(scalars: dict[str, float]) -> dict[str, float]:
@@ -114,16 +130,12 @@ class MLflowTracker:
 
 class WandbTracker:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
-        try:
-            import wandb
-        except ImportError as e:
-            raise SlifmrError("--tracker wandb needs Weights & Biases: pip install wandb") from e
-        state = run_dir / "tracking.json"
-        run_id = json.loads(state.read_text()).get("wandb_run_id") if resume and state.exists() else None
+        wandb = _require("wandb", "wandb", "Weights & Biases")
+        run_id = _saved_run_id(run_dir, "wandb_run_id", resume)
         self.run = wandb.init(project=cfg.train.tracking_experiment, name=run_dir.name, dir=str(run_dir),
                               config=flatten_config(cfg.to_dict()), id=run_id, resume="allow" if run_id else None)
         if run_id is None:
-            state.write_text(json.dumps({"wandb_run_id": self.run.id}))
+            _save_run_id(run_dir, wandb_run_id=self.run.id)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.run.log(epoch_scalars(record), step=int(record["epoch"]))
