@@ -325,8 +325,8 @@ def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
         raise SlifmrError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.zero_stage is not None and cfg.train.strategy != "deepspeed":
         raise SlifmrError("--zero-stage applies to --strategy deepspeed only")
-    if args.fanout is not None and cfg.train.sampling != "neighbor":
-        raise SlifmrError("--fanout applies to --sampling neighbor only")
+    if args.fanout is not None and cfg.train.sampling == "full":
+        raise SlifmrError("--fanout applies to --sampling neighbor or history only")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -475,9 +475,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="ddp (gradient all-reduce, the default) or deepspeed (ZeRO); needs --workers >= 1")
     p.add_argument("--zero-stage", type=int, help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
     p.add_argument("--sampling", choices=CHOICES["train.sampling"],
-                   help="full-graph propagation per step (the default) or neighbor-sampled subgraphs (large graphs)")
+                   help="full-graph propagation per step (the default), neighbor (two-hop sampled subgraphs) or "
+                        "history (one sampled hop per step over historical embeddings: large graphs)")
     p.add_argument("--fanout", help="with --sampling neighbor: neighbours per hop, e.g. 10,5, or per relation: "
-                                    "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all)")
+                                    "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all); "
+                                    "with history the first hop's fan-outs sample every layer")
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     _tracking_flags(p)

@@ -95,9 +95,13 @@ class TrainConfig:
     stop_metric: str = "recall@20"
     strategy: str = "ddp"  # how replicas stay identical: ddp, or deepspeed (ZeRO) under Ray Train
     zero_stage: int = 2  # with strategy deepspeed: 1 shards optimizer state, 2 gradients too
-    # mini-batches: full (propagate the whole graph each step) | neighbor (sampled subgraphs)
+    # mini-batches: full (propagate the whole graph each step) | neighbor (two-hop sampled
+    # subgraphs) | history (one sampled hop per step over historical embeddings refreshed each
+    # epoch, with variance reduction: LTGNN, WWW 2024; slifmr/sampling/history.py)
     sampling: str = "full"
-    fanout: str = "10,5"  # neighbors per hop, optionally per relation: "10,5;kg=5,0"
+    # neighbors per hop, optionally per relation: "10,5;kg=5,0"; history samples every layer
+    # with the first hop's fan-out (10 here, kg 5)
+    fanout: str = "10,5"
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
     # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'
@@ -218,7 +222,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.strategy": ("ddp", "deepspeed"),
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),
-    "train.sampling": ("full", "neighbor"),
+    "train.sampling": ("full", "neighbor", "history"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
     "train.tracker": ("none", "tensorboard", "mlflow", "wandb"),
 }
@@ -376,26 +380,26 @@ def validate(cfg: Config) -> None:
         (t.stop_metric.split("@")[0] in STOP_METRICS
          and t.stop_metric.partition("@")[2].isdigit() and int(t.stop_metric.partition("@")[2]) in t.topk,
          f"train.stop_metric must be one of {'/'.join(STOP_METRICS)}@K with K in train.topk"),
-        (not (t.sampling == "neighbor" and m.user_aux),
-         "model.user_aux needs every training item of a user: it cannot be used with train.sampling=neighbor"),
-        (not (t.sampling == "neighbor" and t.strategy == "deepspeed"),
-         "train.sampling=neighbor trains the embedding tables with sparse row updates: use --strategy ddp"),
+        (not (t.sampling != "full" and m.user_aux),
+         f"model.user_aux needs every training item of a user: it cannot be used with train.sampling={t.sampling}"),
+        (not (t.sampling != "full" and t.strategy == "deepspeed"),
+         f"train.sampling={t.sampling} trains the embedding tables with sparse row updates: use --strategy ddp"),
         (not (t.strategy == "deepspeed" and t.grad_sync == "ddp"),
          "train.grad_sync=ddp is torch's DDP: --strategy deepspeed exchanges gradients itself"),
-        (not (t.sampling == "neighbor" and t.grad_sync == "ddp"),
+        (not (t.sampling != "full" and t.grad_sync == "ddp"),
          "train.grad_sync=ddp is for full-graph steps: sampled steps have sparse table gradients (use auto)"),
-        (not (t.sampling == "neighbor" and t.weight_decay > 0),
-         "train.weight_decay applies to every table row each step: with train.sampling=neighbor use model.lambda_reg"),
+        (not (t.sampling != "full" and t.weight_decay > 0),
+         f"train.weight_decay applies to every table row each step: with train.sampling={t.sampling} use model.lambda_reg"),
         (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    if t.sampling == "neighbor":
-        from slifmr.sampling.neighbor import view_fanouts  # torch_geometric: only when sampling
+    if t.sampling != "full":
+        from slifmr.trainer import sampling_fanouts  # torch_geometric: only when sampling
 
         layers = {"cf": m.ui_layers} | ({"kg": m.kg_layers} if m.use_kg else {}) | ({"mm": m.mm_layers} if m.use_mm else {})
-        view_fanouts(t.fanout, layers)
+        sampling_fanouts(t, layers)
 
 
 def save_config(cfg: Config, path: Path) -> None:

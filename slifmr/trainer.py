@@ -26,7 +26,7 @@ import torch
 
 from slifmr import __version__, log
 from slifmr.atomic import write_text
-from slifmr.config import RUNTIME_KEYS, Config, save_config, saved_config
+from slifmr.config import RUNTIME_KEYS, Config, TrainConfig, save_config, saved_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
@@ -50,8 +50,11 @@ from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.report import read_run
 from slifmr.rng import derive_seed
 from slifmr.sampling.negative import BPRSampler
+from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
 from slifmr.sampling.neighbor import (
+    VIEW_EDGE_TYPES,
     BatchSubgraphs,
+    EdgeType,
     backend,
     epoch_graph,
     sampled_batch,
@@ -147,6 +150,7 @@ class EpochRecord:
     comm_seconds: float = 0.0
     train_seconds: float = 0.0
     sampling_seconds: float = 0.0
+    memory_seconds: float = 0.0  # train.sampling=history: refreshing the historical embeddings
     eval_seconds: float = 0.0
     steps: int = 0
     grad_bytes_per_step: float = 0.0
@@ -266,8 +270,8 @@ def train_loop(
         return fit_ease(cfg, run_dir, ds, comm, reporter, evaluate_test)
     seeds, t = SeedStreams.of(cfg.train.seed), cfg.train
     knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=seeds.knn)
-    neighbor = t.sampling == "neighbor"  # sampled steps touch few table rows: sparse grads, row-wise Adam
-    model, static = build_model(cfg, ds, comm, sparse_tables=neighbor)
+    sampled = t.sampling != "full"  # sampled steps touch few table rows: sparse grads, row-wise Adam
+    model, static = build_model(cfg, ds, comm, sparse_tables=sampled)
     model.to(comm.device)
     comm.broadcast_parameters(model.parameters())
     users, items = training_pairs(ds)
@@ -279,16 +283,17 @@ def train_loop(
     per_worker = max(1, t.batch_size // comm.world_size)
     strategy = make_strategy(
         t.strategy, model, comm, lr=t.lr, weight_decay=t.weight_decay, zero_stage=t.zero_stage, micro_batch=per_worker,
-        row_sparse=model.embedding_tables(), sparse_tables=neighbor,
+        row_sparse=model.embedding_tables(), sparse_tables=sampled,
         # full-graph steps give every table row a gradient: auto means dense there
-        grad_sync="dense" if t.grad_sync == "auto" and not neighbor else t.grad_sync)
+        grad_sync="dense" if t.grad_sync == "auto" and not sampled else t.grad_sync)
     sampler = BPRSampler(users, items, ds.num_items, per_worker, seed=seeds.negatives, rank=comm.rank,
                          world_size=comm.world_size)
     steps = min(len(sampler), t.steps_per_epoch or len(sampler))
     evaluator = Evaluator(ds, t.topk, t.eval_chunk, users=_user_shard(ds, comm, t.eval_users, seeds.eval_users))
-    fanouts = view_fanouts(t.fanout, model.view_layers) if neighbor else None
-    if neighbor and comm.is_main:
-        log.info(f"neighbor sampling: backend {backend()}, fan-outs {t.fanout} per hop")
+    fanouts = sampling_fanouts(t, model.view_layers)
+    if sampled and comm.is_main:
+        log.info(f"{t.sampling} sampling: backend {backend()}, fan-outs " + (
+            f"{t.fanout} per hop" if t.sampling == "neighbor" else f"{t.fanout.split(',')[0]}: one hop per step"))
     spmm = layerwise_spmm(sharding=_row_sharding(comm))
     state = TrainState()
     if resume or resume_from is not None:
@@ -308,10 +313,14 @@ def train_loop(
         generator = seeds.epoch_generator(epoch)
         graphs, knn_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm.device, graphs)
         fusion_seconds = time.perf_counter() - t0
-        subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank) if neighbor else None
+        subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank) if sampled else None
+        # history: the epoch's historical embeddings, from the layer-wise product over A(t)
+        t_memory = time.perf_counter()
+        memory = record_memory(model, graphs, spmm) if t.sampling == "history" else None
+        memory_seconds = time.perf_counter() - t_memory
         t_steps = time.perf_counter()
         loss, n_steps, sampling_seconds = _train_steps(
-            strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, epoch=epoch,
+            strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, memory=memory, epoch=epoch,
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir)
         train_seconds = time.perf_counter() - t_steps
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
@@ -326,6 +335,7 @@ def train_loop(
             epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
             epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
             comm_seconds=comm.seconds["comm"], train_seconds=train_seconds, sampling_seconds=sampling_seconds,
+            memory_seconds=memory_seconds,
             eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
             grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
             epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
@@ -360,10 +370,22 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
     return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
 
 
+def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeType, list[int]] | None:
+    """The sampler's fan-outs of train.sampling: none (full), per hop and edge type (neighbor),
+    or one hop per edge type of the active views (history)."""
+    if t.sampling == "neighbor":
+        return view_fanouts(t.fanout, view_layers)
+    if t.sampling == "history":
+        return history_fanouts(t.fanout, [et for v in view_layers for et in VIEW_EDGE_TYPES[v]])
+    return None
+
+
 def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
-                 subgraphs: BatchSubgraphs | None, epoch: int, steps: int, generator: torch.Generator,
-                 device: torch.device, run_dir: Path) -> tuple[dict[str, float], int, float]:
-    """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling)."""
+                 subgraphs: BatchSubgraphs | None, memory: dict[HopKey, HopMemory] | None, epoch: int, steps: int,
+                 generator: torch.Generator, device: torch.device,
+                 run_dir: Path) -> tuple[dict[str, float], int, float]:
+    """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling).
+    `subgraphs`: sampled steps (two-hop neighbour sampling, or one hop over `memory`)."""
     totals: dict[str, float] = {}
     n_steps, sampling_seconds = 0, 0.0
     for step, triples in enumerate(log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=steps)):
@@ -371,7 +393,9 @@ def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler
             break
         if subgraphs is not None:
             t_sample = time.perf_counter()
-            batch = sampled_batch(subgraphs.sample(*triples, epoch, step), graphs, generator, device)
+            sample = subgraphs.sample(*triples, epoch, step)
+            batch = (sampled_batch(sample, graphs, generator, device) if memory is None
+                     else history_batch(sample, memory, graphs, generator, device))
             sampling_seconds += time.perf_counter() - t_sample
         else:
             batch = TrainingBatch.full(graphs, triples, generator, device)

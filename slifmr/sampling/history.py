@@ -1,0 +1,188 @@
+"""One sampled hop per step over a memory of historical embeddings, with variance reduction
+(train.sampling=history; architecture.md §4).
+
+Two-hop neighbour sampling puts hundreds of edges into each interaction's sample, and its
+cost grows with the graph (benchmarks/RESULTS.md, SCALE). Here a step samples one hop around
+its seeds only, and reads everything further away from a memory refreshed once per epoch:
+
+- `record_memory` runs the model's encode once over the whole epoch training graph, without
+  autograd (the layer-wise product the epoch's inference uses), and keeps, for the i-th hop
+  of each view, its input rows H_i (every node) and its full aggregation A H_i.
+- `HistoryGraph` is the propagator of a step. Its hop i into a seed v is
+
+      m_v = (A H_i)_v + sum_{u in sample(v)} (deg_v / k_v) A_vu (x_u - H_i[u])
+
+  where x_u is the current input row of u: the trainable table row (or projected feature)
+  for the first hop, the current output of the previous hop where u is itself a seed, and
+  H_i[u] otherwise (no correction). This is the variance-reduced estimator of LTGNN (Zhang et
+  al., "Linear-Time Graph Neural Networks for Scalable Recommendations", WWW 2024, eq. 10-11;
+  VR-GCN, Chen et al., ICML 2018): unbiased for A x over the sample, exact when every
+  neighbour is taken, and of small variance when the tables moved little since the memory
+  was taken. Out-of-batch nodes enter with their historical embeddings (GAS, Fey et al.,
+  ICML 2021), so gradients reach the seeds and their sampled neighbours only.
+
+The sample itself is PyG's NeighborSampler interface (`BatchSubgraphs` with one hop per edge
+type of the active views), so pyg-lib is used when installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from slifmr.errors import ConfigError
+from slifmr.model.graphs import EpochGraphs
+from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm
+from slifmr.model.slifmr import SLIFMR, TrainingBatch
+from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, parse_fanout
+
+HopKey = tuple[str, int]  # (view, i): the i-th hop that view's forward asks for
+
+
+@dataclass(frozen=True)
+class HopMemory:
+    """One hop of the full forward: `inputs` (nodes, d) and `aggregated` = A inputs (rows, d),
+    both in FullGraph's layout for the view (cf: users then items; kg: items then entities;
+    mm: items); `aggregated` may hold a prefix of the rows (the KG's last hop: items only)."""
+
+    inputs: Tensor
+    aggregated: Tensor
+
+
+class RecordingGraph:
+    """A FullGraph whose hops are kept: {(view, i): HopMemory} in `memory`."""
+
+    def __init__(self, graph: FullGraph):
+        self.graph = graph
+        self.memory: dict[HopKey, HopMemory] = {}
+        self._calls: dict[str, int] = {}
+
+    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
+        return self.graph.rows(node_type, table, sparse)
+
+    def layout(self, view: str, x: dict[str, Tensor]) -> Tensor:
+        return self.graph.layout(view, x)
+
+    def hop(self, view: str, x: Tensor, layer: int, num_layers: int) -> Tensor:
+        out = self.graph.hop(view, x, layer, num_layers)
+        i = self._calls.get(view, 0)
+        self._calls[view] = i + 1
+        self.memory[(view, i)] = HopMemory(x.detach(), out.detach())
+        return out
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, neigh: Tensor) -> Tensor:
+        return self.graph.apply(fn, x, neigh)
+
+    def seeds(self, view: str, x: Tensor, node_type: str) -> Tensor:
+        return self.graph.seeds(view, x, node_type)
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        return self.graph.user_mean(item_rows)
+
+
+@torch.no_grad()
+def record_memory(model: SLIFMR, graphs: EpochGraphs, spmm: Spmm | None = None) -> dict[HopKey, HopMemory]:
+    """The historical embeddings of every hop of `model.encode` over the epoch's training graph
+    A(t) (and A_mm(t), KG(t)'s attention), from the current weights. `spmm`: the inference
+    product (e.g. `layerwise_spmm`, sharded across workers); default torch.sparse.mm.
+
+    Memory: per hop, its input (nodes, d) and aggregation, float32; LightGCN's hops share
+    storage (a hop's output is the next one's input)."""
+    graph = RecordingGraph(FullGraph(graphs, training=True, spmm=spmm or torch.sparse.mm))
+    model.encode(graph)
+    return graph.memory
+
+
+def _offsets(graphs: EpochGraphs) -> dict[str, dict[str, int]]:
+    """Where each node type's rows start in a view's FullGraph layout."""
+    m, n = graphs.num_users, graphs.num_items
+    return {"cf": {"user": 0, "item": m}, "kg": {"item": 0, "entity": n}, "mm": {"item": 0}}
+
+
+def history_fanouts(spec: str, edge_types: list[EdgeType]) -> dict[EdgeType, list[int]]:
+    """One hop per step: the first hop of `train.fanout` ('10,5;kg=5,0' -> 10, kg 5) for each
+    edge type, as one-hop fan-outs for the sampler (-1: every neighbour, exact)."""
+    out = parse_fanout(spec, edge_types)
+    one = {et: [f[0]] for et, f in out.items()}
+    if all(f == [0] for f in one.values()):
+        raise ConfigError(f"train.fanout {spec!r}: with train.sampling=history the first hop's fan-out samples "
+                          "each layer; it must not be 0 everywhere")
+    return one
+
+
+class HistoryGraph:
+    """The propagator of a step with train.sampling=history (see the module docstring).
+
+    `data`: a one-hop sample (`BatchSubgraphs.sample`: per node type `n_id`, seeds first; per
+    edge type `edge_index` (local) and `edge_weight` rescaled by in-degree / sampled count);
+    `memory`: `record_memory` of the epoch. Features are {node type: (nodes, d)}: every sampled
+    node for the first hop's input, the seeds only after it."""
+
+    def __init__(self, data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
+                 device: torch.device | str = "cpu"):
+        self.data, self.memory = data, memory
+        self.offsets = _offsets(graphs)
+        self.n_id = {t: data[t].n_id.to(device) for t in data.node_types}
+        self.num_seeds = {t: int(data[t].num_sampled_nodes[0]) for t in data.node_types}
+        self.edges = {et: (data[et].edge_index.to(device), data[et].edge_weight.to(device)) for et in data.edge_types}
+        self._calls: dict[str, int] = {}
+
+    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
+        return torch.nn.functional.embedding(self.n_id[node_type], table, sparse=sparse)
+
+    def layout(self, view: str, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        return x
+
+    def _memory_rows(self, view: str, rows: Tensor, node_type: str, ids: Tensor) -> Tensor:
+        return rows[self.offsets[view][node_type] + ids]
+
+    def hop(self, view: str, x: dict[str, Tensor], layer: int, num_layers: int) -> dict[str, Tensor]:
+        i = self._calls.get(view, 0)
+        self._calls[view] = i + 1
+        mem = self.memory[(view, i)]
+        out: dict[str, Tensor] = {}
+        for t in VIEW_NODE_TYPES[view]:
+            seeds = self.n_id.get(t)
+            if seeds is None or self.num_seeds[t] == 0 or self.offsets[view][t] >= mem.aggregated.shape[0]:
+                continue
+            out[t] = self._memory_rows(view, mem.aggregated, t, seeds[: self.num_seeds[t]])
+        for et in VIEW_EDGE_TYPES[view]:
+            src_t, _, dst_t = et
+            if et not in self.edges or dst_t not in out or src_t not in x:
+                continue
+            (src, dst), weight = self.edges[et]
+            if src.numel() == 0:
+                continue
+            history = self._memory_rows(view, mem.inputs, src_t, self.n_id[src_t][src])
+            current = x[src_t]
+            # nodes past the current rows (non-seeds after the first hop) have x_u = H[u]: no correction
+            has = src < current.shape[0]
+            src, dst, weight, history = src[has], dst[has], weight[has], history[has]
+            correction = (current[src] - history) * weight[:, None]
+            out[dst_t] = out[dst_t].index_add(0, dst, correction)
+        return out
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
+              neigh: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {t: fn(x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
+
+    def seeds(self, view: str, x: dict[str, Tensor], node_type: str) -> Tensor:
+        return x[node_type][: self.num_seeds[node_type]]
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        raise RuntimeError("model.user_aux needs every training item of a user: not with sampled training")
+
+
+def history_batch(data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
+                  generator: torch.Generator, device: torch.device | str = "cpu") -> TrainingBatch:
+    """The training batch of a one-hop sample (`BatchSubgraphs.sample` with `history_fanouts`)
+    over the epoch's memory: the triples as rows of the seeds, InfoNCE over every seed item."""
+    graph = HistoryGraph(data, memory, graphs, device)
+    users, items = graph.n_id["user"], graph.n_id["item"]
+    ui, pi, ni = (v.to(device) for v in (data["user"].src_index, data["item"].dst_pos_index, data["item"].dst_neg_index))
+    return TrainingBatch(graph, ui, pi, ni, users[ui], items[pi], items[ni],
+                         torch.arange(graph.num_seeds["item"], device=device), graphs.static.kg, generator)

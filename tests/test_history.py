@@ -1,0 +1,125 @@
+"""One sampled hop per step over historical embeddings (train.sampling=history, issue 14),
+in-process on the tiny dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_neighbor import _batch, _model
+
+from slifmr.data.format import Dataset
+from slifmr.errors import ConfigError
+from slifmr.model.propagate import FullGraph
+from slifmr.model.slifmr import TrainingBatch
+from slifmr.sampling.history import HistoryGraph, history_batch, history_fanouts, record_memory
+from slifmr.sampling.neighbor import KG_TYPES, RATES, SIMILAR, BatchSubgraphs, epoch_graph
+from slifmr.trainer import sampling_fanouts
+
+LAYERS = ("model.kg_layers=2", "model.mm_layers=2")
+
+
+def _sample(model, graphs, ds: Dataset, spec: str, n: int = 24):  # noqa: ANN001, ANN202 - test helper
+    fanouts = sampling_fanouts(_train("history", spec), model.view_layers)
+    return BatchSubgraphs(epoch_graph(graphs), fanouts, 0).sample(*_batch(ds, n), 1, 0)
+
+
+def _train(sampling: str, fanout: str):  # noqa: ANN202
+    from slifmr.config import load_config
+
+    return load_config(overrides=[f"train.sampling={sampling}", f"train.fanout={fanout}"]).train
+
+
+def test_every_neighbour_with_a_fresh_memory_equals_the_full_graph(tiny_ds: Dataset) -> None:
+    """Fan-out -1 and a memory taken from the current weights: every view's output at the
+    seeds, and the loss, equal the full graph's (the estimator is exact there)."""
+    model, graphs = _model(tiny_ds, *LAYERS)
+    memory = record_memory(model, graphs)
+    sub = _sample(model, graphs, tiny_ds, "-1")
+    users, z, views = model.encode(HistoryGraph(sub, memory, graphs))
+    ref_users, ref_z, ref_views = model.encode(FullGraph(graphs, training=True))
+    u_ids, i_ids = sub["user"].n_id[: users.shape[0]], sub["item"].n_id[: z.shape[0]]
+    torch.testing.assert_close(users, ref_users[u_ids], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z, ref_z[i_ids], atol=1e-5, rtol=1e-5)
+    for name in ("cf", "kg", "mm"):
+        torch.testing.assert_close(views[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
+    full = model(TrainingBatch.full(graphs, _batch(tiny_ds), torch.Generator()))
+    sampled = model(history_batch(sub, memory, graphs, torch.Generator()))
+    torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_fresh_memory_makes_any_sample_exact(tiny_ds: Dataset) -> None:
+    """With the memory taken from the current weights every correction term is zero, so even
+    one neighbour per node gives the full graph's outputs (the variance-reduction property)."""
+    model, graphs = _model(tiny_ds, *LAYERS)
+    memory = record_memory(model, graphs)
+    sub = _sample(model, graphs, tiny_ds, "1")
+    users, z, _ = model.encode(HistoryGraph(sub, memory, graphs))
+    ref_users, ref_z, _ = model.encode(FullGraph(graphs, training=True))
+    torch.testing.assert_close(z, ref_z[sub["item"].n_id[: z.shape[0]]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(users, ref_users[sub["user"].n_id[: users.shape[0]]], atol=1e-5, rtol=1e-5)
+
+
+def test_a_stale_memory_is_corrected_exactly_at_the_first_hop(tiny_ds: Dataset) -> None:
+    """After the tables move, a one-layer CF view with every neighbour sampled is still exact
+    (the correction carries the current rows), while the memory alone is not."""
+    model, graphs = _model(tiny_ds, "model.ui_layers=1", "model.use_kg=false", "model.use_mm=false")
+    memory = record_memory(model, graphs)
+    with torch.no_grad():
+        model.user_emb.weight.add_(0.1 * torch.randn_like(model.user_emb.weight))
+        model.item_emb.weight.add_(0.1 * torch.randn_like(model.item_emb.weight))
+    sub = _sample(model, graphs, tiny_ds, "-1")
+    users, z, _ = model.encode(HistoryGraph(sub, memory, graphs))
+    ref_users, ref_z, _ = model.encode(FullGraph(graphs, training=True))
+    torch.testing.assert_close(z, ref_z[sub["item"].n_id[: z.shape[0]]], atol=1e-5, rtol=1e-5)
+    stale = memory[("cf", 0)].aggregated[graphs.num_users + sub["item"].n_id[: z.shape[0]]]
+    assert not torch.allclose(stale, (ref_z[sub["item"].n_id[: z.shape[0]]] * 2 - model.item_emb.weight[
+        sub["item"].n_id[: z.shape[0]]]).detach(), atol=1e-3)
+
+
+def test_one_hop_fanouts_follow_each_views_edge_types(tiny_ds: Dataset) -> None:
+    model, graphs = _model(tiny_ds, *LAYERS)
+    sub = _sample(model, graphs, tiny_ds, "3;kg=1;similar=2")
+    for et in sub.edge_types:
+        assert len(sub[et].num_sampled_edges) == 1  # one hop
+        dst = sub[et].edge_index[1]
+        if dst.numel():
+            most = {RATES[1]: 3, SIMILAR[1]: 2, KG_TYPES[0][1]: 1}.get(et[1], 3)
+            assert int(torch.bincount(dst).max()) <= most
+    fan = history_fanouts("10,5;kg=5,0", [RATES, *KG_TYPES])
+    assert fan[RATES] == [10] and fan[KG_TYPES[0]] == [5]
+    with pytest.raises(ConfigError):
+        history_fanouts("0", [RATES])
+
+
+def test_step_touches_only_sampled_rows(tiny_ds: Dataset) -> None:
+    from slifmr.distributed.collectives import Comm
+    from slifmr.distributed.strategy import DDPStrategy
+
+    model, graphs = _model(tiny_ds, sparse=True)
+    memory = record_memory(model, graphs)
+    strategy = DDPStrategy(model, 0.01, 0.0, Comm(), model.embedding_tables(), "auto", sparse_tables=True)
+    sub = _sample(model, graphs, tiny_ds, "2", n=4)
+    before = model.user_emb.weight.detach().clone()
+    assert strategy.step(model(history_batch(sub, memory, graphs, torch.Generator()))["loss"])
+    moved = (model.user_emb.weight.detach() != before).any(1)
+    sampled = torch.zeros_like(moved)
+    sampled[sub["user"].n_id] = True
+    assert not (moved & ~sampled).any() and moved[sub["user"].n_id[: sub["user"].num_sampled_nodes[0]]].all()
+
+
+def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:
+    """Two epochs straight equal one epoch, a resume, and the second (the memory is rebuilt
+    from the checkpointed weights)."""
+    from slifmr.config import load_config
+    from slifmr.trainer import train_loop
+
+    over = [f"data={tiny_path}", "train.sampling=history", "train.fanout=3", "model.embedding_dim=8",
+            "train.batch_size=64", "train.patience=5", "model.k_corr=3", "model.k_mm=3"]
+    straight = train_loop(load_config(overrides=[*over, "train.epochs=2"]), tmp_path / "a")
+    train_loop(load_config(overrides=[*over, "train.epochs=1"]), tmp_path / "b")
+    resumed = train_loop(load_config(overrides=[*over, "train.epochs=2"]), tmp_path / "b", resume=True)
+    assert straight["valid"] == resumed["valid"]
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"memory_seconds"' in lines[0]
