@@ -49,8 +49,8 @@ from slifmr.model.propagate import RowSharding, layerwise_spmm
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.report import read_run
 from slifmr.rng import derive_seed
-from slifmr.sampling.negative import BPRSampler
 from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
+from slifmr.sampling.negative import BPRSampler
 from slifmr.sampling.neighbor import (
     VIEW_EDGE_TYPES,
     BatchSubgraphs,
