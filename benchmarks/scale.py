@@ -87,14 +87,19 @@ def run(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> tu
 
 
 def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, steps: int, out: Path, batch: int,
-            epochs: int = 2, fanout: str = "10,5", extra: tuple[str, ...] = (),
+            epochs: int = 2, fanout: str = "10,5", threads: int = 0, extra: tuple[str, ...] = (),
             env: dict[str, str] | None = None) -> dict[str, Any]:
     """One `slifmr train` run (`extra`: more of its options; `env`: its environment, e.g. a
     PYTHONPATH naming another checkout) and what its last epoch measured."""
+    # mf: the floor, BPR-MF (variant mf: no propagation) with the same sparse row-wise updates
+    sampling = "history" if mode == "mf" else mode
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
-           "--workers", str(workers), "--sampling", mode, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
-           "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}"]
-    if mode == "neighbor":
+           "--workers", str(workers), "--sampling", sampling, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
+           "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}",
+           "--set", f"train.threads={threads}"]
+    if mode == "mf":
+        cmd += ["--variant", "mf"]
+    if sampling != "full":
         cmd += ["--fanout", fanout]
     cmd += list(extra)
     if steps:
@@ -105,7 +110,8 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rc, wall, peak = run(cmd, out.parent / f"{out.name}.log", env)
-    row: dict[str, Any] = {"mode": mode, "workers": workers, "grad_sync": grad_sync, "batch_size": batch, "fanout": fanout,
+    row: dict[str, Any] = {"mode": mode, "workers": workers, "threads": threads, "grad_sync": grad_sync,
+                           "batch_size": batch, "fanout": fanout,
                            "train_interactions": n_train,
                            "exit_status": rc, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
                            "command": " ".join(["slifmr", *cmd[3:]])}
@@ -118,6 +124,8 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
     outside = r["epoch_seconds"] - r["train_seconds"]
     row.update({
         "steps": r["steps"], "seconds_per_step": per_step, "interactions_per_second": r["steps"] * batch / r["train_seconds"],
+        "interactions_per_second_per_worker": r["steps"] * batch / r["train_seconds"] / max(workers, 1),
+        "memory_seconds": r.get("memory_seconds", 0.0),
         "sampling_seconds_per_step": r["sampling_seconds"] / r["steps"], "comm_seconds_per_step": r["comm_seconds"] / r["steps"],
         "grad_bytes_per_step": r["grad_bytes_per_step"], "fusion_seconds": r["fusion_seconds"],
         "knn_seconds": r["knn_seconds"], "knn_recall": r["knn_recall"], "eval_seconds": r["eval_seconds"],
@@ -130,13 +138,18 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--modes", nargs="+", default=["full", "neighbor"])
+    ap.add_argument("--modes", nargs="+", default=["full", "neighbor", "history", "mf"],
+                    help="full graph, two-hop neighbor sampling, one hop over historical embeddings (history), "
+                         "and the floor: BPR-MF with the same batch and row-wise updates (mf)")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8192, help="global batch of the capped runs")
     ap.add_argument("--full-epoch", type=int, help="also train one uncapped sampled epoch on 2 workers at this size")
     ap.add_argument("--full-epoch-batch", type=int, default=32768)
     ap.add_argument("--full-epoch-fanout", default="10,5")
+    ap.add_argument("--full-epoch-mode", default="history", choices=["neighbor", "history"])
+    ap.add_argument("--fanout", default="10,5", help="train.fanout of the sampled modes (history: its first hop)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: rates per core)")
     ap.add_argument("--rows", help="JSON lines this script printed before: those configurations are read, not re-run")
     ap.add_argument("--grad-sync-sizes", nargs="*", type=int, default=[10_000, 1_000_000],
                     help="sizes whose 2-worker sampled run is also measured with a dense all-reduce")
@@ -160,7 +173,8 @@ def main() -> int:
                     row = earlier.get((users, mode, workers, sync, args.steps))
                     if row is None:
                         row = measure(data, n_train, mode, workers, sync, args.steps,
-                                      runs_dir / f"u{users}-{mode}-w{workers}-{sync}", args.batch)
+                                      runs_dir / f"u{users}-{mode}-w{workers}-{sync}", args.batch,
+                                      fanout=args.fanout, threads=args.threads)
                         row["users"] = users
                         print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
                     rows.append(row)
@@ -168,8 +182,8 @@ def main() -> int:
     full_epoch = None
     if args.full_epoch:
         data, n_train = dataset(args.full_epoch, runs_dir / "data")
-        full_epoch = measure(data, n_train, "neighbor", 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
-                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout)
+        full_epoch = measure(data, n_train, args.full_epoch_mode, 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
+                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads)
         full_epoch["users"] = args.full_epoch
         print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
     print(write(args, rows, full_epoch))
@@ -201,32 +215,43 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epoch: dict
 
 
 def section(doc: dict[str, Any]) -> str:
-    lines = ["| users | train interactions | mode | workers | grad sync | s/step | interactions/s | epoch s (est.) | "
-             "fusion s | kNN recall | grad MB/step | sync s/step | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| users | train interactions | mode | workers | threads | grad sync | s/step | interactions/s | "
+             "per worker | x MF | epoch s (est.) | fusion s | memory s | kNN recall | grad MB/step | sync s/step | "
+             "peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    mf = {(r["users"], r["workers"]): r["interactions_per_second"] for r in doc["runs"]
+          if r["mode"] == "mf" and r["exit_status"] == 0}
     for r in doc["runs"]:
+        head = (f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r.get('threads', '')} | "
+                f"{r['grad_sync']} | ")
         if r["exit_status"] != 0:
-            lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
-                         f"failed (exit {r['exit_status']}) | | | | | | | {r['peak_rss_gb']:.1f} |")
+            lines.append(head + f"failed (exit {r['exit_status']}) |" + " |" * 10 + f" {r['peak_rss_gb']:.1f} |")
             continue
         recall = "" if r["knn_recall"] is None else f"{r['knn_recall']:.3f}"
-        lines.append(f"| {r['users']:,} | {r['train_interactions']:,} | {r['mode']} | {r['workers']} | {r['grad_sync']} | "
-                     f"{r['seconds_per_step']:.3f} | {r['interactions_per_second']:,.0f} | {r['epoch_seconds_estimated']:,.0f} | "
-                     f"{r['fusion_seconds']:.1f} | {recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | "
-                     f"{r['comm_seconds_per_step']:.3f} | {r['peak_rss_gb']:.1f} |")
+        floor = mf.get((r["users"], r["workers"]))
+        ratio = f"{r['interactions_per_second'] / floor:.2f}" if floor else ""
+        per_worker = r.get("interactions_per_second_per_worker", r["interactions_per_second"] / max(r["workers"], 1))
+        lines.append(head + f"{r['seconds_per_step']:.3f} | {r['interactions_per_second']:,.0f} | {per_worker:,.0f} | {ratio} | "
+                     f"{r['epoch_seconds_estimated']:,.0f} | {r['fusion_seconds']:.1f} | {r.get('memory_seconds', 0.0):.1f} | "
+                     f"{recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | {r['comm_seconds_per_step']:.3f} | {r['peak_rss_gb']:.1f} |")
     fits = ", ".join(f"{k}: {v:.2f}" for k, v in doc["fitted_exponent"].items())
-    body = (f"## Scale: full-graph and neighbor-sampled training (issue 5)\n\nCommand: `{doc['command']}`  \n"
+    body = (f"## Scale: full-graph, two-hop sampled, one-hop history and BPR-MF training (issues 5, 14)\n\n"
+            f"Command: `{doc['command']}`  \n"
             f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~12 U interactions, U KG triples, one "
             f"64-d modality); global batch {doc['batch_size']}, {doc['steps_per_run']} steps per epoch measured, epoch 2 "
             "reported (it includes the fusion: approximate kNN + graph rebuild); evaluation on 2,000 sampled users. "
             "'epoch s (est.)' = s/step x steps of a full pass + the epoch's time outside the steps. Grad MB/step: the "
             "gradient buffers one worker puts into all-reduce or gets from all-gather per step (0 with 1 worker); sync "
-            "s/step: seconds in those collectives. "
+            "s/step: seconds in those collectives. Per worker: interactions/s divided by workers (with 1 thread per "
+            "worker: per core). x MF: interactions/s over BPR-MF's (mode mf: variant mf, same batch, same row-wise "
+            "updates, no propagation) at the same size and workers. Memory s: refreshing the historical embeddings "
+            "(mode history), part of the epoch outside the steps. "
             "Peak RSS: the whole process tree (driver, Ray, workers).\n\n" + "\n".join(lines)
             + f"\n\nFitted exponent of epoch seconds against training interactions (log-log slope): {fits}.\n")
     fe = doc.get("full_epoch")
     if fe:
         if fe["exit_status"] == 0:
-            body += (f"\nOne whole sampled epoch, 2 workers, global batch {fe['batch_size']:,}, fan-outs {fe['fanout']}, "
+            body += (f"\nOne whole sampled epoch ({fe['mode']}), 2 workers, global batch {fe['batch_size']:,}, "
+                     f"fan-outs {fe['fanout']}, "
                      f"{fe['users']:,} users / "
                      f"{fe['train_interactions']:,} training interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
                      f"{fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
@@ -249,7 +274,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         if not pts:
             continue
         x, t, m = zip(*pts)
-        style = "-o" if mode == "neighbor" else "--s"
+        style = {"full": "--s", "neighbor": "-o", "history": "-^", "mf": ":x"}.get(mode, "-o")
         ax_t.plot(x, t, style, label=f"{mode}, {workers} worker(s)")
         ax_m.plot(x, m, style, label=f"{mode}, {workers} worker(s)")
     for ax, title in ((ax_t, "epoch seconds (estimated)"), (ax_m, "peak RSS (GB)")):

@@ -52,7 +52,6 @@ from slifmr.rng import derive_seed
 from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
 from slifmr.sampling.negative import BPRSampler
 from slifmr.sampling.neighbor import (
-    VIEW_EDGE_TYPES,
     BatchSubgraphs,
     EdgeType,
     backend,
@@ -376,7 +375,7 @@ def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeTy
     if t.sampling == "neighbor":
         return view_fanouts(t.fanout, view_layers)
     if t.sampling == "history":
-        return history_fanouts(t.fanout, [et for v in view_layers for et in VIEW_EDGE_TYPES[v]])
+        return history_fanouts(t.fanout, view_layers)
     return None
 
 

@@ -87,10 +87,11 @@ def test_one_hop_fanouts_follow_each_views_edge_types(tiny_ds: Dataset) -> None:
         if dst.numel():
             most = {RATES[1]: 3, SIMILAR[1]: 2, KG_TYPES[0][1]: 1}.get(et[1], 3)
             assert int(torch.bincount(dst).max()) <= most
-    fan = history_fanouts("10,5;kg=5,0", [RATES, *KG_TYPES])
+    fan = history_fanouts("10,5;kg=5,0", {"cf": 2, "kg": 1})
     assert fan[RATES] == [10] and fan[KG_TYPES[0]] == [5]
+    assert history_fanouts("10", {"cf": 0})[RATES] == [0]  # MF: nothing to sample
     with pytest.raises(ConfigError):
-        history_fanouts("0", [RATES])
+        history_fanouts("0", {"cf": 2})
 
 
 def test_step_touches_only_sampled_rows(tiny_ds: Dataset) -> None:

@@ -36,7 +36,7 @@ from torch_geometric.data import HeteroData
 
 from slifmr.errors import ConfigError
 from slifmr.model.graphs import EpochGraphs
-from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm
+from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, parse_fanout
 
@@ -103,15 +103,29 @@ def _offsets(graphs: EpochGraphs) -> dict[str, dict[str, int]]:
     return {"cf": {"user": 0, "item": m}, "kg": {"item": 0, "entity": n}, "mm": {"item": 0}}
 
 
-def history_fanouts(spec: str, edge_types: list[EdgeType]) -> dict[EdgeType, list[int]]:
+def history_fanouts(spec: str, layers: dict[str, int]) -> dict[EdgeType, list[int]]:
     """One hop per step: the first hop of `train.fanout` ('10,5;kg=5,0' -> 10, kg 5) for each
-    edge type, as one-hop fan-outs for the sampler (-1: every neighbour, exact)."""
+    edge type of the views in `layers` (view -> its layer count), as one-hop fan-outs for the
+    sampler (-1: every neighbour, exact). A view without layers samples nothing (fan-out 0)."""
+    edge_types = [et for v in layers for et in VIEW_EDGE_TYPES[v]]
     out = parse_fanout(spec, edge_types)
-    one = {et: [f[0]] for et, f in out.items()}
+    one = {et: [out[et][0]] for et in edge_types}
     if all(f == [0] for f in one.values()):
         raise ConfigError(f"train.fanout {spec!r}: with train.sampling=history the first hop's fan-out samples "
                           "each layer; it must not be 0 everywhere")
+    for view, n in layers.items():
+        for et in VIEW_EDGE_TYPES[view]:
+            one[et] = one[et] if n > 0 else [0]
     return one
+
+
+def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix from (row, col, value) entries without repeats: one stable sort by row
+    (cheaper than coalescing, which sorts by (row, col) and merges repeats)."""
+    order = torch.argsort(rows, stable=True)
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
+    return torch.sparse_csr_tensor(crow, cols[order], values[order], shape)
 
 
 class HistoryGraph:
@@ -124,12 +138,34 @@ class HistoryGraph:
 
     def __init__(self, data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
                  device: torch.device | str = "cpu"):
-        self.data, self.memory = data, memory
+        self.data, self.memory, self.device = data, memory, device
         self.offsets = _offsets(graphs)
         self.n_id = {t: data[t].n_id.to(device) for t in data.node_types}
         self.num_seeds = {t: int(data[t].num_sampled_nodes[0]) for t in data.node_types}
-        self.edges = {et: (data[et].edge_index.to(device), data[et].edge_weight.to(device)) for et in data.edge_types}
+        self._blocks: dict[tuple[EdgeType, bool], tuple[Tensor, Tensor] | None] = {}
         self._calls: dict[str, int] = {}
+
+    def _block(self, et: EdgeType, seeds_only: bool) -> tuple[Tensor, Tensor] | None:
+        """The sampled edges of `et` as a (seeds of dst, sources) CSR matrix of rescaled weights
+        and its transpose, over every sampled source (first hop) or the seed sources only (later
+        hops: other sources have no correction). Built once per step, shared by every layer and
+        propagation of the view: one sparse product per hop instead of gathering a row per edge."""
+        key = (et, seeds_only)
+        if key not in self._blocks:
+            src, dst = self.data[et].edge_index
+            weight = self.data[et].edge_weight
+            n_src = self.num_seeds[et[0]] if seeds_only else self.n_id[et[0]].numel()
+            if seeds_only:
+                keep = src < n_src
+                src, dst, weight = src[keep], dst[keep], weight[keep]
+            if src.numel() == 0:
+                self._blocks[key] = None
+            else:
+                shape = (self.num_seeds[et[2]], n_src)
+                weight = weight.float()
+                self._blocks[key] = (_csr(dst, src, weight, shape).to(self.device),
+                                     _csr(src, dst, weight, shape[::-1]).to(self.device))
+        return self._blocks[key]
 
     def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
         return torch.nn.functional.embedding(self.n_id[node_type], table, sparse=sparse)
@@ -146,24 +182,19 @@ class HistoryGraph:
         mem = self.memory[(view, i)]
         out: dict[str, Tensor] = {}
         for t in VIEW_NODE_TYPES[view]:
-            seeds = self.n_id.get(t)
-            if seeds is None or self.num_seeds[t] == 0 or self.offsets[view][t] >= mem.aggregated.shape[0]:
+            if t not in self.n_id or self.num_seeds[t] == 0 or self.offsets[view][t] >= mem.aggregated.shape[0]:
                 continue
-            out[t] = self._memory_rows(view, mem.aggregated, t, seeds[: self.num_seeds[t]])
+            out[t] = self._memory_rows(view, mem.aggregated, t, self.n_id[t][: self.num_seeds[t]])
+        # x_u - H[u] for the sources whose current rows exist: every sampled node at the first
+        # hop, the seeds after it (the others have x_u = H[u])
+        diff = {t: rows - self._memory_rows(view, mem.inputs, t, self.n_id[t][: rows.shape[0]]) for t, rows in x.items()}
         for et in VIEW_EDGE_TYPES[view]:
             src_t, _, dst_t = et
-            if et not in self.edges or dst_t not in out or src_t not in x:
+            if et not in self.data.edge_types or dst_t not in out or src_t not in diff:
                 continue
-            (src, dst), weight = self.edges[et]
-            if src.numel() == 0:
-                continue
-            history = self._memory_rows(view, mem.inputs, src_t, self.n_id[src_t][src])
-            current = x[src_t]
-            # nodes past the current rows (non-seeds after the first hop) have x_u = H[u]: no correction
-            has = src < current.shape[0]
-            src, dst, weight, history = src[has], dst[has], weight[has], history[has]
-            correction = (current[src] - history) * weight[:, None]
-            out[dst_t] = out[dst_t].index_add(0, dst, correction)
+            block = self._block(et, seeds_only=diff[src_t].shape[0] < self.n_id[src_t].numel())
+            if block is not None:
+                out[dst_t] = out[dst_t] + spmm(*block, diff[src_t])
         return out
 
     def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
