@@ -102,6 +102,10 @@ class TrainConfig:
     # neighbors per hop, optionally per relation: "10,5;kg=5,0"; history samples every layer
     # with the first hop's fan-out (10 here, kg 5)
     fanout: str = "10,5"
+    # history: which table rows a step's gradient reaches: the seeds and their sampled
+    # neighbours (sampled, as LTGNN), or the seeds only (seeds, as GAS: fewer rows to update
+    # and exchange)
+    history_grad: str = "sampled"
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
     # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'
@@ -223,6 +227,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),
     "train.sampling": ("full", "neighbor", "history"),
+    "train.history_grad": ("sampled", "seeds"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
     "train.tracker": ("none", "tensorboard", "mlflow", "wandb"),
 }

@@ -320,7 +320,8 @@ def train_loop(
         t_steps = time.perf_counter()
         loss, n_steps, sampling_seconds = _train_steps(
             strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, memory=memory, epoch=epoch,
-            steps=steps, generator=generator, device=comm.device, run_dir=run_dir)
+            steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
+            neighbour_grad=t.history_grad == "sampled")
         train_seconds = time.perf_counter() - t_steps
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
         t_eval = time.perf_counter()
@@ -381,8 +382,8 @@ def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeTy
 
 def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
                  subgraphs: BatchSubgraphs | None, memory: dict[HopKey, HopMemory] | None, epoch: int, steps: int,
-                 generator: torch.Generator, device: torch.device,
-                 run_dir: Path) -> tuple[dict[str, float], int, float]:
+                 generator: torch.Generator, device: torch.device, run_dir: Path,
+                 neighbour_grad: bool = True) -> tuple[dict[str, float], int, float]:
     """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling).
     `subgraphs`: sampled steps (two-hop neighbour sampling, or one hop over `memory`)."""
     totals: dict[str, float] = {}
@@ -394,7 +395,7 @@ def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler
             t_sample = time.perf_counter()
             sample = subgraphs.sample(*triples, epoch, step)
             batch = (sampled_batch(sample, graphs, generator, device) if memory is None
-                     else history_batch(sample, memory, graphs, generator, device))
+                     else history_batch(sample, memory, graphs, generator, device, neighbour_grad))
             sampling_seconds += time.perf_counter() - t_sample
         else:
             batch = TrainingBatch.full(graphs, triples, generator, device)

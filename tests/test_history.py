@@ -124,3 +124,25 @@ def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Pa
     assert straight["valid"] == resumed["valid"]
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"memory_seconds"' in lines[0]
+
+
+def test_rowwise_adam_equals_sparse_adam_and_loads_its_state() -> None:
+    from slifmr.distributed.rowwise import RowWiseAdam
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.nn.Parameter(torch.randn(50, 4, generator=gen))
+    mine = torch.nn.Parameter(ref.detach().clone())
+    opt_ref, opt_mine = torch.optim.SparseAdam([ref], lr=0.01), RowWiseAdam([mine], lr=0.01)
+    for _ in range(4):
+        rows = torch.randint(0, 50, (12,), generator=gen)  # repeats: summed, as a lookup's gradient
+        values = torch.randn(12, 4, generator=gen)
+        for p, opt in ((ref, opt_ref), (mine, opt_mine)):
+            p.grad = torch.sparse_coo_tensor(rows[None], values, p.shape)
+            opt.step()
+    torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-6)
+    fresh = RowWiseAdam([torch.nn.Parameter(ref.detach().clone())], lr=0.01)
+    fresh.load_state_dict(opt_ref.state_dict())  # checkpoints of either load into the other
+    assert fresh.state_dict()["state"][0]["step"] == 4
+    with pytest.raises(RuntimeError):
+        mine.grad = torch.ones_like(mine)
+        opt_mine.step()

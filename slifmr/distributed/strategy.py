@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slifmr.config import CHOICES
 from slifmr.distributed.collectives import Comm
+from slifmr.distributed.rowwise import RowWiseAdam
 from slifmr.errors import SlifmrError
 
 STRATEGIES = CHOICES["train.strategy"]
@@ -52,8 +53,8 @@ class DDPStrategy:
     NCCL overlaps communication with backward.
 
     `sparse_tables`: the `row_sparse` embedding tables get sparse gradients (neighbor-sampled
-    steps look up a few rows) and a row-wise lazy Adam (torch's SparseAdam, as TorchRec's
-    row-wise optimizers): a step costs O(rows touched), not O(table), in compute as in
+    steps look up a few rows) and a row-wise lazy Adam (`RowWiseAdam`: SparseAdam's update,
+    as TorchRec's row-wise optimizers): a step costs O(rows touched), not O(table), in compute as in
     communication. The other parameters keep dense Adam. Their gradients are exchanged by
     `Comm.average_gradients`: the touched rows only (grad_sync sparse, or auto when smaller),
     which moves half the bytes of a dense all-reduce at 10^6 users (benchmarks/RESULTS.md,
@@ -65,7 +66,7 @@ class DDPStrategy:
         self.row_sparse, self.grad_sync = row_sparse or [], grad_sync
         tables = {id(p) for p in self.row_sparse} if sparse_tables else set()
         self.optimizer = torch.optim.Adam([p for p in self.params if id(p) not in tables], lr=lr, weight_decay=weight_decay)
-        self.table_optimizer = torch.optim.SparseAdam(self.row_sparse, lr=lr) if sparse_tables else None
+        self.table_optimizer = RowWiseAdam(self.row_sparse, lr=lr) if sparse_tables else None
         self.comm = comm
         self.module: nn.Module = model
         if comm.world_size > 1 and grad_sync == "ddp" and not sparse_tables:

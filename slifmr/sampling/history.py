@@ -137,8 +137,9 @@ class HistoryGraph:
     node for the first hop's input, the seeds only after it."""
 
     def __init__(self, data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", neighbour_grad: bool = True):
         self.data, self.memory, self.device = data, memory, device
+        self.neighbour_grad = neighbour_grad
         self.offsets = _offsets(graphs)
         self.n_id = {t: data[t].n_id.to(device) for t in data.node_types}
         self.num_seeds = {t: int(data[t].num_sampled_nodes[0]) for t in data.node_types}
@@ -168,7 +169,13 @@ class HistoryGraph:
         return self._blocks[key]
 
     def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
-        return torch.nn.functional.embedding(self.n_id[node_type], table, sparse=sparse)
+        if self.neighbour_grad:
+            return torch.nn.functional.embedding(self.n_id[node_type], table, sparse=sparse)
+        # GAS: the sampled neighbours' current rows enter the forward without a gradient, so a
+        # step updates the seeds' rows only
+        k = self.num_seeds[node_type]
+        seeds = torch.nn.functional.embedding(self.n_id[node_type][:k], table, sparse=sparse)
+        return torch.cat([seeds, table.detach()[self.n_id[node_type][k:]]])
 
     def layout(self, view: str, x: dict[str, Tensor]) -> dict[str, Tensor]:
         return x
@@ -209,10 +216,11 @@ class HistoryGraph:
 
 
 def history_batch(data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
-                  generator: torch.Generator, device: torch.device | str = "cpu") -> TrainingBatch:
+                  generator: torch.Generator, device: torch.device | str = "cpu",
+                  neighbour_grad: bool = True) -> TrainingBatch:
     """The training batch of a one-hop sample (`BatchSubgraphs.sample` with `history_fanouts`)
     over the epoch's memory: the triples as rows of the seeds, InfoNCE over every seed item."""
-    graph = HistoryGraph(data, memory, graphs, device)
+    graph = HistoryGraph(data, memory, graphs, device, neighbour_grad)
     users, items = graph.n_id["user"], graph.n_id["item"]
     ui, pi, ni = (v.to(device) for v in (data["user"].src_index, data["item"].dst_pos_index, data["item"].dst_neg_index))
     return TrainingBatch(graph, ui, pi, ni, users[ui], items[pi], items[ni],
