@@ -102,10 +102,11 @@ class TrainConfig:
     # neighbors per hop, optionally per relation: "10,5;kg=5,0"; history samples every layer
     # with the first hop's fan-out (10 here, kg 5)
     fanout: str = "10,5"
-    # history: which table rows a step's gradient reaches: the seeds and their sampled
-    # neighbours (sampled, as LTGNN), or the seeds only (seeds, as GAS: fewer rows to update
-    # and exchange)
-    history_grad: str = "sampled"
+    # history: seeds (GAS, Fey et al., ICML 2021): only the batch's own rows are read and
+    # updated, every other node enters at its historical embedding; or sampled (LTGNN): the
+    # sampled neighbours' current rows too, and gradients reach them (2.6x dearer per step at
+    # 10^6 users, as accurate on ml-100k: benchmarks/RESULTS.md, HISTORY_ACCURACY)
+    history_grad: str = "seeds"
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
     # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'

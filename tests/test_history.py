@@ -49,13 +49,15 @@ def test_every_neighbour_with_a_fresh_memory_equals_the_full_graph(tiny_ds: Data
     torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
 
 
-def test_a_fresh_memory_makes_any_sample_exact(tiny_ds: Dataset) -> None:
+@pytest.mark.parametrize("neighbour_grad", [True, False])
+def test_a_fresh_memory_makes_any_sample_exact(tiny_ds: Dataset, neighbour_grad: bool) -> None:
     """With the memory taken from the current weights every correction term is zero, so even
-    one neighbour per node gives the full graph's outputs (the variance-reduction property)."""
+    one neighbour per node gives the full graph's outputs (the variance-reduction property),
+    whether the sampled neighbours' rows are read (LTGNN) or their history is (GAS)."""
     model, graphs = _model(tiny_ds, *LAYERS)
     memory = record_memory(model, graphs)
     sub = _sample(model, graphs, tiny_ds, "1")
-    users, z, _ = model.encode(HistoryGraph(sub, memory, graphs))
+    users, z, _ = model.encode(HistoryGraph(sub, memory, graphs, neighbour_grad=neighbour_grad))
     ref_users, ref_z, _ = model.encode(FullGraph(graphs, training=True))
     torch.testing.assert_close(z, ref_z[sub["item"].n_id[: z.shape[0]]], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(users, ref_users[sub["user"].n_id[: users.shape[0]]], atol=1e-5, rtol=1e-5)
@@ -102,12 +104,15 @@ def test_step_touches_only_sampled_rows(tiny_ds: Dataset) -> None:
     memory = record_memory(model, graphs)
     strategy = DDPStrategy(model, 0.01, 0.0, Comm(), model.embedding_tables(), "auto", sparse_tables=True)
     sub = _sample(model, graphs, tiny_ds, "2", n=4)
-    before = model.user_emb.weight.detach().clone()
-    assert strategy.step(model(history_batch(sub, memory, graphs, torch.Generator()))["loss"])
-    moved = (model.user_emb.weight.detach() != before).any(1)
-    sampled = torch.zeros_like(moved)
-    sampled[sub["user"].n_id] = True
-    assert not (moved & ~sampled).any() and moved[sub["user"].n_id[: sub["user"].num_sampled_nodes[0]]].all()
+    seeds = sub["user"].n_id[: sub["user"].num_sampled_nodes[0]]
+    for neighbour_grad, reach in ((True, sub["user"].n_id), (False, seeds)):
+        before = model.user_emb.weight.detach().clone()
+        assert strategy.step(model(history_batch(sub, memory, graphs, torch.Generator(), neighbour_grad=neighbour_grad))["loss"])
+        moved = (model.user_emb.weight.detach() != before).any(1)
+        allowed = torch.zeros_like(moved)
+        allowed[reach] = True
+        assert not (moved & ~allowed).any() and moved[seeds].all()
+    assert sub["user"].n_id.numel() > seeds.numel()  # the sample reached beyond the seeds
 
 
 def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:

@@ -169,13 +169,10 @@ class HistoryGraph:
         return self._blocks[key]
 
     def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
-        if self.neighbour_grad:
-            return torch.nn.functional.embedding(self.n_id[node_type], table, sparse=sparse)
-        # GAS: the sampled neighbours' current rows enter the forward without a gradient, so a
-        # step updates the seeds' rows only
-        k = self.num_seeds[node_type]
-        seeds = torch.nn.functional.embedding(self.n_id[node_type][:k], table, sparse=sparse)
-        return torch.cat([seeds, table.detach()[self.n_id[node_type][k:]]])
+        # seeds only (GAS): the other sampled nodes keep their historical rows, so they are not
+        # looked up (nor projected, nor updated) and only seed-to-seed edges carry a correction
+        ids = self.n_id[node_type] if self.neighbour_grad else self.n_id[node_type][: self.num_seeds[node_type]]
+        return torch.nn.functional.embedding(ids, table, sparse=sparse)
 
     def layout(self, view: str, x: dict[str, Tensor]) -> dict[str, Tensor]:
         return x
