@@ -3,8 +3,9 @@
     python benchmarks/gpu_check.py --data ~/.cache/slifmr/ml-100k --epochs 5
 
 1. `--gpu --workers 1` training on the dataset through Ray Train (nccl, world size 1), the
-   same in-process on cuda:0, and in-process with `--sampling neighbor` (sparse table
-   gradients and SparseAdam on CUDA): interactions per second and validation Recall@20;
+   same in-process on cuda:0, and in-process with `--sampling neighbor` and `--sampling
+   history` (sparse table gradients and row-wise Adam on CUDA; history: one hop over the
+   epoch's historical embeddings): interactions per second and validation Recall@20;
 2. the CUDA exact kNN (chunked matmul + top-k, slifmr.data.graphs.knn) of 10^5 and 10^6
    random 64-d items, k = 10.
 
@@ -73,6 +74,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         training = [train(args.data, args.epochs, w, Path(tmp) / f"w{w}") for w in (1, 0)]
         training.append(train(args.data, args.epochs, 0, Path(tmp) / "sampled", "neighbor"))
+        training.append(train(args.data, args.epochs, 0, Path(tmp) / "history", "history"))
     knn = [cuda_knn(n) for n in args.knn_items]
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     out = {"command": command, "card": card, "torch": torch.__version__, "training": training, "knn": knn}

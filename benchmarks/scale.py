@@ -150,6 +150,8 @@ def main() -> int:
     ap.add_argument("--full-epoch-mode", default="history", choices=["neighbor", "history"])
     ap.add_argument("--fanout", default="10,5", help="train.fanout of the sampled modes (history: its first hop)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: rates per core)")
+    ap.add_argument("--multi-worker-modes", nargs="*", help="modes also measured with more than one worker "
+                    "(default: every mode)")
     ap.add_argument("--rows", help="JSON lines this script printed before: those configurations are read, not re-run")
     ap.add_argument("--grad-sync-sizes", nargs="*", type=int, default=[10_000, 1_000_000],
                     help="sizes whose 2-worker sampled run is also measured with a dense all-reduce")
@@ -168,6 +170,8 @@ def main() -> int:
         data, n_train = dataset(users, runs_dir / "data")
         for mode in args.modes:
             for workers in args.workers:
+                if workers > 1 and args.multi_worker_modes is not None and mode not in args.multi_worker_modes:
+                    continue
                 dense_too = mode == "neighbor" and workers > 1 and users in args.grad_sync_sizes
                 for sync in (["dense", "auto"] if dense_too else ["auto"]):
                     row = earlier.get((users, mode, workers, sync, args.steps))
