@@ -162,7 +162,7 @@ def test_a_second_training_process_on_the_same_folder_is_refused(shop_run: tuple
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--zero-stage", "1", "--out", "OUT"], "--zero-stage applies to --strategy deepspeed only"),
-    (["train", "--fanout", "5,5", "--out", "OUT"], "--fanout applies to --sampling neighbor only"),
+    (["train", "--fanout", "5,5", "--out", "OUT"], "--fanout applies to --sampling neighbor or history only"),
     (["train", "--max-failures", "2", "--out", "OUT"], "--max-failures applies to Ray Train runs"),
     (["train", "--sampling", "neighbor", "--fanout", "10,5,3", "--out", "OUT"], "has 3 hop(s); the cf view has 2 layers"),
 ])
