@@ -151,3 +151,15 @@ def test_rowwise_adam_equals_sparse_adam_and_loads_its_state() -> None:
     with pytest.raises(RuntimeError):
         mine.grad = torch.ones_like(mine)
         opt_mine.step()
+
+
+def test_mf_trains_with_sampled_steps(tmp_path: Path, tiny_path: Path) -> None:
+    """Variant mf has only embedding tables: with sampled steps all of them take the row-wise
+    optimizer and there is no dense one (this crashed: 'optimizer got an empty parameter list')."""
+    from slifmr.config import load_config
+    from slifmr.trainer import train_loop
+
+    over = [f"data={tiny_path}", "train.sampling=history", "model.embedding_dim=8", "train.batch_size=64"]
+    train_loop(load_config(variant="mf", overrides=[*over, "train.epochs=1"]), tmp_path / "mf")
+    resumed = train_loop(load_config(variant="mf", overrides=[*over, "train.epochs=2"]), tmp_path / "mf", resume=True)
+    assert resumed["epochs_run"] == 2 and resumed["valid"]["recall@20"] > 0

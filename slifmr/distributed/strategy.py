@@ -65,7 +65,9 @@ class DDPStrategy:
         self.params = list(model.parameters())
         self.row_sparse, self.grad_sync = row_sparse or [], grad_sync
         tables = {id(p) for p in self.row_sparse} if sparse_tables else set()
-        self.optimizer = torch.optim.Adam([p for p in self.params if id(p) not in tables], lr=lr, weight_decay=weight_decay)
+        dense = [p for p in self.params if id(p) not in tables]
+        # None when the tables are all there is (variant mf with sampled steps)
+        self.optimizer = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay) if dense else None
         self.table_optimizer = RowWiseAdam(self.row_sparse, lr=lr) if sparse_tables else None
         self.comm = comm
         self.module: nn.Module = model
@@ -81,7 +83,8 @@ class DDPStrategy:
         averaged gradient is not finite. The loss check is one scalar all-reduce (a loss can be
         inf with finite gradients); the gradient check reads the averaged gradients, which are
         equal on every rank. Either way every rank decides alike."""
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         if self.table_optimizer is not None:
             self.table_optimizer.zero_grad(set_to_none=True)
         if not loss_finite_everywhere(loss, self.comm):  # an inf loss can have finite gradients
@@ -91,7 +94,8 @@ class DDPStrategy:
             self.comm.average_gradients(self.params, self.row_sparse, self.grad_sync)
         if not gradients_finite(self.params):
             return False
-        self.optimizer.step()
+        if self.optimizer is not None:
+            self.optimizer.step()
         if self.table_optimizer is not None:
             self.table_optimizer.step()
         return True
@@ -99,13 +103,15 @@ class DDPStrategy:
     def state_dict(self) -> dict[str, Any]:
         if self.table_optimizer is None:
             return self.optimizer.state_dict()
-        return {"dense": self.optimizer.state_dict(), "tables": self.table_optimizer.state_dict()}
+        return {"dense": None if self.optimizer is None else self.optimizer.state_dict(),
+                "tables": self.table_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.table_optimizer is None:
             self.optimizer.load_state_dict(state)
         else:
-            self.optimizer.load_state_dict(state["dense"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["dense"])
             self.table_optimizer.load_state_dict(state["tables"])
 
 
