@@ -184,7 +184,9 @@ def main() -> int:
                     rows.append(row)
                     write(args, rows, None)  # as it goes: an interrupted study keeps what it measured
     full_epoch = None
-    if args.full_epoch:
+    if args.full_epoch:  # an uncapped run printed before is read, not re-run (key: steps 0)
+        full_epoch = earlier.get((args.full_epoch, args.full_epoch_mode, 2, "auto", 0))
+    if args.full_epoch and (full_epoch is None or full_epoch["exit_status"] != 0):
         data, n_train = dataset(args.full_epoch, runs_dir / "data")
         full_epoch = measure(data, n_train, args.full_epoch_mode, 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
                              args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads)
