@@ -135,6 +135,10 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
     return row
 
 
+def _overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(x for kv in args.set for x in ("--set", kv))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
@@ -150,6 +154,8 @@ def main() -> int:
     ap.add_argument("--full-epoch-mode", default="history", choices=["neighbor", "history"])
     ap.add_argument("--fanout", default="10,5", help="train.fanout of the sampled modes (history: its first hop)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: rates per core)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (e.g. model.ridge_weight=0: no ridge head)")
     ap.add_argument("--multi-worker-modes", nargs="*", help="modes also measured with more than one worker "
                     "(default: every mode)")
     ap.add_argument("--rows", help="JSON lines this script printed before: those configurations are read, not re-run")
@@ -178,7 +184,7 @@ def main() -> int:
                     if row is None:
                         row = measure(data, n_train, mode, workers, sync, args.steps,
                                       runs_dir / f"u{users}-{mode}-w{workers}-{sync}", args.batch,
-                                      fanout=args.fanout, threads=args.threads)
+                                      fanout=args.fanout, threads=args.threads, extra=_overrides(args))
                         row["users"] = users
                         print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
                     rows.append(row)
@@ -189,7 +195,8 @@ def main() -> int:
     if args.full_epoch and (full_epoch is None or full_epoch["exit_status"] != 0):
         data, n_train = dataset(args.full_epoch, runs_dir / "data")
         full_epoch = measure(data, n_train, args.full_epoch_mode, 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
-                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads)
+                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads,
+                             extra=_overrides(args))
         full_epoch["users"] = args.full_epoch
         print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
     print(write(args, rows, full_epoch))

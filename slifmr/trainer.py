@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from slifmr.model.graphs import (
     fusion_due,
 )
 from slifmr.model.propagate import RowSharding, layerwise_spmm
-from slifmr.model.slifmr import SLIFMR, TrainingBatch
+from slifmr.model.slifmr import SLIFMR, TrainingBatch, Triples
 from slifmr.report import read_run
 from slifmr.rng import derive_seed
 from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
@@ -317,9 +317,10 @@ def train_loop(
         t_memory = time.perf_counter()
         memory = record_memory(model, graphs, spmm) if t.sampling == "history" else None
         memory_seconds = time.perf_counter() - t_memory
+        batches = sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
         t_steps = time.perf_counter()
         loss, n_steps, sampling_seconds = _train_steps(
-            strategy=strategy, graphs=graphs, sampler=sampler, subgraphs=subgraphs, memory=memory, epoch=epoch,
+            strategy=strategy, graphs=graphs, batches=batches, subgraphs=subgraphs, memory=memory, epoch=epoch,
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
             neighbour_grad=t.history_grad == "sampled")
         train_seconds = time.perf_counter() - t_steps
@@ -380,7 +381,7 @@ def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeTy
     return None
 
 
-def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler,
+def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, batches: Iterator[Triples],
                  subgraphs: BatchSubgraphs | None, memory: dict[HopKey, HopMemory] | None, epoch: int, steps: int,
                  generator: torch.Generator, device: torch.device, run_dir: Path,
                  neighbour_grad: bool = True) -> tuple[dict[str, float], int, float]:
@@ -388,7 +389,7 @@ def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, sampler: BPRSampler
     `subgraphs`: sampled steps (two-hop neighbour sampling, or one hop over `memory`)."""
     totals: dict[str, float] = {}
     n_steps, sampling_seconds = 0, 0.0
-    for step, triples in enumerate(log.progress(sampler.epoch(epoch), desc=f"epoch {epoch}", total=steps)):
+    for step, triples in enumerate(log.progress(batches, desc=f"epoch {epoch}", total=steps)):
         if step >= steps:
             break
         if subgraphs is not None:

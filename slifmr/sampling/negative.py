@@ -50,12 +50,18 @@ class BPRSampler:
         return neg
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The epoch's batches of (users, positives, negatives), each (batch_size,). The shuffle
+        and every negative are drawn here, before the first batch is taken (O(shard) work that
+        belongs to the epoch, not to its first step)."""
         n = self.users.numel()
         perm = torch.randperm(n, generator=self.generator.manual_seed(derive_seed(self.seed, epoch)))
         per_rank = n // self.world_size  # equal shards keep data-parallel steps in lock-step
         shard = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
         self.generator.manual_seed(derive_seed(self.seed, epoch, self.rank + 1))
         negs = self.negatives(self.users[shard])
+        return self._batches(shard, negs)
+
+    def _batches(self, shard: Tensor, negs: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         for start in range(0, shard.numel(), self.batch_size):
             idx = shard[start : start + self.batch_size]
             yield self.users[idx], self.items[idx], negs[start : start + self.batch_size]
