@@ -91,6 +91,12 @@ def _sparse_rows_job(comm: Comm) -> dict:
         sparse.grad = torch.sparse_coo_tensor(rows[None], torch.full((rows.numel(), 4), float(comm.rank + 1)), (1000, 4))
         comm.average_gradients([sparse], row_sparse=[sparse], mode=mode)
         out[mode]["sparse"] = sparse.grad
+    # several tables of different widths exchanged together (one set of collectives)
+    wide, narrow = torch.nn.Parameter(torch.zeros(50, 3)), torch.nn.Parameter(torch.zeros(80, 2))
+    wide.grad = torch.sparse_coo_tensor(torch.tensor([[comm.rank, 10]]), torch.full((2, 3), float(comm.rank + 1)), (50, 3))
+    narrow.grad = torch.sparse_coo_tensor(torch.tensor([[79]]), torch.full((1, 2), float(comm.rank + 1)), (80, 2))
+    comm.average_gradients([wide, narrow], row_sparse=[wide, narrow], mode="sparse")
+    out["tables"] = (wide.grad.to_dense(), narrow.grad.to_dense())
     return out
 
 
@@ -103,7 +109,10 @@ def test_sparse_row_gradients_average_like_dense(tmp_path: Path) -> None:
             torch.testing.assert_close(r[mode]["other"], torch.full((2,), 0.5))
             assert r[mode]["sparse"].is_sparse
             torch.testing.assert_close(r[mode]["sparse"].to_dense(), want)
-        assert r["sparse"]["sparse"]._nnz() == 4  # rows 3, 7, 500, 999: the padding is not a row
+        assert r["sparse"]["sparse"].coalesce()._nnz() == 4  # rows 3, 7, 500, 999: the padding is not a row
+        wide, narrow = r["tables"]
+        assert wide[0].tolist() == [0.5] * 3 and wide[1].tolist() == [1.0] * 3 and wide[10].tolist() == [1.5] * 3
+        assert narrow[79].tolist() == [1.5, 1.5] and float(wide.abs().sum()) == 9.0
         # 2 ranks x 3 padded rows x (16 B + an 8 B id) + the small dense rest, vs the 16 kB table
         assert r["sparse"]["bytes"] == r["auto"]["bytes"] == 2 * 3 * 24 + 8
         assert r["dense"]["bytes"] == 1000 * 4 * 4 + 8

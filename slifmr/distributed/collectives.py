@@ -81,60 +81,96 @@ class Comm:
         return out[:n]
 
     def average_gradients(self, params: Iterable[Tensor], row_sparse: Iterable[Tensor] = (), mode: str = "auto") -> None:
-        """Average the gradients where torch's DDP does not (neighbor-sampled steps, whose
-        tables have sparse gradients, and grad_sync sparse/auto): one flat all-reduce of every
-        present dense gradient, / world. Every rank runs the same graph, so the set of
-        parameters holding a gradient is the same. `row_sparse` parameters (embedding tables) whose gradients touch few rows go through
-        `average_rows` instead (mode sparse always, auto when it moves fewer bytes); a sparse
-        (COO) gradient always does."""
+        """Average the gradients where torch's DDP does not (sampled steps, whose tables have
+        sparse gradients, and grad_sync sparse/auto): one flat all-reduce of every present dense
+        gradient, / world. Every rank runs the same graph, so the set of parameters holding a
+        gradient is the same. `row_sparse` parameters (embedding tables) whose gradients touch
+        few rows go through `average_rows` instead (mode sparse always, auto when it moves fewer
+        bytes); a sparse (COO) gradient always does. All tables' rows travel together."""
         if not _active():
             return
         sparse_ids = {id(p) for p in row_sparse}
-        dense = []
+        dense, tables = [], []
         for p in params:
             if p.grad is None:
                 continue
             if id(p) in sparse_ids and (mode != "dense" or p.grad.is_sparse):
-                p.grad = self.average_rows(p.grad, force=mode == "sparse", dense=mode == "dense")
+                tables.append(p)
             else:
                 dense.append(p.grad)
-        self._average_dense(dense)
+        averaged = self.average_rows([p.grad for p in tables], force=mode == "sparse", dense=mode == "dense",
+                                     also_dense=dense)
+        for p, g in zip(tables, averaged):
+            p.grad = g
 
-    def average_rows(self, grad: Tensor, force: bool = False, dense: bool = False) -> Tensor:
-        """Average a (rows, d) gradient that is zero outside the rows a batch touched (a sparse
-        COO gradient, or a dense one): each rank all-gathers only its (row id, row) pairs,
-        O(touched rows) instead of O(table). Without `force`, or with `dense`, a dense
-        all-reduce is used when it is smaller (or always). Returns the gradient in its input
-        layout: sparse gradients come back sparse and coalesced."""
-        if grad.is_sparse:
-            g = grad.coalesce()
-            rows, values = g.indices()[0], g.values()
-        else:
-            rows = torch.nonzero(grad.abs().sum(1)).flatten()
-            values = grad[rows]
-        counts = self._gather_padded(torch.tensor([rows.numel()]))  # every rank's touched-row count
-        most = int(counts.max())
-        row_bytes = grad.shape[1] * grad.element_size() + 8
-        table_bytes = grad.shape[0] * grad.shape[1] * grad.element_size()
-        if dense or (not force and self.world_size * most * row_bytes >= table_bytes):
-            full = grad.to_dense() if grad.is_sparse else grad
-            self._average_dense([full])
-            if not grad.is_sparse:
-                return full
-            # back to sparse from the non-zero rows: Tensor.to_sparse(1) scans every entry
-            keep = torch.nonzero(full.abs().sum(1)).flatten()
-            return torch.sparse_coo_tensor(keep[None], full[keep], grad.shape, is_coalesced=True)
-        ids = torch.zeros(most, dtype=torch.long, device=grad.device)
-        ids[: rows.numel()] = rows
-        vals = torch.zeros((most, grad.shape[1]), dtype=grad.dtype, device=grad.device)
-        vals[: rows.numel()] = values
-        all_ids, all_vals = self._gather_padded(ids), self._gather_padded(vals)
-        self.traffic["bytes"] += self.world_size * most * row_bytes
-        real = (torch.arange(most, device=counts.device)[None, :] < counts[:, None]).flatten().to(all_ids.device)
-        all_ids, all_vals = all_ids[real], all_vals[real] / self.world_size  # padding dropped
-        if grad.is_sparse:
-            return torch.sparse_coo_tensor(all_ids[None], all_vals, grad.shape).coalesce()
-        return grad.zero_().index_add_(0, all_ids, all_vals)
+    def average_rows(self, grads: list[Tensor], force: bool = False, dense: bool = False,
+                     also_dense: list[Tensor] | None = None) -> list[Tensor]:
+        """Average (rows, d) gradients that are zero outside the rows a batch touched (sparse
+        COO gradients, or dense ones): each rank all-gathers only its (row id, row) pairs,
+        O(touched rows) instead of O(table). Without `force`, or with `dense`, a table whose
+        dense all-reduce is smaller (or every table) is all-reduced instead, together with
+        `also_dense` (averaged in place). Three collectives for every table together (counts,
+        row ids, rows) and one all-reduce. Returns the gradients in their input layout; sparse
+        ones come back sparse (uncoalesced: the row-wise optimizer coalesces once)."""
+        touched = []
+        for grad in grads:
+            if grad.is_sparse:
+                g = grad.coalesce()
+                touched.append((g.indices()[0], g.values()))
+            else:
+                rows = torch.nonzero(grad.abs().sum(1)).flatten()
+                touched.append((rows, grad[rows]))
+        # every rank's touched-row count of every table: (world, tables)
+        counts = self._gather_padded(torch.tensor([r.numel() for r, _ in touched], dtype=torch.long)).view(
+            self.world_size, -1) if grads else torch.zeros(self.world_size, 0, dtype=torch.long)
+        out: list[Tensor | None] = [None] * len(grads)
+        to_reduce = list(also_dense or [])
+        sparse_tables = []
+        for t, grad in enumerate(grads):
+            most = int(counts[:, t].max())
+            row_bytes = grad.shape[1] * grad.element_size() + 8
+            table_bytes = grad.shape[0] * grad.shape[1] * grad.element_size()
+            if dense or (not force and self.world_size * most * row_bytes >= table_bytes):
+                full = grad.to_dense() if grad.is_sparse else grad
+                to_reduce.append(full)
+                out[t] = full
+            else:
+                sparse_tables.append(t)
+        self._average_dense(to_reduce)
+        for t, grad in enumerate(grads):
+            if grad.is_sparse and t not in sparse_tables:
+                # back to sparse from the non-zero rows: Tensor.to_sparse(1) scans every entry
+                full = out[t]
+                keep = torch.nonzero(full.abs().sum(1)).flatten()
+                out[t] = torch.sparse_coo_tensor(keep[None], full[keep], grad.shape, is_coalesced=True)
+        if sparse_tables:
+            # one padded block per table, every table in one tensor of ids and one of values
+            most = [int(counts[:, t].max()) for t in sparse_tables]
+            ids = torch.zeros(sum(most), dtype=torch.long, device=grads[0].device)
+            vals = torch.zeros(sum(m * grads[t].shape[1] for m, t in zip(most, sparse_tables)),
+                               dtype=grads[sparse_tables[0]].dtype, device=grads[0].device)
+            id_at, val_at = 0, 0
+            for m, t in zip(most, sparse_tables):
+                rows, values = touched[t]
+                ids[id_at : id_at + rows.numel()] = rows
+                vals[val_at : val_at + values.numel()] = values.reshape(-1)
+                id_at, val_at = id_at + m, val_at + m * grads[t].shape[1]
+            all_ids = self._gather_padded(ids).view(self.world_size, -1)
+            all_vals = self._gather_padded(vals).view(self.world_size, -1)
+            id_at, val_at = 0, 0
+            for m, t in zip(most, sparse_tables):
+                grad, d = grads[t], grads[t].shape[1]
+                self.traffic["bytes"] += self.world_size * m * (d * grad.element_size() + 8)
+                real = torch.arange(m, device=counts.device)[None, :] < counts[:, t, None]  # (world, m): padding off
+                t_ids = all_ids[:, id_at : id_at + m][real.to(all_ids.device)]
+                t_vals = all_vals[:, val_at : val_at + m * d].reshape(self.world_size, m, d)[real.to(all_vals.device)]
+                t_vals = t_vals / self.world_size
+                id_at, val_at = id_at + m, val_at + m * d
+                if grad.is_sparse:
+                    out[t] = torch.sparse_coo_tensor(t_ids[None], t_vals, grad.shape)
+                else:
+                    out[t] = grad.zero_().index_add_(0, t_ids, t_vals)
+        return [g for g in out if g is not None]
 
     def _gather_padded(self, t: Tensor) -> Tensor:
         on = t.to(self.device)

@@ -12,14 +12,18 @@ its seeds only, and reads everything further away from a memory refreshed once p
 
       m_v = (A H_i)_v + sum_{u in sample(v)} (deg_v / k_v) A_vu (x_u - H_i[u])
 
-  where x_u is the current input row of u: the trainable table row (or projected feature)
-  for the first hop, the current output of the previous hop where u is itself a seed, and
-  H_i[u] otherwise (no correction). This is the variance-reduced estimator of LTGNN (Zhang et
-  al., "Linear-Time Graph Neural Networks for Scalable Recommendations", WWW 2024, eq. 10-11;
-  VR-GCN, Chen et al., ICML 2018): unbiased for A x over the sample, exact when every
-  neighbour is taken, and of small variance when the tables moved little since the memory
-  was taken. Out-of-batch nodes enter with their historical embeddings (GAS, Fey et al.,
-  ICML 2021), so gradients reach the seeds and their sampled neighbours only.
+  where x_u is the current input row of u (the trainable table row or projected feature at
+  the first hop, the previous hop's output after it) where the step computes one, and H_i[u]
+  otherwise (no correction). This is the variance-reduced estimator of LTGNN (Zhang et al.,
+  "Linear-Time Graph Neural Networks for Scalable Recommendations", WWW 2024, eq. 10-11;
+  VR-GCN, Chen et al., ICML 2018): unbiased over the sample, exact when every neighbour is
+  taken or when the memory is fresh, and of small variance when the tables moved little since
+  the memory was taken. Which rows are current (train.history_grad):
+    sampled  every sampled node's at the first hop (LTGNN): the neighbours' rows are looked
+             up and receive gradients;
+    seeds    the seeds' only (GAS, Fey et al., ICML 2021, the default): every other node is at
+             its historical embedding, so a step reads, updates and exchanges the batch's rows
+             only, and only seed-to-seed edges carry a correction.
 
 The sample itself is PyG's NeighborSampler interface (`BatchSubgraphs` with one hop per edge
 type of the active views), so pyg-lib is used when installed.
@@ -133,8 +137,9 @@ class HistoryGraph:
 
     `data`: a one-hop sample (`BatchSubgraphs.sample`: per node type `n_id`, seeds first; per
     edge type `edge_index` (local) and `edge_weight` rescaled by in-degree / sampled count);
-    `memory`: `record_memory` of the epoch. Features are {node type: (nodes, d)}: every sampled
-    node for the first hop's input, the seeds only after it."""
+    `memory`: `record_memory` of the epoch; `neighbour_grad`: train.history_grad=sampled.
+    Features are {node type: (nodes, d)}: the first hop's input holds every sampled node
+    (`neighbour_grad`) or the seeds, later hops the seeds."""
 
     def __init__(self, data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,
                  device: torch.device | str = "cpu", neighbour_grad: bool = True):
