@@ -179,14 +179,16 @@ def resolve_dataset(cfg: Config) -> Dataset:
     return read_dataset(cfg.data)
 
 
-def build_model(cfg: Config, ds: Dataset, comm: Comm | None = None,
-                sparse_tables: bool = False) -> tuple[SLIFMR, StaticGraphs]:
+def build_model(cfg: Config, ds: Dataset, comm: Comm | None = None, sparse_tables: bool = False,
+                static: StaticGraphs | None = None) -> tuple[SLIFMR, StaticGraphs]:
     """The model and the static graphs it trains on. The one-time multimodal kNN graph uses
     model.knn (exact: sharded over `comm`'s workers; approx: faiss, reproducible, for large
-    catalogues). `sparse_tables`: see SLIFMR."""
-    sharded = comm is not None and comm.world_size > 1
-    search = KnnSearch(comm, cfg.model.knn) if sharded or cfg.model.knn != "exact" else None
-    static = StaticGraphs.from_dataset(ds, cfg.model, search)
+    catalogues). `sparse_tables`: see SLIFMR. `static`: graphs already built for this config
+    and dataset (reused, not rebuilt)."""
+    if static is None:
+        sharded = comm is not None and comm.world_size > 1
+        search = KnnSearch(comm, cfg.model.knn) if sharded or cfg.model.knn != "exact" else None
+        static = StaticGraphs.from_dataset(ds, cfg.model, search)
     if cfg.model.use_kg and static.kg is None:
         log.info(f"dataset {ds.name} has no knowledge graph: the KG view is off")
     if cfg.model.use_mm and static.mm is None:
@@ -324,6 +326,7 @@ def train_loop(
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
             neighbour_grad=t.history_grad == "sampled")
         train_seconds = time.perf_counter() - t_steps
+        subgraphs = memory = None  # released before inference and the next epoch's graphs (GBs at 10^6 users)
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
         t_eval = time.perf_counter()
         reps = model.representations(graphs, spmm)
@@ -347,7 +350,10 @@ def train_loop(
             reporter(rec.to_json(), run_dir / "checkpoint" if comm.is_main else None)
 
     comm.barrier()  # rank 0 has written best/ before anyone loads it
-    results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+    # the best epoch is read back from disk: the training replica, its optimizer state and the
+    # last epoch's graphs go first, so the two never share memory (OOM at 10^6 users, 2 workers)
+    model = strategy = graphs = reps = None
+    results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test, static=static)
     if tracker is not None:
         tracker.finish(results)
     return results
@@ -513,7 +519,7 @@ def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Repo
 
 
 def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",
-              comm: Comm | None = None) -> tuple[Scorer, dict[str, Any]]:
+              comm: Comm | None = None, static: StaticGraphs | None = None) -> tuple[Scorer, dict[str, Any]]:
     """What the best validation epoch ranks with, on `device`: its representations over that
     epoch's graphs (the layer-wise inference split over `comm`'s workers, who must then all call
     this together), or the EASE weights. Returns it and the checkpoint's meta."""
@@ -523,7 +529,7 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
         ease = EASE(ds).to(device)
         ease.load_state_dict(ckpt["model"])
         return ease, meta
-    model, static = build_model(cfg, ds, comm=comm)
+    model, static = build_model(cfg, ds, comm=comm, static=static)
     model.to(device)
     model.load_state_dict(ckpt["model"])
     corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
@@ -535,9 +541,10 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
 
 
 def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm,
-                  evaluate_test: bool = True) -> dict[str, Any]:
-    """Test metrics, read once, at the best validation epoch."""
-    model, meta = load_best(cfg, ds, run_dir, comm.device, comm)
+                  evaluate_test: bool = True, static: StaticGraphs | None = None) -> dict[str, Any]:
+    """Test metrics, read once, at the best validation epoch (`static`: the run's static
+    graphs, reused)."""
+    model, meta = load_best(cfg, ds, run_dir, comm.device, comm, static)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
     records = read_run(run_dir)["records"]
