@@ -30,9 +30,18 @@ from scale import dataset, run
 
 
 def train(data: Path, mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One `slifmr train` run and its per-epoch validation; a finished run of the same command
+    under `out` is read, not re-run (its row says so)."""
+    extra = [x for kv in (args.history_set if mode == "history" else []) for x in ("--set", kv)]
+    common = [x for kv in args.set for x in ("--set", kv)]
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(args.epochs),
            "--sampling", mode, "--seed", str(args.seed), "--set", f"train.batch_size={args.batch}",
-           "--set", "train.patience=100", "--set", f"train.threads={args.threads}", *args.set]
+           "--set", "train.patience=100", "--set", f"train.threads={args.threads}", *common, *extra]
+    command = " ".join(["slifmr", *cmd[3:]])
+    done = out / "results.json"
+    row_path = out.parent / f"{out.name}.row.json"
+    if done.exists() and row_path.exists() and json.loads(row_path.read_text())["command"] == command:
+        return {**json.loads(row_path.read_text()), "reused": True}
     if out.exists():
         import shutil
 
@@ -42,9 +51,11 @@ def train(data: Path, mode: str, args: argparse.Namespace, out: Path) -> dict[st
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {rc}): see {out.parent / f'{out.name}.log'}")
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"mode": mode, "command": " ".join(["slifmr", *cmd[3:]]), "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
-            "valid_recall@20": [r["valid"]["recall@20"] for r in records],
-            "train_seconds": [r["train_seconds"] for r in records]}
+    row = {"mode": mode, "command": command, "wall_seconds": wall, "peak_rss_gb": peak / 1e9,
+           "valid_recall@20": [r["valid"]["recall@20"] for r in records],
+           "train_seconds": [r["train_seconds"] for r in records]}
+    row_path.write_text(json.dumps(row))
+    return row
 
 
 def ml100k(runs: Path, reference: Path) -> list[dict[str, Any]]:
@@ -68,40 +79,46 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--set", nargs="*", default=[], help="more `slifmr train` options for both modes")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides (KEY=VALUE) for both modes")
+    ap.add_argument("--history-set", nargs="*", default=[], help="config overrides for the history run only")
     ap.add_argument("--ml100k", type=Path, help="finished history-mode quality runs (benchmarks/quality.py --runs)")
     ap.add_argument("--ml100k-reference", type=Path, default=HERE / "runs" / "quality_v3")
     ap.add_argument("--runs", type=Path, default=HERE / "runs" / "history_accuracy")
+    ap.add_argument("--tag", help="suffix of the outputs (results/history-accuracy-TAG.json, its PNG and "
+                                  "RESULTS.md section) and of the history run's folder")
     args = ap.parse_args()
 
     data, n_train = dataset(args.users, HERE / "runs" / "scale" / "data")
-    synthetic = {mode: train(data, mode, args, args.runs / f"u{args.users}-{mode}") for mode in ("full", "history")}
+    suffix = f"-{args.tag}" if args.tag else ""
+    synthetic = {mode: train(data, mode, args, args.runs / f"u{args.users}-{mode}{suffix if mode == 'history' else ''}")
+                 for mode in ("full", "history")}
     doc = {"command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
            "users": args.users, "train_interactions": n_train, "epochs": args.epochs, "batch_size": args.batch,
            "synthetic": synthetic, "ml100k": ml100k(args.ml100k, args.ml100k_reference) if args.ml100k else []}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "history-accuracy.json.tmp"
+    tmp = RESULTS / f"history-accuracy{suffix}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / "history-accuracy.json")
-    plot(doc, RESULTS / "history-accuracy.png")
-    text = section(doc)
-    write_results_md("HISTORY_ACCURACY", text)
+    tmp.replace(RESULTS / f"history-accuracy{suffix}.json")
+    plot(doc, RESULTS / f"history-accuracy{suffix}.png")
+    text = section(doc, suffix)
+    write_results_md("HISTORY_ACCURACY" + suffix.upper().replace("-", "_"), text)
     print(text)
     return 0
 
 
-def section(doc: dict[str, Any]) -> str:
+def section(doc: dict[str, Any], suffix: str = "") -> str:
     full, hist = doc["synthetic"]["full"], doc["synthetic"]["history"]
     lines = ["| epoch | full: valid Recall@20 | history: valid Recall@20 | relative gap |", "|---|---|---|---|"]
     for e, (f, h) in enumerate(zip(full["valid_recall@20"], hist["valid_recall@20"]), start=1):
         lines.append(f"| {e} | {f:.4f} | {h:.4f} | {(h - f) / f:+.2%} |")
     speed = (f"Steps took {sum(full['train_seconds']):.0f} s (full) and {sum(hist['train_seconds']):.0f} s (history) "
              f"over {doc['epochs']} epochs.")
-    body = (f"## History sampling against full-graph training (issue 14)\n\nCommand: `{doc['command']}`  \n"
+    body = (f"## History sampling{' (' + suffix[1:] + ')' if suffix else ''} against full-graph training (issue 14)\n\n"
+            f"Command: `{doc['command']}`  \n"
             f"Machine: {doc['machine']}.\n\nSynthetic set, {doc['users']:,} users, {doc['train_interactions']:,} "
             f"training interactions, global batch {doc['batch_size']:,}, validation over every user "
-            f"(`{full['command']}`; history the same with `--sampling history`):\n\n" + "\n".join(lines)
+            f"(`{full['command']}`; history: `{hist['command']}`):\n\n" + "\n".join(lines)
             + f"\n\n{speed}\n")
     if doc["ml100k"]:
         rows = doc["ml100k"]
@@ -115,7 +132,7 @@ def section(doc: dict[str, Any]) -> str:
         body += ("\nml-100k, the default slifmr, test Recall@20 at the best validation epoch, per seed:\n\n"
                  + "\n".join(lines) + f"\n\nMean difference (history - full): {diff.mean():+.4f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.4f} "
                  f"({diff.mean() / full_mean:+.2%} of full-graph training's {full_mean:.4f}).\n")
-    return body + "\n![history accuracy](results/history-accuracy.png)\n"
+    return body + f"\n![history accuracy](results/history-accuracy{suffix}.png)\n"
 
 
 def plot(doc: dict[str, Any], out: Path) -> None:

@@ -91,14 +91,17 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
             env: dict[str, str] | None = None) -> dict[str, Any]:
     """One `slifmr train` run (`extra`: more of its options; `env`: its environment, e.g. a
     PYTHONPATH naming another checkout) and what its last epoch measured."""
-    # mf: the floor, BPR-MF (variant mf: no propagation) with the same sparse row-wise updates
-    sampling = "history" if mode == "mf" else mode
+    # mf: the floor, BPR-MF (variant mf: no propagation) with the same sparse row-wise updates;
+    # history-sampled: history with train.history_grad=sampled (LTGNN: neighbours' rows too)
+    sampling = "history" if mode in ("mf", "history-sampled") else mode
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
            "--workers", str(workers), "--sampling", sampling, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
            "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}",
            "--set", f"train.threads={threads}"]
     if mode == "mf":
         cmd += ["--variant", "mf"]
+    if mode == "history-sampled":
+        cmd += ["--set", "train.history_grad=sampled"]
     if sampling != "full":
         cmd += ["--fanout", fanout]
     cmd += list(extra)
@@ -143,8 +146,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--modes", nargs="+", default=["full", "neighbor", "history", "mf"],
-                    help="full graph, two-hop neighbor sampling, one hop over historical embeddings (history), "
-                         "and the floor: BPR-MF with the same batch and row-wise updates (mf)")
+                    help="full graph, two-hop neighbor sampling, one hop over historical embeddings (history; "
+                         "history-sampled: with train.history_grad=sampled), and the floor: BPR-MF with the same "
+                         "batch and row-wise updates (mf)")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8192, help="global batch of the capped runs")
@@ -152,6 +156,8 @@ def main() -> int:
     ap.add_argument("--full-epoch-batch", type=int, default=32768)
     ap.add_argument("--full-epoch-fanout", default="10,5")
     ap.add_argument("--full-epoch-mode", default="history", choices=["neighbor", "history"])
+    ap.add_argument("--full-epoch-workers", type=int, nargs="+", default=[2],
+                    help="worker counts of the whole epoch (2 and 1: the speed-up of a second worker)")
     ap.add_argument("--fanout", default="10,5", help="train.fanout of the sampled modes (history: its first hop)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: rates per core)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -189,21 +195,25 @@ def main() -> int:
                         print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
                     rows.append(row)
                     write(args, rows, None)  # as it goes: an interrupted study keeps what it measured
-    full_epoch = None
-    if args.full_epoch:  # an uncapped run printed before is read, not re-run (key: steps 0)
-        full_epoch = earlier.get((args.full_epoch, args.full_epoch_mode, 2, "auto", 0))
-    if args.full_epoch and (full_epoch is None or full_epoch["exit_status"] != 0):
-        data, n_train = dataset(args.full_epoch, runs_dir / "data")
-        full_epoch = measure(data, n_train, args.full_epoch_mode, 2, "auto", 0, runs_dir / f"u{args.full_epoch}-epoch",
-                             args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads,
-                             extra=_overrides(args))
-        full_epoch["users"] = args.full_epoch
-        print(json.dumps({k: v for k, v in full_epoch.items() if k != "error"}), flush=True)
-    print(write(args, rows, full_epoch))
+    full_epochs = []
+    for workers in args.full_epoch_workers if args.full_epoch else []:
+        # an uncapped run printed before is read, not re-run (key: steps 0)
+        row = earlier.get((args.full_epoch, args.full_epoch_mode, workers, "auto", 0))
+        if row is None or row["exit_status"] != 0:
+            data, n_train = dataset(args.full_epoch, runs_dir / "data")
+            row = measure(data, n_train, args.full_epoch_mode, workers, "auto", 0,
+                          runs_dir / (f"u{args.full_epoch}-epoch" + ("" if workers == 2 else f"-w{workers}")),
+                          args.full_epoch_batch, epochs=1, fanout=args.full_epoch_fanout, threads=args.threads,
+                          extra=_overrides(args))
+            row["users"] = args.full_epoch
+            print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+        full_epochs.append(row)
+        write(args, rows, full_epochs)
+    print(write(args, rows, full_epochs))
     return 0
 
 
-def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epoch: dict[str, Any] | None) -> str:
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epochs: list[dict[str, Any]]) -> str:
     """scale.json, scale.png and the SCALE section of RESULTS.md from the rows so far."""
     fits = {}
     for mode in args.modes:
@@ -218,7 +228,8 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epoch: dict
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"command": command, "machine": machine, "batch_size": args.batch, "steps_per_run": args.steps,
-           "runs": rows, "full_epoch": full_epoch, "fitted_exponent": fits}
+           "runs": rows, "full_epoch": next((r for r in full_epochs if r["workers"] == 2), None),
+           "full_epochs": full_epochs, "fitted_exponent": fits}
     tmp = RESULTS / "scale.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(RESULTS / "scale.json")
@@ -260,16 +271,20 @@ def section(doc: dict[str, Any]) -> str:
             "(mode history), part of the epoch outside the steps. "
             "Peak RSS: the whole process tree (driver, Ray, workers).\n\n" + "\n".join(lines)
             + f"\n\nFitted exponent of epoch seconds against training interactions (log-log slope): {fits}.\n")
-    fe = doc.get("full_epoch")
-    if fe:
+    done = {fe["workers"]: fe for fe in doc.get("full_epochs", []) if fe["exit_status"] == 0}
+    for fe in doc.get("full_epochs", []):
         if fe["exit_status"] == 0:
-            body += (f"\nOne whole sampled epoch ({fe['mode']}), 2 workers, global batch {fe['batch_size']:,}, "
-                     f"fan-outs {fe['fanout']}, "
-                     f"{fe['users']:,} users / "
-                     f"{fe['train_interactions']:,} training interactions: {fe['steps']} steps per worker, {fe['epoch_seconds_measured']:,.0f} s, peak RSS "
-                     f"{fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
+            body += (f"\nOne whole sampled epoch ({fe['mode']}), {fe['workers']} worker(s) x {fe['threads']} thread(s), "
+                     f"global batch {fe['batch_size']:,}, fan-outs {fe['fanout']}, {fe['users']:,} users / "
+                     f"{fe['train_interactions']:,} training interactions: {fe['steps']} steps per worker, "
+                     f"{fe['epoch_seconds_measured']:,.0f} s ({fe['seconds_per_step'] * fe['steps']:,.0f} s of steps at "
+                     f"{fe['interactions_per_second']:,.0f} interactions/s, {fe['outside_steps_seconds']:,.0f} s outside "
+                     f"them), peak RSS {fe['peak_rss_gb']:.1f} GB (`{fe['command']}`).\n")
         else:
-            body += f"\nThe whole sampled epoch at {fe['users']:,} users failed (exit {fe['exit_status']}).\n"
+            body += f"\nThe whole sampled epoch at {fe['users']:,} users on {fe['workers']} worker(s) failed (exit {fe['exit_status']}).\n"
+    if 1 in done and 2 in done:
+        body += (f"\nSecond worker, whole epoch, same global batch: {done[2]['interactions_per_second'] / done[1]['interactions_per_second']:.2f}x "
+                 f"the steps' interactions/s, {done[1]['epoch_seconds_measured'] / done[2]['epoch_seconds_measured']:.2f}x the epoch.\n")
     return body + "\n![scale](results/scale.png)\n"
 
 
@@ -287,7 +302,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         if not pts:
             continue
         x, t, m = zip(*pts)
-        style = {"full": "--s", "neighbor": "-o", "history": "-^", "mf": ":x"}.get(mode, "-o")
+        style = {"full": "--s", "neighbor": "-o", "history": "-^", "history-sampled": "-v", "mf": ":x"}.get(mode, "-o")
         ax_t.plot(x, t, style, label=f"{mode}, {workers} worker(s)")
         ax_m.plot(x, m, style, label=f"{mode}, {workers} worker(s)")
     for ax, title in ((ax_t, "epoch seconds (estimated)"), (ax_m, "peak RSS (GB)")):

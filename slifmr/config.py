@@ -107,6 +107,9 @@ class TrainConfig:
     # sampled neighbours' current rows too, and gradients reach them (2.6x dearer per step at
     # 10^6 users, as accurate on ml-100k: benchmarks/RESULTS.md, HISTORY_ACCURACY)
     history_grad: str = "seeds"
+    # history: optimiser steps between refreshes of the historical embeddings within an epoch
+    # (0: once per epoch, at its start); each refresh is one layer-wise forward over the graph
+    history_refresh: int = 0
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
     # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'
@@ -397,6 +400,7 @@ def validate(cfg: Config) -> None:
         (not (t.sampling != "full" and t.weight_decay > 0),
          f"train.weight_decay applies to every table row each step: with train.sampling={t.sampling} use model.lambda_reg"),
         (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),
+        (t.history_refresh >= 0, "train.history_refresh must be >= 0 (0: once per epoch)"),
     ]
     for ok, msg in checks:
         if not ok:

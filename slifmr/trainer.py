@@ -12,6 +12,7 @@ Run folder:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -324,7 +325,8 @@ def train_loop(
         loss, n_steps, sampling_seconds = _train_steps(
             strategy=strategy, graphs=graphs, batches=batches, subgraphs=subgraphs, memory=memory, epoch=epoch,
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
-            neighbour_grad=t.history_grad == "sampled")
+            neighbour_grad=t.history_grad == "sampled", refresh=functools.partial(record_memory, model, graphs, spmm),
+            refresh_every=t.history_refresh)
         train_seconds = time.perf_counter() - t_steps
         subgraphs = memory = None  # released before inference and the next epoch's graphs (GBs at 10^6 users)
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
@@ -389,15 +391,19 @@ def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeTy
 
 def _train_steps(*, strategy: Strategy, graphs: EpochGraphs, batches: Iterator[Triples],
                  subgraphs: BatchSubgraphs | None, memory: dict[HopKey, HopMemory] | None, epoch: int, steps: int,
-                 generator: torch.Generator, device: torch.device, run_dir: Path,
-                 neighbour_grad: bool = True) -> tuple[dict[str, float], int, float]:
+                 generator: torch.Generator, device: torch.device, run_dir: Path, neighbour_grad: bool = True,
+                 refresh: Callable[[], dict[HopKey, HopMemory]] | None = None,
+                 refresh_every: int = 0) -> tuple[dict[str, float], int, float]:
     """The epoch's optimisation steps: (mean of each loss part, steps taken, seconds sampling).
-    `subgraphs`: sampled steps (two-hop neighbour sampling, or one hop over `memory`)."""
+    `subgraphs`: sampled steps (two-hop neighbour sampling, or one hop over `memory`, which
+    `refresh()` rebuilds every `refresh_every` steps when > 0; that time counts as steps')."""
     totals: dict[str, float] = {}
     n_steps, sampling_seconds = 0, 0.0
     for step, triples in enumerate(log.progress(batches, desc=f"epoch {epoch}", total=steps)):
         if step >= steps:
             break
+        if refresh is not None and refresh_every > 0 and step > 0 and step % refresh_every == 0:
+            memory = refresh()  # every rank at the same step: the layer-wise product is a collective
         if subgraphs is not None:
             t_sample = time.perf_counter()
             sample = subgraphs.sample(*triples, epoch, step)

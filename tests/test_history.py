@@ -117,12 +117,12 @@ def test_step_touches_only_sampled_rows(tiny_ds: Dataset) -> None:
 
 def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:
     """Two epochs straight equal one epoch, a resume, and the second (the memory is rebuilt
-    from the checkpointed weights)."""
+    from the checkpointed weights, and every 2 steps within an epoch)."""
     from slifmr.config import load_config
     from slifmr.trainer import train_loop
 
     over = [f"data={tiny_path}", "train.sampling=history", "train.fanout=3", "model.embedding_dim=8",
-            "train.batch_size=64", "train.patience=5", "model.k_corr=3", "model.k_mm=3"]
+            "train.batch_size=64", "train.patience=5", "model.k_corr=3", "model.k_mm=3", "train.history_refresh=2"]
     straight = train_loop(load_config(overrides=[*over, "train.epochs=2"]), tmp_path / "a")
     train_loop(load_config(overrides=[*over, "train.epochs=1"]), tmp_path / "b")
     resumed = train_loop(load_config(overrides=[*over, "train.epochs=2"]), tmp_path / "b", resume=True)
