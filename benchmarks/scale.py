@@ -1,7 +1,8 @@
-"""Cost against size: full-graph and neighbor-sampled training on synthetic graphs of growing
-size, 1 and 2 Ray Train workers (issue 5).
+"""Cost against size: full-graph, two-hop neighbor-sampled, one-hop history-sampled and BPR-MF
+training on synthetic graphs of growing size, 1 and 2 Ray Train workers (issues 5, 14).
 
-    python benchmarks/scale.py --users 10000 100000 1000000 --steps 8 --full-epoch 1000000
+    python benchmarks/scale.py --users 100000 300000 1000000 --steps 4 --threads 1 \
+        --set model.ridge_weight=0 --multi-worker-modes history mf --full-epoch 1000000
 
 Each size has users U, items U/10, about 12 U interactions, U/5 entities, U KG triples and one
 64-d modality (slifmr.data.synth, seed 0; cached under --runs/data). Each configuration runs
@@ -12,11 +13,13 @@ interactions per second, fusion seconds (kNN + graph rebuild), bytes of gradient
 step; peak memory = the largest sum of RSS over the driver's whole process tree (Ray
 included), polled every 0.2 s. "epoch seconds" = seconds per step x the steps of a full
 pass + the epoch's time outside the steps (fusion, graph build, evaluation), so sizes whose
-full epoch would take hours are still compared on what they cost. --full-epoch U also trains
-one whole uncapped epoch, sampled, 2 workers, at that size (global batch --full-epoch-batch,
-32768: bigger batches share more of their sampled neighbourhoods): the proof it fits.
-2-worker sampled runs are measured with both gradient syncs (dense all-reduce and auto:
-touched rows only when smaller).
+full epoch would take hours are still compared on what they cost. Each worker gets --threads
+torch threads (1: rates per core); mode mf (variant mf, same batch and row-wise updates, no
+propagation) is the floor the other modes are compared with. --full-epoch U also trains one
+whole uncapped epoch (--full-epoch-mode, default history) on --full-epoch-workers at that size
+(global batch --full-epoch-batch, 32768): the proof it fits. 2-worker neighbor-sampled runs
+at --grad-sync-sizes are also measured with a dense all-reduce. --rows reads rows printed
+before instead of re-running them; --set passes config overrides to every run.
 
 Writes benchmarks/results/scale.json, scale.png (log-log cost and memory against training
 interactions) and the SCALE section of RESULTS.md, with the fitted exponent of sampled-mode
@@ -194,7 +197,7 @@ def main() -> int:
                         row["users"] = users
                         print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
                     rows.append(row)
-                    write(args, rows, None)  # as it goes: an interrupted study keeps what it measured
+                    write(args, rows, [])  # as it goes: an interrupted study keeps what it measured
     full_epochs = []
     for workers in args.full_epoch_workers if args.full_epoch else []:
         # an uncapped run printed before is read, not re-run (key: steps 0)

@@ -42,7 +42,7 @@ from slifmr.errors import ConfigError
 from slifmr.model.graphs import EpochGraphs
 from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
-from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, parse_fanout
+from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, SeedsFirst, parse_fanout
 
 HopKey = tuple[str, int]  # (view, i): the i-th hop that view's forward asks for
 
@@ -132,7 +132,7 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
     return torch.sparse_csr_tensor(crow, cols[order], values[order], shape)
 
 
-class HistoryGraph:
+class HistoryGraph(SeedsFirst):
     """The propagator of a step with train.sampling=history (see the module docstring).
 
     `data`: a one-hop sample (`BatchSubgraphs.sample`: per node type `n_id`, seeds first; per
@@ -205,16 +205,6 @@ class HistoryGraph:
             if block is not None:
                 out[dst_t] = out[dst_t] + spmm(*block, diff[src_t])
         return out
-
-    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
-              neigh: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {t: fn(x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
-
-    def seeds(self, view: str, x: dict[str, Tensor], node_type: str) -> Tensor:
-        return x[node_type][: self.num_seeds[node_type]]
-
-    def user_mean(self, item_rows: Tensor) -> Tensor:
-        raise RuntimeError("model.user_aux needs every training item of a user: not with sampled training")
 
 
 def history_batch(data: HeteroData, memory: dict[HopKey, HopMemory], graphs: EpochGraphs,

@@ -302,7 +302,24 @@ class BatchSubgraphs:
         return data
 
 
-class SampledSubgraph:
+class SeedsFirst:
+    """What the sampled propagators share: node features per type with the seeds first, so a
+    layer's update and a view's output rows are prefixes."""
+
+    num_seeds: dict[str, int]
+
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
+              neigh: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {t: fn(x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
+
+    def seeds(self, view: str, x: dict[str, Tensor], node_type: str) -> Tensor:
+        return x[node_type][: self.num_seeds[node_type]]
+
+    def user_mean(self, item_rows: Tensor) -> Tensor:
+        raise RuntimeError("model.user_aux needs every training item of a user: not with sampled training")
+
+
+class SampledSubgraph(SeedsFirst):
     """A propagator (slifmr.model.propagate) over a batch's sampled subgraph (`BatchSubgraphs`).
 
     Features are {node type: (nodes, d)}, nodes ordered by hop (seeds first). Layer `l` of L
@@ -333,16 +350,6 @@ class SampledSubgraph:
             src, dst = b[et].edge_index[:, :n].to(dev)
             out[et[2]] = out[et[2]].index_add(0, dst, x[et[0]][src] * b[et].edge_weight[:n].to(dev)[:, None])
         return out
-
-    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: dict[str, Tensor],
-              neigh: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {t: fn(x[t][: neigh[t].shape[0]], neigh[t]) for t in neigh}
-
-    def seeds(self, view: str, x: dict[str, Tensor], node_type: str) -> Tensor:
-        return x[node_type][: self.num_seeds[node_type]]
-
-    def user_mean(self, item_rows: Tensor) -> Tensor:
-        raise RuntimeError("model.user_aux needs every training item of a user: not with neighbor sampling")
 
 
 def sampled_batch(data: HeteroData, graphs: EpochGraphs, generator: torch.Generator,
