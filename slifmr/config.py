@@ -401,6 +401,8 @@ def validate(cfg: Config) -> None:
          f"train.weight_decay applies to every table row each step: with train.sampling={t.sampling} use model.lambda_reg"),
         (t.steps_per_epoch >= 0 and t.eval_users >= 0, "train.steps_per_epoch and train.eval_users must be >= 0"),
         (t.history_refresh >= 0, "train.history_refresh must be >= 0 (0: once per epoch)"),
+        (t.sampling == "history" or (t.history_refresh == 0 and t.history_grad == "seeds"),
+         "train.history_refresh and train.history_grad apply to train.sampling=history only"),
     ]
     for ok, msg in checks:
         if not ok:

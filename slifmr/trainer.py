@@ -325,8 +325,8 @@ def train_loop(
         loss, n_steps, sampling_seconds = _train_steps(
             strategy=strategy, graphs=graphs, batches=batches, subgraphs=subgraphs, memory=memory, epoch=epoch,
             steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
-            neighbour_grad=t.history_grad == "sampled", refresh=functools.partial(record_memory, model, graphs, spmm),
-            refresh_every=t.history_refresh)
+            neighbour_grad=t.history_grad == "sampled", refresh_every=t.history_refresh,
+            refresh=functools.partial(record_memory, model, graphs, spmm) if memory is not None else None)
         train_seconds = time.perf_counter() - t_steps
         subgraphs = memory = None  # released before inference and the next epoch's graphs (GBs at 10^6 users)
         graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights

@@ -205,6 +205,8 @@ CASES: dict[str, tuple[Setup, str]] = {
                                 "must not be 0 everywhere"),
     "history grad unknown": (lambda tmp: ["train", "--sampling", "history", "--set", "train.history_grad=all",
                                           "--out", "OUT"], "train.history_grad"),
+    "history option without history": (lambda tmp: ["train", "--sampling", "neighbor", "--set", "train.history_refresh=5",
+                                                     "--out", "OUT"], "apply to train.sampling=history only"),
     "history with user_aux": (lambda tmp: ["train", "--sampling", "history", "--set", "model.user_aux=true", "--out", "OUT"],
                               "cannot be used with train.sampling=history"),
     "fanout deeper than the views": (lambda tmp: ["train", "--sampling", "neighbor", "--fanout", "10,5,3", "--out", "OUT"],
