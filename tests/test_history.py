@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_neighbor import _batch, _model
+from test_neighbor import _batch, _model, assert_seeds_match_full_graph
 
 from slifmr.data.format import Dataset
 from slifmr.errors import ConfigError
@@ -37,13 +37,7 @@ def test_every_neighbour_with_a_fresh_memory_equals_the_full_graph(tiny_ds: Data
     model, graphs = _model(tiny_ds, *LAYERS)
     memory = record_memory(model, graphs)
     sub = _sample(model, graphs, tiny_ds, "-1")
-    users, z, views = model.encode(HistoryGraph(sub, memory, graphs))
-    ref_users, ref_z, ref_views = model.encode(FullGraph(graphs, training=True))
-    u_ids, i_ids = sub["user"].n_id[: users.shape[0]], sub["item"].n_id[: z.shape[0]]
-    torch.testing.assert_close(users, ref_users[u_ids], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(z, ref_z[i_ids], atol=1e-5, rtol=1e-5)
-    for name in ("cf", "kg", "mm"):
-        torch.testing.assert_close(views[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
+    assert_seeds_match_full_graph(model, graphs, sub, HistoryGraph(sub, memory, graphs))
     full = model(TrainingBatch.full(graphs, _batch(tiny_ds), torch.Generator()))
     sampled = model(history_batch(sub, memory, graphs, torch.Generator()))
     torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)
@@ -57,10 +51,8 @@ def test_a_fresh_memory_makes_any_sample_exact(tiny_ds: Dataset, neighbour_grad:
     model, graphs = _model(tiny_ds, *LAYERS)
     memory = record_memory(model, graphs)
     sub = _sample(model, graphs, tiny_ds, "1")
-    users, z, _ = model.encode(HistoryGraph(sub, memory, graphs, neighbour_grad=neighbour_grad))
-    ref_users, ref_z, _ = model.encode(FullGraph(graphs, training=True))
-    torch.testing.assert_close(z, ref_z[sub["item"].n_id[: z.shape[0]]], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(users, ref_users[sub["user"].n_id[: users.shape[0]]], atol=1e-5, rtol=1e-5)
+    assert_seeds_match_full_graph(model, graphs, sub, HistoryGraph(sub, memory, graphs, neighbour_grad=neighbour_grad),
+                                  views=())
 
 
 def test_a_stale_memory_is_corrected_exactly_at_the_first_hop(tiny_ds: Dataset) -> None:

@@ -119,16 +119,23 @@ def test_native_backend_agrees_in_distribution(tiny_ds: Dataset) -> None:  # pra
     assert abs(counts[0] - counts[1]) < 0.05 * counts[0]
 
 
-def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
-    model, graphs = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
-    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
-    users, z, views = model.encode(SampledSubgraph(sub))
+def assert_seeds_match_full_graph(model: SLIFMR, graphs: EpochGraphs, sub, graph,  # noqa: ANN001
+                                  views: tuple[str, ...] = ("cf", "kg", "mm")) -> None:
+    """The seeds' users, fused items and `views` on the sampled propagator `graph` equal the
+    full graph's rows."""
+    users, z, out = model.encode(graph)
     ref_users, ref_z, ref_views = model.encode(FullGraph(graphs, training=True))
     u_ids, i_ids = sub["user"].n_id[: users.shape[0]], sub["item"].n_id[: z.shape[0]]
     torch.testing.assert_close(users, ref_users[u_ids], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(z, ref_z[i_ids], atol=1e-5, rtol=1e-5)
-    for name in ("cf", "kg", "mm"):
-        torch.testing.assert_close(views[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
+    for name in views:
+        torch.testing.assert_close(out[name], ref_views[name][i_ids], atol=1e-5, rtol=1e-5)
+
+
+def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
+    model, graphs = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
+    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
+    assert_seeds_match_full_graph(model, graphs, sub, SampledSubgraph(sub))
     full = model(TrainingBatch.full(graphs, _batch(tiny_ds), torch.Generator()))
     sampled = model(sampled_batch(sub, graphs, torch.Generator()))
     torch.testing.assert_close(sampled["bpr"], full["bpr"], atol=1e-5, rtol=1e-5)

@@ -31,7 +31,6 @@ type of the active views), so pyg-lib is used when installed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,35 +56,21 @@ class HopMemory:
     aggregated: Tensor
 
 
-class RecordingGraph:
-    """A FullGraph whose hops are kept: {(view, i): HopMemory} in `memory`."""
+class RecordingGraph(FullGraph):
+    """The whole training graph (`FullGraph`, inference product `spmm`) whose hops are kept:
+    {(view, i): HopMemory} in `memory`."""
 
-    def __init__(self, graph: FullGraph):
-        self.graph = graph
+    def __init__(self, graphs: EpochGraphs, spmm: Spmm):
+        super().__init__(graphs, training=True, spmm=spmm)
         self.memory: dict[HopKey, HopMemory] = {}
         self._calls: dict[str, int] = {}
 
-    def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
-        return self.graph.rows(node_type, table, sparse)
-
-    def layout(self, view: str, x: dict[str, Tensor]) -> Tensor:
-        return self.graph.layout(view, x)
-
     def hop(self, view: str, x: Tensor, layer: int, num_layers: int) -> Tensor:
-        out = self.graph.hop(view, x, layer, num_layers)
+        out = super().hop(view, x, layer, num_layers)
         i = self._calls.get(view, 0)
         self._calls[view] = i + 1
         self.memory[(view, i)] = HopMemory(x.detach(), out.detach())
         return out
-
-    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, neigh: Tensor) -> Tensor:
-        return self.graph.apply(fn, x, neigh)
-
-    def seeds(self, view: str, x: Tensor, node_type: str) -> Tensor:
-        return self.graph.seeds(view, x, node_type)
-
-    def user_mean(self, item_rows: Tensor) -> Tensor:
-        return self.graph.user_mean(item_rows)
 
 
 @torch.no_grad()
@@ -96,7 +81,7 @@ def record_memory(model: SLIFMR, graphs: EpochGraphs, spmm: Spmm | None = None) 
 
     Memory: per hop, its input (nodes, d) and aggregation, float32; LightGCN's hops share
     storage (a hop's output is the next one's input)."""
-    graph = RecordingGraph(FullGraph(graphs, training=True, spmm=spmm or torch.sparse.mm))
+    graph = RecordingGraph(graphs, spmm or torch.sparse.mm)
     model.encode(graph)
     return graph.memory
 
