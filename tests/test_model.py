@@ -209,3 +209,33 @@ def test_device_follows_the_module_and_frozen_inputs_stay_out_of_checkpoints(tin
     triples = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
     model(TrainingBatch.full(g2, triples, torch.Generator(), "cpu"))["loss"].backward()
     assert model.representations(g2).full_scores(torch.tensor([0, 1])).shape == (2, tiny_ds.num_items)
+
+
+def test_kg_attention_is_kgats_per_edge_formula_with_repeated_edges() -> None:
+    """The attention from the per-relation layout equals pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h
+    + e_r), softmaxed over each head's edges, with an edge repeated under two relations summed
+    into one matrix entry (as the COO build coalesced it), in `full`, `items` and the transposes."""
+    from torch_geometric.utils import softmax
+
+    from slifmr.model.views import KGView
+
+    g = torch.Generator().manual_seed(0)
+    num_nodes, num_items, e = 12, 5, 60
+    heads, tails = torch.randint(0, num_nodes, (e,), generator=g), torch.randint(0, num_nodes, (e,), generator=g)
+    relations = torch.randint(0, 3, (e,), generator=g)
+    heads, tails = torch.cat([heads, heads[:4]]), torch.cat([tails, tails[:4]])  # same (h, t), another relation
+    relations = torch.cat([relations, (relations[:4] + 1) % 3])
+    kg = KnowledgeGraph(heads, relations, tails, num_nodes, 3, corr_relation=2)
+    view = KGView(3, 8, 1)
+    x = torch.randn(num_nodes, 8, generator=g)
+    att = view.attention(x, kg, num_items)
+    with torch.no_grad():
+        w = view.w_r[relations]
+        eh, et = torch.bmm(x[heads, None], w).squeeze(1), torch.bmm(x[tails, None], w).squeeze(1)
+        ref = softmax((et * torch.tanh(eh + view.relation.weight[relations])).sum(1), heads, num_nodes=num_nodes)
+    dense = torch.zeros(num_nodes, num_nodes).index_put_((heads, tails), ref, accumulate=True)
+    assert torch.allclose(att.full.to_dense(), dense, atol=1e-6)
+    assert torch.allclose(att.full_t.to_dense(), dense.T, atol=1e-6)
+    assert torch.allclose(att.items.to_dense(), dense[:num_items], atol=1e-6)
+    assert torch.allclose(att.items_t.to_dense(), dense[:num_items].T, atol=1e-6)
+    assert kg.attention_layout(num_items) is kg.attention_layout(num_items)  # built once per KG

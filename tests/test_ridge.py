@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny
 
@@ -15,12 +16,16 @@ from slifmr.data.format import TRAIN
 from slifmr.data.graphs import train_edges, training_matrix
 from slifmr.distributed.checkpoint import load_checkpoint
 from slifmr.model.ease import ease_weights, gram
+from slifmr.model import ridge
 from slifmr.model.ridge import ridge_scores, ridge_weights
 from slifmr.model.slifmr import Representations
 from slifmr.trainer import train_loop
 
 
-def test_weights_solve_each_items_ridge_regression_on_its_neighbours() -> None:
+@pytest.mark.parametrize("path", ["run gram", "gram computed here", "small chunks"])
+def test_weights_solve_each_items_ridge_regression_on_its_neighbours(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same solution whether G comes once per run (`item_gram`), per block of items (large
+    catalogues), or the systems are solved a few at a time."""
     ds = tiny()
     u, i = ds.edges(TRAIN)
     x = np.zeros((ds.num_users, ds.num_items))
@@ -28,7 +33,11 @@ def test_weights_solve_each_items_ridge_regression_on_its_neighbours() -> None:
     nbrs = torch.stack([torch.randperm(ds.num_items - 1, generator=torch.Generator().manual_seed(j))[:5] for j in
                         range(ds.num_items)])
     nbrs = nbrs + (nbrs >= torch.arange(ds.num_items)[:, None]).long()  # never the item itself
-    w = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 3.0).to_dense().double().numpy()
+    if path == "small chunks":
+        monkeypatch.setattr(ridge, "SOLVE_CHUNK", 3)
+        monkeypatch.setattr(ridge, "GRAM_BLOCK", 20)  # 3 items per Gram block
+    gram = ridge.item_gram(train_edges(ds), ds.num_users, ds.num_items) if path == "run gram" else None
+    w = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 3.0, gram).to_dense().double().numpy()
     g = x.T @ x
     for j in range(ds.num_items):
         n = nbrs[j].numpy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from slifmr.data.graphs import (
     train_edges,
     training_matrix,
 )
-from slifmr.model.ridge import ridge_weights
+from slifmr.model.ridge import item_gram, ridge_weights
 
 # torch flags CSR tensors as beta and warns about skipped invariant checks on every build;
 # our CSR tensors come from coalesced COO, so both warnings are noise here.
@@ -49,6 +49,34 @@ def transpose_csr(adj: Tensor) -> Tensor:
     """adj^T as CSR: a training step's backward multiplies by it (`slifmr.model.propagate.spmm`),
     so it is built once per graph rather than by torch's sparse backward on every step."""
     return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
+@dataclass(frozen=True)
+class CsrPattern:
+    """The sparsity pattern of an (R, C) CSR matrix over a fixed edge list, so that matrices with
+    new edge weights are built without sorting: `slot` (E,) is each edge's position among the
+    coalesced entries (edges on the same (row, column) share one, and their weights add, as
+    `to_csr` does), `crow` (R + 1,) and `col` (nnz,) the CSR structure."""
+
+    slot: Tensor
+    crow: Tensor
+    col: Tensor
+    shape: tuple[int, int]
+
+    @staticmethod
+    def of(edge_index: Tensor, n_rows: int, n_cols: int) -> CsrPattern:
+        """The pattern of the (n_rows, n_cols) matrix with an entry at every edge (2, E) (row, col)."""
+        keys, slot = torch.unique(edge_index[0] * n_cols + edge_index[1], return_inverse=True)
+        rows = torch.div(keys, n_cols, rounding_mode="floor")
+        crow = torch.zeros(n_rows + 1, dtype=torch.long)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+        return CsrPattern(slot, crow, keys - rows * n_cols, (n_rows, n_cols))
+
+    def matrix(self, weight: Tensor) -> Tensor:
+        """The CSR matrix with the edges' weights (E,), on weight's device."""
+        dev = weight.device
+        values = torch.zeros(self.col.numel(), device=dev).index_add_(0, self.slot.to(dev), weight.float())
+        return torch.sparse_csr_tensor(self.crow.to(dev), self.col.to(dev), values, self.shape)
 
 
 def csr_rows(adj: Tensor, start: int, stop: int) -> Tensor:
@@ -117,6 +145,56 @@ def fuse_item_graph(base: Graph | None, corr: Graph | None, beta: float, n: int)
     return coalesce(ei, w, num_nodes=n, reduce="sum")
 
 
+@dataclass(frozen=True)
+class RelationBlock:
+    """The edges of one relation r in KGAT's attention, with the distinct heads and tails they
+    touch, so that W_r e_h + e_r and its tanh are computed once per (head, relation) and W_r e_t
+    once per (tail, relation), not once per edge."""
+
+    relation: int
+    edges: Tensor  # (E_r,) positions in the KG's edge list
+    heads: Tensor  # (H_r,) distinct head nodes
+    head_of_edge: Tensor  # (E_r,) row of `heads` per edge
+    tails: Tensor  # (T_r,) distinct tail nodes
+    tail_of_edge: Tensor  # (E_r,) row of `tails` per edge
+
+
+@dataclass(frozen=True)
+class KGAttentionLayout:
+    """Everything KGAT's attention over one KG needs besides the weights, built once per KG(t)
+    (`KnowledgeGraph.attention_layout`): the attention is recomputed twice an epoch on the same
+    edges, and sorting them each time cost 3x the arithmetic. `relations`: one block per
+    relation with edges; `full`, `items` and their transposes: the patterns of `KGAttention`'s
+    matrices; `item_edges`: the edges whose head is an item (the rows of `items`)."""
+
+    relations: list[RelationBlock]
+    full: CsrPattern
+    items: CsrPattern
+    full_t: CsrPattern
+    items_t: CsrPattern
+    item_edges: Tensor
+
+    @staticmethod
+    def of(heads: Tensor, relations: Tensor, tails: Tensor, num_nodes: int, num_items: int) -> KGAttentionLayout:
+        order = torch.argsort(relations, stable=True)
+        num_relations = int(relations.max()) + 1 if relations.numel() else 0
+        bounds = torch.searchsorted(relations[order], torch.arange(num_relations + 1)).tolist()
+        blocks = []
+        for r in range(len(bounds) - 1):
+            edges = order[bounds[r] : bounds[r + 1]]
+            if edges.numel():
+                h, head_of = torch.unique(heads[edges], return_inverse=True)
+                t, tail_of = torch.unique(tails[edges], return_inverse=True)
+                blocks.append(RelationBlock(r, edges, h, head_of, t, tail_of))
+        edge_index, transposed = torch.stack([heads, tails]), torch.stack([tails, heads])
+        item_edges = torch.nonzero(heads < num_items).squeeze(1)
+        return KGAttentionLayout(
+            blocks, CsrPattern.of(edge_index, num_nodes, num_nodes),
+            CsrPattern.of(edge_index[:, item_edges], num_items, num_nodes),
+            CsrPattern.of(transposed, num_nodes, num_nodes),
+            CsrPattern.of(transposed[:, item_edges], num_nodes, num_items), item_edges)
+
+
 @dataclass
 class KnowledgeGraph:
     """The KG over one node space: items are nodes 0..N-1 (an item IS its linked entity;
@@ -131,6 +209,15 @@ class KnowledgeGraph:
     num_nodes: int
     num_relations: int
     corr_relation: int  # id of correlated_with (used once S(t) joins)
+    # attention layouts by number of items, built on first use (the edges never change)
+    _layouts: dict[int, KGAttentionLayout] = field(default_factory=dict, repr=False, compare=False)
+
+    def attention_layout(self, num_items: int) -> KGAttentionLayout:
+        """This KG's `KGAttentionLayout` (on the CPU), built once."""
+        if num_items not in self._layouts:
+            self._layouts[num_items] = KGAttentionLayout.of(self.heads.cpu(), self.relations.cpu(), self.tails.cpu(),
+                                                            self.num_nodes, num_items)
+        return self._layouts[num_items]
 
     @staticmethod
     def from_dataset(ds: Dataset, add_inverse: bool = True, min_triples: int = 1) -> KnowledgeGraph:
@@ -178,8 +265,9 @@ class KnowledgeGraph:
 class StaticGraphs:
     """What training never changes, built once (`from_dataset`): the training user-item edges
     (2, E), the frozen multimodal item graph A_mm (None without the MM view), the KG without
-    S(t) (None without the KG view), the (M, N) sparse COO training matrix X, and for
-    `model.user_aux` the (M, N) CSR row-mean over each user's training items."""
+    S(t) (None without the KG view), the (M, N) sparse COO training matrix X, for
+    `model.user_aux` the (M, N) CSR row-mean over each user's training items, and for the ridge
+    head the (N, N) Gram matrix X^T X when N <= ridge.GRAM_BLOCK (`ridge.item_gram`)."""
 
     num_users: int
     num_items: int
@@ -188,6 +276,7 @@ class StaticGraphs:
     kg: KnowledgeGraph | None
     interactions: Tensor
     user_item_mean: Tensor | None
+    item_gram: Tensor | None = None
 
     @staticmethod
     def from_dataset(ds: Dataset, cfg: ModelConfig, search: KnnFn | None = None) -> StaticGraphs:
@@ -202,7 +291,9 @@ class StaticGraphs:
         if cfg.user_aux:
             deg = torch.bincount(ui[0], minlength=ds.num_users).clamp_min(1).float()
             mean = to_csr(ui, 1.0 / deg[ui[0]], ds.num_users, ds.num_items)
-        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean)
+        ridge_on = cfg.ridge_weight > 0 and cfg.self_loop
+        gram = item_gram(ui, ds.num_users, ds.num_items) if ridge_on else None
+        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean, gram)
 
 
 @dataclass(frozen=True)
@@ -217,11 +308,11 @@ class KGAttention:
     items_t: Tensor
 
     @staticmethod
-    def from_edges(edge_index: Tensor, weight: Tensor, num_nodes: int, num_items: int) -> KGAttention:
-        """From the attention weights (E,) of KG(t)'s edges (2, E) (head, tail)."""
-        keep = edge_index[0] < num_items
-        full, items = to_csr(edge_index, weight, num_nodes), to_csr(edge_index[:, keep], weight[keep], num_items, num_nodes)
-        return KGAttention(full, items, transpose_csr(full), transpose_csr(items))
+    def from_layout(layout: KGAttentionLayout, weight: Tensor) -> KGAttention:
+        """From the attention weights (E,) of the edges of the KG `layout` was built for."""
+        item_weight = weight[layout.item_edges.to(weight.device)]
+        return KGAttention(layout.full.matrix(weight), layout.items.matrix(item_weight),
+                           layout.full_t.matrix(weight), layout.items_t.matrix(item_weight))
 
 
 @dataclass(frozen=True)
@@ -292,5 +383,6 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
     mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
     ridge = None
     if cfg.ridge_weight > 0 and neighbours is not None:
-        ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2).to(device)
+        ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2,
+                              static.item_gram).to(device)
     return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean, ridge)

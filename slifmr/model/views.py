@@ -59,22 +59,19 @@ class KGView(nn.Module):
     @torch.no_grad()
     def attention(self, x: Tensor, kg: KnowledgeGraph, num_items: int) -> KGAttention:
         """x: (num_nodes, d) node embeddings, items first, on the model's device; kg's index
-        tensors may be on the CPU."""
+        tensors may be on the CPU. Per relation, tanh(W_r e_h + e_r) is computed once per
+        distinct head and W_r e_t once per distinct tail (`KGAttentionLayout`)."""
         dev = x.device
-        heads, tails, relations = kg.heads.to(dev), kg.tails.to(dev), kg.relations.to(dev)
-        score = torch.empty(heads.numel(), device=dev)
-        order = torch.argsort(relations, stable=True)
-        bounds = torch.searchsorted(relations[order], torch.arange(kg.num_relations + 1, device=dev)).tolist()
-        for r in range(kg.num_relations):
-            idx = order[bounds[r] : bounds[r + 1]]
-            if idx.numel() == 0:
-                continue
-            w = self.w_r[r]
-            eh = x[heads[idx]] @ w
-            et = x[tails[idx]] @ w
-            score[idx] = (et * torch.tanh(eh + self.relation.weight[r])).sum(1)
-        att = softmax(score, heads, num_nodes=kg.num_nodes)
-        return KGAttention.from_edges(torch.stack([heads, tails]), att, kg.num_nodes, num_items)
+        layout = kg.attention_layout(num_items)
+        score = torch.empty(kg.heads.numel(), device=dev)
+        for block in layout.relations:
+            w = self.w_r[block.relation]
+            head_part = torch.tanh(x[block.heads.to(dev)] @ w + self.relation.weight[block.relation])
+            tail_part = x[block.tails.to(dev)] @ w
+            score[block.edges.to(dev)] = torch.einsum(
+                "ed,ed->e", tail_part[block.tail_of_edge.to(dev)], head_part[block.head_of_edge.to(dev)])
+        att = softmax(score, kg.heads.to(dev), num_nodes=kg.num_nodes)
+        return KGAttention.from_layout(layout, att)
 
     def _layer(self, layer: int, ego: Tensor, neigh: Tensor) -> Tensor:
         return F.leaky_relu(self.sum_proj[layer](ego + neigh)) + F.leaky_relu(self.prod_proj[layer](ego * neigh))
