@@ -214,7 +214,8 @@ def test_device_follows_the_module_and_frozen_inputs_stay_out_of_checkpoints(tin
 def test_kg_attention_is_kgats_per_edge_formula_with_repeated_edges() -> None:
     """The attention from the per-relation layout equals pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h
     + e_r), softmaxed over each head's edges, with an edge repeated under two relations summed
-    into one matrix entry (as the COO build coalesced it), in `full`, `items` and the transposes."""
+    into one matrix entry (as the COO build coalesced it), in `full`, its item rows' blocks and the
+    transposes."""
     from torch_geometric.utils import softmax
 
     from slifmr.model.views import KGView
@@ -236,6 +237,7 @@ def test_kg_attention_is_kgats_per_edge_formula_with_repeated_edges() -> None:
     dense = torch.zeros(num_nodes, num_nodes).index_put_((heads, tails), ref, accumulate=True)
     assert torch.allclose(att.full.to_dense(), dense, atol=1e-6)
     assert torch.allclose(att.full_t.to_dense(), dense.T, atol=1e-6)
-    assert torch.allclose(att.items.to_dense(), dense[:num_items], atol=1e-6)
-    assert torch.allclose(att.items_t.to_dense(), dense[:num_items].T, atol=1e-6)
+    for part, block in (("from_items", dense[:num_items, :num_items]), ("from_entities", dense[:num_items, num_items:])):
+        assert torch.allclose(getattr(att, part).to_dense(), block, atol=1e-6)
+        assert torch.allclose(getattr(att, part + "_t").to_dense(), block.T, atol=1e-6)
     assert kg.attention_layout(num_items) is kg.attention_layout(num_items)  # built once per KG

@@ -169,10 +169,13 @@ class KGAttentionLayout:
 
     relations: list[RelationBlock]
     full: CsrPattern
-    items: CsrPattern
     full_t: CsrPattern
-    items_t: CsrPattern
-    item_edges: Tensor
+    from_items: CsrPattern
+    from_items_t: CsrPattern
+    from_entities: CsrPattern
+    from_entities_t: CsrPattern
+    from_item_edges: Tensor
+    from_entity_edges: Tensor
 
     @staticmethod
     def of(heads: Tensor, relations: Tensor, tails: Tensor, num_nodes: int, num_items: int) -> KGAttentionLayout:
@@ -186,13 +189,17 @@ class KGAttentionLayout:
                 h, head_of = torch.unique(heads[edges], return_inverse=True)
                 t, tail_of = torch.unique(tails[edges], return_inverse=True)
                 blocks.append(RelationBlock(r, edges, h, head_of, t, tail_of))
-        edge_index, transposed = torch.stack([heads, tails]), torch.stack([tails, heads])
-        item_edges = torch.nonzero(heads < num_items).squeeze(1)
+        n, e = num_items, num_nodes - num_items
+        into_item = heads < n
+        from_items = torch.nonzero(into_item & (tails < n)).squeeze(1)
+        from_entities = torch.nonzero(into_item & (tails >= n)).squeeze(1)
+        ii = torch.stack([heads[from_items], tails[from_items]])
+        ie = torch.stack([heads[from_entities], tails[from_entities] - n])
         return KGAttentionLayout(
-            blocks, CsrPattern.of(edge_index, num_nodes, num_nodes),
-            CsrPattern.of(edge_index[:, item_edges], num_items, num_nodes),
-            CsrPattern.of(transposed, num_nodes, num_nodes),
-            CsrPattern.of(transposed[:, item_edges], num_nodes, num_items), item_edges)
+            blocks, CsrPattern.of(torch.stack([heads, tails]), num_nodes, num_nodes),
+            CsrPattern.of(torch.stack([tails, heads]), num_nodes, num_nodes),
+            CsrPattern.of(ii, n, n), CsrPattern.of(ii.flip(0), n, n),
+            CsrPattern.of(ie, n, e), CsrPattern.of(ie.flip(0), e, n), from_items, from_entities)
 
 
 @dataclass
@@ -298,21 +305,27 @@ class StaticGraphs:
 
 @dataclass(frozen=True)
 class KGAttention:
-    """KGAT attention over KG(t) from the model's current weights: `full` (nodes, nodes) CSR and
-    `items` (N, nodes) CSR, its item rows (the last layer needs only those); `full_t`, `items_t`
-    their transposes, for the backward of training steps."""
+    """KGAT attention over KG(t) from the model's current weights: `full` (nodes, nodes) CSR, and
+    its item rows (the last layer needs only those) split by column into messages from items
+    `from_items` (N, N) and from entities `from_entities` (N, nodes - N), so a step multiplies
+    the item and entity tables as they are, never a copy of both; `*_t`: their transposes, for
+    the backward of training steps."""
 
     full: Tensor
-    items: Tensor
     full_t: Tensor
-    items_t: Tensor
+    from_items: Tensor
+    from_items_t: Tensor
+    from_entities: Tensor
+    from_entities_t: Tensor
 
     @staticmethod
     def from_layout(layout: KGAttentionLayout, weight: Tensor) -> KGAttention:
         """From the attention weights (E,) of the edges of the KG `layout` was built for."""
-        item_weight = weight[layout.item_edges.to(weight.device)]
-        return KGAttention(layout.full.matrix(weight), layout.items.matrix(item_weight),
-                           layout.full_t.matrix(weight), layout.items_t.matrix(item_weight))
+        dev = weight.device
+        w_items, w_entities = weight[layout.from_item_edges.to(dev)], weight[layout.from_entity_edges.to(dev)]
+        return KGAttention(layout.full.matrix(weight), layout.full_t.matrix(weight),
+                           layout.from_items.matrix(w_items), layout.from_items_t.matrix(w_items),
+                           layout.from_entities.matrix(w_entities), layout.from_entities_t.matrix(w_entities))
 
 
 @dataclass(frozen=True)

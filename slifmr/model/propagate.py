@@ -7,7 +7,8 @@ neighbor-sampled subgraph (`slifmr.sampling.neighbor.SampledSubgraph`).
 
 Node features travel in the propagator's own layout, written `X` below: `FullGraph` keeps one
 (nodes, d) tensor per view with the nodes in their adjacency's order (users before items,
-items before entities); a sampled subgraph keeps {node type: (nodes kept so far, d)}.
+items before entities; the KG view's as the pair (items, entities) until a hop needs all
+nodes, `whole`); a sampled subgraph keeps {node type: (nodes kept so far, d)}.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ class FullGraph:
     def rows(self, node_type: str, table: Tensor, sparse: bool = False) -> Tensor:
         return table
 
-    def layout(self, view: str, x: dict[str, Tensor]) -> Tensor:
+    def layout(self, view: str, x: dict[str, Tensor]) -> Tensor | tuple[Tensor, Tensor]:
         parts = [x[t] for t in VIEW_NODE_TYPES[view] if t in x]
+        if view == "kg" and len(parts) == 2:
+            return parts[0], parts[1]  # (items, entities): concatenated only where a hop needs all nodes
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def hop(self, view: str, x: Tensor, layer: int, num_layers: int) -> Tensor:
@@ -105,23 +108,35 @@ class FullGraph:
         att = self.graphs.kg_attention
         if att is None:
             raise RuntimeError("the KG view needs the epoch's attention: graphs = model.attend(graphs)")
-        # the last layer's output is read at the items only: their rows suffice
-        last = layer == num_layers - 1
-        return self._product(att.items if last else att.full, att.items_t if last else att.full_t, x)
+        if layer < num_layers - 1:
+            return self._product(att.full, att.full_t, whole(x))
+        # the last layer's output is read at the items only: their rows suffice, from the item
+        # and entity rows as they are (a copy of both tables and its backward cost more than
+        # the product on ml-100k, where the steps are memory-bound)
+        items, entities = x if isinstance(x, tuple) else (x[: self.graphs.num_items], x[self.graphs.num_items :])
+        return (self._product(att.from_items, att.from_items_t, items)
+                + self._product(att.from_entities, att.from_entities_t, entities))
 
-    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, neigh: Tensor) -> Tensor:
-        return fn(x[: neigh.shape[0]], neigh)
+    def apply(self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor | tuple[Tensor, Tensor], neigh: Tensor) -> Tensor:
+        if isinstance(x, tuple) and neigh.shape[0] == x[0].shape[0]:
+            return fn(x[0], neigh)
+        return fn(whole(x)[: neigh.shape[0]], neigh)
 
-    def seeds(self, view: str, x: Tensor, node_type: str) -> Tensor:
+    def seeds(self, view: str, x: Tensor | tuple[Tensor, Tensor], node_type: str) -> Tensor:
         m, n = self.graphs.num_users, self.graphs.num_items
         if view == "cf":
             return x[:m] if node_type == "user" else x[m:]
-        return x[:n]
+        return x[0] if isinstance(x, tuple) else x[:n]
 
     def user_mean(self, item_rows: Tensor) -> Tensor:
         if self.graphs.user_item_mean is None:
             raise RuntimeError("model.user_aux: the graphs were built without it")
         return torch.sparse.mm(self.graphs.user_item_mean, item_rows)
+
+
+def whole(x: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """A FullGraph layout as one (nodes, d) tensor (the KG view's is kept as (items, entities))."""
+    return torch.cat(x) if isinstance(x, tuple) else x
 
 
 def layerwise_spmm(chunk: int = 65536, sharding: RowSharding | None = None) -> Spmm:

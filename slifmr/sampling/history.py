@@ -39,7 +39,7 @@ from torch_geometric.data import HeteroData
 
 from slifmr.errors import ConfigError
 from slifmr.model.graphs import EpochGraphs
-from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm
+from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm, whole
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, SeedsFirst, parse_fanout
 
@@ -69,7 +69,7 @@ class RecordingGraph(FullGraph):
         out = super().hop(view, x, layer, num_layers)
         i = self._calls.get(view, 0)
         self._calls[view] = i + 1
-        self.memory[(view, i)] = HopMemory(x.detach(), out.detach())
+        self.memory[(view, i)] = HopMemory(whole(x).detach(), out.detach())
         return out
 
 
