@@ -33,7 +33,7 @@ def profile(variant: str, steps: int, top: int) -> dict:
     ds = resolve_dataset(cfg)
     model, static = build_model(cfg, ds)
     graphs = model.attend(epoch_graphs(static, None, cfg.model, torch.Generator().manual_seed(0)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)  # as the trainer's DDPStrategy
     sampler = BPRSampler(*training_pairs(ds), ds.num_items, cfg.train.batch_size, 1)
     batches = [b for _, b in zip(range(steps + 1), sampler.epoch(1))]
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import tiny
 
 from slifmr.data.format import TEST, TRAIN, VALID
-from slifmr.data.split import split_per_user
+from slifmr.data.split import grouped_random_order, split_per_user
 
 
 def test_split_is_seeded_per_user_8_1_1() -> None:
@@ -31,3 +32,14 @@ def test_every_user_keeps_training_data_and_splits_are_disjoint() -> None:
     assert np.unique(keys).size == keys.size  # each pair in exactly one split
     ratio = np.bincount(ds.split) / ds.split.size
     assert 0.65 < ratio[TRAIN] < 0.85 and 0.07 < ratio[VALID] < 0.17
+
+
+@pytest.mark.parametrize("users", [50, 2**40, 2**52])
+def test_grouped_random_order_is_lexsort_even_where_float_keys_tie(users: int) -> None:
+    """user + r loses r's low bits as user grows (at 2^52 every key of a user ties): the order
+    stays np.lexsort((r, user)) exactly, which keeps every seeded split bit for bit."""
+    rng = np.random.default_rng(0)
+    user = rng.integers(users - 50, users, 5000).astype(np.int64)
+    r = rng.random(5000)
+    r[:10] = r[10:20]  # equal draws: lexsort keeps their positions' order
+    assert np.array_equal(grouped_random_order(user, r), np.lexsort((r, user)))

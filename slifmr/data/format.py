@@ -353,11 +353,13 @@ def validate(ds: Dataset, root: Path | None = None) -> None:
         i = _first(bad)
         raise DataError(str(p), f"split {ds.split[i]} is not 0 (train), 1 (valid) or 2 (test)", column="split", row=i)
     key = ds.user * np.int64(ds.num_items) + ds.item
-    order = np.argsort(key, kind="stable")
-    dup = np.flatnonzero(key[order][1:] == key[order][:-1])
-    if dup.size:
+    ordered = np.sort(key)  # an unstable sort detects; the stable one below only names the row
+    if (ordered[1:] == ordered[:-1]).any():
+        order = np.argsort(key, kind="stable")
+        dup = np.flatnonzero(key[order][1:] == key[order][:-1])
         i = int(order[dup[0] + 1])
         raise DataError(str(p), f"duplicate (user, item) pair ({ds.user[i]}, {ds.item[i]})", column="item", row=i)
+    del ordered
     for s, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
         if not (ds.split == s).any():
             raise DataError(str(p), f"the {name} split is empty", column="split")

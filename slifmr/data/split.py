@@ -16,7 +16,7 @@ def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_r
     """
     n = user.shape[0]
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(n), user))  # grouped by user, random inside a user
+    order = grouped_random_order(user, rng.random(n))
     sorted_users = user[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
     counts = np.diff(np.r_[starts, n])
@@ -31,3 +31,21 @@ def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_r
     split = np.empty(n, np.int8)
     split[order] = code
     return split
+
+
+def grouped_random_order(user: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """np.lexsort((r, user)) exactly (grouped by user, by r inside a user, ties by position),
+    in one sort of the float keys user + r: half the time of lexsort's two sorts.
+
+    user: (n,) int64 >= 0 (below 2^53); r: (n,) float64 in [0, 1). user + r is monotone in (user,
+    r), so it orders every pair whose keys differ as lexsort does; where rounding made keys
+    equal, those positions are put in lexsort's order by a lexsort of just them."""
+    key = user + r
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    tie = ordered[1:] == ordered[:-1]
+    if tie.any():
+        at = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])  # every position in a run of equal keys
+        rows = order[at]
+        order[at] = rows[np.lexsort((rows, r[rows], user[rows]))]
+    return order
