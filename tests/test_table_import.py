@@ -167,3 +167,15 @@ def test_metadata_rows_in_two_batches_and_an_item_column_of_their_own(tmp_path: 
     meta = ds.items.to_pydict()
     assert meta["item"] == [0, 1, 2] and meta["item_"] == ["x", "y", "z"] and meta["title"] == ["A", "B", "C"]
     assert ds.provenance["import"]["item_rows_dropped"] == 1
+
+
+def test_min_per_key_packs_or_sorts_indirectly_with_the_same_result() -> None:
+    """The smallest value per key, whether (key, value) packs into one int64 or not."""
+    from slifmr.data.table import _min_per_key
+
+    rng = np.random.default_rng(0)
+    value = rng.permutation(3000).astype(np.int64)
+    for high in (50, 2**61):  # packs; does not (key * span overflows int64)
+        key = rng.integers(high - 50, high, 3000).astype(np.int64)
+        expected = np.array([value[key == k].min() for k in np.unique(key)])
+        assert np.array_equal(_min_per_key(key, value), expected)

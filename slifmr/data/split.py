@@ -21,13 +21,13 @@ def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_r
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
     counts = np.diff(np.r_[starts, n])
     rank = np.arange(n) - np.repeat(starts, counts)
-    c = np.repeat(counts, counts)
-    n_test = np.where(c >= 3, np.maximum(1, np.rint(c * test_ratio)), 0).astype(np.int64)
-    n_valid = np.where(c >= 3, np.maximum(1, np.rint(c * valid_ratio)), 0).astype(np.int64)
-    n_train = c - n_test - n_valid
+    # per user, then repeated per row: the row-wise arithmetic was a third of an import's split
+    n_test = np.where(counts >= 3, np.maximum(1, np.rint(counts * test_ratio)), 0).astype(np.int64)
+    n_valid = np.where(counts >= 3, np.maximum(1, np.rint(counts * valid_ratio)), 0).astype(np.int64)
+    n_train = counts - n_test - n_valid
     code = np.full(n, TRAIN, np.int8)
-    code[(rank >= n_train) & (rank < n_train + n_valid)] = VALID
-    code[rank >= n_train + n_valid] = TEST
+    code[rank >= np.repeat(n_train, counts)] = VALID
+    code[rank >= np.repeat(n_train + n_valid, counts)] = TEST
     split = np.empty(n, np.int8)
     split[order] = code
     return split
@@ -35,17 +35,27 @@ def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_r
 
 def grouped_random_order(user: np.ndarray, r: np.ndarray) -> np.ndarray:
     """np.lexsort((r, user)) exactly (grouped by user, by r inside a user, ties by position),
-    in one sort of the float keys user + r: half the time of lexsort's two sorts.
+    from one plain sort instead of lexsort's two indirect ones (3x faster at 10^7 rows).
 
-    user: (n,) int64 >= 0 (below 2^53); r: (n,) float64 in [0, 1). user + r is monotone in (user,
-    r), so it orders every pair whose keys differ as lexsort does; where rounding made keys
-    equal, those positions are put in lexsort's order by a lexsort of just them."""
-    key = user + r
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    tie = ordered[1:] == ordered[:-1]
+    user: (n,) int64 >= 0; r: (n,) float64 in [0, 1). Each row becomes one int64 key (user, the
+    leading bits of r, position), so sorting the keys orders the rows as lexsort does wherever
+    those leading bits differ; the rows whose user and leading bits tie are then put in exact
+    order by a lexsort of just them. Without room for 8 bits of r, the key is user + r (float)."""
+    n, user = user.size, user.astype(np.int64, copy=False)
+    bits_user, bits_row = max(1, int(user.max(initial=0)).bit_length()), max(1, (n - 1).bit_length())
+    bits_r = 63 - bits_user - bits_row
+    if bits_r >= 8:
+        key = (user << (bits_r + bits_row)) | (np.floor(r * 2.0**bits_r).astype(np.int64) << bits_row) | np.arange(n)
+        key.sort()
+        order = key & ((1 << bits_row) - 1)
+        head = key >> bits_row  # (user, leading bits of r)
+    else:
+        head = user + r
+        order = np.argsort(head, kind="stable")
+        head = head[order]
+    tie = head[1:] == head[:-1]
     if tie.any():
-        at = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])  # every position in a run of equal keys
+        at = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])  # every position in a run of equal heads
         rows = order[at]
         order[at] = rows[np.lexsort((rows, r[rows], user[rows]))]
     return order
