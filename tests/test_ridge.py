@@ -15,8 +15,8 @@ from slifmr.config import load_config
 from slifmr.data.format import TRAIN
 from slifmr.data.graphs import train_edges, training_matrix
 from slifmr.distributed.checkpoint import load_checkpoint
-from slifmr.model.ease import ease_weights, gram
 from slifmr.model import ridge
+from slifmr.model.ease import ease_weights, gram
 from slifmr.model.ridge import ridge_scores, ridge_weights
 from slifmr.model.slifmr import Representations
 from slifmr.trainer import train_loop

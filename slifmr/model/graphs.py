@@ -164,8 +164,9 @@ class KGAttentionLayout:
     """Everything KGAT's attention over one KG needs besides the weights, built once per KG(t)
     (`KnowledgeGraph.attention_layout`): the attention is recomputed twice an epoch on the same
     edges, and sorting them each time cost 3x the arithmetic. `relations`: one block per
-    relation with edges; `full`, `items` and their transposes: the patterns of `KGAttention`'s
-    matrices; `item_edges`: the edges whose head is an item (the rows of `items`)."""
+    relation with edges; `full`, `from_items`, `from_entities` and their transposes: the
+    patterns of `KGAttention`'s matrices; `from_item_edges`, `from_entity_edges`: the edges from
+    an item or an entity into an item (the entries of `from_items`, `from_entities`)."""
 
     relations: list[RelationBlock]
     full: CsrPattern
