@@ -263,3 +263,20 @@ def test_torch_ddp_takes_the_same_steps_as_the_flat_all_reduce(tmp_path: Path, t
     for r in run_on_two("_grad_sync_job", tmp_path, str(tiny_path), str(tmp_path / "runs")):
         assert r["ddp"]["valid"] == pytest.approx(r["dense"]["valid"], abs=1e-6)
         assert r["ddp"]["test"] == pytest.approx(r["dense"]["test"], abs=1e-6)
+
+
+def test_adam_state_saved_unfused_loads_into_fused_adam() -> None:
+    """Checkpoints written before fused Adam hold fused=None in their groups: loading one keeps
+    this run's fused update, and the moments come back."""
+    from torch import nn
+
+    from slifmr.distributed.strategy import DDPStrategy
+
+    model = nn.Linear(3, 2)
+    before = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    before.step()
+    strategy = DDPStrategy(model, 1e-3, 0.0, Comm.current())
+    strategy.load_state_dict(before.state_dict())
+    assert strategy.optimizer.param_groups[0]["fused"] is True
+    assert torch.equal(strategy.optimizer.state[model.weight]["exp_avg"], before.state[model.weight]["exp_avg"])

@@ -241,3 +241,11 @@ def test_kg_attention_is_kgats_per_edge_formula_with_repeated_edges() -> None:
         assert torch.allclose(getattr(att, part).to_dense(), block, atol=1e-6)
         assert torch.allclose(getattr(att, part + "_t").to_dense(), block.T, atol=1e-6)
     assert kg.attention_layout(num_items) is kg.attention_layout(num_items)  # built once per KG
+
+
+def test_a_replaced_kg_builds_its_own_attention_layout() -> None:
+    kg = KnowledgeGraph(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([2, 3]), 4, 1, corr_relation=0)
+    assert kg.attention_layout(2).full.col.numel() == 2
+    more = dataclasses.replace(kg, heads=torch.tensor([0, 1, 1]), relations=torch.tensor([0, 0, 0]),
+                               tails=torch.tensor([2, 3, 2]))
+    assert more.attention_layout(2).full.col.numel() == 3  # not the first KG's cached layout

@@ -105,3 +105,9 @@ def test_a_run_saved_before_the_head_existed_keeps_it_off() -> None:
     assert saved_config(old).model.ridge_weight == 0.0
     assert from_dict(old).model.ridge_weight == Config().model.ridge_weight > 0
     assert saved_config(Config().to_dict()).model.ridge_weight == Config().model.ridge_weight
+
+
+def test_no_neighbours_give_an_empty_head() -> None:
+    ds = tiny()
+    w_t = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, torch.zeros(ds.num_items, 0, dtype=torch.long), 1.0)
+    assert w_t.shape == (ds.num_items, ds.num_items) and w_t.values().numel() == 0

@@ -179,3 +179,17 @@ def test_min_per_key_packs_or_sorts_indirectly_with_the_same_result() -> None:
         key = rng.integers(high - 50, high, 3000).astype(np.int64)
         expected = np.array([value[key == k].min() for k in np.unique(key)])
         assert np.array_equal(_min_per_key(key, value), expected)
+
+
+def test_foreign_dictionaries_repeated_or_null_entries(tmp_path: Path) -> None:
+    """A dictionary-encoded id column from another writer may repeat an entry ('a' twice: one
+    id, one user) or hold a null entry that rows use (a missing id, named by its row)."""
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"user_id": ["x"]}), path)
+    table = table_mod.open_table(path, ["user_id"])
+    repeated = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], pa.int32()), pa.array(["a", "b", "a"]))
+    ids = table_mod.id_tokens(table, repeated, 0, "user_id")
+    assert ids.dictionary.to_pylist() == ["a", "b"] and ids.indices.to_pylist() == [0, 1, 0, 0]
+    with_null = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1], pa.int32()), pa.array(["a", None]))
+    with pytest.raises(DataError, match="row 2.*missing id"):
+        table_mod.id_tokens(table, with_null, 0, "user_id")

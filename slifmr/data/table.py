@@ -160,8 +160,9 @@ def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Dicti
             raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
         arr = pc.dictionary_encode(arr)
     values, indices = arr.dictionary, arr.indices
-    if indices.null_count:
-        i = _first(np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+    if indices.null_count or values.null_count:  # a null index, or an index of a null entry
+        missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
+        i = _first(np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool))
         raise DataError(table.where(offset + i), "missing id", column=column)
     if pa.types.is_integer(values.type):
         text = pc.cast(values, pa.string())
@@ -176,9 +177,9 @@ def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Dicti
         raw = values[entry].as_py()
         why = "empty id" if not str(raw).strip() else f"id {_show(raw)} holds a control character"
         raise DataError(table.where(offset + i), why, column=column)
-    if pa.types.is_integer(values.type) or pc.all(pc.equal(text, values)).as_py():
-        return pa.DictionaryArray.from_arrays(indices, text)  # nothing trimmed: the entries stay distinct
-    merged = pc.dictionary_encode(text)  # 'u1 ' and 'u1' become one entry
+    # always re-encoded: 'u1 ' and 'u1' become one entry, and so do repeated entries of a
+    # foreign writer's dictionary (checking for either costs as much as re-encoding)
+    merged = pc.dictionary_encode(text)
     return pa.DictionaryArray.from_arrays(merged.indices.take(indices), merged.dictionary)
 
 

@@ -110,11 +110,17 @@ class DDPStrategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.table_optimizer is None:
-            self.optimizer.load_state_dict(state)
+            self._load_dense(state)
         else:
             if self.optimizer is not None:
-                self.optimizer.load_state_dict(state["dense"])
+                self._load_dense(state["dense"])
             self.table_optimizer.load_state_dict(state["tables"])
+
+    def _load_dense(self, state: dict[str, Any]) -> None:
+        """Adam's state, keeping this run's `fused` choice: a checkpoint saved before fused Adam
+        holds fused=None in its groups, which torch would otherwise restore."""
+        fused = self.optimizer.param_groups[0]["fused"]
+        self.optimizer.load_state_dict({**state, "param_groups": [{**g, "fused": fused} for g in state["param_groups"]]})
 
 
 class DeepSpeedStrategy:

@@ -75,7 +75,8 @@ class CsrPattern:
     def matrix(self, weight: Tensor) -> Tensor:
         """The CSR matrix with the edges' weights (E,), on weight's device."""
         dev = weight.device
-        values = torch.zeros(self.col.numel(), device=dev).index_add_(0, self.slot.to(dev), weight.float())
+        values = torch.zeros(self.col.numel(), dtype=torch.float32, device=dev).index_add_(
+            0, self.slot.to(dev), weight.float())
         return torch.sparse_csr_tensor(self.crow.to(dev), self.col.to(dev), values, self.shape)
 
 
@@ -217,8 +218,9 @@ class KnowledgeGraph:
     num_nodes: int
     num_relations: int
     corr_relation: int  # id of correlated_with (used once S(t) joins)
-    # attention layouts by number of items, built on first use (the edges never change)
-    _layouts: dict[int, KGAttentionLayout] = field(default_factory=dict, repr=False, compare=False)
+    # attention layouts by number of items, built on first use; not an init field, so
+    # dataclasses.replace / a new KG never inherits another edge list's layouts
+    _layouts: dict[int, KGAttentionLayout] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def attention_layout(self, num_items: int) -> KGAttentionLayout:
         """This KG's `KGAttentionLayout` (on the CPU), built once."""

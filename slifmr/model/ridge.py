@@ -56,6 +56,9 @@ def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: 
     None). Solved in float32 by Cholesky. Every worker solves every item
     (the result is the same on each); at 10^6 items that is about 25,000 blocks per fusion."""
     n, k = neighbours.shape
+    if k == 0:  # a one-item catalogue: no neighbours, no weights
+        return torch.sparse_csr_tensor(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                       torch.zeros(0), (n, n))
     # sorted rows: each system's gather reads its rows of G in address order, and the
     # neighbours are already the CSR column order of W^T
     nbrs = torch.sort(neighbours.cpu().int(), dim=1).values
@@ -82,7 +85,9 @@ def _solve(g: Tensor, pos_nb: Tensor, pos_j: Tensor, l2: float) -> Tensor:
     """(c, k) solutions of (g[N, N] + l2 I) w = g[N, j] for the c systems with neighbour rows
     pos_nb (c, k) and target rows pos_j (c,) of g (C, C), both int32."""
     c, k = pos_nb.shape
-    flat, size = g.reshape(-1), g.shape[1]
+    flat, size = g.cpu().reshape(-1), g.shape[1]
+    if size * size >= 2**31:  # flat positions past int32
+        pos_nb, pos_j = pos_nb.long(), pos_j.long()
     out = torch.empty(c, k)
     for start in range(0, c, SOLVE_CHUNK):
         nb = pos_nb[start : start + SOLVE_CHUNK]
