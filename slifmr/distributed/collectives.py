@@ -123,7 +123,7 @@ class Comm:
         # every rank's touched-row count of every table: (world, tables)
         counts = self._gather_padded(torch.tensor([r.numel() for r, _ in touched], dtype=torch.long)).view(
             self.world_size, -1) if grads else torch.zeros(self.world_size, 0, dtype=torch.long)
-        out: list[Tensor | None] = [None] * len(grads)
+        out = list(grads)  # each entry replaced by its average below
         to_reduce = list(also_dense or [])
         sparse_tables = []
         for t, grad in enumerate(grads):
@@ -170,7 +170,7 @@ class Comm:
                     out[t] = torch.sparse_coo_tensor(t_ids[None], t_vals, grad.shape)
                 else:
                     out[t] = grad.zero_().index_add_(0, t_ids, t_vals)
-        return [g for g in out if g is not None]
+        return out
 
     def _gather_padded(self, t: Tensor) -> Tensor:
         on = t.to(self.device)

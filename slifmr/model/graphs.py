@@ -51,6 +51,13 @@ def transpose_csr(adj: Tensor) -> Tensor:
     return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
+def crow_indices(rows: Tensor, n_rows: int) -> Tensor:
+    """(n_rows + 1,) CSR row pointers of entries with these row ids (E,), listed row by row."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return crow
+
+
 @dataclass(frozen=True)
 class CsrPattern:
     """The sparsity pattern of an (R, C) CSR matrix over a fixed edge list, so that matrices with
@@ -68,9 +75,7 @@ class CsrPattern:
         """The pattern of the (n_rows, n_cols) matrix with an entry at every edge (2, E) (row, col)."""
         keys, slot = torch.unique(edge_index[0] * n_cols + edge_index[1], return_inverse=True)
         rows = torch.div(keys, n_cols, rounding_mode="floor")
-        crow = torch.zeros(n_rows + 1, dtype=torch.long)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
-        return CsrPattern(slot, crow, keys - rows * n_cols, (n_rows, n_cols))
+        return CsrPattern(slot, crow_indices(rows, n_rows), keys - rows * n_cols, (n_rows, n_cols))
 
     def matrix(self, weight: Tensor) -> Tensor:
         """The CSR matrix with the edges' weights (E,), on weight's device."""

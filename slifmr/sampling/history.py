@@ -38,7 +38,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from slifmr.errors import ConfigError
-from slifmr.model.graphs import EpochGraphs
+from slifmr.model.graphs import EpochGraphs, crow_indices
 from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm, whole
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, SeedsFirst, parse_fanout
@@ -112,9 +112,7 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
     """A CSR matrix from (row, col, value) entries without repeats: one stable sort by row
     (cheaper than coalescing, which sorts by (row, col) and merges repeats)."""
     order = torch.argsort(rows, stable=True)
-    crow = torch.zeros(shape[0] + 1, dtype=torch.long)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
-    return torch.sparse_csr_tensor(crow, cols[order], values[order], shape)
+    return torch.sparse_csr_tensor(crow_indices(rows, shape[0]), cols[order], values[order], shape)
 
 
 class HistoryGraph(SeedsFirst):
