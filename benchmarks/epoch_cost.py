@@ -2,8 +2,9 @@
 side in one run with nothing else on the machine.
 
     python benchmarks/epoch_cost.py --variants lightgcn freedom slifmr --epochs 8
+    python benchmarks/epoch_cost.py --variants lightgcn slifmr lightgcn:train.batch_size=4096,train.lr=0.01
 
-Each variant trains `--epochs` epochs with 1 torch thread, one after the other, through
+A variant may carry config overrides after a colon (comma-separated key=value). Each trains `--epochs` epochs with 1 torch thread, one after the other, through
 `slifmr train`; the table gives the mean over epochs 2.. (epoch 1 has no fusion) of the epoch's
 wall seconds and its parts (training steps, fusion: S(t), the epoch's graphs and the ridge head,
 and validation), and the ratio to the first variant. Writes benchmarks/results/epoch-cost.json
@@ -22,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from quality import publish
 
 PARTS = ("epoch_seconds", "train_seconds", "fusion_seconds", "eval_seconds")
@@ -34,22 +37,26 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/slifmr-epoch-cost")
     args = ap.parse_args()
     rows = []
-    for v in args.variants:
-        run = Path(args.work) / v
+    for i, spec in enumerate(args.variants):
+        variant, _, overrides = spec.partition(":")
+        run = Path(args.work) / f"{i}-{variant}"
         shutil.rmtree(run, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "slifmr", "-q", "train", "--variant", v, "--epochs", str(args.epochs),
-                        "--set", "train.threads=1", "--out", str(run)], check=True, capture_output=True)
+        sets = [a for kv in overrides.split(",") if kv for a in ("--set", kv)]
+        subprocess.run([sys.executable, "-m", "slifmr", "-q", "train", "--variant", variant, "--epochs", str(args.epochs),
+                        "--set", "train.threads=1", *sets, "--out", str(run)], check=True, capture_output=True)
         recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
-        rows.append({"mode": "full graph", "variant": v, "workers": 1, "threads": 1, "epochs_averaged": len(recs),
-                     "steps_per_epoch": recs[0]["steps"], **{k: statistics.mean(r[k] for r in recs) for k in PARTS}})
+        batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
+        rows.append({"mode": "full graph", "variant": spec, "workers": 1, "threads": 1, "batch_size": batch,
+                     "epochs_averaged": len(recs), "steps_per_epoch": recs[0]["steps"],
+                     **{k: statistics.mean(r[k] for r in recs) for k in PARTS}})
     base = rows[0]["epoch_seconds"]
     command = "python benchmarks/epoch_cost.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
     lines = ["## What an ml-100k epoch costs (issue 15)", "", f"Command: `{command}`  ",
              f"Machine: {machine}; 1 torch thread, one variant after the other; means over epochs 2-{args.epochs}.", "",
-             "| variant | s/epoch | steps s | fusion s | validation s | vs " + rows[0]["variant"] + " |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['epoch_seconds']:.2f} | {r['train_seconds']:.2f} | {r['fusion_seconds']:.2f} | "
+             "| variant | batch | steps | s/epoch | steps s | fusion s | validation s | vs " + rows[0]["variant"] + " |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['batch_size']:,} | {r['steps_per_epoch']} | {r['epoch_seconds']:.2f} | {r['train_seconds']:.2f} | {r['fusion_seconds']:.2f} | "
               f"{r['eval_seconds']:.2f} | {r['epoch_seconds'] / base:.2f}x |" for r in rows]
     publish("EPOCH_COST", "epoch-cost", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0

@@ -84,8 +84,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    batch_size: int = 2048
-    lr: float = 5e-3
+    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, QUALITY_BATCH): a step
+    # propagates the whole graph whatever its batch, so 4,096 halves the steps of an epoch; the
+    # learning rate doubles with it (the linear scaling rule, Goyal et al. 2017). The peers
+    # (mf, lightgcn, freedom) keep MMRec's 2,048.
+    batch_size: int = 4096
+    lr: float = 1e-2
     weight_decay: float = 0.0
     patience: int = 20  # early stopping on validation Recall@20
     seed: int = 0
@@ -141,9 +145,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # peers in the same harness (README "Variants"): BPR-MF (Rendle et al., UAI 2009), FREEDOM
     # (Zhou and Shen, ACM MM 2023: LightGCN over the degree-sensitively pruned user-item graph,
     # plus the frozen modality kNN graph over item ID embeddings, h_i = h_cf + h_mm), EASE
-    "mf": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.ui_layers": 0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False,
+    "mf": {"train.batch_size": 2048, "train.lr": 5e-3, "model.loss": "bpr", "model.ridge_weight": 0.0, "model.ui_layers": 0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False,
            "model.lambda_sc": 0.0},
-    "freedom": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.self_loop": False, "model.lambda_sc": 0.0, "model.edge_dropout": 0.8,
+    "freedom": {"train.batch_size": 2048, "model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.self_loop": False, "model.lambda_sc": 0.0, "model.edge_dropout": 0.8,
                 "model.k_mm": 10, "model.ui_layers": 2, "model.mm_layers": 1, "model.mm_propagate_ids": True,
                 "model.mm_view_features": False, "model.fuse_normalize": False, "model.alpha_mm": 1.0,
                 # MMRec's FREEDOM: learning rate 0.001, a BPR loss without embedding L2, up to
@@ -155,7 +159,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_sc": {"model.lambda_sc": 0.0},
     "no_kg": {"model.use_kg": False},
     "no_mm": {"model.use_mm": False},
-    "lightgcn": {"model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
+    "lightgcn": {"train.batch_size": 2048, "train.lr": 5e-3, "model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
 }
 
 

@@ -53,7 +53,7 @@ def shop_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[Path, Path]
 
 @pytest.mark.parametrize("argv, named", [
     (["--set", "model.k_corr=5"], "model.k_corr (3 -> 5)"),
-    (["--set", "train.lr=0.05"], "train.lr (0.005 -> 0.05)"),
+    (["--set", "train.lr=0.05"], "train.lr (0.01 -> 0.05)"),
     (["--variant", "lightgcn"], "variant (slifmr -> lightgcn)"),
     (["--seed", "7"], "train.seed (0 -> 7)"),
     (["--sampling", "neighbor"], "train.sampling (full -> neighbor)"),
