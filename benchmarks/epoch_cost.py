@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from quality import publish
 
 PARTS = ("epoch_seconds", "train_seconds", "fusion_seconds", "eval_seconds")

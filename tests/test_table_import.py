@@ -188,8 +188,15 @@ def test_foreign_dictionaries_repeated_or_null_entries(tmp_path: Path) -> None:
     pq.write_table(pa.table({"user_id": ["x"]}), path)
     table = table_mod.open_table(path, ["user_id"])
     repeated = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], pa.int32()), pa.array(["a", "b", "a"]))
-    ids = table_mod.id_tokens(table, repeated, 0, "user_id")
-    assert ids.dictionary.to_pylist() == ["a", "b"] and ids.indices.to_pylist() == [0, 1, 0, 0]
+    padded = pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int32()), pa.array(["c", " a "]))
+    for chunks in ([repeated], [repeated, padded], [padded, repeated]):  # one chunk is not unified by Arrow
+        encoder = table_mod.Encoder()
+        for chunk in chunks:
+            encoder.add(table, chunk, 0, "user_id")
+        tokens, codes = encoder.finish()
+        rows = [v for chunk in chunks for v in table_mod.token_array(table_mod.id_tokens(table, chunk, 0, "user_id")).to_pylist()]
+        assert sorted(tokens.to_pylist()) == sorted(set(rows))  # each id once
+        assert tokens.take(pa.array(np.concatenate(codes))).to_pylist() == rows
     with_null = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1], pa.int32()), pa.array(["a", None]))
     with pytest.raises(DataError, match="row 2.*missing id"):
         table_mod.id_tokens(table, with_null, 0, "user_id")

@@ -151,36 +151,60 @@ def _show(value: Any, limit: int = 40) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
-    """An id column, dictionary-encoded, its dictionary the trimmed text of each distinct id
-    (integers as their decimal text). Checked on the dictionary, so once per distinct id per
-    batch: null, empty and control characters refused, and non-integer numbers."""
+def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
+    """An id column, dictionary-encoded, its dictionary the raw text of the ids (integers as
+    their decimal text; entries may repeat). Nulls are refused here (a null index, or an index
+    of a null entry); trimming and the other checks run once per distinct id (`clean_ids`)."""
     if not pa.types.is_dictionary(arr.type):
         if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
         arr = pc.dictionary_encode(arr)
     values, indices = arr.dictionary, arr.indices
-    if indices.null_count or values.null_count:  # a null index, or an index of a null entry
+    if indices.null_count or values.null_count:
         missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
         i = _first(np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool))
         raise DataError(table.where(offset + i), "missing id", column=column)
     if pa.types.is_integer(values.type):
         text = pc.cast(values, pa.string())
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        text = values.cast(pa.string())
     else:
         raise DataError(table.source, f"ids must be strings or integers, found {values.type}", column=column)
+    return pa.DictionaryArray.from_arrays(indices, text)
+
+
+@dataclass(frozen=True)
+class IdChunk:
+    """Where a chunk of ids came from, to name the row of a bad id."""
+
+    table: Table
+    offset: int
+    column: str
+
+
+def clean_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) -> pa.Array:
+    """The distinct raw ids `tokens` trimmed of surrounding whitespace; an empty id or one holding a
+    control character is a DataError naming the first row (in `chunks`' order: (origin, the
+    rows' positions in `tokens`)) that holds one."""
+    text = pc.utf8_trim_whitespace(tokens)
     bad = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, _CONTROL))
     if pc.any(bad).as_py():
-        entry = _first(np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
-        i = _first(np.asarray(indices.to_numpy(zero_copy_only=False)) == entry)
-        raw = values[entry].as_py()
-        why = "empty id" if not str(raw).strip() else f"id {_show(raw)} holds a control character"
-        raise DataError(table.where(offset + i), why, column=column)
-    # always re-encoded: 'u1 ' and 'u1' become one entry, and so do repeated entries of a
-    # foreign writer's dictionary (checking for either costs as much as re-encoding)
-    merged = pc.dictionary_encode(text)
-    return pa.DictionaryArray.from_arrays(merged.indices.take(indices), merged.dictionary)
+        is_bad = np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+        for origin, codes in chunks:
+            hit = is_bad[codes]
+            if hit.any():
+                i = _first(hit)
+                raw = tokens[int(codes[i])].as_py()
+                why = "empty id" if not raw.strip() else f"id {_show(raw)} holds a control character"
+                raise DataError(origin.table.where(origin.offset + i), why, column=origin.column)
+    return text
+
+
+def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
+    """`raw_ids` with its dictionary cleaned (`clean_ids`): for looking a batch's ids up."""
+    ids = raw_ids(table, arr, offset, column)
+    codes = np.asarray(ids.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return pa.DictionaryArray.from_arrays(ids.indices, clean_ids(ids.dictionary, [(IdChunk(table, offset, column), codes)]))
 
 
 def token_array(ids: pa.DictionaryArray) -> pa.Array:
@@ -207,23 +231,32 @@ def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "
 
 
 class Encoder:
-    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch (pyarrow
-    dictionary encoding; the dictionaries are unified once, at the end)."""
+    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch. Each batch
+    keeps its own dictionary (from the reader, or pyarrow's dictionary encoding); they are
+    unified, trimmed and checked once, at the end, so each distinct id is cleaned once, not
+    once per batch it appears in."""
 
     def __init__(self) -> None:
         self.chunks: list[pa.DictionaryArray] = []
+        self.origins: list[IdChunk] = []
 
-    def add(self, ids: pa.DictionaryArray) -> None:
-        """ids: from `id_tokens`."""
-        self.chunks.append(ids)
+    def add(self, table: Table, arr: pa.Array, offset: int, column: str) -> None:
+        """One batch's id column (`raw_ids`' rules)."""
+        self.chunks.append(raw_ids(table, arr, offset, column))
+        self.origins.append(IdChunk(table, offset, column))
 
     def finish(self) -> tuple[pa.Array, list[np.ndarray]]:
-        """(tokens (T,) string, the codes of each added chunk, int64)."""
+        """(tokens (T,) string, distinct, the codes of each added chunk, int64)."""
         if not self.chunks:
             return pa.array([], pa.string()), []
         unified = pa.chunked_array(self.chunks, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
-        tokens = unified.chunk(0).dictionary
-        return tokens, [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
+        raw = unified.chunk(0).dictionary
+        codes = [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
+        # trimming may make two entries one ('u1 ' and 'u1'), and a single chunk's dictionary is
+        # returned by unification as it came (a foreign writer's may repeat an entry): encoded again
+        merged = pc.dictionary_encode(clean_ids(raw, list(zip(self.origins, codes))))
+        remap = np.asarray(merged.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return merged.dictionary, [remap[c] for c in codes]
 
 
 def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
@@ -308,8 +341,8 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
     keep, times, splits = [], [], []
     total = 0
     for offset, batch in table.batches(list(dict.fromkeys(names))):
-        users.add(id_tokens(table, batch.column(cols.user), offset, cols.user))
-        items.add(id_tokens(table, batch.column(cols.item), offset, cols.item))
+        users.add(table, batch.column(cols.user), offset, cols.user)
+        items.add(table, batch.column(cols.item), offset, cols.item)
         mask = np.ones(batch.num_rows, bool)
         for col, v in cols.thresholds.items():
             mask &= numbers(table, batch.column(col), offset, col) >= v
@@ -561,12 +594,12 @@ def read_kg(triples: Table, links: Table, items: pa.Array, head: str = "head", r
     link_items: list[np.ndarray] = []
     for offset, batch in links.batches([link_item, link_entity]):
         link_items.append(lookup(items, token_array(id_tokens(links, batch.column(link_item), offset, link_item))))
-        entities.add(id_tokens(links, batch.column(link_entity), offset, link_entity))
+        entities.add(links, batch.column(link_entity), offset, link_entity)
     n_link_chunks = len(entities.chunks)
     for offset, batch in triples.batches([head, relation, tail]):  # per batch: a head chunk, then a tail chunk
-        entities.add(id_tokens(triples, batch.column(head), offset, head))
-        entities.add(id_tokens(triples, batch.column(tail), offset, tail))
-        relations.add(id_tokens(triples, batch.column(relation), offset, relation))
+        entities.add(triples, batch.column(head), offset, head)
+        entities.add(triples, batch.column(tail), offset, tail)
+        relations.add(triples, batch.column(relation), offset, relation)
     entity_tokens, ent = entities.finish()
     relation_tokens, rel = relations.finish()
     if not rel:
