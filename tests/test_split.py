@@ -43,3 +43,17 @@ def test_grouped_random_order_is_lexsort_even_where_float_keys_tie(users: int) -
     r = rng.random(5000)
     r[:10] = r[10:20]  # equal draws: lexsort keeps their positions' order
     assert np.array_equal(grouped_random_order(user, r), np.lexsort((r, user)))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_sort_in_place_matches_numpy(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Slices sorted on threads and merged equal one plain sort, duplicates and negatives included."""
+    from slifmr.data import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "PARALLEL_FROM", 16)
+    rng = np.random.default_rng(workers)
+    for n in (0, 1, 17, 1001):
+        keys = rng.integers(-50, 50, n)
+        expected = np.sort(keys)
+        sort_mod.sort_in_place(keys, workers)
+        assert np.array_equal(keys, expected)

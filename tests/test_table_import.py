@@ -189,7 +189,7 @@ def test_foreign_dictionaries_repeated_or_null_entries(tmp_path: Path) -> None:
     table = table_mod.open_table(path, ["user_id"])
     repeated = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], pa.int32()), pa.array(["a", "b", "a"]))
     padded = pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int32()), pa.array(["c", " a "]))
-    for chunks in ([repeated], [repeated, padded], [padded, repeated]):  # one chunk is not unified by Arrow
+    for chunks in ([repeated], [repeated, repeated], [repeated, padded], [padded, repeated]):  # one chunk is not unified by Arrow
         encoder = table_mod.Encoder()
         for chunk in chunks:
             encoder.add(table, chunk, 0, "user_id")

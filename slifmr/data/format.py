@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slifmr.atomic import atomic_folder
+from slifmr.data.sort import sort_in_place
 from slifmr.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -353,7 +354,8 @@ def validate(ds: Dataset, root: Path | None = None) -> None:
         i = _first(bad)
         raise DataError(str(p), f"split {ds.split[i]} is not 0 (train), 1 (valid) or 2 (test)", column="split", row=i)
     key = ds.user * np.int64(ds.num_items) + ds.item
-    ordered = np.sort(key)  # an unstable sort detects; the stable one below only names the row
+    ordered = key.copy()
+    sort_in_place(ordered)  # an unstable sort detects; the stable one below only names the row
     if (ordered[1:] == ordered[:-1]).any():
         order = np.argsort(key, kind="stable")
         dup = np.flatnonzero(key[order][1:] == key[order][:-1])

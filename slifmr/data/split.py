@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from slifmr.data.format import TEST, TRAIN, VALID
+from slifmr.data.sort import sort_in_place
 
 
 def split_per_user(user: np.ndarray, seed: int, valid_ratio: float = 0.1, test_ratio: float = 0.1) -> np.ndarray:
@@ -46,7 +47,7 @@ def grouped_random_order(user: np.ndarray, r: np.ndarray) -> np.ndarray:
     bits_r = 63 - bits_user - bits_row
     if bits_r >= 8:
         key = (user << (bits_r + bits_row)) | (np.floor(r * 2.0**bits_r).astype(np.int64) << bits_row) | np.arange(n)
-        key.sort()
+        sort_in_place(key)
         order = key & ((1 << bits_row) - 1)
         head = key >> bits_row  # (user, leading bits of r)
     else:

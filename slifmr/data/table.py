@@ -51,6 +51,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
+from slifmr.data.sort import sort_in_place
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
 
@@ -252,9 +253,14 @@ class Encoder:
         unified = pa.chunked_array(self.chunks, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
         raw = unified.chunk(0).dictionary
         codes = [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
+        text = clean_ids(raw, list(zip(self.origins, codes)))
+        if len(self.chunks) > 1 and pc.all(pc.equal(text, raw)).as_py():
+            # unifying several chunks hashes every entry into one table: repeated entries of a
+            # foreign writer's dictionary are one entry already, and trimming changed nothing
+            return raw, codes
         # trimming may make two entries one ('u1 ' and 'u1'), and a single chunk's dictionary is
-        # returned by unification as it came (a foreign writer's may repeat an entry): encoded again
-        merged = pc.dictionary_encode(clean_ids(raw, list(zip(self.origins, codes))))
+        # returned by unification as it came (it may repeat an entry): encoded again
+        merged = pc.dictionary_encode(text)
         remap = np.asarray(merged.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         return merged.dictionary, [remap[c] for c in codes]
 
@@ -410,7 +416,7 @@ def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
     span = int(value.max()) + 1
     if int(key.max()) < (2**63 - 1) // span:
         packed = key * span + value
-        packed.sort()
+        sort_in_place(packed)
         keys = packed // span
         first = np.r_[True, keys[1:] != keys[:-1]]
         return packed[first] % span
