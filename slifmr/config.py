@@ -66,6 +66,11 @@ class ModelConfig:
     user_aux: bool = False  # users also get the mean auxiliary part of their training items
     # CF graph
     edge_dropout: float = 0.0  # FREEDOM's degree-sensitive share of user-item edges dropped per epoch
+    # S(t) as a denoiser: up to this share of each user's training edges leave the propagation
+    # graphs, those S(t) supports least (slifmr/model/graphs.py, denoise_ui_edges; 0 = off)
+    ui_denoise: float = 0.0
+    # XSimGCL-style perturbation of the CF layers' outputs while training (0 = off)
+    perturb_eps: float = 0.0
     # KG
     kg_add_inverse: bool = True  # add (t, r^-1, h) for every (h, r, t)
     kg_min_triples: int = 2  # drop entities (not items) in fewer triples (KGAT filters < 10)
@@ -90,6 +95,10 @@ class TrainConfig:
     # (mf, lightgcn, freedom) keep MMRec's 2,048.
     batch_size: int = 4096
     lr: float = 1e-2
+    # learning rate per epoch: constant | cosine (to 0 at train.epochs, SGDR without restarts,
+    # Loshchilov and Hutter, ICLR 2017) | exponential (lr * lr_gamma^(epoch - 1))
+    lr_schedule: str = "constant"
+    lr_gamma: float = 0.98
     weight_decay: float = 0.0
     patience: int = 20  # early stopping on validation Recall@20
     seed: int = 0
@@ -237,6 +246,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.sampling": ("full", "neighbor", "history"),
     "train.history_grad": ("sampled", "seeds"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
+    "train.lr_schedule": ("constant", "cosine", "exponential"),
     "train.tracker": ("none", "tensorboard", "mlflow", "wandb"),
 }
 
@@ -371,6 +381,9 @@ def validate(cfg: Config) -> None:
         (0.0 <= m.beta <= 1.0, "model.beta must be in [0, 1]"),
         (m.alpha_kg >= 0 and m.alpha_mm >= 0, "model.alpha_kg and model.alpha_mm must be >= 0"),
         (0.0 <= m.edge_dropout < 1.0, "model.edge_dropout must be in [0, 1)"),
+        (0.0 <= m.ui_denoise < 1.0, "model.ui_denoise must be in [0, 1)"),
+        (m.perturb_eps >= 0.0, "model.perturb_eps must be >= 0"),
+        (0.0 < t.lr_gamma <= 1.0, "train.lr_gamma must be in (0, 1]"),
         (m.ridge_weight >= 0 and m.ridge_k > 0 and m.ridge_l2 > 0,
          "model.ridge_weight must be >= 0, model.ridge_k and model.ridge_l2 positive"),
         (m.lambda_sc >= 0 and m.lambda_reg >= 0 and m.lambda_kg >= 0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import time
@@ -313,6 +314,7 @@ def train_loop(
         t0, started = time.perf_counter(), time.time()
         comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
         generator = seeds.epoch_generator(epoch)
+        strategy.set_lr(learning_rate(t, epoch))
         graphs, knn_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm.device, graphs)
         fusion_seconds = time.perf_counter() - t0
         subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank) if sampled else None
@@ -377,6 +379,18 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
     knn_seconds = time.perf_counter() - start
     graphs = epoch_graphs(static, state.corr, m, generator, device, previous, state.neighbours)
     return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
+
+
+def learning_rate(t: TrainConfig, epoch: int) -> float:
+    """Epoch `epoch`'s (1-based) learning rate under train.lr_schedule: a function of the epoch
+    alone, so a resumed run continues the schedule. cosine: lr (1 + cos(pi (epoch - 1) /
+    epochs)) / 2 (SGDR without restarts, Loshchilov and Hutter, ICLR 2017, eq. 5);
+    exponential: lr * lr_gamma^(epoch - 1)."""
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / t.epochs))
+    if t.lr_schedule == "exponential":
+        return t.lr * t.lr_gamma ** (epoch - 1)
+    return t.lr
 
 
 def sampling_fanouts(t: TrainConfig, view_layers: dict[str, int]) -> dict[EdgeType, list[int]] | None:

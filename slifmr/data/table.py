@@ -456,10 +456,10 @@ def read_items(table: Table, key: str, items: pa.Array) -> tuple[pa.Table, np.nd
     the item of each source row (-1 unknown); rows dropped as unknown)."""
     table.require(key)
     parts, codes = [], []
+    keyed = np.zeros(len(items), bool)
     for offset, batch in table.batches(table.columns):
         code = lookup(items, token_array(id_tokens(table, batch.column(key), offset, key)))
-        seen = np.concatenate(codes) if codes else np.zeros(0, np.int64)
-        _refuse_repeats(table, code, seen, offset, key, items)
+        _refuse_repeats(table, code, keyed, offset, key, items)
         codes.append(code)
         known = code >= 0
         rb = pa.Table.from_batches([batch]).filter(pa.array(known)).drop_columns([key])
@@ -471,18 +471,22 @@ def read_items(table: Table, key: str, items: pa.Array) -> tuple[pa.Table, np.nd
     return meta, code, int((code < 0).sum())
 
 
-def _refuse_repeats(table: Table, code: np.ndarray, seen: np.ndarray, offset: int, key: str, items: pa.Array) -> None:
-    """An item keyed twice (in this batch or an earlier one) is an error naming the second row."""
-    known = code[code >= 0]
-    if not known.size:
-        return
-    allc = np.concatenate([seen[seen >= 0], known])
-    uniq, counts = np.unique(allc, return_counts=True)
-    if (counts > 1).any():
-        dup = int(uniq[counts > 1][0])
-        rows = np.flatnonzero(code == dup)
-        row = offset + int(rows[0] if (seen == dup).any() else rows[1])
-        raise DataError(table.where(row), f"item {_show(items[dup].as_py())} has a second row", column=key)
+def _refuse_repeats(table: Table, code: np.ndarray, keyed: np.ndarray, offset: int, key: str, items: pa.Array) -> None:
+    """An item keyed twice (in this batch or an earlier one) is an error naming its second row.
+    code: (rows,) the batch's items (-1 unknown); keyed: (items,) bool, the items of earlier
+    batches, updated in place (one pass per batch, however many batches came before)."""
+    rows = np.flatnonzero(code >= 0)
+    known = code[rows]
+    repeat = keyed[known]
+    _, first = np.unique(known, return_index=True)
+    within = np.ones(known.size, bool)
+    within[first] = False
+    repeat |= within
+    if repeat.any():
+        i = _first(repeat)
+        raise DataError(table.where(offset + int(rows[i])), f"item {_show(items[int(known[i])].as_py())} has a second row",
+                        column=key)
+    keyed[known] = True
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -528,11 +532,10 @@ def features_from_table(table: Table, key: str, items: pa.Array, column: str | N
     out: np.ndarray | None = None
     present = np.zeros(n, bool)
     dropped = 0
-    seen: list[np.ndarray] = []
+    keyed = np.zeros(n, bool)
     for offset, batch in table.batches([key, column]):
         code = lookup(items, token_array(id_tokens(table, batch.column(key), offset, key)))
-        _refuse_repeats(table, code, np.concatenate(seen) if seen else np.zeros(0, np.int64), offset, key, items)
-        seen.append(code)
+        _refuse_repeats(table, code, keyed, offset, key, items)
         vec = batch.column(column)
         if not (pa.types.is_list(vec.type) or pa.types.is_fixed_size_list(vec.type) or pa.types.is_large_list(vec.type)):
             raise DataError(table.source, f"the vector column holds {vec.type}, not a list of floats", column=column)

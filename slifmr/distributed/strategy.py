@@ -37,8 +37,15 @@ class Strategy(Protocol):
     module: nn.Module  # what the loop calls for the loss parts: the model or its DDP / DeepSpeed wrapper
 
     def step(self, loss: Tensor) -> bool: ...
+    def set_lr(self, lr: float) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _set_lr(optimizers: list[Any], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups if opt is not None else ():
+            group["lr"] = lr
 
 
 class DDPStrategy:
@@ -102,6 +109,10 @@ class DDPStrategy:
             self.table_optimizer.step()
         return True
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every parameter group from now on (train.lr_schedule)."""
+        _set_lr([self.optimizer, self.table_optimizer], lr)
+
     def state_dict(self) -> dict[str, Any]:
         if self.table_optimizer is None:
             return self.optimizer.state_dict()
@@ -160,6 +171,10 @@ class DeepSpeedStrategy:
         self.engine.backward(loss)
         self.engine.step()
         return True
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every parameter group from now on (train.lr_schedule)."""
+        _set_lr([self.optimizer], lr)
 
     def _partition(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()

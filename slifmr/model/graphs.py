@@ -140,6 +140,40 @@ def degree_sensitive_dropout(ui_edges: Tensor, num_users: int, num_items: int, d
     return ui_edges[:, idx]
 
 
+def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share: float) -> Tensor:
+    """S(t) as a denoiser (issue 15's candidate): per user u, the floor(share * deg(u)) training
+    edges (u, i) that S(t) supports least leave the propagation graphs.
+
+    The support of (u, i) is sum_j w_ij over S(t)'s neighbours j of i that u also interacted with:
+    how much Z(t-1) finds i like the rest of u's history, (X S(t))_ui for the interaction matrix
+    X. Ties keep the later edge. ui_edges: (2, E) user, item; corr: S(t), symmetric (edge_index,
+    weight); returns (2, E') with E' <= E. Memory: E x (S(t)'s mean degree) index pairs."""
+    if share <= 0 or corr is None or ui_edges.shape[1] == 0:
+        return ui_edges
+    u, i = ui_edges
+    known = torch.sort(u * num_items + i).values
+    (a, b), w = corr
+    order = torch.argsort(a, stable=True)
+    b, w = b[order], w[order]
+    ptr = torch.zeros(num_items + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(a, minlength=num_items), 0)
+    fan = ptr[i + 1] - ptr[i]
+    edge = torch.repeat_interleave(torch.arange(u.numel()), fan)
+    slot = ptr[i][edge] + torch.arange(edge.numel()) - torch.repeat_interleave(torch.cumsum(fan, 0) - fan, fan)
+    query = u[edge] * num_items + b[slot]
+    at = torch.searchsorted(known, query).clamp_max(known.numel() - 1)
+    support = torch.zeros(u.numel()).index_add_(0, edge, w[slot].float() * (known[at] == query))
+    by_support = torch.argsort(support, stable=True)
+    ranked = by_support[torch.argsort(u[by_support], stable=True)]  # per user, least supported first
+    degree = torch.bincount(u)
+    first = torch.cumsum(degree, 0) - degree
+    user = u[ranked]
+    drop = (torch.arange(u.numel()) - first[user]) < (degree[user] * share).floor()
+    keep = torch.ones(u.numel(), dtype=torch.bool)
+    keep[ranked[drop]] = False
+    return ui_edges[:, keep]
+
+
 def fuse_item_graph(base: Graph | None, corr: Graph | None, beta: float, n: int) -> Graph | None:
     """A_mm(t) = (1 - beta) A_mm + beta S(t)."""
     if corr is None or beta <= 0:
@@ -388,13 +422,14 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
     loop; the values are immutable, so sharing them is safe). Built on the CPU, moved to `device`."""
     m, n = static.num_users, static.num_items
     ui_corr = corr if cfg.fuse_ui else None
-    pruned = degree_sensitive_dropout(static.ui_edges, m, n, cfg.edge_dropout, generator)
+    edges = denoise_ui_edges(static.ui_edges, corr, n, cfg.ui_denoise)
+    pruned = degree_sensitive_dropout(edges, m, n, cfg.edge_dropout, generator)
     train_adj = user_item_adjacency(pruned, m, n, ui_corr, cfg.gamma).to(device)
     train_adj_t = transpose_csr(train_adj)
     if previous is not None and previous.corr is corr:
         return replace(previous, train_adj=train_adj, train_adj_t=train_adj_t,
                        rank_adj=train_adj if cfg.edge_dropout <= 0 else previous.rank_adj)
-    rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(static.ui_edges, m, n, ui_corr, cfg.gamma).to(device)
+    rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(edges, m, n, ui_corr, cfg.gamma).to(device)
     mm_adj = mm_adj_t = None
     if static.mm is not None:
         mm = fuse_item_graph(static.mm, corr if cfg.fuse_mm else None, cfg.beta, n)

@@ -25,7 +25,7 @@ from slifmr.model.graphs import EpochGraphs, KnowledgeGraph
 from slifmr.model.losses import bpr_loss, info_nce, l2_reg, softmax_loss
 from slifmr.model.propagate import FullGraph, Propagator, Spmm
 from slifmr.model.ridge import ridge_scores
-from slifmr.model.views import CFView, KGView, MMView
+from slifmr.model.views import CFView, KGView, MMView, perturb
 
 Triples = tuple[Tensor, Tensor, Tensor]  # (users, positive items, negative items), each (B,)
 
@@ -176,12 +176,15 @@ class SLIFMR(nn.Module):
             aux_sum = torch.stack(parts).sum(0)
         return h_cf + aux_sum, aux_sum
 
-    def encode(self, graph: Propagator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def encode(self, graph: Propagator, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(users (M, d), fused items z (N, d), views {cf, kg, mm, mm:<modality>} (N, d)) on
-        `graph`; on a sampled subgraph, the seed users' and items' rows."""
+        `graph`; on a sampled subgraph, the seed users' and items' rows. With `generator`, in
+        training mode and model.perturb_eps > 0, the CF layers are perturbed (`views.perturb`)."""
         items = graph.rows("item", self.item_emb.weight, self.sparse_tables)
         users = graph.rows("user", self.user_emb.weight, self.sparse_tables)
-        users, h_cf = self.cf({"user": users, "item": items}, graph)
+        eps = self.cfg.perturb_eps
+        noise = (lambda x: perturb(x, eps, generator)) if self.training and eps > 0 and generator is not None else None
+        users, h_cf = self.cf({"user": users, "item": items}, graph, noise)
         views = {"cf": h_cf}
         if self.use_kg:
             entities = graph.rows("entity", self.entity_emb.weight, self.sparse_tables)
@@ -200,7 +203,7 @@ class SLIFMR(nn.Module):
         """The loss parts of one batch: "bpr" or "softmax" (model.loss), "reg", "sc" (InfoNCE
         between views), "kg" (TransR, with lambda_kg), and "loss", their sum."""
         c = self.cfg
-        u, z, views = self.encode(batch.graph)
+        u, z, views = self.encode(batch.graph, batch.generator)
         parts = self._ranking_loss(u[batch.users], z[batch.pos], z[batch.neg], batch.pos_ids, batch.neg_ids)
         parts["reg"] = c.lambda_reg * l2_reg(self._rows(self.user_emb, batch.user_ids), self._rows(self.item_emb, batch.pos_ids),
                                              self._rows(self.item_emb, batch.neg_ids))

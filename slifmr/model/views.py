@@ -8,6 +8,8 @@ outputs are the seed rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,19 +19,31 @@ from slifmr.model.graphs import KGAttention, KnowledgeGraph
 from slifmr.model.propagate import Propagator
 
 
+def perturb(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """x + eps * sign(x) * normalize(noise), noise ~ U(0, 1) per entry, normalised per row: the
+    perturbation of SimGCL (Yu et al., SIGIR 2022, eq. 7) that XSimGCL (Yu et al., TKDE 2023)
+    applies to the encoder's own layers. x: (n, d); `generator` on the CPU."""
+    noise = torch.rand(x.shape, generator=generator).to(x.device)
+    return x + eps * torch.sign(x) * F.normalize(noise, dim=-1)
+
+
 class CFView(nn.Module):
     """LightGCN (He et al., SIGIR 2020, eq. 3-4): the layer mean of x, Ax, A^2x, ... over the
-    normalised A(t). x: {user: (M, d), item: (N, d)} ego rows; returns (users (M, d), items (N, d))."""
+    normalised A(t). x: {user: (M, d), item: (N, d)} ego rows; returns (users (M, d), items (N, d)).
+    `noise` (training only) perturbs each layer's output before the next hop reads it."""
 
     def __init__(self, num_layers: int):
         super().__init__()
         self.num_layers = num_layers
 
-    def forward(self, x: dict[str, Tensor], graph: Propagator) -> tuple[Tensor, Tensor]:
+    def forward(self, x: dict[str, Tensor], graph: Propagator,
+                noise: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h = graph.layout("cf", x)
         outs = {t: [graph.seeds("cf", h, t)] for t in ("user", "item")}
         for layer in range(self.num_layers):
             h = graph.hop("cf", h, layer, self.num_layers)
+            if noise is not None:
+                h = {t: noise(v) for t, v in h.items()} if isinstance(h, dict) else noise(h)
             for t in outs:
                 outs[t].append(graph.seeds("cf", h, t))
         users, items = (torch.stack(outs[t]).mean(0) for t in ("user", "item"))
