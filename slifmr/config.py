@@ -89,14 +89,16 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, QUALITY_BATCH): a step
+    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, "SLIF-MR against the peers,
+    # final defaults"): a step
     # propagates the whole graph whatever its batch, so 4,096 halves the steps of an epoch; the
     # learning rate doubles with it (the linear scaling rule, Goyal et al. 2017). The peers
     # (mf, lightgcn, freedom) keep MMRec's 2,048.
     batch_size: int = 4096
     lr: float = 1e-2
     # learning rate per epoch: constant | cosine (to 0 at train.epochs, SGDR without restarts,
-    # Loshchilov and Hutter, ICLR 2017) | exponential (lr * lr_gamma^(epoch - 1))
+    # Loshchilov and Hutter, ICLR 2017; a resume with other --epochs changes its period) |
+    # exponential (lr * lr_gamma^(epoch - 1))
     lr_schedule: str = "constant"
     lr_gamma: float = 0.98
     weight_decay: float = 0.0
