@@ -89,11 +89,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, "SLIF-MR against the peers,
-    # final defaults"): a step
-    # propagates the whole graph whatever its batch, so 4,096 halves the steps of an epoch; the
-    # learning rate doubles with it (the linear scaling rule, Goyal et al. 2017). The peers
-    # (mf, lightgcn, freedom) keep MMRec's 2,048.
+    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, "SLIF-MR against the
+    # peers, final defaults"): a step propagates the whole graph whatever its batch, so 4,096
+    # halves the steps of an epoch; the learning rate doubles with it (the linear scaling rule,
+    # Goyal et al. 2017). The peers (mf, lightgcn, freedom) keep MMRec's 2,048.
     batch_size: int = 4096
     lr: float = 1e-2
     # learning rate per epoch: constant | cosine (to 0 at train.epochs, SGDR without restarts,
