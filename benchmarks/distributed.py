@@ -107,6 +107,12 @@ def knn_vs_matmul(n: int, d: int, k: int, repeats: int) -> dict[str, Any]:
             "ratio": t["knn"] / t["matmul"]}
 
 
+def _default_batch() -> int:
+    from slifmr.config import load_config
+
+    return load_config().train.batch_size
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=30)
@@ -144,7 +150,8 @@ def main() -> int:
                      f"{r['seconds_per_epoch']:.2f} | {r['comm_share']:.1%} | {r['fusion_share']:.1%} | "
                      f"{r['outside_loop_seconds_per_epoch']:.2f} | {r['startup_and_teardown_seconds']:.1f} |")
     body = (f"## Data-parallel training on Ray Train (issue 4)\n\nCommand: `{command}`  \nMachine: {machine}. "
-            f"ml-100k, variant slifmr, {args.epochs} epochs each (no early stop), global batch 2048 split across "
+            f"ml-100k, variant slifmr, {args.epochs} epochs each (no early stop), global batch "
+            f"{_default_batch():,} split across "
             f"the workers; DeepSpeed runs ZeRO stage 2.\n\n" + "\n".join(lines)
             + "\n\nEquivalence (DDP, validation Recall@20 at the best epoch over seeds "
             + ", ".join(map(str, args.seeds)) + "): "

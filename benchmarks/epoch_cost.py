@@ -4,7 +4,8 @@ side in one run with nothing else on the machine.
     python benchmarks/epoch_cost.py --variants lightgcn freedom slifmr --epochs 8
     python benchmarks/epoch_cost.py --variants lightgcn slifmr lightgcn:train.batch_size=4096,train.lr=0.01
 
-A variant may carry config overrides after a colon (comma-separated key=value). Each trains `--epochs` epochs with 1 torch thread, one after the other, through
+A variant may carry config overrides after a colon (comma-separated key=value, so a value
+holding a comma, such as train.fanout, cannot be given this way). Each trains `--epochs` epochs with 1 torch thread, one after the other, through
 `slifmr train`; the table gives the mean over epochs 2.. (epoch 1 has no fusion) of the epoch's
 wall seconds and its parts (training steps, fusion: S(t), the epoch's graphs and the ridge head,
 and validation), and the ratio to the first variant. Writes benchmarks/results/epoch-cost.json

@@ -3,8 +3,8 @@ cost target), measured side by side in one process with torch's profiler.
 
     python benchmarks/step_profile.py --steps 8 --threads 1
 
-For each variant: seconds per step (forward, backward and Adam over the epoch-1 graphs, global
-batch 2048) and the operators with the most self CPU time. Writes
+For each variant: seconds per step (forward, backward and Adam over the epoch-1 graphs, at
+its own batch) and the operators with the most self CPU time. Writes
 benchmarks/results/step-profile.json and the STEP_PROFILE section of RESULTS.md.
 """
 
@@ -52,7 +52,7 @@ def profile(variant: str, steps: int, top: int) -> dict:
         for b in batches[1:]:
             step(b)
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
-    return {"variant": variant, "seconds_per_step": seconds, "steps_per_epoch": len(sampler),
+    return {"variant": variant, "seconds_per_step": seconds, "batch_size": cfg.train.batch_size, "steps_per_epoch": len(sampler),
             "top_ops": [{"op": e.key, "self_cpu_seconds_per_step": e.self_cpu_time_total / 1e6 / steps,
                          "calls_per_step": e.count / steps} for e in ops]}
 
@@ -73,11 +73,11 @@ def main() -> int:
     base = rows[0]["seconds_per_step"]
     lines = ["## Where a training step's time goes (issue 15, cost)", "", f"Command: `{command}`  ",
              f"Machine: x86_64, 2 cores, {args.threads} torch thread(s), nothing else running. ml-100k, full graph, "
-             "global batch 2048, epoch-1 graphs; wall seconds per step without the profiler, then the operators' self "
+             "each variant's own global batch, epoch-1 graphs; wall seconds per step without the profiler, then the operators' self "
              "CPU time per step under it (the profiler adds its own overhead).", ""]
     for r in rows:
         lines.append(f"**{r['variant']}**: {r['seconds_per_step']:.3f} s/step ({r['seconds_per_step'] / base:.2f}x "
-                     f"{rows[0]['variant']}), {r['steps_per_epoch']} steps per epoch.")
+                     f"{rows[0]['variant']}), global batch {r['batch_size']:,}, {r['steps_per_epoch']} steps per epoch.")
         lines += ["", "| operator | self CPU s/step | calls/step |", "|---|---|---|"]
         lines += [f"| {o['op']} | {o['self_cpu_seconds_per_step']:.4f} | {o['calls_per_step']:.0f} |" for o in r["top_ops"]]
         lines.append("")

@@ -95,9 +95,9 @@ class TrainConfig:
     # Goyal et al. 2017). The peers (mf, lightgcn, freedom) keep MMRec's 2,048.
     batch_size: int = 4096
     lr: float = 1e-2
-    # learning rate per epoch: constant | cosine (to 0 at train.epochs, SGDR without restarts,
-    # Loshchilov and Hutter, ICLR 2017; a resume with other --epochs changes its period) |
-    # exponential (lr * lr_gamma^(epoch - 1))
+    # learning rate per epoch: constant | cosine (lr at epoch 1, 0 at epoch train.epochs + 1:
+    # SGDR without restarts, Loshchilov and Hutter, ICLR 2017; a resume with other --epochs
+    # changes its period) | exponential (lr * lr_gamma^(epoch - 1))
     lr_schedule: str = "constant"
     lr_gamma: float = 0.98
     weight_decay: float = 0.0

@@ -200,3 +200,28 @@ def test_foreign_dictionaries_repeated_or_null_entries(tmp_path: Path) -> None:
     with_null = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1], pa.int32()), pa.array(["a", None]))
     with pytest.raises(DataError, match="row 2.*missing id"):
         table_mod.id_tokens(table, with_null, 0, "user_id")
+
+
+def test_the_first_bad_row_is_named_whichever_check_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids are checked once, after reading; the error still names the earliest bad row: an item
+    id before a user id in a later batch, an id before a bad number further on."""
+    monkeypatch.setattr(table_mod, "BATCH_ROWS", 2)
+    (tmp_path / "a.csv").write_text("user_id,item_id,rating\nu0,i0,5\nu1, ,5\n ,i2,5\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 3\), column 'item_id': empty id"):
+        import_table(str(tmp_path / "a.csv"))
+    (tmp_path / "b.csv").write_text("user_id,item_id,rating\nu0,i0,5\n\t,i1,5\nu2,i2,5\nu3,i3,x\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 3\), column 'user_id': empty id"):
+        import_table(str(tmp_path / "b.csv"), columns=InteractionColumns(thresholds={"rating": 3}))
+
+
+def test_dictionary_entries_no_row_uses_are_neither_checked_nor_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"user_id": ["x"]}), path)
+    table = table_mod.open_table(path, ["user_id"])
+    unused = pa.DictionaryArray.from_arrays(pa.array([0, 2], pa.int32()), pa.array(["a", " ", "b"]))
+    for chunks in ([unused], [unused, unused]):
+        encoder = table_mod.Encoder()
+        for chunk in chunks:
+            encoder.add(table, chunk, 0, "user_id")
+        tokens, codes = encoder.finish()
+        assert tokens.to_pylist() == ["a", "b"] and np.concatenate(codes).tolist() == [0, 1] * len(chunks)

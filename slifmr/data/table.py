@@ -155,7 +155,7 @@ def _show(value: Any, limit: int = 40) -> str:
 def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
     """An id column, dictionary-encoded, its dictionary the raw text of the ids (integers as
     their decimal text; entries may repeat). Nulls are refused here (a null index, or an index
-    of a null entry); trimming and the other checks run once per distinct id (`clean_ids`)."""
+    of a null entry); trimming and the other checks run once per distinct id (`check_ids`)."""
     if not pa.types.is_dictionary(arr.type):
         if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
@@ -183,10 +183,14 @@ class IdChunk:
     column: str
 
 
-def clean_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) -> pa.Array:
-    """The distinct raw ids `tokens` trimmed of surrounding whitespace; an empty id or one holding a
-    control character is a DataError naming the first row (in `chunks`' order: (origin, the
-    rows' positions in `tokens`)) that holds one."""
+BadId = tuple[int, DataError]  # (the row's position in its table, the error naming it)
+
+
+def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) -> tuple[pa.Array, BadId | None]:
+    """(The distinct raw ids `tokens` trimmed of surrounding whitespace, the first bad one or
+    None). An id is bad when empty after trimming or holding a control character; the error
+    names the first row holding one, in `chunks`' order ((origin, the rows' positions in
+    `tokens`))."""
     text = pc.utf8_trim_whitespace(tokens)
     bad = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, _CONTROL))
     if pc.any(bad).as_py():
@@ -196,16 +200,20 @@ def clean_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) ->
             if hit.any():
                 i = _first(hit)
                 raw = tokens[int(codes[i])].as_py()
-                why = "empty id" if not raw.strip() else f"id {_show(raw)} holds a control character"
-                raise DataError(origin.table.where(origin.offset + i), why, column=origin.column)
-    return text
+                why = f"empty id {raw!r}" if not pc.utf8_trim_whitespace(pa.array([raw]))[0].as_py() \
+                    else f"id {_show(raw)} holds a control character"
+                return text, (origin.offset + i, DataError(origin.table.where(origin.offset + i), why, column=origin.column))
+    return text, None
 
 
 def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
-    """`raw_ids` with its dictionary cleaned (`clean_ids`): for looking a batch's ids up."""
+    """`raw_ids` with its dictionary cleaned (`check_ids`): for looking a batch's ids up."""
     ids = raw_ids(table, arr, offset, column)
     codes = np.asarray(ids.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return pa.DictionaryArray.from_arrays(ids.indices, clean_ids(ids.dictionary, [(IdChunk(table, offset, column), codes)]))
+    text, bad = check_ids(ids.dictionary, [(IdChunk(table, offset, column), codes)])
+    if bad is not None:
+        raise bad[1]
+    return pa.DictionaryArray.from_arrays(ids.indices, text)
 
 
 def token_array(ids: pa.DictionaryArray) -> pa.Array:
@@ -247,22 +255,44 @@ class Encoder:
         self.origins.append(IdChunk(table, offset, column))
 
     def finish(self) -> tuple[pa.Array, list[np.ndarray]]:
-        """(tokens (T,) string, distinct, the codes of each added chunk, int64)."""
+        """(tokens (T,) string, distinct, the codes of each added chunk, int64); a DataError
+        naming the first row with a bad id."""
+        tokens, codes, bad = self.encode()
+        if bad is not None:
+            raise bad[1]
+        return tokens, codes
+
+    def encode(self) -> tuple[pa.Array, list[np.ndarray], BadId | None]:
+        """`finish` without raising: (tokens, codes, the first bad id or None)."""
         if not self.chunks:
-            return pa.array([], pa.string()), []
+            return pa.array([], pa.string()), [], None
         unified = pa.chunked_array(self.chunks, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
         raw = unified.chunk(0).dictionary
         codes = [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
-        text = clean_ids(raw, list(zip(self.origins, codes)))
+        used = np.zeros(len(raw), bool)
+        for c in codes:
+            used[c] = True
+        if not used.all():  # entries no row uses (a foreign writer's dictionary): neither checked nor kept
+            renumber = np.cumsum(used) - 1
+            raw, codes = raw.filter(pa.array(used)), [renumber[c] for c in codes]
+        text, bad = check_ids(raw, list(zip(self.origins, codes)))
         if len(self.chunks) > 1 and pc.all(pc.equal(text, raw)).as_py():
-            # unifying several chunks hashes every entry into one table: repeated entries of a
-            # foreign writer's dictionary are one entry already, and trimming changed nothing
-            return raw, codes
-        # trimming may make two entries one ('u1 ' and 'u1'), and a single chunk's dictionary is
-        # returned by unification as it came (it may repeat an entry): encoded again
+            # unifying several chunks hashes every entry into one table (Arrow's RecursiveUnifier;
+            # only a single chunk is returned as it came): repeated entries of a foreign writer's
+            # dictionary are one entry already, and trimming changed nothing
+            return raw, codes, bad
+        # trimming may make two entries one ('u1 ' and 'u1'), and a single chunk's dictionary may
+        # repeat an entry: encoded again
         merged = pc.dictionary_encode(text)
         remap = np.asarray(merged.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        return merged.dictionary, [remap[c] for c in codes]
+        return merged.dictionary, [remap[c] for c in codes], bad
+
+
+def first_bad_id(*found: BadId | None) -> DataError | None:
+    """The error of the earliest row among several columns' first bad ids (the first given wins
+    a tie)."""
+    rows = [f for f in found if f is not None]
+    return min(rows, key=lambda f: f[0])[1] if rows else None
 
 
 def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
@@ -346,23 +376,32 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
     users, items = Encoder(), Encoder()
     keep, times, splits = [], [], []
     total = 0
-    for offset, batch in table.batches(list(dict.fromkeys(names))):
-        users.add(table, batch.column(cols.user), offset, cols.user)
-        items.add(table, batch.column(cols.item), offset, cols.item)
-        mask = np.ones(batch.num_rows, bool)
-        for col, v in cols.thresholds.items():
-            mask &= numbers(table, batch.column(col), offset, col) >= v
-        keep.append(mask)
-        if cols.time:
-            times.append(numbers(table, batch.column(cols.time), offset, cols.time,
-                                 "timestamps must be numbers of seconds or Arrow timestamps: convert dates first"))
-        if cols.split and split == "column":
-            splits.append(_split_codes(table, batch.column(cols.split), offset, cols.split))
-        total += batch.num_rows
+    try:
+        for offset, batch in table.batches(list(dict.fromkeys(names))):
+            users.add(table, batch.column(cols.user), offset, cols.user)
+            items.add(table, batch.column(cols.item), offset, cols.item)
+            mask = np.ones(batch.num_rows, bool)
+            for col, v in cols.thresholds.items():
+                mask &= numbers(table, batch.column(col), offset, col) >= v
+            keep.append(mask)
+            if cols.time:
+                times.append(numbers(table, batch.column(cols.time), offset, cols.time,
+                                     "timestamps must be numbers of seconds or Arrow timestamps: convert dates first"))
+            if cols.split and split == "column":
+                splits.append(_split_codes(table, batch.column(cols.split), offset, cols.split))
+            total += batch.num_rows
+    except DataError as e:
+        # ids are checked once, after reading: a bad id up to this batch is named first, as a
+        # batch-by-batch check would have
+        id_error = first_bad_id(users.encode()[2], items.encode()[2])
+        raise (id_error or e) from None
     if total == 0:
         raise DataError(table.source, "no rows")
-    user_tokens, user_chunks = users.finish()
-    item_tokens, item_chunks = items.finish()
+    user_tokens, user_chunks, user_bad = users.encode()
+    item_tokens, item_chunks, item_bad = items.encode()
+    id_error = first_bad_id(user_bad, item_bad)
+    if id_error is not None:
+        raise id_error
     user, item = np.concatenate(user_chunks), np.concatenate(item_chunks)
     kept = np.concatenate(keep)
     ts = np.concatenate(times) if times else None

@@ -146,8 +146,10 @@ def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share
 
     The support of (u, i) is sum_j w_ij over S(t)'s neighbours j of i that u also interacted with:
     how much Z(t-1) finds i like the rest of u's history, (X S(t))_ui for the interaction matrix
-    X. Ties keep the later edge. ui_edges: (2, E) user, item; corr: S(t), symmetric (edge_index,
-    weight); returns (2, E') with E' <= E. Memory: E x (S(t)'s mean degree) index pairs."""
+    X. Ties (often: zero support) are broken by a fixed random order of the edges, not by their
+    order in the dataset (which would drop each user's oldest interactions first). ui_edges:
+    (2, E) user, item; corr: S(t), symmetric (edge_index, weight); CPU tensors; returns (2, E')
+    with E' <= E. Memory: E x (S(t)'s mean degree) index pairs."""
     if share <= 0 or corr is None or ui_edges.shape[1] == 0:
         return ui_edges
     u, i = ui_edges
@@ -163,12 +165,13 @@ def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share
     query = u[edge] * num_items + b[slot]
     at = torch.searchsorted(known, query).clamp_max(known.numel() - 1)
     support = torch.zeros(u.numel()).index_add_(0, edge, w[slot].float() * (known[at] == query))
-    by_support = torch.argsort(support, stable=True)
+    shuffled = torch.randperm(u.numel(), generator=torch.Generator().manual_seed(0))  # the ties' order
+    by_support = shuffled[torch.argsort(support[shuffled], stable=True)]
     ranked = by_support[torch.argsort(u[by_support], stable=True)]  # per user, least supported first
     degree = torch.bincount(u)
     first = torch.cumsum(degree, 0) - degree
     user = u[ranked]
-    drop = (torch.arange(u.numel()) - first[user]) < (degree[user] * share).floor()
+    drop = (torch.arange(u.numel()) - first[user]) < (degree[user].double() * share).floor()
     keep = torch.ones(u.numel(), dtype=torch.bool)
     keep[ranked[drop]] = False
     return ui_edges[:, keep]
