@@ -1,0 +1,103 @@
+"""What a history-sampled batch touches, against graph size (issue 14's per-step target).
+
+    python benchmarks/sample_work.py --users 100000 1000000 --steps 7
+
+For each size, on the synthetic datasets benchmarks/scale.py writes (--data, `u<users>`
+folders), the epoch-1 graphs of `slifmr` (history sampling, no ridge head) and --steps BPR
+batches of --batch: per step, the distinct seed users and items, the sampled nodes per type
+and the sampled edges, and the wall seconds of the sampler alone (PyG's sampler interface,
+our vectorised `_sample`; one warm-up pass first, 1 torch thread). Nanoseconds per sampled
+edge separate the two reasons a step grows with the graph: more distinct nodes in a batch of
+the same size (fewer repeats among a larger catalogue) and dearer memory access per edge.
+Writes benchmarks/results/sample-work.json and the SAMPLE_WORK section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from quality import HERE, publish
+
+
+def measure(data: Path, batch: int, steps: int) -> dict:
+    """One size's per-step work and sampler seconds (means over `steps` batches)."""
+    import torch
+
+    from slifmr.config import load_config
+    from slifmr.data.graphs import training_pairs
+    from slifmr.model.graphs import epoch_graphs
+    from slifmr.sampling.negative import BPRSampler
+    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph
+    from slifmr.trainer import build_model, resolve_dataset, sampling_fanouts
+
+    cfg = load_config(overrides=[f"data={data}", "model.ridge_weight=0", "train.sampling=history",
+                                 f"train.batch_size={batch}"])
+    ds = resolve_dataset(cfg)
+    model, static = build_model(cfg, ds, sparse_tables=True)
+    graphs = model.attend(epoch_graphs(static, None, cfg.model, torch.Generator().manual_seed(0)))
+    sampler = BatchSubgraphs(epoch_graph(graphs), sampling_fanouts(cfg.train, model.view_layers), 0, 0).sampler
+    batches = [b for _, b in zip(range(steps), BPRSampler(*training_pairs(ds), ds.num_items, batch, 1).epoch(1))]
+    seeds = [{"user": torch.unique(u), "item": torch.unique(torch.cat([p, n]))} for u, p, n in batches]
+
+    def run() -> list:
+        sampler.generator.manual_seed(0)
+        return [sampler._sample(s) for s in seeds]
+
+    run()  # warm-up
+    start = time.perf_counter()
+    outs = run()
+    seconds = (time.perf_counter() - start) / len(seeds)
+    edges = statistics.mean(sum(v.numel() for v in o.row.values()) for o in outs)
+    return {"mode": "history", "users": ds.num_users, "items": ds.num_items, "workers": 1, "threads": 1,
+            "batch_size": batch, "steps": len(seeds),
+            "seed_users": statistics.mean(s["user"].numel() for s in seeds),
+            "seed_items": statistics.mean(s["item"].numel() for s in seeds),
+            "sampled_nodes": {t: statistics.mean(o.node[t].numel() for o in outs) for t in outs[0].node},
+            "sampled_edges": edges, "sampler_seconds_per_step": seconds, "ns_per_sampled_edge": seconds / edges * 1e9}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", nargs="+", type=int, default=[100_000, 1_000_000])
+    ap.add_argument("--data", default=str(HERE / "runs" / "scale14" / "data"), help="folder of u<users> datasets")
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=7)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for users in args.users:
+        data = Path(args.data) / f"u{users}"
+        if not data.exists():
+            print(f"{data} is missing: run benchmarks/scale.py at {users} users first", file=sys.stderr)
+            return 2
+        rows.append(measure(data, args.batch, args.steps))
+        print(f"{users:,} users done", flush=True)
+    base = rows[0]
+    command = "python benchmarks/sample_work.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running; 1 torch thread"
+    lines = ["## What a history-sampled batch touches (issue 14)", "", f"Command: `{command}`  ",
+             f"Machine: {machine}. Synthetic datasets of benchmarks/scale.py (items = users / 10); global batch "
+             f"{args.batch:,}; means over {args.steps} batches, the sampler alone.", "",
+             "| users | items | seed users | seed items | sampled users / items / entities | sampled edges | "
+             "sampler s/step | ns per edge | s/step vs first | ns/edge vs first |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        nodes = " / ".join(f"{r['sampled_nodes'].get(t, 0):,.0f}" for t in ("user", "item", "entity"))
+        lines.append(f"| {r['users']:,} | {r['items']:,} | {r['seed_users']:,.0f} | {r['seed_items']:,.0f} | {nodes} | "
+                     f"{r['sampled_edges']:,.0f} | {r['sampler_seconds_per_step']:.4f} | {r['ns_per_sampled_edge']:.0f} | "
+                     f"{r['sampler_seconds_per_step'] / base['sampler_seconds_per_step']:.2f}x | "
+                     f"{r['ns_per_sampled_edge'] / base['ns_per_sampled_edge']:.2f}x |")
+    publish("SAMPLE_WORK", "sample-work", {"command": command, "machine": machine, "rows": rows}, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
