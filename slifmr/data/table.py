@@ -200,8 +200,7 @@ def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) ->
             if hit.any():
                 i = _first(hit)
                 raw = tokens[int(codes[i])].as_py()
-                why = f"empty id {raw!r}" if not pc.utf8_trim_whitespace(pa.array([raw]))[0].as_py() \
-                    else f"id {_show(raw)} holds a control character"
+                why = f"empty id {raw!r}" if not text[int(codes[i])].as_py() else f"id {_show(raw)} holds a control character"
                 return text, (origin.offset + i, DataError(origin.table.where(origin.offset + i), why, column=origin.column))
     return text, None
 

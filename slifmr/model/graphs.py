@@ -157,8 +157,7 @@ def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share
     (a, b), w = corr
     order = torch.argsort(a, stable=True)
     b, w = b[order], w[order]
-    ptr = torch.zeros(num_items + 1, dtype=torch.long)
-    ptr[1:] = torch.cumsum(torch.bincount(a, minlength=num_items), 0)
+    ptr = crow_indices(a, num_items)
     fan = ptr[i + 1] - ptr[i]
     edge = torch.repeat_interleave(torch.arange(u.numel()), fan)
     slot = ptr[i][edge] + torch.arange(edge.numel()) - torch.repeat_interleave(torch.cumsum(fan, 0) - fan, fan)
