@@ -219,7 +219,9 @@ def test_dictionary_entries_no_row_uses_are_neither_checked_nor_kept(tmp_path: P
     pq.write_table(pa.table({"user_id": ["x"]}), path)
     table = table_mod.open_table(path, ["user_id"])
     unused = pa.DictionaryArray.from_arrays(pa.array([0, 2], pa.int32()), pa.array(["a", " ", "b"]))
-    for chunks in ([unused], [unused, unused]):
+    unused_null = pa.DictionaryArray.from_arrays(pa.array([0, 2], pa.int32()), pa.array(["a", None, "b"]))
+    assert table_mod.token_array(table_mod.id_tokens(table, unused_null, 0, "user_id")).to_pylist() == ["a", "b"]
+    for chunks in ([unused], [unused, unused], [unused_null], [unused_null, unused]):
         encoder = table_mod.Encoder()
         for chunk in chunks:
             encoder.add(table, chunk, 0, "user_id")

@@ -163,14 +163,17 @@ def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Diction
     values, indices = arr.dictionary, arr.indices
     if indices.null_count or values.null_count:
         missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
-        i = _first(np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool))
-        raise DataError(table.where(offset + i), "missing id", column=column)
+        missing = np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)
+        if missing.any():  # a null entry no row uses is no missing id (`Encoder.encode` drops it)
+            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
     if pa.types.is_integer(values.type):
         text = pc.cast(values, pa.string())
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         text = values.cast(pa.string())
     else:
         raise DataError(table.source, f"ids must be strings or integers, found {values.type}", column=column)
+    if text.null_count:  # unused (checked above); Arrow cannot unify dictionaries holding nulls
+        text = pc.fill_null(text, "")
     return pa.DictionaryArray.from_arrays(indices, text)
 
 
