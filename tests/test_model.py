@@ -149,6 +149,24 @@ def test_spmm_backward_through_the_stored_transpose_matches_torch() -> None:
     torch.testing.assert_close(transpose_csr(adj).to_dense(), adj.to_dense().T)
 
 
+def test_to_csr_adds_repeats_and_takes_coalesced_edges_as_they_are() -> None:
+    g = torch.Generator().manual_seed(1)
+    ei = torch.stack([torch.randint(0, 6, (40,), generator=g), torch.randint(0, 4, (40,), generator=g)])
+    w = torch.rand(40, generator=g)
+    dense = torch.zeros(6, 4).index_put_((ei[0], ei[1]), w, accumulate=True)
+    torch.testing.assert_close(to_csr(ei, w, 6, 4).to_dense(), dense)  # unsorted, with repeats
+    coalesced = torch.sparse_coo_tensor(ei, w, (6, 4)).coalesce()
+    fast = to_csr(coalesced.indices(), coalesced.values(), 6, 4)  # sorted, unique: no sort
+    torch.testing.assert_close(fast.to_dense(), dense)
+    assert torch.equal(fast.col_indices(), coalesced.to_sparse_csr().col_indices())
+    t = transpose_csr(fast)
+    torch.testing.assert_close(t.to_dense(), dense.T)
+    # CSR invariant: columns ascending within each row of the transpose
+    rows = torch.repeat_interleave(torch.arange(4), t.crow_indices().diff())
+    keys = rows * 6 + t.col_indices()
+    assert bool((keys[1:] > keys[:-1]).all())
+
+
 @pytest.mark.parametrize("variant", ["lightgcn", "static", "no_sc", "no_kg", "no_mm", "slifmr"])
 def test_variants_train_a_step_and_score(variant: str, tiny_ds) -> None:  # noqa: ANN001
     cfg = load_config(variant=variant, overrides=["model.embedding_dim=16", "model.k_corr=3"])

@@ -31,6 +31,29 @@ def test_rank_shards_are_disjoint_and_negatives_are_not_positives() -> None:
     assert sum(map(len, keys)) == 3 * (users.numel() // 3)
 
 
+def test_negatives_recheck_only_the_redrawn_and_match_rejecting_every_draw() -> None:
+    # dense users (most items positive) need many rejection rounds; checking only each round's
+    # new draws must give exactly what re-checking every draw each round gives (same draws)
+    users, items = _pairs()
+    s = BPRSampler(users, items, 50, 16, seed=7)
+    query = users.repeat(4)
+    s.generator.manual_seed(3)
+    got = s.negatives(query)
+    s.generator.manual_seed(3)
+    want = torch.randint(0, 50, query.shape, generator=s.generator)
+    keys = set((users * 50 + items).tolist())
+    for _ in range(s.max_tries):
+        bad = torch.tensor([int(u) * 50 + int(n) in keys for u, n in zip(query, want)])
+        if not bad.any():
+            break
+        want[bad] = torch.randint(0, 50, (int(bad.sum()),), generator=s.generator)
+    assert torch.equal(got, want)
+    assert not s.is_positive(query, got).any()
+    # is_positive answers in the caller's order although it searches sorted keys
+    assert s.is_positive(users.flip(0), items.flip(0)).all()
+    assert torch.equal(s.is_positive(query, want), torch.tensor([int(u) * 50 + int(n) in keys for u, n in zip(query, want)]))
+
+
 def test_epochs_are_a_function_of_seed_epoch_and_rank() -> None:
     users, items = _pairs()
     a = BPRSampler(users, items, 50, 16, seed=7)

@@ -36,17 +36,26 @@ class BPRSampler:
         return -(-per_rank // self.batch_size)
 
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
-        keys = users * self.num_items + items
+        """(N,) bool: whether each (user, item) is a training pair. The keys are searched in
+        sorted order: random probes into 10^7 keys miss the cache on every level of the binary
+        search (3.5 s against 0.8 s with the sort, 9.3M probes, benchmarks/RESULTS.md SCALE)."""
+        keys, order = torch.sort(users * self.num_items + items)
         pos = torch.searchsorted(self.positive_keys, keys).clamp_max(self.positive_keys.numel() - 1)
-        return self.positive_keys[pos] == keys
+        hit = torch.empty_like(keys, dtype=torch.bool)
+        hit[order] = self.positive_keys[pos] == keys
+        return hit
 
     def negatives(self, users: Tensor) -> Tensor:
+        """(N,) items the users have no training pair with, uniform over the rest (rejection:
+        a positive is redrawn, up to max_tries rounds). Each round checks only the draws it
+        just made; the others were already negatives."""
         neg = torch.randint(0, self.num_items, users.shape, generator=self.generator)
+        redrawn = torch.arange(users.numel())
         for _ in range(self.max_tries):
-            bad = self.is_positive(users, neg)
-            if not bad.any():
+            redrawn = redrawn[self.is_positive(users[redrawn], neg[redrawn])]
+            if redrawn.numel() == 0:
                 break
-            neg[bad] = torch.randint(0, self.num_items, (int(bad.sum()),), generator=self.generator)
+            neg[redrawn] = torch.randint(0, self.num_items, (redrawn.numel(),), generator=self.generator)
         return neg
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
