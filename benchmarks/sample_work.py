@@ -5,10 +5,11 @@
 For each size, on the synthetic datasets benchmarks/scale.py writes (--data, `u<users>`
 folders), the epoch-1 graphs of `slifmr` (history sampling, no ridge head) and --steps BPR
 batches of --batch: per step, the distinct seed users and items, the sampled nodes per type
-and the sampled edges, and the wall seconds of the sampler alone (PyG's sampler interface,
-our vectorised `_sample`; one warm-up pass first, 1 torch thread). Nanoseconds per sampled
-edge separate the two reasons a step grows with the graph: more distinct nodes in a batch of
-the same size (fewer repeats among a larger catalogue) and dearer memory access per edge.
+and the sampled edges, and the wall seconds of `BatchSubgraphs.sample` (PyG's sampler
+interface, our vectorised `_sample`, the subgraph's weights; one warm-up pass first, 1 torch
+thread), for the whole sample and the sample cut to its seeds. Nanoseconds per sampled edge
+separate the two reasons a step grows with the graph: more distinct nodes in a batch of the
+same size (fewer repeats among a larger catalogue) and dearer memory access per edge.
 Writes benchmarks/results/sample-work.json and the SAMPLE_WORK section of RESULTS.md.
 """
 
@@ -25,8 +26,10 @@ from pathlib import Path
 from quality import HERE, publish
 
 
-def measure(data: Path, batch: int, steps: int) -> dict:
-    """One size's per-step work and sampler seconds (means over `steps` batches)."""
+def measure(data: Path, batch: int, steps: int) -> list[dict]:
+    """One size's per-step work and sampler seconds (means over `steps` batches), for the whole
+    one-hop sample (train.history_grad=sampled) and for the sample cut to its seeds
+    (history_grad=seeds, the default: `BatchSubgraphs(seed_sources_only=True)`)."""
     import torch
 
     from slifmr.config import load_config
@@ -41,25 +44,30 @@ def measure(data: Path, batch: int, steps: int) -> dict:
     ds = resolve_dataset(cfg)
     model, static = build_model(cfg, ds, sparse_tables=True)
     graphs = model.attend(epoch_graphs(static, None, cfg.model, torch.Generator().manual_seed(0)))
-    sampler = BatchSubgraphs(epoch_graph(graphs), sampling_fanouts(cfg.train, model.view_layers), 0, 0).sampler
+    graph, fanouts = epoch_graph(graphs), sampling_fanouts(cfg.train, model.view_layers)
     batches = [b for _, b in zip(range(steps), BPRSampler(*training_pairs(ds), ds.num_items, batch, 1).epoch(1))]
-    seeds = [{"user": torch.unique(u), "item": torch.unique(torch.cat([p, n]))} for u, p, n in batches]
+    rows = []
+    for history_grad in ("sampled", "seeds"):
+        subgraphs = BatchSubgraphs(graph, fanouts, 0, 0, seed_sources_only=history_grad == "seeds")
 
-    def run() -> list:
-        sampler.generator.manual_seed(0)
-        return [sampler._sample(s) for s in seeds]
+        def run(subgraphs: BatchSubgraphs) -> list:
+            return [subgraphs.sample(*b, 1, step) for step, b in enumerate(batches)]
 
-    run()  # warm-up
-    start = time.perf_counter()
-    outs = run()
-    seconds = (time.perf_counter() - start) / len(seeds)
-    edges = statistics.mean(sum(v.numel() for v in o.row.values()) for o in outs)
-    return {"mode": "history", "users": ds.num_users, "items": ds.num_items, "workers": 1, "threads": 1,
-            "batch_size": batch, "steps": len(seeds),
-            "seed_users": statistics.mean(s["user"].numel() for s in seeds),
-            "seed_items": statistics.mean(s["item"].numel() for s in seeds),
-            "sampled_nodes": {t: statistics.mean(o.node[t].numel() for o in outs) for t in outs[0].node},
-            "sampled_edges": edges, "sampler_seconds_per_step": seconds, "ns_per_sampled_edge": seconds / edges * 1e9}
+        run(subgraphs)  # warm-up
+        start = time.perf_counter()
+        outs = run(subgraphs)
+        seconds = (time.perf_counter() - start) / len(batches)
+        kept = statistics.mean(sum(o[et].edge_index.shape[1] for et in o.edge_types) for o in outs)
+        rows.append({"mode": "history", "history_grad": history_grad, "users": ds.num_users, "items": ds.num_items,
+                     "workers": 1, "threads": 1, "batch_size": batch, "steps": len(batches),
+                     "seed_users": statistics.mean(int(o["user"].num_sampled_nodes[0]) for o in outs),
+                     "seed_items": statistics.mean(int(o["item"].num_sampled_nodes[0]) for o in outs),
+                     "sampled_nodes": {t: statistics.mean(o[t].n_id.numel() for o in outs) for t in outs[0].node_types},
+                     "sampled_edges": statistics.mean(sum(int(o[et].num_sampled_edges[0]) for et in o.edge_types)
+                                                      for o in outs) if history_grad == "sampled" else rows[0]["sampled_edges"],
+                     "kept_edges": kept, "sampler_seconds_per_step": seconds})
+        rows[-1]["ns_per_sampled_edge"] = seconds / rows[-1]["sampled_edges"] * 1e9
+    return rows
 
 
 def main() -> int:
@@ -78,23 +86,26 @@ def main() -> int:
         if not data.exists():
             print(f"{data} is missing: run benchmarks/scale.py at {users} users first", file=sys.stderr)
             return 2
-        rows.append(measure(data, args.batch, args.steps))
+        rows.extend(measure(data, args.batch, args.steps))
         print(f"{users:,} users done", flush=True)
-    base = rows[0]
+    base = {r['history_grad']: r for r in reversed(rows)}  # each mode's first size
     command = "python benchmarks/sample_work.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running; 1 torch thread"
     lines = ["## What a history-sampled batch touches (issue 14)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. Synthetic datasets of benchmarks/scale.py (items = users / 10); global batch "
-             f"{args.batch:,}; means over {args.steps} batches, the sampler alone.", "",
-             "| users | items | seed users | seed items | sampled users / items / entities | sampled edges | "
-             "sampler s/step | ns per edge | s/step vs first | ns/edge vs first |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{args.batch:,}; means over {args.steps} batches of `BatchSubgraphs.sample` (the sampler, the "
+             "subgraph's edge weights and indices: what a step's 'sampling' time holds before the propagator), "
+             "for the whole sample (history_grad=sampled) and the sample cut to its seeds (history_grad=seeds, "
+             "the default). Sampled edges: every drawn edge; kept: those in the subgraph.", "",
+             "| users | items | history_grad | seed users | seed items | nodes users / items / entities | "
+             "sampled edges | kept edges | sampler s/step | ns per sampled edge | s/step vs first size |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         nodes = " / ".join(f"{r['sampled_nodes'].get(t, 0):,.0f}" for t in ("user", "item", "entity"))
-        lines.append(f"| {r['users']:,} | {r['items']:,} | {r['seed_users']:,.0f} | {r['seed_items']:,.0f} | {nodes} | "
-                     f"{r['sampled_edges']:,.0f} | {r['sampler_seconds_per_step']:.4f} | {r['ns_per_sampled_edge']:.0f} | "
-                     f"{r['sampler_seconds_per_step'] / base['sampler_seconds_per_step']:.2f}x | "
-                     f"{r['ns_per_sampled_edge'] / base['ns_per_sampled_edge']:.2f}x |")
+        lines.append(f"| {r['users']:,} | {r['items']:,} | {r['history_grad']} | {r['seed_users']:,.0f} | "
+                     f"{r['seed_items']:,.0f} | {nodes} | {r['sampled_edges']:,.0f} | {r['kept_edges']:,.0f} | "
+                     f"{r['sampler_seconds_per_step']:.4f} | {r['ns_per_sampled_edge']:.0f} | "
+                     f"{r['sampler_seconds_per_step'] / base[r['history_grad']]['sampler_seconds_per_step']:.2f}x |")
     publish("SAMPLE_WORK", "sample-work", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0
 

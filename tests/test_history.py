@@ -107,6 +107,36 @@ def test_step_touches_only_sampled_rows(tiny_ds: Dataset) -> None:
     assert sub["user"].n_id.numel() > seeds.numel()  # the sample reached beyond the seeds
 
 
+def test_a_sample_cut_to_its_seeds_gives_the_same_seeds_step(tiny_ds: Dataset) -> None:
+    """history_grad=seeds: the sampler keeps only edges from seeds (seed_sources_only) and
+    numbers no other node; with a stale memory and a fan-out that samples, the loss and every
+    table gradient equal those of the whole sample (same draws, same rescaled weights)."""
+    model, graphs = _model(tiny_ds, *LAYERS)
+    memory = record_memory(model, graphs)
+    with torch.no_grad():
+        for table in model.embedding_tables():
+            table.add_(0.1 * torch.randn(table.shape, generator=torch.Generator().manual_seed(2)))
+    fanouts = sampling_fanouts(_train("history", "2"), model.view_layers)
+    results = []
+    for cut in (False, True):
+        sub = BatchSubgraphs(epoch_graph(graphs), fanouts, 0, seed_sources_only=cut).sample(*_batch(tiny_ds, 40), 1, 0)
+        model.zero_grad()
+        loss = model(history_batch(sub, memory, graphs, torch.Generator().manual_seed(0), neighbour_grad=False))["loss"]
+        loss.backward()
+        results.append((sub, loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+    (whole, loss, grads), (cut, cut_loss, cut_grads) = results
+    assert all(cut[t].n_id.numel() == cut[t].num_sampled_nodes[0] for t in cut.node_types)  # seeds only
+    assert whole["user"].n_id.numel() > whole["user"].num_sampled_nodes[0]
+    assert 0 < sum(cut[et].edge_index.shape[1] for et in cut.edge_types) < sum(
+        whole[et].edge_index.shape[1] for et in whole.edge_types)
+    torch.testing.assert_close(cut_loss, loss)
+    assert cut_grads.keys() == grads.keys() and "user_emb.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(cut_grads[name], grad, msg=name)
+    with pytest.raises(ValueError):
+        BatchSubgraphs(epoch_graph(graphs), {et: [2, 1] for et in fanouts}, 0, seed_sources_only=True)
+
+
 def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:
     """Two epochs straight equal one epoch, a resume, and the second (the memory is rebuilt
     from the checkpointed weights, and every 2 steps within an epoch)."""

@@ -200,6 +200,9 @@ class HeteroNeighborSampler(NeighborSampler):
             warnings.simplefilter("ignore")
             super().__init__(data, num_neighbors)
         self.generator = torch.Generator()
+        # set by BatchSubgraphs(seed_sources_only=True): sampled sources that are not seeds are
+        # not numbered (their local index stays -1), as the caller drops their edges anyway
+        self.seed_sources_only = False
         self._local = {t: torch.full((n,), -1, dtype=torch.long) for t, n in self.num_nodes.items()}
         self.in_degree = {self.to_edge_type[rel]: colptr.diff() for rel, colptr in self.colptr_dict.items()}
 
@@ -236,9 +239,10 @@ class HeteroNeighborSampler(NeighborSampler):
                     eid, which = _sample_rows(colptr[dst], colptr[dst + 1] - colptr[dst], k, self.generator)
                     src = self.row_dict[rel][eid]
                     local = self._local[src_t]
-                    new = torch.unique(src[local[src] < 0])
-                    local[new] = torch.arange(nodes[src_t].numel(), nodes[src_t].numel() + new.numel())
-                    nodes[src_t] = torch.cat([nodes[src_t], new])
+                    if not self.seed_sources_only:
+                        new = torch.unique(src[local[src] < 0])
+                        local[new] = torch.arange(nodes[src_t].numel(), nodes[src_t].numel() + new.numel())
+                        nodes[src_t] = torch.cat([nodes[src_t], new])
                     out_row[et].append(local[src])
                     out_col[et].append(which + lo)
                     out_edge[et].append(eid)
@@ -269,11 +273,21 @@ class BatchSubgraphs:
     Sampled edges' weights are rescaled by in-degree / sampled count per (edge type, target),
     so a sampled layer is an unbiased estimate of the full one, and equal to it when every
     neighbour is taken. Randomness is a pure function of (seed, epoch, rank, batch number).
+
+    `seed_sources_only` (one-hop history sampling with train.history_grad=seeds, where a
+    neighbour that is not a seed enters at its historical row and its edge carries nothing): the
+    neighbours are drawn as usual and count in the rescaling, but only edges from seeds are kept
+    and no other node is numbered, so the sample holds the seeds alone (same draws, same
+    weights on the kept edges; less sampler time, RESULTS.md SAMPLE_WORK).
     """
 
-    def __init__(self, graph: HeteroData, fanout: dict[EdgeType, list[int]], seed: int, rank: int = 0):
+    def __init__(self, graph: HeteroData, fanout: dict[EdgeType, list[int]], seed: int, rank: int = 0,
+                 seed_sources_only: bool = False):
         self.graph = graph
         self.sampler = HeteroNeighborSampler(graph, {et: fanout[et] for et in graph.edge_types})
+        if seed_sources_only and self.sampler.num_neighbors.num_hops != 1:
+            raise ValueError("seed_sources_only samples one hop")
+        self.sampler.seed_sources_only = seed_sources_only
         self.seed, self.rank = seed, rank
 
     def sample(self, users: Tensor, pos: Tensor, neg: Tensor, epoch: int, step: int) -> HeteroData:
@@ -283,6 +297,10 @@ class BatchSubgraphs:
         with torch.random.fork_rng():  # PyG's own samplers draw from the global generator
             torch.manual_seed(derive_seed(self.seed, epoch, self.rank, step))
             out = self.sampler._sample({"user": seed_users, "item": seed_items})
+        # per edge type, how many edges were sampled into each destination (the rescaling's k_v)
+        sampled_into = {et: torch.bincount(col, minlength=out.node[et[2]].numel()) for et, col in out.col.items()}
+        if self.sampler.seed_sources_only:
+            out = _seed_sources(out)
         data = filter_hetero_data(self.graph, out.node, out.row, out.col, out.edge, self.sampler.edge_permutation)
         for t, ids in out.node.items():
             data[t].n_id = ids
@@ -291,7 +309,7 @@ class BatchSubgraphs:
             data[et].e_id = out.edge[et] if perm is None else perm[out.edge[et]]
             col = data[et].edge_index[1]
             if col.numel():
-                sampled = torch.bincount(col, minlength=data[et[2]].num_nodes)[col]
+                sampled = sampled_into[et][col]
                 full = self.sampler.in_degree[et][data[et[2]].n_id[col]]
                 data[et].edge_weight = data[et].edge_weight * (full / sampled).float()
         data.set_value_dict("num_sampled_nodes", out.num_sampled_nodes)
@@ -300,6 +318,20 @@ class BatchSubgraphs:
         data["item"].dst_pos_index = item_index[: pos.numel()]
         data["item"].dst_neg_index = item_index[pos.numel():]
         return data
+
+
+def _seed_sources(out: HeteroSamplerOutput) -> HeteroSamplerOutput:
+    """A one-hop sample cut to its seeds: the edges whose source is a seed, every node that is
+    not one dropped (seeds come first, so they keep their local indices)."""
+    seeds = {t: n[0] for t, n in out.num_sampled_nodes.items()}
+    keep = {et: (row >= 0) & (row < seeds[et[0]]) for et, row in out.row.items()}
+    return HeteroSamplerOutput(
+        node={t: ids[: seeds[t]] for t, ids in out.node.items()},
+        row={et: out.row[et][k] for et, k in keep.items()}, col={et: out.col[et][k] for et, k in keep.items()},
+        edge={et: out.edge[et][k] for et, k in keep.items()},
+        num_sampled_nodes={t: [seeds[t]] + [0] * (len(n) - 1) for t, n in out.num_sampled_nodes.items()},
+        num_sampled_edges={et: [int(k.sum())] for et, k in keep.items()},
+    )
 
 
 class SeedsFirst:
