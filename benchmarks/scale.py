@@ -318,6 +318,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
+    plt.close(fig)  # the plot is redrawn after every row
     tmp.replace(out)
 
 
