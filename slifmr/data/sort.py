@@ -17,10 +17,8 @@ def sort_in_place(keys: np.ndarray, workers: int | None = None) -> None:
     sorts), then one stable sort merges the sorted runs (numpy's timsort finds them, so this is
     a merge, not a sort: ~0.03 s for 6x10^6 int64). `workers`: threads (default: the cores this
     process may run on)."""
-    if keys.size < PARALLEL_FROM:
-        keys.sort()
-        return
-    k = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    k = 1 if keys.size < PARALLEL_FROM else workers or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if k < 2:
         keys.sort()
         return

@@ -193,16 +193,16 @@ def _sample_rows(start: Tensor, deg: Tensor, k: int, generator: torch.Generator)
 
 class HeteroNeighborSampler(NeighborSampler):
     """PyG's NeighborSampler with a pure-PyTorch `_sample` where pyg-lib and torch-sparse are
-    missing. Its randomness comes from `self.generator` (reseed it per batch)."""
+    missing. Its randomness comes from `self.generator` (reseed it per batch).
+    `seed_sources_only`: sampled sources that are not seeds are not numbered (their local index
+    stays -1), for a caller that drops their edges (`BatchSubgraphs(seed_sources_only=True)`)."""
 
-    def __init__(self, data: HeteroData, num_neighbors: dict[EdgeType, list[int]]):
+    def __init__(self, data: HeteroData, num_neighbors: dict[EdgeType, list[int]], seed_sources_only: bool = False):
         with warnings.catch_warnings():  # "without pyg-lib is deprecated": we bring our own
             warnings.simplefilter("ignore")
             super().__init__(data, num_neighbors)
         self.generator = torch.Generator()
-        # set by BatchSubgraphs(seed_sources_only=True): sampled sources that are not seeds are
-        # not numbered (their local index stays -1), as the caller drops their edges anyway
-        self.seed_sources_only = False
+        self.seed_sources_only = seed_sources_only
         self._local = {t: torch.full((n,), -1, dtype=torch.long) for t, n in self.num_nodes.items()}
         self.in_degree = {self.to_edge_type[rel]: colptr.diff() for rel, colptr in self.colptr_dict.items()}
 
@@ -284,10 +284,9 @@ class BatchSubgraphs:
     def __init__(self, graph: HeteroData, fanout: dict[EdgeType, list[int]], seed: int, rank: int = 0,
                  seed_sources_only: bool = False):
         self.graph = graph
-        self.sampler = HeteroNeighborSampler(graph, {et: fanout[et] for et in graph.edge_types})
+        self.sampler = HeteroNeighborSampler(graph, {et: fanout[et] for et in graph.edge_types}, seed_sources_only)
         if seed_sources_only and self.sampler.num_neighbors.num_hops != 1:
             raise ValueError("seed_sources_only samples one hop")
-        self.sampler.seed_sources_only = seed_sources_only
         self.seed, self.rank = seed, rank
 
     def sample(self, users: Tensor, pos: Tensor, neg: Tensor, epoch: int, step: int) -> HeteroData:
