@@ -2,14 +2,20 @@
 
     python benchmarks/gpu_check.py --data ~/.cache/slifmr/ml-100k --epochs 5
 
-1. `--gpu --workers 1` training on the dataset through Ray Train (nccl, world size 1), the
-   same in-process on cuda:0, and in-process with `--sampling neighbor` and `--sampling
-   history` (sparse table gradients and row-wise Adam on CUDA; history: one hop over the
-   epoch's historical embeddings): interactions per second and validation Recall@20;
+1. training on the dataset in-process on cuda:0 with `--sampling history` (the default
+   seeds-only one hop over the epoch's historical embeddings; sparse table gradients and
+   row-wise Adam on CUDA), full-graph and `--sampling neighbor`, then `--gpu --workers 1`
+   through Ray Train (nccl, world size 1): interactions per second and validation Recall@20;
 2. the CUDA exact kNN (chunked matmul + top-k, slifmr.data.graphs.knn) of 10^5 and 10^6
-   random 64-d items, k = 10.
+   random 64-d items, k = 10;
+3. cost against size on the GPU: `slifmr train --workers 0 --gpu` in history mode and the
+   BPR-MF floor (mode mf) on benchmarks/scale.py's synthetic graphs of --scale-users users,
+   capped at --scale-steps steps of batch 8192 (epoch 2 reported, exact CUDA kNN).
 
-Writes benchmarks/results/gpu.json and the GPU section of RESULTS.md, with the card's name.
+Each part is guarded: one that fails is recorded with its error and the others still run.
+The JSON (default benchmarks/results/gpu.json) is rewritten after every row, so a run cut
+short keeps what it measured. `--render PATH` reads such a JSON (e.g. one brought back from
+the GPU machine) and writes benchmarks/results/gpu.json and the GPU section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +52,13 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
     from slifmr.config import load_config
     from slifmr.data.format import TRAIN, read_dataset
     from slifmr.distributed.collectives import Comm
-    from slifmr.distributed.launch import ray_train
     from slifmr.trainer import train_loop
 
     cfg = load_config(overrides=[f"train.epochs={epochs}", "train.patience=1000", f"train.sampling={sampling}"])
     cfg.data = data
     if ray_workers:
+        from slifmr.distributed.launch import ray_train
+
         results = ray_train(cfg, run_dir, workers=ray_workers, gpu=True)
     else:
         results = train_loop(cfg, run_dir, Comm.current("cuda"))
@@ -60,34 +69,130 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
             "interactions_per_second": n_train / per_epoch, "valid_recall@20": results["valid"]["recall@20"]}
 
 
+def scale_row(users: int, mode: str, steps: int, runs: Path) -> dict[str, Any]:
+    """benchmarks/scale.py's measurement of one configuration, on this machine's GPU."""
+    import scale
+
+    data, n_train = scale.dataset(users, runs / "data")
+    extra = ("--gpu", "--set", "model.knn=exact", "--set", "model.ridge_weight=0")
+    row = scale.measure(data, n_train, mode, 0, "auto", steps, runs / f"u{users}-{mode}", 8192, threads=4, extra=extra)
+    row["users"] = users
+    if row["exit_status"] != 0:
+        raise RuntimeError(row.get("error", "")[-1500:])
+    return row
+
+
+def guarded(label: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """fn(*args), or {"error": ...} with its traceback: one broken part does not stop the check."""
+    t = time.perf_counter()
+    try:
+        row = fn(*args)
+    except Exception as e:  # noqa: BLE001 - recorded, and the next part runs
+        row = {"error": f"{type(e).__name__}: {e}"[-1500:], "traceback": traceback.format_exc()[-3000:]}
+    row["part"] = label
+    print(f"[{time.perf_counter() - t:6.1f} s] {label}: {json.dumps({k: v for k, v in row.items() if k != 'traceback'})[:600]}",
+          flush=True)
+    return row
+
+
+def save(doc: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The GPU section of RESULTS.md from the check's JSON."""
+    def failed(r: dict[str, Any]) -> str:
+        return f"failed: `{r['error'].splitlines()[-1][:200]}`"
+
+    lines = []
+    for t in doc["training"]:
+        path = ("Ray Train, 1 worker, nccl" if t.get("ray_workers") else "in-process, cuda:0") + f", {t.get('sampling', '')}"
+        if "error" in t:
+            lines.append(f"| {t['part']} | {failed(t)} | | |")
+        else:
+            lines.append(f"| {path} | {t['interactions_per_second']:,.0f} | {t['seconds_per_epoch']:.2f} | "
+                         f"{t['valid_recall@20']:.4f} |")
+    knn = "; ".join(f"{r['items']:,} items: {r['seconds']:.2f} s" if "error" not in r else f"{r['part']}: {failed(r)}"
+                    for r in doc["knn"])
+    scale_lines = []
+    floor = {r["users"]: r["interactions_per_second"] for r in doc.get("scale", []) if r.get("mode") == "mf" and "error" not in r}
+    for r in doc.get("scale", []):
+        if "error" in r:
+            scale_lines.append(f"| {r['part']} | {failed(r)} | | | | |")
+            continue
+        ratio = f"{r['interactions_per_second'] / floor[r['users']]:.2f}" if r["users"] in floor else ""
+        scale_lines.append(f"| {r['users']:,} | {r['mode']} | {r['seconds_per_step']:.4f} | {r['interactions_per_second']:,.0f} | "
+                           f"{ratio} | {r['epoch_seconds_estimated']:,.1f} |")
+    body = (f"## GPU path (issues 4, 14)\n\nCommand (on the lent GPU machine): `{doc['command']}`  \n"
+            f"Card: {doc['card']}, torch {doc['torch']}, {doc.get('cpus', '?')} CPU cores.\n\n"
+            "| path | interactions/s | s/epoch | valid Recall@20 |\n|---|---|---|---|\n" + "\n".join(lines)
+            + f"\n\nCUDA exact kNN (64-d, k = 10, chunked matmul + top-k): {knn}.\n")
+    if scale_lines:
+        body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale.py's synthetic graphs, "
+                 "batch 8192, epoch 2 of capped runs, exact CUDA kNN; x MF: over the BPR-MF floor at the same size):\n\n"
+                 "| users | mode | s/step | interactions/s | x MF | epoch s (est.) |\n|---|---|---|---|---|---|\n"
+                 + "\n".join(scale_lines) + "\n")
+        hist = {r["users"]: r for r in doc["scale"] if r.get("mode") == "history" and "error" not in r}
+        if len(hist) >= 2:
+            lo, hi = min(hist), max(hist)
+            body += (f"\nStep time at {hi:,} users over {lo:,}: history {hist[hi]['seconds_per_step'] / hist[lo]['seconds_per_step']:.2f}x"
+                     + (f", MF {_mf_growth(doc, lo, hi):.2f}x" if _mf_growth(doc, lo, hi) else "") + ".\n")
+    return body
+
+
+def _mf_growth(doc: dict[str, Any], lo: int, hi: int) -> float | None:
+    mf = {r["users"]: r["seconds_per_step"] for r in doc["scale"] if r.get("mode") == "mf" and "error" not in r}
+    return mf[hi] / mf[lo] if lo in mf and hi in mf else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="a prepared dataset folder (the GPU machine may be offline)")
+    ap.add_argument("--data", help="a prepared dataset folder (the GPU machine may be offline)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--knn-items", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--scale-users", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--scale-steps", type=int, default=8)
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train row")
+    ap.add_argument("--json", default=str(RESULTS / "gpu.json"), help="where the results go (rewritten after each row)")
+    ap.add_argument("--render", metavar="JSON", help="only write RESULTS.md's GPU section and gpu.json from this JSON")
     args = ap.parse_args()
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        save(doc, RESULTS / "gpu.json")
+        write_results_md("GPU", render(doc))
+        print(render(doc))
+        return 0
+    if not args.data:
+        ap.error("--data is required (or --render)")
     if not torch.cuda.is_available():
         print("error: no CUDA device visible to torch", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    card = torch.cuda.get_device_name(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        training = [train(args.data, args.epochs, w, Path(tmp) / f"w{w}") for w in (1, 0)]
-        training.append(train(args.data, args.epochs, 0, Path(tmp) / "sampled", "neighbor"))
-        training.append(train(args.data, args.epochs, 0, Path(tmp) / "history", "history"))
-    knn = [cuda_knn(n) for n in args.knn_items]
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    out = {"command": command, "card": card, "torch": torch.__version__, "training": training, "knn": knn}
-    print(json.dumps(out, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu.json").write_text(json.dumps(out, indent=2))
-    rows = "\n".join(f"| {'Ray Train, 1 worker, nccl' if t['ray_workers'] else 'in-process, cuda:0'}, {t['sampling']} | "
-                     f"{t['interactions_per_second']:,.0f} | {t['seconds_per_epoch']:.2f} | {t['valid_recall@20']:.4f} |"
-                     for t in training)
-    knn_rows = "; ".join(f"{r['items']:,} items: {r['seconds']:.2f} s" for r in knn)
-    write_results_md("GPU", f"## GPU path (issue 4)\n\nCommand: `{command}`  \nCard: {card}, torch {torch.__version__}.\n\n"
-                            "| path | interactions/s | s/epoch | valid Recall@20 |\n|---|---|---|---|\n"
-                            f"{rows}\n\nCUDA exact kNN (64-d, k = 10, chunked matmul + top-k): {knn_rows}.\n")
+    doc: dict[str, Any] = {"command": command, "card": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                           "cpus": os.cpu_count(), "training": [], "knn": [], "scale": []}
+    out = Path(args.json)
+    with tempfile.TemporaryDirectory() as tmp:
+        # most important first: a run cut short keeps the new mode's numbers
+        for sampling in ("history", "full", "neighbor"):
+            doc["training"].append(guarded(f"in-process {sampling}", train, args.data, args.epochs, 0,
+                                           Path(tmp) / sampling, sampling))
+            save(doc, out)
+        for n in args.knn_items:
+            doc["knn"].append(guarded(f"knn {n}", cuda_knn, n))
+            save(doc, out)
+        for users in args.scale_users:
+            for mode in ("history", "mf"):
+                doc["scale"].append(guarded(f"scale {users} {mode}", scale_row, users, mode, args.scale_steps,
+                                            Path(tmp) / "scale"))
+                save(doc, out)
+        if not args.no_ray:
+            doc["training"].append(guarded("Ray Train 1 worker", train, args.data, args.epochs, 1, Path(tmp) / "ray", "full"))
+            save(doc, out)
+    print(render(doc))
     return 0
 
 
