@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -121,25 +122,33 @@ def render(doc: dict[str, Any]) -> str:
     floor = {r["users"]: r["interactions_per_second"] for r in doc.get("scale", []) if r.get("mode") == "mf" and "error" not in r}
     for r in doc.get("scale", []):
         if "error" in r:
-            scale_lines.append(f"| {r['part']} | {failed(r)} | | | | |")
+            scale_lines.append(f"| {r['part']} | {failed(r)} | | | | | |")
             continue
         ratio = f"{r['interactions_per_second'] / floor[r['users']]:.2f}" if r["users"] in floor else ""
-        scale_lines.append(f"| {r['users']:,} | {r['mode']} | {r['seconds_per_step']:.4f} | {r['interactions_per_second']:,.0f} | "
-                           f"{ratio} | {r['epoch_seconds_estimated']:,.1f} |")
+        scale_lines.append(f"| {r['users']:,} | {r['mode']} | {r['seconds_per_step']:.4f} | {r['sampling_seconds_per_step']:.4f} | "
+                           f"{r['interactions_per_second']:,.0f} | {ratio} | {r['epoch_seconds_estimated']:,.1f} |")
     body = (f"## GPU path (issues 4, 14)\n\nCommand (on the lent GPU machine): `{doc['command']}`  \n"
             f"Card: {doc['card']}, torch {doc['torch']}, {doc.get('cpus', '?')} CPU cores.\n\n"
             "| path | interactions/s | s/epoch | valid Recall@20 |\n|---|---|---|---|\n" + "\n".join(lines)
+            + "\n\nThe GPU machine is offline: the dataset and Ray (its cp312 wheel and the few dependencies the machine "
+            "lacks, less Ray's Java jar and dashboard source maps) travel with the working tree in an ignored folder, "
+            "`.devcarry/`, unpacked onto PYTHONPATH before the command."
             + f"\n\nCUDA exact kNN (64-d, k = 10, chunked matmul + top-k): {knn}.\n")
     if scale_lines:
         body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale.py's synthetic graphs, "
                  "batch 8192, epoch 2 of capped runs, exact CUDA kNN; x MF: over the BPR-MF floor at the same size):\n\n"
-                 "| users | mode | s/step | interactions/s | x MF | epoch s (est.) |\n|---|---|---|---|---|---|\n"
+                 "| users | mode | s/step | of which sampling (CPU) | interactions/s | x MF | epoch s (est.) |\n"
+                 "|---|---|---|---|---|---|---|\n"
                  + "\n".join(scale_lines) + "\n")
         hist = {r["users"]: r for r in doc["scale"] if r.get("mode") == "history" and "error" not in r}
         if len(hist) >= 2:
             lo, hi = min(hist), max(hist)
-            body += (f"\nStep time at {hi:,} users over {lo:,}: history {hist[hi]['seconds_per_step'] / hist[lo]['seconds_per_step']:.2f}x"
-                     + (f", MF {_mf_growth(doc, lo, hi):.2f}x" if _mf_growth(doc, lo, hi) else "") + ".\n")
+            h_lo, h_hi = hist[lo], hist[hi]
+            exponent = (math.log(h_hi["epoch_seconds_estimated"] / h_lo["epoch_seconds_estimated"])
+                        / math.log(h_hi["train_interactions"] / h_lo["train_interactions"]))
+            body += (f"\nStep time at {hi:,} users over {lo:,}: history {h_hi['seconds_per_step'] / h_lo['seconds_per_step']:.2f}x"
+                     + (f", MF {_mf_growth(doc, lo, hi):.2f}x" if _mf_growth(doc, lo, hi) else "")
+                     + f"; history's epoch-time exponent between the two sizes: {exponent:.2f}.\n")
     return body
 
 
