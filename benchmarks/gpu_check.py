@@ -8,7 +8,8 @@
    through Ray Train (nccl, world size 1): interactions per second and validation Recall@20;
 2. the CUDA exact kNN (chunked matmul + top-k, slifmr.data.graphs.knn) of 10^5 and 10^6
    random 64-d items, k = 10;
-3. cost against size on the GPU: `slifmr train --workers 0 --gpu` in history mode and the
+3. cost against size on the GPU: `slifmr train --workers 0 --gpu` in history mode (its
+   subgraphs drawn on the GPU, the default, and on the CPU: train.sample_device=cpu) and the
    BPR-MF floor (mode mf) on benchmarks/scale.py's synthetic graphs of --scale-users users,
    capped at --scale-steps steps of batch 8192 (epoch 2 reported, exact CUDA kNN).
 
@@ -70,14 +71,17 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
             "interactions_per_second": n_train / per_epoch, "valid_recall@20": results["valid"]["recall@20"]}
 
 
-def scale_row(users: int, mode: str, steps: int, runs: Path) -> dict[str, Any]:
-    """benchmarks/scale.py's measurement of one configuration, on this machine's GPU."""
+def scale_row(users: int, mode: str, steps: int, runs: Path, sample_device: str = "model") -> dict[str, Any]:
+    """benchmarks/scale.py's measurement of one configuration, on this machine's GPU
+    (`sample_device`: train.sample_device, where the steps' subgraphs are drawn)."""
     import scale
 
     data, n_train = scale.dataset(users, runs / "data")
-    extra = ("--gpu", "--set", "model.knn=exact", "--set", "model.ridge_weight=0")
-    row = scale.measure(data, n_train, mode, 0, "auto", steps, runs / f"u{users}-{mode}", 8192, threads=4, extra=extra)
-    row["users"] = users
+    extra = ("--gpu", "--set", "model.knn=exact", "--set", "model.ridge_weight=0",
+             "--set", f"train.sample_device={sample_device}")
+    row = scale.measure(data, n_train, mode, 0, "auto", steps, runs / f"u{users}-{mode}-{sample_device}", 8192,
+                        threads=4, extra=extra)
+    row["users"], row["sample_device"] = users, sample_device
     if row["exit_status"] != 0:
         raise RuntimeError(row.get("error", "")[-1500:])
     return row
@@ -122,10 +126,11 @@ def render(doc: dict[str, Any]) -> str:
     floor = {r["users"]: r["interactions_per_second"] for r in doc.get("scale", []) if r.get("mode") == "mf" and "error" not in r}
     for r in doc.get("scale", []):
         if "error" in r:
-            scale_lines.append(f"| {r['part']} | {failed(r)} | | | | | |")
+            scale_lines.append(f"| {r['part']} | {failed(r)} | | | | | | |")
             continue
         ratio = f"{r['interactions_per_second'] / floor[r['users']]:.2f}" if r["users"] in floor else ""
-        scale_lines.append(f"| {r['users']:,} | {r['mode']} | {r['seconds_per_step']:.4f} | {r['sampling_seconds_per_step']:.4f} | "
+        where = "GPU" if r.get("sample_device", "cpu") == "model" else "CPU"
+        scale_lines.append(f"| {r['users']:,} | {r['mode']} | {where} | {r['seconds_per_step']:.4f} | {r['sampling_seconds_per_step']:.4f} | "
                            f"{r['interactions_per_second']:,.0f} | {ratio} | {r['epoch_seconds_estimated']:,.1f} |")
     body = (f"## GPU path (issues 4, 14)\n\nCommand (on the lent GPU machine): `{doc['command']}`  \n"
             f"Card: {doc['card']}, torch {doc['torch']}, {doc.get('cpus', '?')} CPU cores.\n\n"
@@ -137,10 +142,13 @@ def render(doc: dict[str, Any]) -> str:
     if scale_lines:
         body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale.py's synthetic graphs, "
                  "batch 8192, epoch 2 of capped runs, exact CUDA kNN; x MF: over the BPR-MF floor at the same size):\n\n"
-                 "| users | mode | s/step | of which sampling (CPU) | interactions/s | x MF | epoch s (est.) |\n"
-                 "|---|---|---|---|---|---|---|\n"
+                 "| users | mode | sampled on | s/step | of which sampling | interactions/s | x MF | epoch s (est.) |\n"
+                 "|---|---|---|---|---|---|---|---|\n"
                  + "\n".join(scale_lines) + "\n")
-        hist = {r["users"]: r for r in doc["scale"] if r.get("mode") == "history" and "error" not in r}
+        # the default (sampled on the model's device); a run from before train.sample_device sampled on the CPU
+        default = max((r.get("sample_device", "cpu") for r in doc["scale"]), key=lambda d: d == "model")
+        hist = {r["users"]: r for r in doc["scale"] if r.get("mode") == "history" and "error" not in r
+                and r.get("sample_device", "cpu") == default}
         if len(hist) >= 2:
             lo, hi = min(hist), max(hist)
             h_lo, h_hi = hist[lo], hist[hi]
@@ -194,9 +202,10 @@ def main() -> int:
             doc["knn"].append(guarded(f"knn {n}", cuda_knn, n))
             save(doc, out)
         for users in args.scale_users:
-            for mode in ("history", "mf"):
-                doc["scale"].append(guarded(f"scale {users} {mode}", scale_row, users, mode, args.scale_steps,
-                                            Path(tmp) / "scale"))
+            # history sampled on the GPU (the default) and on the CPU (train.sample_device=cpu), and the floor
+            for mode, where in (("history", "model"), ("history", "cpu"), ("mf", "model")):
+                doc["scale"].append(guarded(f"scale {users} {mode} {where}", scale_row, users, mode, args.scale_steps,
+                                            Path(tmp) / "scale", where))
                 save(doc, out)
         if not args.no_ray:
             doc["training"].append(guarded("Ray Train 1 worker", train, args.data, args.epochs, 1, Path(tmp) / "ray", "full"))

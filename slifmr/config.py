@@ -124,6 +124,10 @@ class TrainConfig:
     # history: optimiser steps between refreshes of the historical embeddings within an epoch
     # (0: once per epoch, at its start); each refresh is one layer-wise forward over the graph
     history_refresh: int = 0
+    # neighbor / history: where a step's subgraph is drawn. model: on the model's device (a GPU
+    # draws it in a few kernels; the graph's CSC arrays then live in GPU memory too); cpu: on
+    # the CPU, then copied (what pyg-lib or torch-sparse, when installed, sample on)
+    sample_device: str = "model"
     steps_per_epoch: int = 0  # 0 = one pass over the training pairs
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all; for scale runs)
     # gradients across workers: dense (one flat all-reduce after backward), sparse (the tables'
@@ -246,6 +250,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.zero_stage": (1, 2),
     "train.sampling": ("full", "neighbor", "history"),
     "train.history_grad": ("sampled", "seeds"),
+    "train.sample_device": ("model", "cpu"),
     "train.grad_sync": ("auto", "dense", "sparse", "ddp"),
     "train.lr_schedule": ("constant", "cosine", "exponential"),
     "train.tracker": ("none", "tensorboard", "mlflow", "wandb"),

@@ -317,9 +317,11 @@ def train_loop(
         strategy.set_lr(learning_rate(t, epoch))
         graphs, knn_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm.device, graphs)
         fusion_seconds = time.perf_counter() - t0
+        # by default sampled where the model is: on a GPU the CPU's sampler took two-thirds of a
+        # history step at 10^6 users (RESULTS.md, GPU)
         subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank,
-                                   seed_sources_only=t.sampling == "history" and t.history_grad == "seeds"
-                                   ) if sampled else None
+                                   seed_sources_only=t.sampling == "history" and t.history_grad == "seeds",
+                                   device=comm.device if t.sample_device == "model" else "cpu") if sampled else None
         # history: the epoch's historical embeddings, from the layer-wise product over A(t)
         t_memory = time.perf_counter()
         memory = record_memory(model, graphs, spmm) if t.sampling == "history" else None

@@ -205,6 +205,8 @@ CASES: dict[str, tuple[Setup, str]] = {
                                 "must not be 0 everywhere"),
     "history grad unknown": (lambda tmp: ["train", "--sampling", "history", "--set", "train.history_grad=all",
                                           "--out", "OUT"], "train.history_grad"),
+    "sample device unknown": (lambda tmp: ["train", "--sampling", "history", "--set", "train.sample_device=gpu",
+                                           "--out", "OUT"], "train.sample_device"),
     "history option without history": (lambda tmp: ["train", "--sampling", "neighbor", "--set", "train.history_refresh=5",
                                                      "--out", "OUT"], "apply to train.sampling=history only"),
     "history with user_aux": (lambda tmp: ["train", "--sampling", "history", "--set", "model.user_aux=true", "--out", "OUT"],
