@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from quality import RESULTS, write_results_md
 
+from slifmr.atomic import write_text
+
 
 def cuda_knn(n: int, d: int = 64, k: int = 10, chunk: int = 8192) -> dict[str, Any]:
     from slifmr.data.graphs import knn
@@ -102,9 +104,7 @@ def guarded(label: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[s
 
 def save(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(doc, indent=2))
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -154,8 +154,9 @@ def render(doc: dict[str, Any]) -> str:
             h_lo, h_hi = hist[lo], hist[hi]
             exponent = (math.log(h_hi["epoch_seconds_estimated"] / h_lo["epoch_seconds_estimated"])
                         / math.log(h_hi["train_interactions"] / h_lo["train_interactions"]))
+            mf_growth = _mf_growth(doc, lo, hi)
             body += (f"\nStep time at {hi:,} users over {lo:,}: history {h_hi['seconds_per_step'] / h_lo['seconds_per_step']:.2f}x"
-                     + (f", MF {_mf_growth(doc, lo, hi):.2f}x" if _mf_growth(doc, lo, hi) else "")
+                     + (f", MF {mf_growth:.2f}x" if mf_growth else "")
                      + f"; history's epoch-time exponent between the two sizes: {exponent:.2f}.\n")
     return body
 
