@@ -50,6 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from slifmr.data.encode import encode_strings, indices_of
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
 from slifmr.data.sort import sort_in_place
 from slifmr.data.split import split_per_user
@@ -110,8 +111,9 @@ class Table:
 
 def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
     """A Parquet (.parquet, .pq or a folder of them) or CSV (.csv, .tsv, optionally .gz) source;
-    a path or a URI of any pyarrow filesystem. `string_columns` (id columns) are read
-    dictionary-encoded, and from CSV as text (so an id '007' stays '007')."""
+    a path or a URI of any pyarrow filesystem. `string_columns` (id columns) are read from CSV
+    as text (so an id '007' stays '007'); Parquet keeps its types (a plain string column is read
+    plain: the reader's dictionary encoding would hash every row, then `Encoder` again)."""
     source = str(source)
     try:
         if "://" in source:
@@ -129,11 +131,10 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
         fmt = pads.CsvFileFormat(
             parse_options=pacsv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ","),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.dictionary(pa.int32(), pa.string()) for c in string_columns}),
+                column_types={c: pa.string() for c in string_columns}),
         )
     elif name.endswith((".parquet", ".pq")) or info.type == pafs.FileType.Directory:
-        # string ids come back dictionary-encoded, never as one string per row
-        fmt = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=list(string_columns)))
+        fmt = pads.ParquetFileFormat()
     else:
         raise DataError(source, "is neither Parquet (.parquet, .pq) nor CSV (.csv, .tsv, optionally .gz)")
     try:
@@ -152,14 +153,21 @@ def _show(value: Any, limit: int = 40) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
-    """An id column, dictionary-encoded, its dictionary the raw text of the ids (integers as
-    their decimal text; entries may repeat). Nulls are refused here (a null index, or an index
-    of a null entry); trimming and the other checks run once per distinct id (`check_ids`)."""
-    if not pa.types.is_dictionary(arr.type):
-        if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-            raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
+def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Array:
+    """An id column as raw text: plain strings (a string column), or dictionary-encoded with a
+    string dictionary (a dictionary column as it came, its entries possibly repeated; an integer
+    column, encoded here and each distinct integer written as its decimal text). Nulls are
+    refused here (a null row, or a row using a null entry); trimming and the other checks run
+    once per distinct id (`check_ids`)."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        if arr.null_count:
+            missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
+        return arr.cast(pa.string())
+    if pa.types.is_integer(arr.type):
         arr = pc.dictionary_encode(arr)
+    elif not pa.types.is_dictionary(arr.type):
+        raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
     values, indices = arr.dictionary, arr.indices
     if indices.null_count or values.null_count:
         missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
@@ -211,6 +219,8 @@ def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) ->
 def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
     """`raw_ids` with its dictionary cleaned (`check_ids`): for looking a batch's ids up."""
     ids = raw_ids(table, arr, offset, column)
+    if not pa.types.is_dictionary(ids.type):
+        ids = pc.dictionary_encode(ids)
     codes = np.asarray(ids.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     text, bad = check_ids(ids.dictionary, [(IdChunk(table, offset, column), codes)])
     if bad is not None:
@@ -242,13 +252,13 @@ def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "
 
 
 class Encoder:
-    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch. Each batch
-    keeps its own dictionary (from the reader, or pyarrow's dictionary encoding); they are
-    unified, trimmed and checked once, at the end, so each distinct id is cleaned once, not
-    once per batch it appears in."""
+    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch. Ids are
+    collected as they come (`raw_ids`) and encoded once, at the end: plain string columns
+    row by row (`encode_strings`), else each batch's dictionary unified with the others'. Each
+    distinct id is trimmed and checked once, not once per batch it appears in."""
 
     def __init__(self) -> None:
-        self.chunks: list[pa.DictionaryArray] = []
+        self.chunks: list[pa.Array] = []
         self.origins: list[IdChunk] = []
 
     def add(self, table: Table, arr: pa.Array, offset: int, column: str) -> None:
@@ -256,38 +266,43 @@ class Encoder:
         self.chunks.append(raw_ids(table, arr, offset, column))
         self.origins.append(IdChunk(table, offset, column))
 
-    def finish(self) -> tuple[pa.Array, list[np.ndarray]]:
-        """(tokens (T,) string, distinct, the codes of each added chunk, int64); a DataError
-        naming the first row with a bad id."""
+    def finish(self) -> tuple[pa.Array, np.ndarray]:
+        """(tokens (T,) string, distinct; codes (n,) int64 of every added row, chunk after
+        chunk); a DataError naming the first row with a bad id."""
         tokens, codes, bad = self.encode()
         if bad is not None:
             raise bad[1]
         return tokens, codes
 
-    def encode(self) -> tuple[pa.Array, list[np.ndarray], BadId | None]:
+    def split(self, codes: np.ndarray) -> list[np.ndarray]:
+        """`codes` cut into the added chunks (views)."""
+        return np.split(codes, np.cumsum([len(c) for c in self.chunks])[:-1])
+
+    def encode(self) -> tuple[pa.Array, np.ndarray, BadId | None]:
         """`finish` without raising: (tokens, codes, the first bad id or None)."""
         if not self.chunks:
-            return pa.array([], pa.string()), [], None
-        unified = pa.chunked_array(self.chunks, pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
-        raw = unified.chunk(0).dictionary
-        codes = [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in unified.chunks]
-        used = np.zeros(len(raw), bool)
-        for c in codes:
-            used[c] = True
-        if not used.all():  # entries no row uses (a foreign writer's dictionary): neither checked nor kept
-            renumber = np.cumsum(used) - 1
-            raw, codes = raw.filter(pa.array(used)), [renumber[c] for c in codes]
-        text, bad = check_ids(raw, list(zip(self.origins, codes)))
-        if len(self.chunks) > 1 and pc.all(pc.equal(text, raw)).as_py():
-            # unifying several chunks hashes every entry into one table (Arrow's RecursiveUnifier;
-            # only a single chunk is returned as it came): repeated entries of a foreign writer's
-            # dictionary are one entry already, and trimming changed nothing
+            return pa.array([], pa.string()), np.zeros(0, np.int64), None
+        if not any(pa.types.is_dictionary(c.type) for c in self.chunks):
+            # every row hashed once: entries distinct, each used, in order of first appearance
+            (raw, codes), distinct = encode_strings(self.chunks), True
+        else:
+            encoded = pa.chunked_array([c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c) for c in self.chunks],
+                                       pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
+            # unifying several chunks hashes every entry into one table (Arrow's RecursiveUnifier);
+            # a single chunk is returned as it came, and a foreign writer's dictionary may repeat an entry
+            raw, codes, distinct = encoded.chunk(0).dictionary, indices_of(encoded), len(self.chunks) > 1
+            del encoded
+            used = np.zeros(len(raw), bool)
+            used[codes] = True
+            if not used.all():  # entries no row uses (a foreign writer's dictionary): neither checked nor kept
+                raw, codes = raw.filter(pa.array(used)), (np.cumsum(used) - 1)[codes]
+        text, bad = check_ids(raw, list(zip(self.origins, self.split(codes))))
+        if distinct and pc.all(pc.equal(text, raw)).as_py():
             return raw, codes, bad
-        # trimming may make two entries one ('u1 ' and 'u1'), and a single chunk's dictionary may
-        # repeat an entry: encoded again
+        # trimming may make two entries one ('u1 ' and 'u1'): encoded again
         merged = pc.dictionary_encode(text)
         remap = np.asarray(merged.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        return merged.dictionary, [remap[c] for c in codes], bad
+        return merged.dictionary, remap[codes], bad
 
 
 def first_bad_id(*found: BadId | None) -> DataError | None:
@@ -399,12 +414,12 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
         raise (id_error or e) from None
     if total == 0:
         raise DataError(table.source, "no rows")
-    user_tokens, user_chunks, user_bad = users.encode()
-    item_tokens, item_chunks, item_bad = items.encode()
+    user_tokens, user, user_bad = users.encode()
+    item_tokens, item, item_bad = items.encode()
+    del users, items  # the raw id strings
     id_error = first_bad_id(user_bad, item_bad)
     if id_error is not None:
         raise id_error
-    user, item = np.concatenate(user_chunks), np.concatenate(item_chunks)
     kept = np.concatenate(keep)
     ts = np.concatenate(times) if times else None
     given = np.concatenate(splits) if splits else None
@@ -448,10 +463,11 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
 
 
 def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """The smallest `value` of each distinct `key` (both (n,) int64 >= 0), in key order. When
-    (key, value) packs into one int64 this is one plain sort (2x faster than an argsort at 10^7
-    rows), else an argsort and a segmented minimum; pyarrow's hash aggregation was slower
-    than either at millions of distinct keys."""
+    """The smallest `value` of each distinct `key` (both (n,) int64 >= 0), in no given order.
+    When (key, value) packs into one int64 this is one plain sort (2x faster than an argsort at
+    10^7 rows). Else the keys alone are sorted, and only the rows whose key repeats are sorted
+    indirectly (an argsort of 10^8 rows took 17 s; repeats are usually few). pyarrow's hash
+    aggregation was slower than either at millions of distinct keys."""
     if key.size == 0:
         return key.copy()
     span = int(value.max()) + 1
@@ -461,11 +477,19 @@ def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
         keys = packed // span
         first = np.r_[True, keys[1:] != keys[:-1]]
         return packed[first] % span
+    ordered = key.copy()
+    sort_in_place(ordered)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]  # sorted: each repeated key once or more
+    del ordered
+    if repeated.size == 0:
+        return value.copy()
+    repeated = repeated[np.r_[True, repeated[1:] != repeated[:-1]]]
+    hit = np.asarray(pc.is_in(key, value_set=pa.array(repeated)).to_numpy(zero_copy_only=False), dtype=bool)
+    key, single, value = key[hit], value[~hit], value[hit]
     order = np.argsort(key)
     ordered = key[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    del ordered
-    return np.minimum.reduceat(value[order], starts)
+    return np.concatenate([single, np.minimum.reduceat(value[order], starts)])
 
 
 def _compact(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -650,12 +674,13 @@ def read_kg(triples: Table, links: Table, items: pa.Array, head: str = "head", r
         entities.add(triples, batch.column(head), offset, head)
         entities.add(triples, batch.column(tail), offset, tail)
         relations.add(triples, batch.column(relation), offset, relation)
-    entity_tokens, ent = entities.finish()
+    entity_tokens, entity_codes = entities.finish()
+    ent = entities.split(entity_codes)
     relation_tokens, rel = relations.finish()
-    if not rel:
+    if not rel.size:
         raise DataError(triples.source, "no triples")
     heads, tails = ent[n_link_chunks::2], ent[n_link_chunks + 1 :: 2]
-    kg = np.stack([np.concatenate(heads), np.concatenate(rel), np.concatenate(tails)], 1)
+    kg = np.stack([np.concatenate(heads), rel, np.concatenate(tails)], 1)
     item = np.concatenate(link_items) if link_items else np.zeros(0, np.int64)
     linked = np.concatenate(ent[:n_link_chunks]) if n_link_chunks else np.zeros(0, np.int64)
     known = item >= 0
