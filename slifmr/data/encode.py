@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,7 @@ def partition_of(ids: pa.Array, bits: int) -> np.ndarray:
     buffer). Ids that share those bytes share a partition: that costs speed, never correctness.
 
     ids: a `pa.string()` array; bits: 1..16."""
-    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1].astype(np.int64)
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
     values = ids.buffers()[2]
     size = values.size if values is not None else 0
     data = np.zeros(size + 16, np.uint8)  # 8 bytes of padding on each side: every 8-byte window is in bounds
@@ -46,11 +47,25 @@ def partition_of(ids: pa.Array, bits: int) -> np.ndarray:
     start, length = offsets[:-1] + 8, np.diff(offsets)
     width = np.minimum(length, 8)
     low = _LOW_BYTES[width]
-    h = ((windows[start] & low) * _MIX[0]) ^ ((windows[start + length - width] & low) * _MIX[1]) \
-        ^ ((windows[start + (length - width) // 2] & low) * _MIX[2]) ^ length.astype(np.uint64)
+    tail_at = start + length
+    tail_at -= width
+    middle_at = length - width
+    middle_at //= 2
+    middle_at += start
+    # in place: a third faster than the same arithmetic allocating each step
+    h = windows[start]
+    h &= low
+    h *= _MIX[0]
+    for at, mix in ((tail_at, _MIX[1]), (middle_at, _MIX[2])):
+        w = windows[at]
+        w &= low
+        w *= mix
+        h ^= w
+    h ^= length.astype(np.uint64)
     h ^= h >> np.uint64(29)
     h *= _MIX[0]
-    return (h >> np.uint64(64 - bits)).astype(np.uint16)
+    h >>= np.uint64(64 - bits)
+    return h.astype(np.uint16)
 
 
 def _first_appearances(codes: np.ndarray) -> np.ndarray:
@@ -63,6 +78,14 @@ def _first_appearances(codes: np.ndarray) -> np.ndarray:
 Grouped = tuple[np.ndarray, np.ndarray, pa.Array]  # (order (n,), partition bounds (P + 1,), the rows in that order)
 
 
+class Partition(NamedTuple):
+    """One partition's ids, dictionary-encoded on their own."""
+
+    distinct: pa.Array  # (d,) string, in order of first appearance in the partition
+    codes: list[np.ndarray]  # per chunk: its rows of this partition, in row order, their codes (int32)
+    first_rows: np.ndarray  # (d,) int64: where each id first appears, as a row of the whole column
+
+
 def _group(chunk: pa.Array, bits: int) -> Grouped:
     """A chunk's rows grouped by partition, in row order inside each."""
     part = partition_of(chunk, bits)
@@ -71,12 +94,23 @@ def _group(chunk: pa.Array, bits: int) -> Grouped:
     return order, bounds, chunk.take(pa.array(order))
 
 
-def _encode_partition(groups: Sequence[Grouped], starts: np.ndarray, p: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Partition p dictionary-encoded: (its distinct ids, its rows' codes, those rows' positions)."""
-    pieces = [grouped.slice(b[p], b[p + 1] - b[p]) for _, b, grouped in groups]
-    encoded = pc.dictionary_encode(pa.chunked_array(pieces, pa.string()))
-    rows = np.concatenate([starts[k] + order[b[p] : b[p + 1]] for k, (order, b, _) in enumerate(groups)])
-    return encoded.chunk(0).dictionary, indices_of(encoded), rows
+def _encode_partition(groups: Sequence[Grouped], starts: np.ndarray, p: int) -> Partition:
+    """Partition p's rows, chunk after chunk, dictionary-encoded by one (small) hash table."""
+    present = [k for k, (_, b, _) in enumerate(groups) if b[p + 1] > b[p]]  # Arrow's result drops empty chunks
+    codes = [np.zeros(0, np.int32)] * len(groups)
+    if not present:
+        return Partition(pa.array([], pa.string()), codes, np.zeros(0, np.int64))
+    encoded = pc.dictionary_encode(pa.chunked_array(
+        [groups[k][2].slice(groups[k][1][p], groups[k][1][p + 1] - groups[k][1][p]) for k in present], pa.string()))
+    for k, chunk in zip(present, encoded.chunks, strict=True):
+        codes[k] = np.asarray(chunk.indices.to_numpy(zero_copy_only=False))
+    rows = np.concatenate([starts[k] + groups[k][0][groups[k][1][p] : groups[k][1][p + 1]] for k in present])
+    return Partition(encoded.chunk(0).dictionary, codes, rows[_first_appearances(np.concatenate([codes[k] for k in present]))])
+
+
+def _write_codes(out: np.ndarray, order: np.ndarray, parts: Sequence[Partition], renumber: Sequence[np.ndarray], k: int) -> None:
+    """Chunk k's final codes into `out` (its rows), from each partition's codes of its rows."""
+    out[order] = np.concatenate([new[part.codes[k]] for part, new in zip(parts, renumber, strict=True)])
 
 
 def indices_of(encoded: pa.ChunkedArray) -> np.ndarray:
@@ -105,16 +139,18 @@ def encode_strings(chunks: Sequence[pa.Array], workers: int | None = None) -> tu
     with ThreadPoolExecutor(workers or available_cores()) as pool:
         groups = list(pool.map(lambda chunk: _group(chunk, bits), chunks))
         parts = list(pool.map(lambda p: _encode_partition(groups, starts, p), range(1 << bits)))
-    groups.clear()  # the grouped copies of the ids
-    # the partitions' ids numbered by the row of their first appearance
-    first_row = np.concatenate([rows[_first_appearances(codes)] for _, codes, rows in parts if codes.size])
-    order = np.argsort(first_row)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    distinct = pa.concat_arrays([d for d, _, _ in parts]).take(order)
-    codes = np.empty(starts[-1], np.int64)
-    base = 0
-    for d, part_codes, rows in parts:
-        codes[rows] = rank[base + part_codes]
-        base += len(d)
+        orders = [order for order, _, _ in groups]
+        groups.clear()  # the grouped copies of the ids
+        # the partitions' ids numbered again, by the row of their first appearance
+        first_row = np.concatenate([part.first_rows for part in parts])
+        order = np.argsort(first_row)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        bases = np.cumsum([0] + [len(part.distinct) for part in parts])
+        renumber = [rank[bases[p] : bases[p + 1]] for p in range(len(parts))]
+        distinct = pa.concat_arrays([part.distinct for part in parts]).take(order)
+        codes = np.empty(starts[-1], np.int64)
+        # chunk by chunk: each scatter stays inside one chunk's rows (in cache), not over the column
+        list(pool.map(lambda k: _write_codes(codes[starts[k] : starts[k + 1]], orders[k], parts, renumber, k),
+                      range(len(chunks))))
     return distinct, codes
