@@ -91,8 +91,10 @@ def _cmd_add_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from slifmr.data.format import refuse_existing
     from slifmr.data.recbole import is_presplit, parse_thresholds
 
+    refuse_existing(args.out, args.overwrite)  # before minutes of importing, not after
     thresholds = parse_thresholds(args.threshold)
     if args.format == "table":
         return _cmd_import_table(args, thresholds)
@@ -129,8 +131,10 @@ def _modalities(spec: str) -> tuple[tuple[str, int], ...]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from slifmr.data.format import refuse_existing
     from slifmr.data.synth import synthesize
 
+    refuse_existing(args.out, args.overwrite)
     for flag in ("users", "items", "interactions"):
         if getattr(args, flag) <= 0:
             raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")

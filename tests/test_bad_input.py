@@ -223,6 +223,10 @@ CASES: dict[str, tuple[Setup, str]] = {
     "ease with gradient options": (lambda tmp: ["train", "--variant", "ease", "--epochs", "3", "--set", "train.lr=0.1",
                                                 "--out", "OUT"], "--epochs, train.lr do(es) not apply to variant ease"),
     "synth zero interactions": (lambda tmp: ["data", "synth", "--interactions", "0", "--out", "OUT"], "must be positive"),
+    # an existing --out is refused before the input is read (the input here does not even exist)
+    "import into an existing folder": (lambda tmp: ["data", "import", "table", str(tmp / "none.csv"), "--out", str(tmp)],
+                                       "already exists"),
+    "synth into an existing folder": (lambda tmp: ["data", "synth", "--out", str(tmp)], "already exists"),
     "resume without checkpoint": (lambda tmp: ["train", "--resume", str(tmp)], "is not a run folder"),
     "recommend all without out": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--all"], "--out"),
     "recommend unknown user": (lambda tmp: ["recommend", str(_run_folder(tmp)), "--users", "nobody"], "unknown user id 'nobody'"),

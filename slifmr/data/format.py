@@ -146,12 +146,19 @@ def _write_table(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Validate `ds` and write it to folder `out` atomically; returns the folder."""
-    validate(ds)
+def refuse_existing(out: str | os.PathLike, overwrite: bool) -> Path:
+    """`out` as a Path; DataError if it exists and `overwrite` is off (an importer checks
+    before its work, and the writer again)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(str(out), "already exists (choose another --out or remove it)")
+    return out
+
+
+def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate `ds` and write it to folder `out` atomically; returns the folder."""
+    validate(ds)
+    out = refuse_existing(out, overwrite)
     try:
         with atomic_folder(out) as tmp:  # overwrite: the old folder goes once the new one is in place
             _write_dataset_files(ds, tmp)

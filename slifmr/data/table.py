@@ -8,9 +8,9 @@
     kg             (head, relation, tail) triples and (item, entity) links, raw ids
 
 Sources are local paths or any URI pyarrow's filesystems open (file://, s3://, gs://, hdfs://).
-Every table is read in record batches through pyarrow.dataset: ids are dictionary-encoded
-batch by batch and unified once, joins are pyarrow hash lookups (`index_in`), and nothing
-loops over rows in Python. The rules where a table is silent:
+Every table is read in record batches through pyarrow.dataset: the interactions' ids are
+encoded once over all batches (`slifmr.data.encode`), joins are pyarrow hash lookups
+(`index_in`), and nothing loops over rows in Python. The rules where a table is silent:
 
 * Ids are strings or integers; an integer id is its decimal text (7 and "7" are one id). A
   string id has its surrounding whitespace stripped ('u1 ' is 'u1'); an id that is null, empty
@@ -39,6 +39,7 @@ column and the raw value, and nothing is written before every check has passed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,8 +415,9 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
         raise (id_error or e) from None
     if total == 0:
         raise DataError(table.source, "no rows")
-    user_tokens, user, user_bad = users.encode()
-    item_tokens, item, item_bad = items.encode()
+    # side by side: one column's encoding often runs on one core (`encode_strings`)
+    with ThreadPoolExecutor(2) as pool:
+        (user_tokens, user, user_bad), (item_tokens, item, item_bad) = pool.map(Encoder.encode, (users, items))
     del users, items  # the raw id strings
     id_error = first_bad_id(user_bad, item_bad)
     if id_error is not None:
