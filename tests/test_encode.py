@@ -29,6 +29,7 @@ def test_partitioned_encoding_equals_arrows(monkeypatch: pytest.MonkeyPatch, wor
     distinct, codes = encode.encode_strings(chunks, workers=workers)
     assert distinct.equals(expected.chunk(0).dictionary)
     assert np.array_equal(codes, encode.indices_of(expected))
+    assert chunks == []  # handed over
 
 
 def test_unpartitioned_path_and_empty_input() -> None:
