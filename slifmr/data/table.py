@@ -440,7 +440,9 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
             raise DataError(table.source, "no row passes --threshold " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items()))
     # one row per (user, item): the first, in the earliest given split
     candidates = np.flatnonzero(kept)
-    pair = user[candidates] * np.int64(max(len(item_tokens), 1)) + item[candidates]
+    pair = user[candidates]  # in place from here: each fresh 10^8-row temporary costs page faults
+    pair *= max(len(item_tokens), 1)
+    pair += item[candidates]
     rank = candidates if given is None else given[candidates].astype(np.int64) * total + candidates
     del candidates
     first = np.zeros(total, bool)  # the kept rows in file order, without a sort
@@ -481,10 +483,12 @@ def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
         return key.copy()
     span = int(value.max()) + 1
     if int(key.max()) < (2**63 - 1) // span:
-        packed = key * span + value
+        packed = key * span
+        packed += value
         sort_in_place(packed)
         keys = packed // span
         first = np.r_[True, keys[1:] != keys[:-1]]
+        del keys
         return packed[first] % span
     ordered = key.copy()
     sort_in_place(ordered)
