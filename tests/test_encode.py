@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from slifmr.data import encode
+from slifmr.data.format import Dataset
 
 
 def _ids(rng: np.random.Generator, n: int, distinct: int) -> list[str]:
@@ -50,3 +53,35 @@ def test_partition_depends_on_the_string_alone() -> None:
             part = encode.partition_of(mixed, bits)
             assert [int(p) for p in part[: len(words)]] == [alone[w] for w in words]
             assert int(part.max()) < 2**bits
+
+
+def test_an_import_is_the_same_whether_ids_are_partitioned_or_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through `import_table`: ids that differ only by surrounding whitespace are one id, the
+    split and every id map are the same, and a bad id is named by the same row either way."""
+    from slifmr.data import table as table_mod
+    from slifmr.data.table import import_table
+    from slifmr.errors import DataError
+
+    rng = np.random.default_rng(1)
+    users = [f"{' ' * int(rng.integers(0, 2))}u{k}{' ' * int(rng.integers(0, 2))}" for k in rng.integers(0, 300, 3000)]
+    rows = "".join(f"{u},i{rng.integers(0, 40)},{rng.integers(1, 6)}\n" for u in users)
+    (tmp_path / "good.csv").write_text("user_id,item_id,rating\n" + rows)
+    (tmp_path / "bad.csv").write_text("user_id,item_id,rating\n" + rows + "u1,\t ,5\n" + rows)
+    monkeypatch.setattr(table_mod, "BATCH_ROWS", 700)  # several batches
+
+    def run() -> tuple[Dataset, str]:
+        ds = import_table(str(tmp_path / "good.csv"), split="random")
+        with pytest.raises(DataError) as bad:
+            import_table(str(tmp_path / "bad.csv"))
+        return ds, str(bad.value)
+
+    plain, plain_error = run()
+    monkeypatch.setattr(encode, "PARTITION_FROM", 0)
+    monkeypatch.setattr(encode, "PARTITION_ROWS", 64)
+    parted, parted_error = run()
+    assert len(plain.ids["users"]) == 300 and plain.ids["users"].to_pylist()[0] == users[0].strip()
+    for kind in ("users", "items"):
+        assert plain.ids[kind].equals(parted.ids[kind])
+    for col in ("user", "item", "split"):
+        assert np.array_equal(getattr(plain, col), getattr(parted, col))
+    assert plain_error == parted_error and "row 3000" in plain_error and "empty id" in plain_error
