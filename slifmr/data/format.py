@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,15 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
 
 
 def _write_dataset_files(ds: Dataset, tmp: Path) -> None:
+    # the fingerprint (sha256, which releases the GIL) is hashed while Arrow writes the files:
+    # 1.8 s of a 10^8-row import's 10 s of writing
+    with ThreadPoolExecutor(1) as pool:
+        fingerprint = pool.submit(content_digest, ds)
+        _write_tables(ds, tmp)
+        _write_meta(ds, tmp, fingerprint.result())
+
+
+def _write_tables(ds: Dataset, tmp: Path) -> None:
     cols = {"user": ds.user, "item": ds.item, "split": ds.split.astype(np.int8)}
     if ds.timestamp is not None:
         cols["timestamp"] = ds.timestamp.astype(np.float64)
@@ -190,6 +200,9 @@ def _write_dataset_files(ds: Dataset, tmp: Path) -> None:
     (tmp / "ids").mkdir()
     for kind, raw in ds.ids.items():
         _write_table(pa.table({"raw_id": id_array(raw)}), tmp / "ids" / f"{kind}.parquet")
+
+
+def _write_meta(ds: Dataset, tmp: Path, fingerprint: str) -> None:
     meta = {
         "schema_version": SCHEMA_VERSION,
         "name": ds.name,
@@ -204,7 +217,7 @@ def _write_dataset_files(ds: Dataset, tmp: Path) -> None:
         "ids": sorted(ds.ids),
         "split_seed": ds.split_seed,
         "provenance": ds.provenance,
-        "fingerprint": content_digest(ds),
+        "fingerprint": fingerprint,
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
