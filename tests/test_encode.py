@@ -85,3 +85,34 @@ def test_an_import_is_the_same_whether_ids_are_partitioned_or_not(tmp_path: Path
     for col in ("user", "item", "split"):
         assert np.array_equal(getattr(plain, col), getattr(parted, col))
     assert plain_error == parted_error and "row 3000" in plain_error and "empty id" in plain_error
+
+
+def test_no_rows_and_empty_files_encode_to_nothing(tmp_path: Path) -> None:
+    """Readers yield 0-row batches (a header-only CSV, an empty Parquet file in a folder): they
+    encode to no ids, and the real error is still the one reported."""
+    import pyarrow.parquet as pq
+
+    from slifmr.data.table import import_table
+    from slifmr.errors import DataError
+
+    distinct, codes = encode.encode_strings([pa.array([], pa.string()), pa.array([], pa.string())])
+    assert len(distinct) == 0 and codes.size == 0
+    (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,i1\nu2,i2\nu1,i2\nu2,i1\nu1,i3\nu2,i3\n")
+    (tmp_path / "links.csv").write_text("item_id,entity\ni1,e1\n")
+    (tmp_path / "triples.csv").write_text("head,relation,tail\n")
+    with pytest.raises(DataError, match="no triples"):
+        import_table(str(tmp_path / "inter.csv"), kg=str(tmp_path / "triples.csv"), kg_links=str(tmp_path / "links.csv"))
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string())}), tmp_path / "pq" / "a.parquet")
+    pq.write_table(pa.table({"user_id": ["u1", None], "item_id": ["i1", "i2"]}), tmp_path / "pq" / "b.parquet")
+    with pytest.raises(DataError, match="row 1, column 'user_id': missing id"):
+        import_table(str(tmp_path / "pq"))
+
+
+def test_an_encoder_runs_once() -> None:
+    from slifmr.data import table as table_mod
+
+    encoder = table_mod.Encoder()
+    encoder.encode()
+    with pytest.raises(RuntimeError, match="runs once"):
+        encoder.encode()

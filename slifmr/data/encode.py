@@ -42,11 +42,11 @@ def partition_of(ids: pa.Array, bits: int) -> np.ndarray:
 
     ids: a `pa.string()` array; bits: 1..16."""
     offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
-    values = ids.buffers()[2]
-    size = values.size if values is not None else 0
-    data = np.zeros(size + 16, np.uint8)  # 8 bytes of padding on each side: every 8-byte window is in bounds
-    if size:
-        data[8 : 8 + size] = np.frombuffer(values, np.uint8)
+    first, last = (int(offsets[0]), int(offsets[-1])) if len(ids) else (0, 0)
+    offsets = offsets - first  # a slice of a batch: only its own bytes are copied
+    data = np.zeros(last - first + 16, np.uint8)  # 8 bytes of padding on each side: every 8-byte window is in bounds
+    if last > first:
+        data[8:-8] = np.frombuffer(ids.buffers()[2], np.uint8)[first:last]
     windows = np.ndarray(shape=(data.size - 7,), dtype="<u8", buffer=data.data, strides=(1,))  # unaligned uint64 at each byte
     start, length = offsets[:-1] + 8, np.diff(offsets)
     width = np.minimum(length, 8)
@@ -130,13 +130,16 @@ def encode_strings(chunks: list[pa.Array], workers: int | None = None) -> tuple[
     after chunk): what `pc.dictionary_encode(pa.chunked_array(chunks))` gives.
 
     chunks: `pa.string()` arrays without nulls, handed over: the list is emptied, and each array
-    released once its rows are grouped (the grouped copies replace it: at 10^8 rows the raw ids
-    of a column are ~1.5 GB); workers: threads (default: the cores this process may run on)."""
+    dropped once its rows are grouped, so that its memory goes as the grouped copies grow (at
+    10^8 rows the raw ids of a column are ~1.5 GB; arrays that are slices of one buffer free it
+    with the last of them); workers: threads (default: the cores this process may run on)."""
     if not chunks:
         return pa.array([], pa.string()), np.zeros(0, np.int64)
     raw: list[pa.Array | None] = list(chunks)
     chunks.clear()
     whole = pa.chunked_array(raw, pa.string())
+    if len(whole) == 0:  # Arrow's result would hold no chunk to take the dictionary from
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
     probe = pc.count_distinct(whole.slice(0, PROBE_ROWS)).as_py()
     if probe < PARTITION_FROM:  # one hash table that stays in cache
         encoded = pc.dictionary_encode(whole)

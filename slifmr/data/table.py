@@ -262,6 +262,7 @@ class Encoder:
         self.chunks: list[pa.Array] = []
         self.lengths: list[int] = []
         self.origins: list[IdChunk] = []
+        self.encoded = False
 
     def add(self, table: Table, arr: pa.Array, offset: int, column: str) -> None:
         """One batch's id column (`raw_ids`' rules)."""
@@ -284,6 +285,9 @@ class Encoder:
     def encode(self) -> tuple[pa.Array, np.ndarray, BadId | None]:
         """`finish` without raising: (tokens, codes, the first bad id or None). Call it once: the
         added chunks are handed over, and released as they are encoded."""
+        if self.encoded:
+            raise RuntimeError("Encoder.encode runs once: it hands its chunks over")
+        self.encoded = True
         chunks, self.chunks = self.chunks, []
         if not chunks:
             return pa.array([], pa.string()), np.zeros(0, np.int64), None
