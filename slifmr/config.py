@@ -54,6 +54,10 @@ class ModelConfig:
     ridge_weight: float = 0.5
     ridge_k: int = 100
     ridge_l2: float = 200.0
+    # the blend chosen by the data: at every validation the ranking is scored with each of these
+    # ridge weights (0 = the embeddings alone) and the best by train.stop_metric is the epoch's,
+    # kept with its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
+    ridge_blend: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
@@ -309,7 +313,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
 # Keys added after runs were saved without them, and the value those runs trained with: a
 # saved config (a run's config.yaml, a checkpoint's meta) that lacks one takes it, not the
 # current default, so an old run resumes, evaluates and serves as it was trained.
-ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0, "model.kg_min_triples": 1}
+ADDED_KEYS: dict[str, Any] = {"model.ridge_weight": 0.0, "model.kg_min_triples": 1, "model.ridge_blend": []}
 
 
 def saved_config(d: dict[str, Any], source: str = "config") -> Config:
@@ -399,6 +403,7 @@ def validate(cfg: Config) -> None:
         (m.kg_min_triples >= 1, "model.kg_min_triples must be >= 1"),
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
+        (all(math.isfinite(v) and v >= 0 for v in m.ridge_blend), "model.ridge_blend must list finite weights >= 0"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),
         (not (cfg.variant == "ease" and (t.sampling != "full" or t.strategy != "ddp")),

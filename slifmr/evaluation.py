@@ -19,7 +19,7 @@ They match torch_geometric.metrics' LinkPred* metrics on the same top-K lists
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
@@ -32,6 +32,7 @@ METRICS = ("recall", "ndcg", "precision", "hit", "mrr", "map", "arp", "tail")  #
 CATALOGUE_METRICS = ("coverage",)  # over the union of every user's top K
 HEAD_SHARE = 0.2  # the short head: this share of items, the most interacted with in training
 ScoreFn = Callable[[Tensor], Tensor]  # users (B,) -> scores (B, N)
+CandidatesFn = Callable[[Tensor], Iterable[Tensor]]  # users (B,) -> one (B, N) score tensor per ranking
 
 
 class Scorer(Protocol):
@@ -99,44 +100,62 @@ class Evaluator:
         self.tail = long_tail(self.popularity)
 
     def sums(self, score_fn: ScoreFn, split: int) -> dict[str, Tensor]:
+        return self.candidate_sums(lambda users: [score_fn(users)], 1, split)[0]
+
+    def candidate_sums(self, scores_fn: CandidatesFn, count: int, split: int) -> list[dict[str, Tensor]]:
+        """Metric sums of each of `count` rankings that `scores_fn` gives per user chunk (the
+        masks and ground truth are built once per chunk for all of them)."""
         if split not in (VALID, TEST):
             raise ValueError("evaluate on VALID or TEST")
         masked = [TRAIN] if split == VALID else [TRAIN, VALID]
-        total: dict[str, Tensor] = {}
+        totals: list[dict[str, Tensor]] = [{} for _ in range(count)]
         if self.users.numel() == 0:
             # a worker whose shard has no users still scores once: the score function may hold
             # a collective (sharded layer-wise inference) that every rank must reach
-            score_fn(self.users)
+            for _ in scores_fn(self.users):
+                pass
         for start in range(0, self.users.numel(), self.chunk_size):
             users = self.users[start : start + self.chunk_size]
-            scores = score_fn(users).float().clone()  # on the model's device
-            dev = scores.device
-            for s in masked:
-                r, i = csr_entries(*self.csr[s], users)
-                scores[r.to(dev), i.to(dev)] = -math.inf
-            truth = torch.zeros_like(scores, dtype=torch.bool)
-            r, i = csr_entries(*self.csr[split], users)
-            truth[r.to(dev), i.to(dev)] = True
-            for key, v in metric_sums(scores, truth, self.ks, self.popularity.to(dev), self.tail.to(dev)).items():
-                total[key] = total.get(key, 0.0) + v
-        if not total:
-            total = {"users": torch.tensor(0.0)}
-        return total
+            hidden = [csr_entries(*self.csr[s], users) for s in masked]
+            r_true, i_true = csr_entries(*self.csr[split], users)
+            truth = None
+            for total, scores in zip(totals, scores_fn(users), strict=True):
+                scores = scores.float().clone()  # on the model's device
+                dev = scores.device
+                for r, i in hidden:
+                    scores[r.to(dev), i.to(dev)] = -math.inf
+                if truth is None:
+                    truth = torch.zeros_like(scores, dtype=torch.bool)
+                    truth[r_true.to(dev), i_true.to(dev)] = True
+                for key, v in metric_sums(scores, truth, self.ks, self.popularity.to(dev), self.tail.to(dev)).items():
+                    total[key] = total.get(key, 0.0) + v
+        return [total or {"users": torch.tensor(0.0)} for total in totals]
 
     def evaluate(self, score_fn: ScoreFn, split: int,
                  all_reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """Mean metrics over users with ground truth; `all_reduce` sums across workers."""
-        sums = self.sums(score_fn, split)
+        return self.evaluate_candidates(lambda users: [score_fn(users)], 1, split, all_reduce)[0]
+
+    def evaluate_candidates(self, scores_fn: CandidatesFn, count: int, split: int,
+                            all_reduce: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, float]]:
+        """`evaluate` for each of the `count` rankings `scores_fn` (users (B,) -> `count` score
+        tensors (B, N)) gives, in one pass over the users and one all-reduce."""
         keys = ["users"] + [f"{m}@{k}" for k in self.ks for m in METRICS]
-        vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).cpu() for k in keys])
-        items = [torch.as_tensor(sums.get(f"items@{k}", torch.zeros(self.num_items)), dtype=torch.float64).cpu()
-                 .expand(self.num_items) for k in self.ks]
-        vec = torch.cat([vec, *items])  # one all-reduce for the means and the coverage counts
+        vecs = []
+        for sums in self.candidate_sums(scores_fn, count, split):
+            vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64).cpu() for k in keys])
+            items = [torch.as_tensor(sums.get(f"items@{k}", torch.zeros(self.num_items)), dtype=torch.float64).cpu()
+                     .expand(self.num_items) for k in self.ks]
+            vecs.append(torch.cat([vec, *items]))  # one all-reduce for the means and the coverage counts
+        vec = torch.stack(vecs)
         if all_reduce is not None:
             vec = all_reduce(vec)
-        n = max(float(vec[0]), 1.0)
-        out = {k: float(v) / n for k, v in zip(keys[1:], vec[1 : len(keys)])}
-        for j, k in enumerate(self.ks):
-            counts = vec[len(keys) + j * self.num_items : len(keys) + (j + 1) * self.num_items]
-            out[f"coverage@{k}"] = float((counts > 0).double().mean())
-        return out
+        results = []
+        for row in vec:
+            n = max(float(row[0]), 1.0)
+            out = {k: float(v) / n for k, v in zip(keys[1:], row[1 : len(keys)])}
+            for j, k in enumerate(self.ks):
+                counts = row[len(keys) + j * self.num_items : len(keys) + (j + 1) * self.num_items]
+                out[f"coverage@{k}"] = float((counts > 0).double().mean())
+            results.append(out)
+        return results

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from slifmr import __version__, log
 from slifmr.atomic import write_text
-from slifmr.config import RUNTIME_KEYS, Config, TrainConfig, save_config, saved_config
+from slifmr.config import RUNTIME_KEYS, Config, ModelConfig, TrainConfig, save_config, saved_config
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
@@ -48,7 +48,8 @@ from slifmr.model.graphs import (
     fusion_due,
 )
 from slifmr.model.propagate import RowSharding, layerwise_spmm
-from slifmr.model.slifmr import SLIFMR, TrainingBatch, Triples
+from slifmr.model.ridge import ridge_weights
+from slifmr.model.slifmr import SLIFMR, Representations, TrainingBatch, Triples
 from slifmr.report import read_run
 from slifmr.rng import derive_seed
 from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
@@ -113,6 +114,8 @@ class TrainState:
     corr: Graph | None = None
     corr_epoch: int | None = None
     neighbours: torch.Tensor | None = None  # (N, k) of Z(t-1): the ridge head's regressors
+    item_ridge: torch.Tensor | None = None  # W(t)^T solved on them (not saved: the neighbours give it back)
+    ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,7 @@ class TrainState:
             "corr": None if self.corr is None else {"edge_index": self.corr[0], "weight": self.corr[1]},
             "neighbours": self.neighbours,
             "corr_epoch": self.corr_epoch,
+            "ridge_weight": self.ridge_weight,
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
@@ -134,6 +138,7 @@ class TrainState:
         self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
         self.neighbours = state.get("neighbours")
         self.corr_epoch = state.get("corr_epoch")
+        self.ridge_weight = state.get("ridge_weight")
 
 
 @dataclass
@@ -148,6 +153,7 @@ class EpochRecord:
     epoch_seconds: float
     fusion_seconds: float = 0.0
     knn_seconds: float = 0.0
+    ridge_seconds: float = 0.0  # the ridge head's solves (part of fusion_seconds)
     comm_seconds: float = 0.0
     train_seconds: float = 0.0
     sampling_seconds: float = 0.0
@@ -158,13 +164,11 @@ class EpochRecord:
     knn_recall: float | None = None
     epoch_start_unix_seconds: float = 0.0  # gaps between epochs = time outside the loop
     fused: bool = False
-    l2: float | None = None  # variant ease: the ridge weight of this line
+    l2: float | None = None  # closed-form variants: the ridge weight of this line
+    ridge_weight: float | None = None  # with the ridge head: the blend validation chose (model.ridge_blend)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        if out["l2"] is None:
-            del out["l2"]
-        return out
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("l2", "ridge_weight")}
 
 
 def set_threads(cfg: Config, comm: Comm) -> None:
@@ -315,7 +319,8 @@ def train_loop(
         comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
         generator = seeds.epoch_generator(epoch)
         strategy.set_lr(learning_rate(t, epoch))
-        graphs, knn_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm.device, graphs)
+        graphs, knn_seconds, ridge_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm,
+                                                           graphs)
         fusion_seconds = time.perf_counter() - t0
         # by default sampled where the model is: on a GPU the CPU's sampler took two-thirds of a
         # history step at 10^6 users (RESULTS.md, GPU)
@@ -342,11 +347,11 @@ def train_loop(
             raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
                                  f"epoch's steps; {_stopped_hint(run_dir, epoch)}")
         state.last_z, state.epoch = reps.items.clone(), epoch
-        valid = evaluator.evaluate(reps.full_scores, VALID, comm.all_reduce_sum)
+        state.ridge_weight, valid = choose_blend(evaluator, reps, cfg.model, t.stop_metric, comm.all_reduce_sum)
         rec = EpochRecord(
             epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
             epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
-            comm_seconds=comm.seconds["comm"], train_seconds=train_seconds, sampling_seconds=sampling_seconds,
+            ridge_seconds=ridge_seconds, ridge_weight=state.ridge_weight, comm_seconds=comm.seconds["comm"], train_seconds=train_seconds, sampling_seconds=sampling_seconds,
             memory_seconds=memory_seconds,
             eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
             grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
@@ -368,11 +373,14 @@ def train_loop(
 
 
 def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: TrainState, epoch: int,
-                  generator: torch.Generator, knn_fn: KnnFn, device: torch.device,
-                  previous: EpochGraphs | None) -> tuple[EpochGraphs, float]:
-    """Epoch `epoch`'s graphs: S(t) from Z(t-1) when a fusion is due (kept in `state`), then A(t),
-    A_mm(t), KG(t) and its attention. Returns them and the seconds of the kNN search."""
+                  generator: torch.Generator, knn_fn: KnnFn, comm: Comm,
+                  previous: EpochGraphs | None) -> tuple[EpochGraphs, float, float]:
+    """Epoch `epoch`'s graphs: S(t) from Z(t-1) when a fusion is due, and the ridge head's W(t)
+    solved on the same search's neighbours (both kept in `state`), then A(t), A_mm(t), KG(t) and
+    its attention. Returns them and the seconds of the kNN search and of the ridge solves."""
     start, m = time.perf_counter(), cfg.model
+    sharding = _row_sharding(comm)
+    knn_seconds = ridge_seconds = 0.0
     if fusion_due(m, epoch) and state.last_z is not None:
         # one search serves S(t) (the first k_corr neighbours) and the ridge head (ridge_k)
         k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
@@ -380,9 +388,29 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
         state.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
         state.neighbours = nbrs[:, : m.ridge_k].cpu().int() if m.ridge_weight > 0 else None
         state.corr_epoch = epoch
-    knn_seconds = time.perf_counter() - start
-    graphs = epoch_graphs(static, state.corr, m, generator, device, previous, state.neighbours)
-    return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds
+        knn_seconds = time.perf_counter() - start
+        if state.neighbours is not None:  # each worker solves its block of items, one all-gather
+            state.item_ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, state.neighbours,
+                                             m.ridge_l2, static.item_gram, sharding)
+            ridge_seconds = time.perf_counter() - start - knn_seconds
+    graphs = epoch_graphs(static, state.corr, m, generator, comm.device, previous, state.neighbours, sharding,
+                          item_ridge=state.item_ridge)
+    state.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
+    return (graphs if graphs.kg_attention is not None else model.attend(graphs)), knn_seconds, ridge_seconds
+
+
+def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
+    """The ridge head's blend chosen on validation: the validation metrics of the ranking with
+    each weight of `cfg.ridge_blend`, and the weight whose `stop_metric` is highest (the first
+    of equals). Returns (that weight, its validation metrics); (None, the metrics of `reps` as
+    they are) without the head or a blend grid. Reads the validation split only."""
+    if not reps.has_head or reps.ridge_weight <= 0 or not cfg.ridge_blend:
+        return None, evaluator.evaluate(reps.full_scores, VALID, all_reduce)
+    weights = list(cfg.ridge_blend)
+    scores = evaluator.evaluate_candidates(lambda users: reps.blends(users, weights), len(weights), VALID, all_reduce)
+    best = max(range(len(weights)), key=lambda i: (scores[i][stop_metric], -i))
+    return weights[best], scores[best]
 
 
 def learning_rate(t: TrainConfig, epoch: int) -> float:
@@ -478,7 +506,7 @@ def _save_epoch(model: SLIFMR, strategy: Strategy, state: TrainState, rec: Epoch
     meta, ckpt = _checkpoint_meta(cfg, ds, rec.epoch), state.state_dict()
     if rec.is_best:
         save_checkpoint(run_dir / "best", {"model": model.state_dict(), "corr": ckpt["corr"],
-                                           "neighbours": ckpt["neighbours"]}, meta)
+                                           "neighbours": ckpt["neighbours"], "ridge_weight": ckpt["ridge_weight"]}, meta)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(rec.to_json()) + "\n")
     save_checkpoint(run_dir / "checkpoint", {"model": model.state_dict(), "optimizer": optimizer_state, **ckpt}, meta)
@@ -558,10 +586,13 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     model.load_state_dict(ckpt["model"])
     corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
     epoch = int(meta["epoch"])
+    sharding = _row_sharding(comm or Comm())
     graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device,
-                          neighbours=ckpt.get("neighbours"))
-    spmm = layerwise_spmm(sharding=_row_sharding(comm or Comm()))
-    return model.representations(model.attend(graphs), spmm), meta
+                          neighbours=ckpt.get("neighbours"), sharding=sharding)
+    reps = model.representations(model.attend(graphs), layerwise_spmm(sharding=sharding))
+    if ckpt.get("ridge_weight") is not None:  # the blend validation chose at that epoch
+        reps = replace(reps, ridge_weight=float(ckpt["ridge_weight"]))
+    return reps, meta
 
 
 def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator, comm: Comm,

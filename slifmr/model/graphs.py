@@ -30,7 +30,12 @@ from slifmr.data.graphs import (
     train_edges,
     training_matrix,
 )
-from slifmr.model.ridge import item_gram, ridge_weights
+from slifmr.model.ridge import ItemGram, item_gram, ridge_weights
+
+# how layer-wise inference and the ridge head's solves split rows across workers: (shard(n) -> [start, stop),
+# all_gather_rows(block, n) -> (n, ...)); None = one process does every row
+RowSharding = tuple[Callable[[int], tuple[int, int]], Callable[[Tensor, int], Tensor]]
+
 
 # torch flags CSR tensors as beta and warns about skipped invariant checks on every build;
 # our CSR tensors are built row by row from sorted, repeat-free entries, so both warnings are noise here.
@@ -333,7 +338,7 @@ class StaticGraphs:
     (2, E), the frozen multimodal item graph A_mm (None without the MM view), the KG without
     S(t) (None without the KG view), the (M, N) sparse COO training matrix X, for
     `model.user_aux` the (M, N) CSR row-mean over each user's training items, and for the ridge
-    head the (N, N) Gram matrix X^T X when N <= ridge.GRAM_BLOCK (`ridge.item_gram`)."""
+    head the Gram entries of X^T X (`ridge.ItemGram`)."""
 
     num_users: int
     num_items: int
@@ -342,7 +347,7 @@ class StaticGraphs:
     kg: KnowledgeGraph | None
     interactions: Tensor
     user_item_mean: Tensor | None
-    item_gram: Tensor | None = None
+    item_gram: ItemGram | None = None
 
     @staticmethod
     def from_dataset(ds: Dataset, cfg: ModelConfig, search: KnnFn | None = None) -> StaticGraphs:
@@ -427,10 +432,13 @@ def fusion_due(cfg: ModelConfig, epoch: int) -> bool:
 
 def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
                  generator: torch.Generator, device: torch.device | str = "cpu",
-                 previous: EpochGraphs | None = None, neighbours: Tensor | None = None) -> EpochGraphs:
+                 previous: EpochGraphs | None = None, neighbours: Tensor | None = None,
+                 sharding: RowSharding | None = None, item_ridge: Tensor | None = None) -> EpochGraphs:
     """Epoch t's graphs from the static graphs and S(t) (`corr`; None = the static graphs).
     `neighbours` (N, k): each item's nearest neighbours in Z(t-1), from the same search as S(t),
-    which the ridge head regresses on (model.ridge_weight > 0).
+    which the ridge head regresses on (model.ridge_weight > 0); `sharding` splits its solves
+    across workers (one all-gather of the weights; the same W(t) on every worker); `item_ridge`:
+    W(t)^T already solved on those neighbours (the training loop times the solve itself).
 
     `generator` draws the training graph's edge pruning (FREEDOM's degree-sensitive dropout,
     `edge_dropout`), the only randomness here. Graphs that depend on S(t) alone are taken from
@@ -454,8 +462,8 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
         mm_adj_t = transpose_csr(mm_adj)
     kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
     mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
-    ridge = None
-    if cfg.ridge_weight > 0 and neighbours is not None:
+    ridge = item_ridge.to(device) if item_ridge is not None else None
+    if ridge is None and cfg.ridge_weight > 0 and neighbours is not None:
         ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2,
-                              static.item_gram).to(device)
+                              static.item_gram, sharding).to(device)
     return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean, ridge)

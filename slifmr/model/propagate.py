@@ -19,14 +19,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from slifmr.model.graphs import EpochGraphs, csr_rows
+from slifmr.model.graphs import EpochGraphs, RowSharding, csr_rows
 
 X = Any  # a view's node features in the propagator's layout (see the module docstring)
 # (adj (R, C) CSR, x (C, d)) -> adj @ x (R, d)
 Spmm = Callable[[Tensor, Tensor], Tensor]
-# how layer-wise inference splits rows across workers: (shard(n) -> [start, stop),
-# all_gather_rows(block, n) -> (n, ...)); None = one process does every row
-RowSharding = tuple[Callable[[int], tuple[int, int]], Callable[[Tensor, int], Tensor]]
 
 VIEW_NODE_TYPES = {"cf": ("user", "item"), "kg": ("item", "entity"), "mm": ("item",)}
 

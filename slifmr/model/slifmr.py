@@ -14,6 +14,7 @@ sampled subgraph, `slifmr.model.propagate`). The contract (MMRec / RecBole style
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,16 +77,29 @@ class Representations:
     interactions: Tensor | None = None
     ridge_weight: float = 0.0
 
+    @property
+    def has_head(self) -> bool:
+        return self.item_ridge is not None and self.interactions is not None
+
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
+        if not self.has_head or self.ridge_weight <= 0:
+            return self._embedding_scores(users)
+        return next(self.blends(users, [self.ridge_weight]))
+
+    def blends(self, users: Tensor, weights: list[float]) -> Iterator[Tensor]:
+        """For each ridge weight eta of `weights`: the (B, N) scores standardise(u . z) +
+        eta standardise(x_u W) of users (B,), both parts computed once (needs the head)."""
+        dot = _standardise(self._embedding_scores(users))
+        ridge = _standardise(ridge_scores(self.interactions, self.item_ridge, users))
+        for eta in weights:
+            yield dot + eta * ridge if eta > 0 else dot
+
+    def _embedding_scores(self, users: Tensor) -> Tensor:
         u, z = self.users[users.to(self.users.device)], self.items
         if self.cosine:
             u, z = F.normalize(u, dim=1), F.normalize(z, dim=1)
-        scores = u @ z.T
-        if self.item_ridge is None or self.interactions is None or self.ridge_weight <= 0:
-            return scores
-        ridge = ridge_scores(self.interactions, self.item_ridge, users)
-        return _standardise(scores) + self.ridge_weight * _standardise(ridge)
+        return u @ z.T
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.users).all()) and bool(torch.isfinite(self.items).all())

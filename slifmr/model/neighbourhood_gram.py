@@ -1,0 +1,71 @@
+"""The Gram entries of many small item neighbourhoods at once, compiled with numba.
+
+For item j with neighbourhood N_j (k items) the ridge head needs G[N_j + {j}, N_j + {j}],
+G = X^T X the item co-occurrence counts of the binary training matrix X. Forming G whole is
+out of reach above a few thousand items (N^2 entries), and a sparse product per neighbourhood
+spends its time converting the (M, k) slice of X (O(M) per call at 10^6 users). This kernel
+counts each neighbourhood's entries from the item -> users lists directly: every (slot, user)
+of the neighbourhood is visited once, and a user met in earlier slots adds one to each of those
+(slot, earlier slot) pairs. Users are found again through an open-addressing hash table sized to
+the neighbourhood (it stays in cache), so the cost is the neighbourhood's interactions plus its
+co-occurring pairs, whatever the number of users.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def neighbourhood_grams(indptr: np.ndarray, users: np.ndarray, slots: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """(c, s, s) float32: entry [j, a, b] = |users(slots[j, a]) & users(slots[j, b])|, the
+    number of users who interacted with both items (diagonal: the item's degree).
+
+    indptr (N + 1,) int64 and users (E,) int32: X in CSC form (each item's users, no repeats);
+    slots (c, s) int64: each row a set of distinct item ids."""
+    c, s_count = slots.shape
+    out = np.zeros((c, s_count, s_count), np.float32)
+    keys = np.empty(0, np.int64)
+    heads = np.empty(0, np.int32)
+    slot_of = np.empty(0, np.int32)
+    nxt = np.empty(0, np.int32)
+    for j in range(c):
+        total = 0
+        for s in range(s_count):
+            total += indptr[slots[j, s] + 1] - indptr[slots[j, s]]
+        size = 1024
+        while size < 2 * total:  # load factor <= 1/2: short probes
+            size *= 2
+        if size > keys.size:
+            keys = np.empty(size, np.int64)
+            heads = np.empty(size, np.int32)
+        if total > slot_of.size:
+            slot_of = np.empty(total, np.int32)
+            nxt = np.empty(total, np.int32)
+        keys[:size] = -1
+        mask = size - 1
+        p = 0
+        for s in range(s_count):
+            a = slots[j, s]
+            out[j, s, s] = indptr[a + 1] - indptr[a]
+            for q in range(indptr[a], indptr[a + 1]):
+                u = users[q]
+                h = (u * 2654435761) & mask
+                while keys[h] != -1 and keys[h] != u:
+                    h = (h + 1) & mask
+                if keys[h] == -1:
+                    keys[h] = u
+                    heads[h] = -1
+                t = heads[h]  # this user's earlier (slot) visits, newest first
+                while t != -1:
+                    out[j, s, slot_of[t]] += 1.0
+                    t = nxt[t]
+                slot_of[p] = s
+                nxt[p] = heads[h]
+                heads[h] = p
+                p += 1
+        for s in range(s_count):  # the lower triangle was counted: mirror it
+            for t in range(s):
+                out[j, t, s] = out[j, s, t]
+    return out
