@@ -292,31 +292,34 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
-EASE_KEYS = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.threads")
+CLOSED_FORM_KEYS = {"ease": ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.threads"),
+                    "cooc_ridge": ("model.ease_l2", "model.ridge_k", "train.topk", "train.stop_metric",
+                                   "train.eval_chunk", "train.threads")}
 
 
-def _check_ease_options(args: argparse.Namespace) -> None:
-    """Variant ease is a closed form: the options of gradient training do not apply."""
+def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
+    """A closed-form variant (ease, cooc_ridge): the options of gradient training do not apply."""
     from slifmr.config import flatten_config, parse_override, read_config_file
 
     if args.resume:
-        raise SlifmrError("variant ease is solved in one go: there is nothing to resume (train it again with --out)")
+        raise SlifmrError(f"variant {variant} is solved in one go: there is nothing to resume (train it again with --out)")
     flags = {"--workers": args.workers, "--gpu": args.gpu, "--epochs": args.epochs, "--seed": args.seed,
              "--strategy": args.strategy, "--zero-stage": args.zero_stage, "--sampling": args.sampling,
              "--fanout": args.fanout, "--max-failures": args.max_failures, "--address": args.address}
     given = [flag for flag, value in flags.items() if value]
     keys = [parse_override(item)[0] for item in args.set]
     keys += list(flatten_config(read_config_file(args.config))) if args.config else []
-    given += [k for k in keys if k not in (*EASE_KEYS, "variant")]
+    reads = CLOSED_FORM_KEYS[variant]
+    given += [k for k in keys if k not in (*reads, "variant")]
     if given:
-        raise SlifmrError(f"{', '.join(given)} do(es) not apply to variant ease, a closed form solved in one process "
-                          f"(it reads {', '.join(EASE_KEYS)})")
+        raise SlifmrError(f"{', '.join(given)} do(es) not apply to variant {variant}, a closed form solved in one "
+                          f"process (it reads {', '.join(reads)})")
 
 
 def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Options that would be accepted and have no effect are refused instead."""
-    if cfg.variant == "ease":
-        _check_ease_options(args)
+    if cfg.variant in CLOSED_FORM_KEYS:
+        _check_closed_form_options(args, cfg.variant)
     if args.workers < 0:
         raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
     if args.workers == 0:

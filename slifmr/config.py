@@ -86,7 +86,7 @@ class ModelConfig:
     sc_max_items: int = 256  # InfoNCE over at most this many batch items (cost grows with its square)
     lambda_reg: float = 1e-4
     lambda_kg: float = 0.0  # TransR KG loss (off by default)
-    # variant ease: the ridge weights tried, the best chosen on validation (Steck 2019)
+    # closed-form variants (ease, cooc_ridge): the ridge weights tried, the best chosen on validation (Steck 2019)
     ease_l2: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0])
 
 
@@ -172,6 +172,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 # 1000 epochs (at lr 0.001 it is still improving at our default 200)
                 "train.lr": 0.001, "model.lambda_reg": 0.0, "train.epochs": 1000},
     "ease": {},
+    # EASE restricted to each item's model.ridge_k most co-occurring items (slifmr/model/cooc_ridge.py)
+    "cooc_ridge": {},
     "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
@@ -179,6 +181,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_mm": {"model.use_mm": False},
     "lightgcn": {"train.batch_size": 2048, "train.lr": 5e-3, "model.loss": "bpr", "model.ridge_weight": 0.0, "model.use_kg": False, "model.use_mm": False, "model.self_loop": False, "model.lambda_sc": 0.0},
 }
+
+
+# variants solved in closed form for each ridge weight of model.ease_l2, not trained by gradient
+CLOSED_FORM = ("ease", "cooc_ridge")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -406,8 +412,8 @@ def validate(cfg: Config) -> None:
         (all(math.isfinite(v) and v >= 0 for v in m.ridge_blend), "model.ridge_blend must list finite weights >= 0"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),
-        (not (cfg.variant == "ease" and (t.sampling != "full" or t.strategy != "ddp")),
-         "variant ease is a closed form solved in one process: no train.sampling or train.strategy applies"),
+        (not (cfg.variant in CLOSED_FORM and (t.sampling != "full" or t.strategy != "ddp")),
+         f"variant {cfg.variant} is a closed form solved in one process: no train.sampling or train.strategy applies"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (t.seed >= 0, "train.seed must be >= 0"),
         (t.eval_chunk > 0, "train.eval_chunk must be positive"),

@@ -38,6 +38,7 @@ import torch
 
 import slifmr
 from slifmr.atomic import atomic_folder
+from slifmr.config import CLOSED_FORM
 from slifmr.errors import SlifmrError
 
 if TYPE_CHECKING:
@@ -91,12 +92,12 @@ def index_recall(index: Any, users: np.ndarray, items: np.ndarray, k: int, sampl
 
 def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int = EXACT_LIMIT) -> Path:
     """Write the export of `run`'s best epoch to the folder `out` (must not exist); see the module
-    docstring. Raises SlifmrError for variant ease (an item-item matrix, no embeddings)."""
+    docstring. Raises SlifmrError for the closed-form variants (an item-item matrix, no embeddings)."""
     if Path(out).exists():
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
-    if run.config.variant == "ease":
-        raise SlifmrError("variant ease scores with an N x N item-item matrix, not embeddings: there is nothing "
-                          "to index (serve it with slifmr recommend --all)")
+    if run.config.variant in CLOSED_FORM:
+        raise SlifmrError(f"variant {run.config.variant} scores with an item-item matrix, not embeddings: there is "
+                          "nothing to index (serve it with slifmr recommend --all)")
     about = {"run": str(run.path.resolve()), "variant": run.config.variant, "best_epoch": run.best_epoch,
              "valid": run.results.get("valid") if (run.path / "results.json").exists() else None}
     return export_representations(run.dataset, run.model, out, about, k, exact_limit)

@@ -28,7 +28,15 @@ import torch
 
 from slifmr import __version__, log
 from slifmr.atomic import write_text
-from slifmr.config import RUNTIME_KEYS, Config, ModelConfig, TrainConfig, save_config, saved_config
+from slifmr.config import (
+    CLOSED_FORM,
+    RUNTIME_KEYS,
+    Config,
+    ModelConfig,
+    TrainConfig,
+    save_config,
+    saved_config,
+)
 from slifmr.data.format import TEST, VALID, Dataset, read_dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
@@ -37,7 +45,8 @@ from slifmr.distributed.knn import KnnSearch
 from slifmr.distributed.strategy import Strategy, make_strategy
 from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.evaluation import Evaluator, Scorer
-from slifmr.model.ease import EASE, ease_weights, gram
+from slifmr.model.cooc_ridge import CoocRidge
+from slifmr.model.ease import EASE
 from slifmr.model.graphs import (
     EpochGraphs,
     Graph,
@@ -273,8 +282,8 @@ def train_loop(
     run_dir = Path(run_dir)
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
-    if cfg.variant == "ease":
-        return fit_ease(cfg, run_dir, ds, comm, reporter, evaluate_test)
+    if cfg.variant in CLOSED_FORM:
+        return fit_closed_form(cfg, run_dir, ds, comm, reporter, evaluate_test)
     seeds, t = SeedStreams.of(cfg.train.seed), cfg.train
     knn_fn = knn_fn or KnnSearch(comm, cfg.model.knn, seed=seeds.knn)
     sampled = t.sampling != "full"  # sampled steps touch few table rows: sparse grads, row-wise Adam
@@ -536,24 +545,30 @@ def _row_sharding(comm: Comm) -> RowSharding | None:
     return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
 
 
-def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
-             evaluate_test: bool = True) -> dict[str, Any]:
-    """Variant ease: solve EASE for every ridge weight of model.ease_l2 (one metrics.jsonl line
-    each, as if an epoch), keep the best by validation, then the run folder as train_loop's."""
+def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge:
+    """The item-item model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
+    return EASE(ds) if cfg.variant == "ease" else CoocRidge(ds, cfg.model.ridge_k)
+
+
+def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
+                    evaluate_test: bool = True) -> dict[str, Any]:
+    """A closed-form variant (ease, cooc_ridge): solve it for every ridge weight of
+    model.ease_l2 (one metrics.jsonl line each, as if an epoch), keep the best by validation,
+    then the run folder as train_loop's."""
     if comm.world_size > 1:
-        raise SlifmrError("variant ease is a closed form solved in one process: run it with --workers 0")
+        raise SlifmrError(f"variant {cfg.variant} is a closed form solved in one process: run it with --workers 0")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk)
-    model, g = EASE(ds), gram(ds)
+    model = build_closed_form(cfg, ds)
     stopper = EarlyStopping()
     for step, l2 in enumerate(cfg.model.ease_l2, start=1):
         t0, started = time.perf_counter(), time.time()
-        model.weights.copy_(ease_weights(g, l2))
-        if not bool(torch.isfinite(model.weights).all()):
-            raise NonFiniteError(f"ease with model.ease_l2 {l2}: the solved weights are not finite")
+        model.fit(l2)
+        if not model.finite():
+            raise NonFiniteError(f"{cfg.variant} with model.ease_l2 {l2}: the solved weights are not finite")
         valid = evaluator.evaluate(model.full_scores, VALID)
         rec = EpochRecord(epoch=step, l2=l2, loss={"loss": 0.0}, valid=valid,
                           is_best=stopper.step(valid[cfg.train.stop_metric], step),
@@ -562,7 +577,7 @@ def fit_ease(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Repo
             f.write(json.dumps(rec.to_json()) + "\n")
         if rec.is_best:
             save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
-        log.info(f"ease l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
+        log.info(f"{cfg.variant} l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
                  + (" *" if rec.is_best else ""))
         if reporter is not None:
             reporter(rec.to_json(), run_dir / "best")
@@ -577,10 +592,10 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     this together), or the EASE weights. Returns it and the checkpoint's meta."""
     ckpt, meta = load_checkpoint(run_dir / "best")
     check_compatible(meta, cfg, ds, run_dir)
-    if cfg.variant == "ease":
-        ease = EASE(ds).to(device)
-        ease.load_state_dict(ckpt["model"])
-        return ease, meta
+    if cfg.variant in CLOSED_FORM:
+        solved = build_closed_form(cfg, ds).to(device)
+        solved.load_state_dict(ckpt["model"])
+        return solved, meta
     model, static = build_model(cfg, ds, comm=comm, static=static)
     model.to(device)
     model.load_state_dict(ckpt["model"])

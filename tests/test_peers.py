@@ -40,9 +40,11 @@ def test_ease_weights_are_steck_closed_form() -> None:
         assert b[j, j] == 0
 
 
-def test_ease_run_picks_l2_on_validation_and_serves(tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "ease"
-    assert main(["-q", "train", "--variant", "ease", "--data", str(tiny_path), "--out", str(run),
+@pytest.mark.parametrize("variant", ["ease", "cooc_ridge"])
+def test_closed_form_run_picks_l2_on_validation_and_serves(variant: str, tiny_path: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / variant
+    assert main(["-q", "train", "--variant", variant, "--data", str(tiny_path), "--out", str(run),
                  "--set", "model.ease_l2=1,10,100"]) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["l2"] for r in records] == [1.0, 10.0, 100.0]
@@ -65,6 +67,38 @@ def test_ease_refuses_what_does_not_apply(tiny_ds: Dataset, tmp_path: Path) -> N
         train_loop(load_config(variant="ease"), tmp_path / "r", Comm(rank=0, world_size=2), ds=tiny_ds)
     with pytest.raises(ConfigError, match="model.ease_l2"):
         load_config(variant="ease", overrides=["model.ease_l2=0,10"])
+
+
+def test_cooccurrence_neighbours_are_the_most_co_occurring_items() -> None:
+    """Each item's k largest counts of X^T X off the diagonal, ties by the smaller id; an item
+    with fewer co-occurring items is filled with the most popular others."""
+    from slifmr.model.cooc_ridge import cooccurrence_neighbours
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 25)) < 0.15).astype(np.int64)
+    x[:, 24] = 0
+    x[0, 24] = 1  # item 24 co-occurs with user 0's other items only
+    u, i = np.nonzero(x)
+    k = 6
+    nbrs = cooccurrence_neighbours(torch.from_numpy(np.stack([u, i])), 60, 25, k).numpy()
+    g = x.T @ x
+    degree = x.sum(0)
+    popular = sorted(range(25), key=lambda a: (-degree[a], a))
+    for j in range(25):
+        ranked = sorted((a for a in range(25) if a != j and g[j, a] > 0), key=lambda a: (-g[j, a], a))[:k]
+        ranked += [a for a in popular if a != j and a not in ranked][: k - len(ranked)]
+        assert nbrs[j].tolist() == ranked
+
+
+def test_cooc_ridge_with_every_other_item_is_ease(tiny_ds: Dataset) -> None:
+    """With k = N - 1 every item's neighbourhood is all the others: the peer is EASE."""
+    from slifmr.model.cooc_ridge import CoocRidge
+
+    model = CoocRidge(tiny_ds, tiny_ds.num_items)
+    model.fit(10.0)
+    users = torch.arange(tiny_ds.num_users)
+    ease = EASE(tiny_ds, ease_weights(gram(tiny_ds), 10.0))
+    torch.testing.assert_close(model.full_scores(users), ease.full_scores(users), rtol=1e-4, atol=1e-4)
 
 
 def test_ease_scores_are_interactions_times_weights(tiny_ds: Dataset) -> None:

@@ -4,6 +4,7 @@ ranking score, and its place in the run folder."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,41 @@ def test_no_neighbours_give_an_empty_head() -> None:
     ds = tiny()
     w_t = ridge_weights(train_edges(ds), ds.num_users, ds.num_items, torch.zeros(ds.num_items, 0, dtype=torch.long), 1.0)
     assert w_t.shape == (ds.num_items, ds.num_items) and w_t.values().numel() == 0
+
+
+def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every epoch scores the ranking with each weight of model.ridge_blend on validation and
+    keeps the best; the best epoch's weight is the one test is read with, once, at the end."""
+    from slifmr.data.format import TEST, VALID
+    from slifmr.evaluation import Evaluator
+    from slifmr.trainer import choose_blend, load_best
+
+    splits: list[int] = []
+    original = Evaluator.candidate_sums
+
+    def spy(self, scores_fn, count, split):  # noqa: ANN001, ANN202
+        splits.append(split)
+        return original(self, scores_fn, count, split)
+
+    monkeypatch.setattr(Evaluator, "candidate_sums", spy)
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=4",
+                                 "train.batch_size=256", "model.ridge_k=7", "model.ridge_blend=0,0.5,3"])
+    cfg.data = str(tiny_path)
+    results = train_loop(cfg, tmp_path / "run")
+    assert splits[:-1] == [VALID] * (len(splits) - 1) and splits[-1] == TEST  # test once, last
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "ridge_weight" not in lines[0] and all(ln["ridge_weight"] in (0.0, 0.5, 3.0) for ln in lines[1:])
+    from slifmr.data.format import read_dataset
+
+    ds = read_dataset(tiny_path)
+    reps, _ = load_best(cfg, ds, tmp_path / "run")
+    best = lines[results["best_epoch"] - 1]
+    assert results["best_epoch"] > 1  # a fused epoch (the first has no head yet)
+    assert reps.ridge_weight == best["ridge_weight"]
+    evaluator = Evaluator(ds, cfg.train.topk)
+    weight, valid = choose_blend(evaluator, reps, cfg.model, "recall@20")
+    assert weight == best["ridge_weight"] and valid == pytest.approx(best["valid"])
+    each = [evaluator.evaluate(replace(reps, ridge_weight=w).full_scores, VALID)["recall@20"] for w in (0.5, 3.0)]
+    alone = evaluator.evaluate(replace(reps, item_ridge=None).full_scores, VALID)["recall@20"]
+    assert valid["recall@20"] == pytest.approx(max([alone, *each]))

@@ -52,9 +52,18 @@ class EASE(nn.Module):
         if ds.num_items > EASE_MAX_ITEMS:
             raise SlifmrError(f"variant ease inverts a dense {ds.num_items:,} x {ds.num_items:,} matrix: it stops at "
                               f"{EASE_MAX_ITEMS:,} items (about {32 * EASE_MAX_ITEMS**2 / 1e9:.0f} GB while solving)")
-        # COO: index_select picks user rows
+        self._ds, self._gram = ds, None
         self.register_buffer("interactions", training_matrix(ds), persistent=False)  # COO: index_select picks user rows
         self.register_buffer("weights", weights if weights is not None else torch.zeros(ds.num_items, ds.num_items))
+
+    def fit(self, l2: float) -> None:
+        """Solve B for the ridge weight l2 > 0 (G = X^T X computed on the first call)."""
+        if self._gram is None:
+            self._gram = gram(self._ds)
+        self.weights.copy_(ease_weights(self._gram, l2))
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.weights).all())
 
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""

@@ -69,3 +69,50 @@ def neighbourhood_grams(indptr: np.ndarray, users: np.ndarray, slots: np.ndarray
             for t in range(s):
                 out[j, t, s] = out[j, s, t]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def top_cooccurring(item_indptr: np.ndarray, item_users: np.ndarray, user_indptr: np.ndarray,
+                    user_items: np.ndarray, fill: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - compiled
+    """(N, k) int32: each item's k most co-occurring other items (the largest G[j, a], a != j;
+    ties by the smaller id); an item with fewer than k co-occurring items is filled up from
+    `fill` (N,) (item ids, most popular first) in order, skipping itself and those it has.
+
+    item_indptr (N + 1,) int64 and item_users (E,) int32: X in CSC form; user_indptr (M + 1,)
+    int64 and user_items (E,) int32: X in CSR form. Cost: sum over users of degree^2."""
+    n = item_indptr.size - 1
+    out = np.empty((n, k), np.int32)
+    counts = np.zeros(n, np.int64)
+    touched = np.empty(n, np.int64)
+    for j in range(n):
+        m = 0
+        for q in range(item_indptr[j], item_indptr[j + 1]):
+            u = item_users[q]
+            for r in range(user_indptr[u], user_indptr[u + 1]):
+                a = user_items[r]
+                if a != j:
+                    if counts[a] == 0:
+                        touched[m] = a
+                        m += 1
+                    counts[a] += 1
+        # key: count descending, then id ascending
+        keys = np.empty(m, np.int64)
+        for t in range(m):
+            a = touched[t]
+            keys[t] = -(counts[a] * (n + 1)) + a
+        order = np.argsort(keys)
+        take = min(k, m)
+        for t in range(take):
+            out[j, t] = touched[order[t]]
+        f = 0
+        for t in range(take, k):
+            while fill[f] == j or counts[fill[f]] != 0:
+                f += 1
+            out[j, t] = fill[f]
+            counts[fill[f]] = -1  # taken: never filled twice
+            f += 1
+        for t in range(m):
+            counts[touched[t]] = 0
+        for t in range(take, k):
+            counts[out[j, t]] = 0
+    return out
