@@ -138,10 +138,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for flag in ("users", "items", "interactions"):
         if getattr(args, flag) <= 0:
             raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    ds = synthesize(
-        users=args.users, items=args.items, interactions=args.interactions, entities=args.entities,
-        triples=args.triples, relations=args.relations, modalities=_modalities(args.modalities), seed=args.seed,
-    )
+    own = {"planted": ("latent_dim", "cluster_size"), "clusters": ("entities", "triples", "relations")}
+    other = "clusters" if args.planted else "planted"
+    given = [f"--{name.replace('_', '-')}" for name in own[other] if getattr(args, name) is not None]
+    if given:
+        raise SlifmrError(f"{', '.join(given)} do(es) not apply to the {'planted' if args.planted else 'cluster'} "
+                          f"generator{'' if args.planted else ' (add --planted)'}")
+    common = {"users": args.users, "items": args.items, "interactions": args.interactions,
+              "modalities": _modalities(args.modalities), "seed": args.seed}
+    if args.planted:
+        from slifmr.data.synth import synthesize_planted
+
+        ds = synthesize_planted(**common, latent_dim=args.latent_dim or 16, cluster_size=args.cluster_size or 50)
+    else:
+        ds = synthesize(**common, entities=2000 if args.entities is None else args.entities,
+                        triples=10000 if args.triples is None else args.triples,
+                        relations=8 if args.relations is None else args.relations)
     return _write_imported(ds, args.out, args.overwrite)
 
 
@@ -210,13 +222,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_add_features)
 
     p = _sub(dsub, "synth", "generate a seeded synthetic dataset (power-law, KG, correlated features)",
-             "slifmr data synth --users 10000 --items 2000 --interactions 200000 --out data/synth-10k")
+             "slifmr data synth --users 10000 --items 2000 --interactions 200000 --out data/synth-10k\n"
+             "  slifmr data synth --planted --users 100000 --items 10000 --interactions 1000000 --out data/planted-100k")
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--interactions", type=int, default=20000)
-    p.add_argument("--entities", type=int, default=2000)
-    p.add_argument("--triples", type=int, default=10000)
-    p.add_argument("--relations", type=int, default=8)
+    p.add_argument("--entities", type=int, help="KG entities (default 2000; cluster generator)")
+    p.add_argument("--triples", type=int, help="KG triples (default 10000; cluster generator)")
+    p.add_argument("--relations", type=int, help="KG relations (default 8; cluster generator)")
+    p.add_argument("--planted", action="store_true",
+                   help="planted structure: latent user/item factors, item clusters that shape the features and "
+                        "the KG, power-law degrees (slifmr.data.synth.synthesize_planted); for accuracy at scale")
+    p.add_argument("--latent-dim", type=int, help="planted: latent factor size (default 16)")
+    p.add_argument("--cluster-size", type=int, help="planted: items per cluster (default 50)")
     p.add_argument("--modalities", default="text:32,image:64", help="name:dim,... ('' for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)

@@ -20,6 +20,35 @@ def _power_law(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     return w / w.sum()
 
 
+def _distinct_pairs(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, items: int,
+                    interactions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, item) pairs of the draws, trimmed at random to `interactions` (every
+    user keeps one row), sorted by user then item."""
+    _, first = np.unique(user * np.int64(items) + item, return_index=True)
+    if first.size > interactions:
+        priority = rng.random(first.size)
+        user_sorted = user[first]
+        order = np.argsort(user_sorted, kind="stable")
+        lead = np.r_[True, user_sorted[order][1:] != user_sorted[order][:-1]]
+        priority[order[lead]] = -1.0
+        first = first[np.argsort(priority, kind="stable")[:interactions]]
+    first.sort()
+    return user[first], item[first]
+
+
+def _activity(rng: np.random.Generator, users: int, items: int, interactions: int) -> np.ndarray:
+    """Draws per user: power law (exponent 0.8), at least 1, at most a quarter of the
+    catalogue, summing to about 1.25 x `interactions` (duplicates are removed afterwards)."""
+    activity = _power_law(rng, users, 0.8)
+    cap = max(1, items // 4)
+    target = 1.25 * interactions
+    per_user = np.ones(users, np.int64)
+    for _ in range(4):  # rescale so the capped counts still sum to the target
+        per_user = np.clip(np.floor(activity * target), 1, cap).astype(np.int64)
+        target *= 1.25 * interactions / max(per_user.sum(), 1)
+    return per_user
+
+
 def synthesize(
     users: int = 1000,
     items: int = 500,
@@ -42,15 +71,7 @@ def synthesize(
     user_main = rng.integers(0, clusters, users)
     user_second = rng.integers(0, clusters, users)
 
-    # interactions per user ~ power law, at least 1, summing to about `interactions`
-    activity = _power_law(rng, users, 0.8)
-    cap = max(1, items // 4)  # nobody interacts with more than a quarter of the catalogue
-    target = 1.25 * interactions  # oversampled: duplicates are removed below
-    per_user = np.ones(users, np.int64)
-    for _ in range(4):  # rescale so the capped counts still sum to the target
-        per_user = np.clip(np.floor(activity * target), 1, cap).astype(np.int64)
-        target *= 1.25 * interactions / max(per_user.sum(), 1)
-    user = np.repeat(np.arange(users, dtype=np.int64), per_user)
+    user = np.repeat(np.arange(users, dtype=np.int64), _activity(rng, users, items, interactions))
     n = user.size
 
     popularity = _power_law(rng, items, 0.9)
@@ -67,16 +88,7 @@ def synthesize(
     r = lo[cluster] + rng.random(n) * (hi[cluster] - lo[cluster])
     item = by_cluster[np.minimum(np.searchsorted(cum, r, side="right"), items - 1)]
 
-    _, first = np.unique(user * np.int64(items) + item, return_index=True)
-    if first.size > interactions:  # trim to the requested count; every user keeps one row
-        priority = rng.random(first.size)
-        user_sorted = user[first]
-        order = np.argsort(user_sorted, kind="stable")
-        lead = np.r_[True, user_sorted[order][1:] != user_sorted[order][:-1]]
-        priority[order[lead]] = -1.0
-        first = first[np.argsort(priority, kind="stable")[:interactions]]
-    first.sort()
-    user, item = user[first], item[first]
+    user, item = _distinct_pairs(rng, user, item, items, interactions)
 
     features = {}
     for name, dim in modalities:
@@ -109,5 +121,105 @@ def synthesize(
         num_entities=num_entities,
         relation_names=[f"rel_{k}" for k in range(relations)],
         provenance={"importer": "synth", "seed": seed, "clusters": clusters, "noise": noise},
+        split_seed=seed,
+    )
+
+
+def synthesize_planted(
+    users: int = 1000,
+    items: int = 500,
+    interactions: int = 20000,
+    latent_dim: int = 16,
+    cluster_size: int = 50,
+    modalities: tuple[tuple[str, int], ...] = (("text", 32), ("image", 64)),
+    candidates: int = 16,
+    temperature: float = 0.5,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> Dataset:
+    """A dataset with planted structure, where a ranking measures what a model recovers.
+
+    Items: clusters of about `cluster_size`; item i has a latent factor v_i = c_cluster(i) +
+    `noise` e_i (latent_dim), and a power-law popularity p_i (exponent 0.9). Users: a power-law
+    number of draws (exponent 0.8); latent u = a mix of two cluster centroids plus noise. Each
+    draw takes `candidates` items by popularity from one of the user's clusters (70% the first,
+    20% the second, 10% any cluster), and keeps the one maximising u . v_i / `temperature` + a
+    Gumbel variable (a softmax choice among them, Gumbel-max trick). So who interacts with what
+    follows clusters, latent affinity within a cluster and popularity, as in a real catalogue.
+
+    Every modality is a fixed random projection of v_i plus noise of the same size, so features
+    carry the within-cluster factors too; the KG links each item to its cluster's entity
+    ("in_cluster") and to the entities of the signs of its first 8 latent dimensions
+    ("has_trait"), so items with similar factors share KG neighbours. Vectorised; every
+    interaction draw is one row of numpy arrays."""
+    if min(users, items, interactions, latent_dim, cluster_size, candidates) <= 0:
+        raise ValueError("users, items, interactions, latent_dim, cluster_size and candidates must be positive")
+    rng = np.random.default_rng(seed)
+    clusters = max(1, items // cluster_size)
+    item_cluster = rng.integers(0, clusters, items)
+    centroids = rng.standard_normal((clusters, latent_dim)).astype(np.float32)
+    item_factor = centroids[item_cluster] + noise * rng.standard_normal((items, latent_dim)).astype(np.float32)
+    popularity = _power_law(rng, items, 0.9)
+
+    prefer = rng.integers(0, clusters, (users, 2))
+    user_factor = (0.7 * centroids[prefer[:, 0]] + 0.3 * centroids[prefer[:, 1]]
+                   + noise * rng.standard_normal((users, latent_dim)).astype(np.float32))
+    by_cluster = np.argsort(item_cluster, kind="stable")
+    cum = np.cumsum(popularity[by_cluster])
+    starts = np.searchsorted(item_cluster[by_cluster], np.arange(clusters))
+    ends = np.r_[starts[1:], items]
+
+    def draw(user: np.ndarray) -> np.ndarray:
+        """One item per row of `user`: the Gumbel-max choice among popularity-drawn candidates."""
+        n = user.size
+        which = rng.random(n)
+        cluster = np.where(which < 0.7, prefer[user, 0], prefer[user, 1])
+        cluster = np.where(which >= 0.9, item_cluster[rng.integers(0, items, n)], cluster)
+        cluster = np.where(ends[cluster] > starts[cluster], cluster, item_cluster[rng.integers(0, items, n)])
+        # candidates by popularity inside the cluster: inverse CDF over the items sorted by cluster
+        lo = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)[cluster]
+        hi = cum[np.maximum(ends - 1, 0)][cluster]
+        item = np.empty(n, np.int64)
+        for a in range(0, n, 1 << 20):  # bounded memory: (chunk, candidates, latent_dim) at a time
+            b = min(a + (1 << 20), n)
+            r = lo[a:b, None] + rng.random((b - a, candidates)) * (hi[a:b] - lo[a:b])[:, None]
+            cand = by_cluster[np.minimum(np.searchsorted(cum, r, side="right"), items - 1)]
+            affinity = np.einsum("cd,ckd->ck", user_factor[user[a:b]], item_factor[cand]) / temperature
+            pick = np.argmax(affinity + rng.gumbel(size=affinity.shape), axis=1)
+            item[a:b] = cand[np.arange(b - a), pick]
+        return item
+
+    per_user = _activity(rng, users, items, interactions)
+    user = np.repeat(np.arange(users, dtype=np.int64), per_user)
+    user, item = _distinct_pairs(rng, user, draw(user), items, interactions)
+    for _ in range(4):  # popular candidates repeat: draw again for the missing share, in proportion
+        if user.size >= interactions:
+            break
+        extra = np.repeat(np.arange(users, dtype=np.int64),
+                          np.ceil(per_user * 1.5 * (interactions - user.size) / user.size).astype(np.int64))
+        user, item = _distinct_pairs(rng, np.r_[user, extra], np.r_[item, draw(extra)], items, interactions)
+
+    features = {}
+    for name, dim in modalities:
+        projection = rng.standard_normal((latent_dim, dim)).astype(np.float32) / np.sqrt(latent_dim)
+        signal = item_factor @ projection
+        features[name] = signal + noise * signal.std() * rng.standard_normal((items, dim)).astype(np.float32)
+
+    traits = min(8, latent_dim)
+    trait_entity = clusters + 2 * np.arange(traits) + (item_factor[:, :traits] > 0)  # (items, traits)
+    num_entities = items + clusters + 2 * traits  # every item is its own entity, then clusters, then traits
+    item_entity = np.stack([np.arange(items), np.arange(items)], 1).astype(np.int64)
+    heads = np.repeat(np.arange(items, dtype=np.int64), 1 + traits)
+    tails = np.concatenate([items + item_cluster[:, None], items + trait_entity], 1).reshape(-1)
+    rel = np.tile(np.r_[0, np.ones(traits, np.int64)], items)
+    kg = np.stack([heads, rel, tails.astype(np.int64)], 1)
+
+    return Dataset(
+        name=f"planted-u{users}-i{items}-s{seed}",
+        num_users=users, num_items=items, user=user, item=item, split=split_per_user(user, seed),
+        features=features, kg=kg, item_entity=item_entity, num_entities=num_entities,
+        relation_names=["in_cluster", "has_trait"],
+        provenance={"importer": "synth", "generator": "planted", "seed": seed, "clusters": clusters,
+                    "latent_dim": latent_dim, "candidates": candidates, "temperature": temperature, "noise": noise},
         split_seed=seed,
     )
