@@ -187,16 +187,17 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
 
 
 def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Path | None = None,
-          config: str | Path | None = None, workers: int = 0, **overrides: Any) -> Run:
+          config: str | Path | None = None, workers: int = 0, preset: str | None = None, **overrides: Any) -> Run:
     """Train a variant on a dataset folder (default: the embedded ml-100k) and return its Run.
 
     `overrides` set config keys: bare names where unambiguous (epochs=5, k_corr=20, lr=1e-3),
     or model__k_corr / train__lr. `out`: the run folder (default runs/<variant>-seed<seed>-<time>).
+    `preset`: a config layer under `config` and `variant` (config.PRESETS, e.g. "scale").
     Raises ConfigError for an unknown key or a bad value, SlifmrError for bad input."""
     settings: list[tuple[str, Any]] = [(config_key(k), v) for k, v in overrides.items()]
     if data is not None:
         settings.append(("data", str(data)))
-    cfg = load_config(config, variant, settings=settings)
+    cfg = load_config(config, variant, settings=settings, preset=preset)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     run_dir = Path(out) if out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slifmr import log
-from slifmr.config import CHOICES, VARIANTS
+from slifmr.config import CHOICES, PRESETS, VARIANTS
 from slifmr.errors import SlifmrError
 
 
@@ -362,6 +362,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     saved = None
     if args.resume:
         run_dir = Path(args.resume)
+        if args.preset:
+            raise SlifmrError("--preset does not apply to --resume (the run keeps the config it was trained with)")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise SlifmrError("--out does not apply to --resume (the run continues in its own folder)")
         if not checkpoint_exists(run_dir / "checkpoint"):
@@ -369,7 +371,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         saved, cfg = _resumed_config(run_dir, args)
     else:
-        cfg = load_config(args.config, args.variant, args.set, settings=_flag_overrides(args))
+        cfg = load_config(args.config, args.variant, args.set, settings=_flag_overrides(args), preset=args.preset)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         refuse_existing_run(run_dir)
     if cfg.data is not None and not Path(cfg.data).exists():
@@ -490,6 +492,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default runs/<variant>-seed<seed>-<time>)")
     p.add_argument("--variant", help=f"{' | '.join(VARIANTS)} (default slifmr)")
     p.add_argument("--config", help="YAML file of config keys (model.*, train.*)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a config layer under --config and --variant: scale = history sampling, approximate kNN, "
+                        "the ridge head sharded, 10,000 validation users (README 'Training at scale')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)

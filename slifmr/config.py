@@ -183,6 +183,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Named presets: config layers for a kind of run, under the YAML file and the variant.
+PRESETS: dict[str, dict[str, Any]] = {
+    # what a user with 10^7-10^8 interactions runs (README "Training at scale"): one sampled hop
+    # per step over historical embeddings (a step costs its batch, not the graph), the self-loop
+    # whole (the ridge head on, its solves sharded, the blend chosen on validation), S(t)'s
+    # search by faiss HNSW with its recall logged, validation on a seeded 10,000-user sample
+    "scale": {"train.sampling": "history", "model.knn": "approx", "train.eval_users": 10000},
+}
+
 # variants solved in closed form for each ridge weight of model.ease_l2, not trained by gradient
 CLOSED_FORM = ("ease", "cooc_ridge")
 
@@ -357,10 +366,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, variant: str | None = None, overrides: list[str] | None = None,
-                settings: list[tuple[str, Any]] | None = None) -> Config:
-    """Defaults <- YAML file <- --variant <- --set key=value overrides <- `settings` (the
-    (key, value) pairs of a command's own flags), validated once, at the end."""
+                settings: list[tuple[str, Any]] | None = None, preset: str | None = None) -> Config:
+    """Defaults <- `preset` (PRESETS) <- YAML file <- --variant <- --set key=value overrides <-
+    `settings` (the (key, value) pairs of a command's own flags), validated once, at the end."""
     d = read_config_file(path) if path is not None else {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        d = {**PRESETS[preset], **flatten_config(d)}
     if variant is not None:
         d = {**d, "variant": variant}
     cfg = _assemble(d, str(path or "config"))

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slifmr.cli import build_parser, main
+from slifmr.errors import ConfigError
 
 SMALL = ["--set", "model.embedding_dim=16", "--set", "model.k_corr=3", "--set", "train.batch_size=128"]
 
@@ -101,3 +102,19 @@ def test_train_evaluate_recommend_report(tiny_path: Path, tmp_path: Path, capsys
     assert code == 0 and t.num_rows == 60 * 4 and t.column_names == ["user", "rank", "item", "score"]
     code, out, _ = run(["report", str(run_dir), "--out", str(tmp_path / "rep")], capsys)
     assert code == 0 and (tmp_path / "rep" / "curves.png").stat().st_size > 1000 and "| run |" in out
+
+
+def test_scale_preset_is_a_layer_under_the_yaml_and_the_variant(tmp_path: Path) -> None:
+    from slifmr.config import PRESETS, load_config
+
+    cfg = load_config(preset="scale")
+    assert (cfg.train.sampling, cfg.model.knn, cfg.train.eval_users) == ("history", "approx", 10000)
+    assert cfg.model.ridge_weight > 0 and cfg.model.ridge_blend  # the self-loop whole, head included
+    yaml_file = tmp_path / "mine.yaml"
+    yaml_file.write_text("train:\n  eval_users: 500\n")
+    cfg = load_config(yaml_file, "lightgcn", ["train.fanout=5,5"], preset="scale")
+    assert (cfg.train.eval_users, cfg.train.sampling, cfg.train.fanout, cfg.train.batch_size) == (500, "history", "5,5", 2048)
+    assert set(PRESETS) == {"scale"}
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config(preset="huge")
+    assert main(["train", "--resume", str(tmp_path), "--preset", "scale"]) == 2
