@@ -41,7 +41,7 @@ class ModelConfig:
     corr_binary: bool = False  # binarise S(t) weights
     warmup_epochs: int = 1  # epochs on the static graphs before the first fusion
     refresh_every: int = 1  # rebuild S(t) every this many epochs
-    knn: str = "exact"  # S(t)'s top-k search: exact (chunked matmul) | approx (faiss HNSW, for large N)
+    knn: str = "exact"  # S(t)'s top-k search: exact (chunked matmul) | approx (faiss IVF-Flat, for large N)
     fuse_ui: bool = True  # A(t) item-item block gets gamma * S(t)
     fuse_kg: bool = True  # S(t) edges join the KG as relation correlated_with
     fuse_mm: bool = True  # A_mm(t) = (1 - beta) A_mm + beta S(t)
@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # what a user with 10^7-10^8 interactions runs (README "Training at scale"): one sampled hop
     # per step over historical embeddings (a step costs its batch, not the graph), the self-loop
     # whole (the ridge head on, its solves sharded, the blend chosen on validation), S(t)'s
-    # search by faiss HNSW with its recall logged, validation on a seeded 10,000-user sample
+    # search by faiss IVF-Flat with its recall logged, validation on a seeded 10,000-user sample
     "scale": {"train.sampling": "history", "model.knn": "approx", "train.eval_users": 10000},
 }
 

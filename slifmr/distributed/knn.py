@@ -5,11 +5,13 @@ the neighbours of its own block of items, and the neighbour blocks are all-gathe
 worker builds the same S(t+1). In one process the block is every item and the gather does nothing.
 
     exact   chunked matmul + topk: the same result as `slifmr.data.graphs.knn`
-    approx  faiss HNSW over the normalised rows (inner product = cosine), for large N; after
-            each search `recall` holds its recall@k against exact search on sampled rows
+    approx  faiss IVF-Flat over the normalised rows (inner product = cosine), for large N;
+            after each search `recall` holds its recall@k against exact search on sampled rows
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -23,31 +25,45 @@ from slifmr.rng import derive_seed
 KNN_METHODS = CHOICES["model.knn"]
 
 
-def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, links: int = 16, ef_build: int = 40,
-               ef_search: int = 64) -> tuple[Tensor, Tensor]:
-    """Approximate cosine top-k (self excluded) of `rows` among all x (N, d) with faiss HNSW;
-    the same input gives the same neighbours on every process."""
+def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, nprobe: int = 16) -> tuple[Tensor, Tensor]:
+    """Approximate cosine top-k (self excluded) of `rows` among all x (N, d), with faiss's
+    inverted-file index (IVF-Flat; Jegou et al., TPAMI 2011): the normalised rows are clustered
+    into sqrt(N) lists by k-means and each query scans its `nprobe` nearest lists exactly
+    (inner product = cosine). Returns (neighbours (R, k), similarities (R, k)), the same on every
+    process for the same input.
+
+    Built in one k-means pass and searched over a few lists, it is several times cheaper than
+    HNSW at the self-loop's k (about 100, for the ridge head) with a recall as high
+    (benchmarks/RESULTS.md, FUSION_SCALE); each search's recall is measured (`KnnSearch`)."""
     try:
         import faiss
     except ImportError:
         raise SlifmrError("model.knn=approx needs faiss: pip install faiss-cpu") from None
     xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
-    rows = torch.arange(x.shape[0]) if rows is None else rows.cpu()
-    k = min(k, x.shape[0] - 1)
-    # faiss's HNSW defaults trade a little recall for a search far below the exact O(N^2): the
-    # kNN recall each approximate epoch reports is the check that the trade holds
-    index = faiss.IndexHNSWFlat(xn.shape[1], links, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_build
-    index.hnsw.efSearch = max(ef_search, 2 * k)
-    faiss.omp_set_num_threads(1)  # a parallel build links nodes in a racy order: one thread is reproducible
+    n, d = xn.shape
+    rows = torch.arange(n) if rows is None else rows.cpu()
+    k = min(k, n - 1)
+    # faiss wants >= 39 training points per list; one list is the exact search
+    lists = max(1, min(int(math.sqrt(n)), n // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 1234
+    faiss.omp_set_num_threads(1)  # k-means on one thread: the same lists on every process and run
+    index.train(xn)
     index.add(xn)
+    index.nprobe = min(nprobe, lists)
     faiss.omp_set_num_threads(torch.get_num_threads())  # searches are independent per query
     sims, nbrs = (torch.from_numpy(a) for a in index.search(xn[rows.numpy()], k + 1))
-    # drop the row itself (usually the first hit); rows whose k+1 hits miss themselves drop the last
+    # drop the row itself (usually the first hit); rows whose k+1 hits miss themselves drop the
+    # last; a hit faiss could not fill (-1, when the lists scanned hold fewer than k + 1 rows)
+    # is replaced by the exact search below
     not_self = nbrs != rows[:, None]
     not_self[not_self.all(1), -1] = False
     keep = not_self & (torch.cumsum(not_self, 1) <= k)
-    return nbrs[keep].view(-1, k).long().to(x.device), sims[keep].view(-1, k).to(x.device)
+    nbrs, sims = nbrs[keep].view(-1, k).long(), sims[keep].view(-1, k)
+    short = (nbrs < 0).any(1)
+    if bool(short.any()):
+        nbrs[short], sims[short] = knn(torch.from_numpy(xn), k, rows=rows[short])
+    return nbrs.to(x.device), sims.to(x.device)
 
 
 class KnnSearch:
