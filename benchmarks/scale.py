@@ -125,6 +125,10 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         row["error"] = (out.parent / f"{out.name}.log").read_text()[-2000:]
         return row
     r = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    import yaml
+
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]  # the method's switches of the run
+    row.update({"ridge_weight": model["ridge_weight"], "ridge_k": model["ridge_k"], "knn": model["knn"]})
     per_step = r["train_seconds"] / r["steps"]
     full_steps = -(-n_train // batch)
     outside = r["epoch_seconds"] - r["train_seconds"]
@@ -134,7 +138,8 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
         "memory_seconds": r.get("memory_seconds", 0.0),
         "sampling_seconds_per_step": r["sampling_seconds"] / r["steps"], "comm_seconds_per_step": r["comm_seconds"] / r["steps"],
         "grad_bytes_per_step": r["grad_bytes_per_step"], "fusion_seconds": r["fusion_seconds"],
-        "knn_seconds": r["knn_seconds"], "knn_recall": r["knn_recall"], "eval_seconds": r["eval_seconds"],
+        "knn_seconds": r["knn_seconds"], "ridge_seconds": r.get("ridge_seconds", 0.0),
+        "ridge_weight_chosen": r.get("ridge_weight"), "knn_recall": r["knn_recall"], "eval_seconds": r["eval_seconds"],
         "outside_steps_seconds": outside, "epoch_seconds_estimated": per_step * full_steps + outside,
         "epoch_seconds_measured": r["epoch_seconds"] if not steps else None,
     })

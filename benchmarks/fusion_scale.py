@@ -1,0 +1,138 @@
+"""The self-loop's fusion at scale, ridge head on: its parts and its share of the epoch against
+the catalogue, on Ray Train workers.
+
+    python benchmarks/fusion_scale.py --users 100000 300000 1000000 --workers 2
+
+Each size is scale.py's synthetic set (users U, items U/10, about 9.3 U training
+interactions). Each configuration runs `slifmr train` (scale.measure: 2 epochs of --steps
+history-sampled steps at global batch --batch, approximate kNN, 2,000 validation users) with
+the ridge head on (model.ridge_weight 0.5, model.ridge_k --ridge-k, the blend chosen on
+validation). Epoch 2 is a fusion: Z(1) -> kNN (k = ridge_k) -> S(2) and the head's solves (each
+worker its block of items, one all-gather) -> the epoch graphs. Reported from its
+metrics.jsonl line: kNN, ridge and the rest of the fusion (graph builds and KG attention), the
+estimated whole epoch (seconds per step x the steps of a full pass + everything outside the
+steps, the fusion included) and the fusion's share of it; the fitted exponent of fusion seconds
+against items.
+
+Writes benchmarks/results/fusion-scale.json, fusion-scale.png and the FUSION_SCALE section of
+RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from quality import HERE, RESULTS, write_results_md
+from scale import dataset, measure
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", nargs="+", type=int, default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--workers", nargs="+", type=int, default=[2])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32768)
+    ap.add_argument("--ridge-k", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
+    ap.add_argument("--tag", default="", help="suffix of the outputs (results/fusion-scale-TAG.json, its section)")
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    rows: list[dict[str, Any]] = []
+    for users in args.users:
+        data, n_train = dataset(users, runs / "data")
+        for workers in args.workers:
+            extra = ("--set", "model.ridge_weight=0.5", "--set", f"model.ridge_k={args.ridge_k}",
+                     *(x for kv in args.set for x in ("--set", kv)))
+            row = measure(data, n_train, "history", workers, "auto", args.steps,
+                          runs / f"fusion-u{users}-w{workers}-k{args.ridge_k}", args.batch, threads=args.threads,
+                          extra=extra)
+            row.update({"users": users, "items": users // 10})
+            if row["exit_status"] == 0:
+                row["graph_seconds"] = row["fusion_seconds"] - row["knn_seconds"] - row["ridge_seconds"]
+                row["fusion_share"] = row["fusion_seconds"] / row["epoch_seconds_estimated"]
+            print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+            rows.append(row)
+            print(write(args, rows))
+    return 0
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    fits = {}
+    for workers in args.workers:
+        pts = [(r["items"], r["fusion_seconds"]) for r in rows if r["workers"] == workers and r["exit_status"] == 0]
+        if len(pts) >= 2:
+            fits[f"w{workers}"] = float(np.polyfit(np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts]), 1)[0])
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
+    doc = {"command": command, "machine": machine, "batch_size": args.batch, "steps_per_run": args.steps,
+           "runs": rows, "fitted_exponent": fits}
+    name = "fusion-scale" + (f"-{args.tag}" if args.tag else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(RESULTS / f"{name}.json")
+    plot(rows, RESULTS / f"{name}.png")
+    lines = [f"## The self-loop's fusion at scale, ridge head on{f' ({args.tag})' if args.tag else ''}", "",
+             f"Command: `{command}`  ", f"Machine: {machine}; each worker {args.threads} torch thread(s). "
+             "Epoch 2 of a history-sampled run (global batch "
+             f"{args.batch:,}, {args.steps} steps measured): its fusion (kNN + the head's solves + graph builds) "
+             "and the estimated whole epoch it belongs to.", "",
+             "| users | items | train interactions | workers | ridge_k | kNN s | kNN recall | ridge s | graphs s | "
+             "fusion s | epoch s (est.) | fusion share | interactions/s | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["exit_status"] != 0:
+            lines.append(f"| {r['users']:,} | {r['items']:,} | {r['train_interactions']:,} | {r['workers']} | | "
+                         f"failed (exit {r['exit_status']}) |" + " |" * 8)
+            continue
+        lines.append(f"| {r['users']:,} | {r['items']:,} | {r['train_interactions']:,} | {r['workers']} | {r['ridge_k']} | "
+                     f"{r['knn_seconds']:.1f} | {r['knn_recall']:.3f} | {r['ridge_seconds']:.1f} | {r['graph_seconds']:.1f} | "
+                     f"{r['fusion_seconds']:.1f} | {r['epoch_seconds_estimated']:.0f} | {100 * r['fusion_share']:.1f}% | "
+                     f"{r['interactions_per_second']:,.0f} | {r['peak_rss_gb']:.1f} |")
+    lines += ["", "Fitted exponent of fusion seconds against items: "
+              + (", ".join(f"{k}: {v:.2f}" for k, v in fits.items()) or "(needs two sizes)") + ".", "",
+              f"![fusion at scale](results/{name}.png)"]
+    body = "\n".join(lines)
+    write_results_md("FUSION_SCALE" + (f"_{args.tag.upper()}" if args.tag else ""), body)
+    return body
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["exit_status"] == 0]
+    if not ok:
+        return
+    fig, (ax, share) = plt.subplots(1, 2, figsize=(10, 4))
+    for workers in sorted({r["workers"] for r in ok}):
+        pts = sorted((r for r in ok if r["workers"] == workers), key=lambda r: r["items"])
+        items = [r["items"] for r in pts]
+        for key, style in (("fusion_seconds", "o-"), ("knn_seconds", "s--"), ("ridge_seconds", "^--"),
+                           ("graph_seconds", "v:")):
+            ax.plot(items, [r[key] for r in pts], style, label=f"{key.split('_')[0]}, {workers} worker(s)")
+        share.plot(items, [100 * r["fusion_share"] for r in pts], "o-", label=f"{workers} worker(s)")
+    ax.set(xscale="log", yscale="log", xlabel="items", ylabel="seconds per fusion", title="fusion, ridge head on")
+    share.axhline(15, color="grey", ls=":", label="15% target")
+    share.set(xscale="log", xlabel="items", ylabel="% of the epoch", title="fusion share of the epoch")
+    ax.legend(fontsize=7)
+    share.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
