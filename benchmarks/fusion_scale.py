@@ -1,7 +1,7 @@
 """The self-loop's fusion at scale, ridge head on: its parts and its share of the epoch against
 the catalogue, on Ray Train workers.
 
-    python benchmarks/fusion_scale.py --users 100000 300000 1000000 --workers 2
+    python benchmarks/fusion_scale.py --users 100000 300000 1000000 --workers 2 --whole-epoch 1000000
 
 Each size is scale.py's synthetic set (users U, items U/10, about 9.3 U training
 interactions). Each configuration runs `slifmr train` (scale.measure: 2 epochs of --steps
@@ -12,7 +12,7 @@ worker its block of items, one all-gather) -> the epoch graphs. Reported from it
 metrics.jsonl line: kNN, ridge and the rest of the fusion (graph builds and KG attention), the
 estimated whole epoch (seconds per step x the steps of a full pass + everything outside the
 steps, the fusion included) and the fusion's share of it; the fitted exponent of fusion seconds
-against items.
+against items. --whole-epoch U trains 2 uncapped epochs at U users: epoch 2 measured whole.
 
 Writes benchmarks/results/fusion-scale.json, fusion-scale.png and the FUSION_SCALE section of
 RESULTS.md.
@@ -44,32 +44,45 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
+    ap.add_argument("--whole-epoch", type=int, help="also train 2 uncapped epochs at this many users on the first "
+                    "--workers count: epoch 2's measured seconds and its fusion's share")
+    ap.add_argument("--rows", help="JSON lines this script printed before: those sizes are read, not re-run")
     ap.add_argument("--tag", default="", help="suffix of the outputs (results/fusion-scale-TAG.json, its section)")
     args = ap.parse_args()
     runs = Path(args.runs)
+    extra = ("--set", "model.ridge_weight=0.5", "--set", f"model.ridge_k={args.ridge_k}",
+             *(x for kv in args.set for x in ("--set", kv)))
+    earlier = {}
+    for line in Path(args.rows).read_text().splitlines() if args.rows else []:
+        if line.startswith("{"):
+            r = json.loads(line)
+            earlier[(r["users"], r["workers"], r["steps"] if r["epoch_seconds_measured"] is None else 0)] = r
     rows: list[dict[str, Any]] = []
-    for users in args.users:
-        data, n_train = dataset(users, runs / "data")
-        for workers in args.workers:
-            extra = ("--set", "model.ridge_weight=0.5", "--set", f"model.ridge_k={args.ridge_k}",
-                     *(x for kv in args.set for x in ("--set", kv)))
-            row = measure(data, n_train, "history", workers, "auto", args.steps,
-                          runs / f"fusion-u{users}-w{workers}-k{args.ridge_k}", args.batch, threads=args.threads,
-                          extra=extra)
+    sizes = [(u, w, args.steps) for u in args.users for w in args.workers]
+    sizes += [(args.whole_epoch, args.workers[0], 0)] if args.whole_epoch else []
+    for users, workers, steps in sizes:
+        row = earlier.get((users, workers, steps))
+        if row is None:
+            data, n_train = dataset(users, runs / "data")
+            row = measure(data, n_train, "history", workers, "auto", steps,
+                          runs / f"fusion-u{users}-w{workers}-k{args.ridge_k}{'' if steps else '-whole'}", args.batch,
+                          threads=args.threads, extra=extra)
             row.update({"users": users, "items": users // 10})
             if row["exit_status"] == 0:
                 row["graph_seconds"] = row["fusion_seconds"] - row["knn_seconds"] - row["ridge_seconds"]
-                row["fusion_share"] = row["fusion_seconds"] / row["epoch_seconds_estimated"]
+                epoch = row["epoch_seconds_measured"] or row["epoch_seconds_estimated"]
+                row["fusion_share"] = row["fusion_seconds"] / epoch
             print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
-            rows.append(row)
-            print(write(args, rows))
+        rows.append(row)
+        print(write(args, rows))
     return 0
 
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     fits = {}
     for workers in args.workers:
-        pts = [(r["items"], r["fusion_seconds"]) for r in rows if r["workers"] == workers and r["exit_status"] == 0]
+        pts = [(r["items"], r["fusion_seconds"]) for r in rows
+               if r["workers"] == workers and r["exit_status"] == 0 and r["epoch_seconds_measured"] is None]
         if len(pts) >= 2:
             fits[f"w{workers}"] = float(np.polyfit(np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts]), 1)[0])
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
@@ -88,7 +101,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
              f"{args.batch:,}, {args.steps} steps measured): its fusion (kNN + the head's solves + graph builds) "
              "and the estimated whole epoch it belongs to.", "",
              "| users | items | train interactions | workers | ridge_k | kNN s | kNN recall | ridge s | graphs s | "
-             "fusion s | epoch s (est.) | fusion share | interactions/s | peak RSS GB |",
+             "fusion s | epoch s | fusion share | interactions/s | peak RSS GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["exit_status"] != 0:
@@ -97,7 +110,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"| {r['users']:,} | {r['items']:,} | {r['train_interactions']:,} | {r['workers']} | {r['ridge_k']} | "
                      f"{r['knn_seconds']:.1f} | {r['knn_recall']:.3f} | {r['ridge_seconds']:.1f} | {r['graph_seconds']:.1f} | "
-                     f"{r['fusion_seconds']:.1f} | {r['epoch_seconds_estimated']:.0f} | {100 * r['fusion_share']:.1f}% | "
+                     f"{r['fusion_seconds']:.1f} | {epoch_cell(r)} | {100 * r['fusion_share']:.1f}% | "
                      f"{r['interactions_per_second']:,.0f} | {r['peak_rss_gb']:.1f} |")
     lines += ["", "Fitted exponent of fusion seconds against items: "
               + (", ".join(f"{k}: {v:.2f}" for k, v in fits.items()) or "(needs two sizes)") + ".", "",
@@ -107,13 +120,19 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     return body
 
 
+def epoch_cell(r: dict[str, Any]) -> str:
+    if r["epoch_seconds_measured"] is not None:
+        return f"{r['epoch_seconds_measured']:.0f} (whole epoch, measured)"
+    return f"{r['epoch_seconds_estimated']:.0f} (est.)"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["exit_status"] == 0]
+    ok = [r for r in rows if r["exit_status"] == 0 and r["epoch_seconds_measured"] is None]
     if not ok:
         return
     fig, (ax, share) = plt.subplots(1, 2, figsize=(10, 4))

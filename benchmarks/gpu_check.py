@@ -89,6 +89,22 @@ def scale_row(users: int, mode: str, steps: int, runs: Path, sample_device: str 
     return row
 
 
+def preset_row(users: int, steps: int, runs: Path) -> dict[str, Any]:
+    """A scale-preset run (history sampling, the ridge head on, exact kNN on the GPU) at `users`:
+    epoch 2's fusion (kNN k = 100, the head's solves, the graphs) and its estimated epoch."""
+    import scale
+
+    data, n_train = scale.dataset(users, runs / "data")
+    extra = ("--gpu", "--preset", "scale", "--set", "model.knn=exact", "--set", "train.eval_users=2000")
+    row = scale.measure(data, n_train, "history", 0, "auto", steps, runs / f"u{users}-preset", 32768, threads=4,
+                        extra=extra)
+    row["users"] = users
+    if row["exit_status"] != 0:
+        raise RuntimeError(row.get("error", "")[-1500:])
+    row["fusion_share"] = row["fusion_seconds"] / row["epoch_seconds_estimated"]
+    return row
+
+
 def guarded(label: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """fn(*args), or {"error": ...} with its traceback: one broken part does not stop the check."""
     t = time.perf_counter()
@@ -120,7 +136,7 @@ def render(doc: dict[str, Any]) -> str:
         else:
             lines.append(f"| {path} | {t['interactions_per_second']:,.0f} | {t['seconds_per_epoch']:.2f} | "
                          f"{t['valid_recall@20']:.4f} |")
-    knn = "; ".join(f"{r['items']:,} items: {r['seconds']:.2f} s" if "error" not in r else f"{r['part']}: {failed(r)}"
+    knn = "; ".join(f"{r['items']:,} items, k {r['k']}: {r['seconds']:.2f} s" if "error" not in r else f"{r['part']}: {failed(r)}"
                     for r in doc["knn"])
     scale_lines = []
     floor = {r["users"]: r["interactions_per_second"] for r in doc.get("scale", []) if r.get("mode") == "mf" and "error" not in r}
@@ -138,7 +154,11 @@ def render(doc: dict[str, Any]) -> str:
             + "\n\nThe GPU machine is offline: the dataset and Ray (its cp312 wheel and the few dependencies the machine "
             "lacks, less Ray's Java jar and dashboard source maps) travel with the working tree in an ignored folder, "
             "`.devcarry/`, unpacked onto PYTHONPATH before the command."
-            + f"\n\nCUDA exact kNN (64-d, k = 10, chunked matmul + top-k): {knn}.\n")
+            + f"\n\nCUDA exact kNN (64-d, chunked matmul + top-k): {knn}.\n"
+            + "".join(f"\nScale preset at {r['users']:,} users (history, ridge head on, exact kNN on the GPU): fusion "
+                      f"{r['fusion_seconds']:.1f} s (kNN {r['knn_seconds']:.1f} s, ridge {r['ridge_seconds']:.1f} s) of an "
+                      f"estimated {r['epoch_seconds_estimated']:.0f} s epoch ({100 * r['fusion_share']:.1f}%).\n"
+                      if "error" not in r else f"\n{r['part']}: {failed(r)}\n" for r in doc.get("preset", [])))
     if scale_lines:
         body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale.py's synthetic graphs, "
                  "batch 8192, epoch 2 of capped runs, exact CUDA kNN; x MF: over the BPR-MF floor at the same size):\n\n"
@@ -173,6 +193,8 @@ def main() -> int:
     ap.add_argument("--knn-items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--scale-users", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--scale-steps", type=int, default=8)
+    ap.add_argument("--preset-users", type=int, nargs="*", default=[1_000_000],
+                    help="sizes of the scale-preset row (the fusion with the ridge head on)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train row")
     ap.add_argument("--json", default=str(RESULTS / "gpu.json"), help="where the results go (rewritten after each row)")
     ap.add_argument("--render", metavar="JSON", help="only write RESULTS.md's GPU section and gpu.json from this JSON")
@@ -200,7 +222,12 @@ def main() -> int:
                                            Path(tmp) / sampling, sampling))
             save(doc, out)
         for n in args.knn_items:
-            doc["knn"].append(guarded(f"knn {n}", cuda_knn, n))
+            for k in (10, 100):  # S(t) alone, and the search the ridge head shares (ridge_k 100)
+                doc["knn"].append(guarded(f"knn {n} k {k}", cuda_knn, n, 64, k))
+                save(doc, out)
+        for users in args.preset_users:
+            doc.setdefault("preset", []).append(guarded(f"preset scale {users}", preset_row, users, args.scale_steps,
+                                                        Path(tmp) / "scale"))
             save(doc, out)
         for users in args.scale_users:
             # history sampled on the GPU (the default) and on the CPU (train.sample_device=cpu), and the floor

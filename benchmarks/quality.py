@@ -28,21 +28,25 @@ RESULTS = HERE / "results"
 VARIANTS = ["mf", "lightgcn", "freedom", "ease", "static", "no_sc", "no_kg", "no_mm", "no_ridge", "slifmr"]
 
 
-def run_one(variant: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:
+def run_one(spec: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:
+    """Train one (variant, seed); `spec` is a variant, or VARIANT+PRESET (e.g. slifmr+scale: the
+    variant under config preset PRESET), which names its run folder and its row."""
     from slifmr import log
     from slifmr.config import load_config
     from slifmr.data.ml100k import prepare_ml100k
     from slifmr.trainer import train_loop
 
     log.setup(level=30, progress=False)
-    cfg = load_config(variant=variant, overrides=[*overrides, f"train.seed={seed}", f"train.threads={threads}"])
+    variant, _, preset = spec.partition("+")
+    cfg = load_config(variant=variant, overrides=[*overrides, f"train.seed={seed}", f"train.threads={threads}"],
+                      preset=preset or None)
     cfg.data = str(prepare_ml100k())
-    return train_loop(cfg, Path(run_root) / f"{variant}-seed{seed}")
+    return {**train_loop(cfg, Path(run_root) / f"{spec}-seed{seed}"), "variant": spec}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for v in VARIANTS:
+    for v in dict.fromkeys(r["variant"] for r in runs):  # in the order the runs were asked for
         rs = [r for r in runs if r["variant"] == v]
         if not rs:
             continue
@@ -128,7 +132,8 @@ def train_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=VARIANTS,
+                    help="variants, or VARIANT+PRESET for a variant under a config preset (slifmr+scale)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")

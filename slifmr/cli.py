@@ -310,9 +310,9 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
-CLOSED_FORM_KEYS = {"ease": ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.threads"),
-                    "cooc_ridge": ("model.ease_l2", "model.ridge_k", "train.topk", "train.stop_metric",
-                                   "train.eval_chunk", "train.threads")}
+_CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
+                       "train.threads")
+CLOSED_FORM_KEYS = {"ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k")}
 
 
 def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:

@@ -400,7 +400,7 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
         knn_seconds = time.perf_counter() - start
         if state.neighbours is not None:  # each worker solves its block of items, one all-gather
             state.item_ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, state.neighbours,
-                                             m.ridge_l2, static.item_gram, sharding)
+                                             m.ridge_l2, static.item_gram, sharding, comm.device)
             ridge_seconds = time.perf_counter() - start - knn_seconds
     graphs = epoch_graphs(static, state.corr, m, generator, comm.device, previous, state.neighbours, sharding,
                           item_ridge=state.item_ridge)
@@ -561,7 +561,8 @@ def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporte
     save_config(cfg, run_dir / "config.yaml")
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
-    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk)
+    evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk,
+                          users=_user_shard(ds, comm, cfg.train.eval_users, SeedStreams.of(cfg.train.seed).eval_users))
     model = build_closed_form(cfg, ds)
     stopper = EarlyStopping()
     for step, l2 in enumerate(cfg.model.ease_l2, start=1):

@@ -20,6 +20,29 @@ def _power_law(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     return w / w.sum()
 
 
+class _PopularityInCluster:
+    """Draws items by popularity inside a given cluster: the inverse CDF of the popularity over
+    the items sorted by cluster. `empty[c]`: cluster c has no item."""
+
+    def __init__(self, item_cluster: np.ndarray, popularity: np.ndarray, clusters: int):
+        items = item_cluster.size
+        self.order = np.argsort(item_cluster, kind="stable")
+        self.cum = np.cumsum(popularity[self.order])
+        starts = np.searchsorted(item_cluster[self.order], np.arange(clusters))
+        ends = np.r_[starts[1:], items]
+        self.lo = np.where(starts > 0, self.cum[np.maximum(starts - 1, 0)], 0.0)
+        self.hi = self.cum[np.maximum(ends - 1, 0)]
+        self.empty = ends <= starts
+
+    def draw(self, cluster: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+        """Items (n,) or (n, m) for clusters (n,) (none empty) and uniform draws of that shape."""
+        lo, hi = self.lo[cluster], self.hi[cluster]
+        if uniform.ndim == 2:
+            lo, hi = lo[:, None], hi[:, None]
+        position = np.searchsorted(self.cum, lo + uniform * (hi - lo), side="right")
+        return self.order[np.minimum(position, self.order.size - 1)]
+
+
 def _distinct_pairs(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, items: int,
                     interactions: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (user, item) pairs of the draws, trimmed at random to `interactions` (every
@@ -74,19 +97,11 @@ def synthesize(
     user = np.repeat(np.arange(users, dtype=np.int64), _activity(rng, users, items, interactions))
     n = user.size
 
-    popularity = _power_law(rng, items, 0.9)
-    by_cluster = np.argsort(item_cluster, kind="stable")
-    cum = np.cumsum(popularity[by_cluster])
-    starts = np.searchsorted(item_cluster[by_cluster], np.arange(clusters))
-    ends = np.r_[starts[1:], items]
-    lo = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
-    hi = cum[np.maximum(ends - 1, 0)]
+    by_popularity = _PopularityInCluster(item_cluster, _power_law(rng, items, 0.9), clusters)
     cluster = np.where(rng.random(n) < 0.7, user_main[user], user_second[user])
     cluster = np.where(rng.random(n) < 0.15, rng.integers(0, clusters, n), cluster)  # exploration
-    empty = ends <= starts
-    cluster = np.where(empty[cluster], item_cluster[rng.integers(0, items, n)], cluster)
-    r = lo[cluster] + rng.random(n) * (hi[cluster] - lo[cluster])
-    item = by_cluster[np.minimum(np.searchsorted(cum, r, side="right"), items - 1)]
+    cluster = np.where(by_popularity.empty[cluster], item_cluster[rng.integers(0, items, n)], cluster)
+    item = by_popularity.draw(cluster, rng.random(n))
 
     user, item = _distinct_pairs(rng, user, item, items, interactions)
 
@@ -164,10 +179,7 @@ def synthesize_planted(
     prefer = rng.integers(0, clusters, (users, 2))
     user_factor = (0.7 * centroids[prefer[:, 0]] + 0.3 * centroids[prefer[:, 1]]
                    + noise * rng.standard_normal((users, latent_dim)).astype(np.float32))
-    by_cluster = np.argsort(item_cluster, kind="stable")
-    cum = np.cumsum(popularity[by_cluster])
-    starts = np.searchsorted(item_cluster[by_cluster], np.arange(clusters))
-    ends = np.r_[starts[1:], items]
+    by_popularity = _PopularityInCluster(item_cluster, popularity, clusters)
 
     def draw(user: np.ndarray) -> np.ndarray:
         """One item per row of `user`: the Gumbel-max choice among popularity-drawn candidates."""
@@ -175,15 +187,11 @@ def synthesize_planted(
         which = rng.random(n)
         cluster = np.where(which < 0.7, prefer[user, 0], prefer[user, 1])
         cluster = np.where(which >= 0.9, item_cluster[rng.integers(0, items, n)], cluster)
-        cluster = np.where(ends[cluster] > starts[cluster], cluster, item_cluster[rng.integers(0, items, n)])
-        # candidates by popularity inside the cluster: inverse CDF over the items sorted by cluster
-        lo = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)[cluster]
-        hi = cum[np.maximum(ends - 1, 0)][cluster]
+        cluster = np.where(by_popularity.empty[cluster], item_cluster[rng.integers(0, items, n)], cluster)
         item = np.empty(n, np.int64)
         for a in range(0, n, 1 << 20):  # bounded memory: (chunk, candidates, latent_dim) at a time
             b = min(a + (1 << 20), n)
-            r = lo[a:b, None] + rng.random((b - a, candidates)) * (hi[a:b] - lo[a:b])[:, None]
-            cand = by_cluster[np.minimum(np.searchsorted(cum, r, side="right"), items - 1)]
+            cand = by_popularity.draw(cluster[a:b], rng.random((b - a, candidates)))
             affinity = np.einsum("cd,ckd->ck", user_factor[user[a:b]], item_factor[cand]) / temperature
             pick = np.argmax(affinity + rng.gumbel(size=affinity.shape), axis=1)
             item[a:b] = cand[np.arange(b - a), pick]

@@ -70,7 +70,8 @@ def item_gram(ui_edges: Tensor, num_users: int, num_items: int) -> ItemGram:
 
 
 def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: Tensor, l2: float,
-                  gram: ItemGram | None = None, sharding: RowSharding | None = None) -> Tensor:
+                  gram: ItemGram | None = None, sharding: RowSharding | None = None,
+                  device: torch.device | str = "cpu") -> Tensor:
     """W^T as an (N, N) CSR matrix: row j holds w_j on the columns N_j (the ridge normal
     equations of the module docstring, solved in float32 by Cholesky).
 
@@ -78,7 +79,8 @@ def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: 
     among them, no repeats); l2 > 0; gram: the run's `item_gram` of the same edges (built here
     when None). `sharding` (shard(n) -> [start, stop), all_gather_rows): each worker solves its
     block of the items and one all-gather of the (N, k) weights gives every worker all of W; the
-    result equals one process's (each system is solved alone, whoever solves it)."""
+    result equals one process's (each system is solved alone, whoever solves it). The Cholesky
+    solves run on `device` (a GPU when the run has one); W^T is returned on the CPU."""
     n, k = neighbours.shape
     if k == 0:  # a one-item catalogue: no neighbours, no weights
         return torch.sparse_csr_tensor(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
@@ -89,7 +91,7 @@ def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: 
     gram = gram if gram is not None else item_gram(ui_edges, num_users, num_items)
     start, stop = sharding[0](n) if sharding else (0, n)
     if gram.dense is not None:
-        weights = _solve(gram.dense, nbrs[start:stop], torch.arange(start, stop, dtype=torch.int32), l2)
+        weights = _solve(gram.dense, nbrs[start:stop], torch.arange(start, stop, dtype=torch.int32), l2, device)
     else:
         weights = torch.empty(stop - start, k)
         for a in range(start, stop, SOLVE_CHUNK):
@@ -97,13 +99,13 @@ def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: 
             # each system's Gram entries: its neighbours, then the item itself
             slots = torch.cat([nbrs[a:b], torch.arange(a, b, dtype=torch.int32)[:, None]], 1).numpy()
             g = gram.neighbourhoods(slots)
-            weights[a - start : b - start] = _cholesky_solve(g[:, :k, :k], g[:, :k, k:], l2)
+            weights[a - start : b - start] = _cholesky_solve(g[:, :k, :k], g[:, :k, k:], l2, device)
     if sharding:
         weights = sharding[1](weights, n)
     return _csr(weights, nbrs, n)
 
 
-def _solve(g: Tensor, pos_nb: Tensor, pos_j: Tensor, l2: float) -> Tensor:
+def _solve(g: Tensor, pos_nb: Tensor, pos_j: Tensor, l2: float, device: torch.device | str = "cpu") -> Tensor:
     """(c, k) solutions of (g[N, N] + l2 I) w = g[N, j] for the c systems with neighbour rows
     pos_nb (c, k) and target rows pos_j (c,) of g (C, C), both int32."""
     c, k = pos_nb.shape
@@ -118,19 +120,21 @@ def _solve(g: Tensor, pos_nb: Tensor, pos_j: Tensor, l2: float) -> Tensor:
         # take, which was a third of a fusion on ml-100k
         a = flat.index_select(0, (rows[:, :, None] + nb[:, None, :]).reshape(-1)).view(-1, k, k)
         b = flat.index_select(0, (rows + pos_j[start : start + SOLVE_CHUNK, None]).reshape(-1)).view(-1, k, 1)
-        out[start : start + SOLVE_CHUNK] = _cholesky_solve(a, b, l2)
+        out[start : start + SOLVE_CHUNK] = _cholesky_solve(a, b, l2, device)
     return out
 
 
-def _cholesky_solve(a: Tensor, b: Tensor, l2: float) -> Tensor:
-    """(c, k) solutions of (a + l2 I) w = b for a (c, k, k) Gram blocks and b (c, k, 1)."""
-    a = a + l2 * torch.eye(a.shape[1])
+def _cholesky_solve(a: Tensor, b: Tensor, l2: float, device: torch.device | str = "cpu") -> Tensor:
+    """(c, k) solutions (on the CPU) of (a + l2 I) w = b for a (c, k, k) Gram blocks and b
+    (c, k, 1), solved on `device`."""
+    a, b = a.to(device), b.to(device)
+    a = a + l2 * torch.eye(a.shape[1], device=a.device)
     # a + l2 I is symmetric positive definite, and l2 keeps it well conditioned (eigenvalues
     # >= l2): Cholesky in float32 agrees with float64 to ~1e-6 relative. Two triangular solves
     # are 3x faster than cholesky_solve's batched loop on the CPU, with the same values.
     lower = torch.linalg.cholesky(a)
     y = torch.linalg.solve_triangular(lower, b, upper=False)
-    return torch.linalg.solve_triangular(lower.mT, y, upper=True).squeeze(2)
+    return torch.linalg.solve_triangular(lower.mT, y, upper=True).squeeze(2).cpu()
 
 
 def _csr(weights: Tensor, nbrs: Tensor, n: int) -> Tensor:
