@@ -360,8 +360,8 @@ def train_loop(
         rec = EpochRecord(
             epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
             epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
-            ridge_seconds=ridge_seconds, ridge_weight=state.ridge_weight, comm_seconds=comm.seconds["comm"], train_seconds=train_seconds, sampling_seconds=sampling_seconds,
-            memory_seconds=memory_seconds,
+            ridge_seconds=ridge_seconds, ridge_weight=state.ridge_weight, comm_seconds=comm.seconds["comm"],
+            train_seconds=train_seconds, sampling_seconds=sampling_seconds, memory_seconds=memory_seconds,
             eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
             grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
             epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
