@@ -3,6 +3,7 @@ history-sampled LightGCN, BPR-MF and the co-occurrence ridge peer, same machine,
 same time budget.
 
     python benchmarks/planted_study.py --users 1000000 --budget 600 --workers 2
+    python benchmarks/planted_study.py --users 1000000 --budget 600 --methods "slifmr (preset scale)"  # re-run one
 
 The dataset is `slifmr data synth --planted` (users U, items U/10, 10 U interactions, seed 0;
 cached under --runs/data): latent factors, item clusters shaping features and KG, power-law
@@ -11,7 +12,8 @@ degrees, so validation Recall@20 measures what a model recovers. Each method run
 same cores) with global batch --batch and learning rate --lr for every gradient method, and
 validation on the same seeded 10,000 users; after --budget seconds of wall-clock from its launch
 (set-up included) it gets Ctrl-C, and the curve is the validation Recall@20 of every epoch
-finished by then, at the wall-clock second its epoch ended. Test is never read.
+finished by then, at the wall-clock second its epoch ended. Test is never read. Rows of methods
+not named by --methods are kept from the last results at the same size, budget and batch.
 
 Writes benchmarks/results/planted-study.json, planted-study.png and the PLANTED_STUDY section
 of RESULTS.md.
@@ -112,6 +114,11 @@ def main() -> int:
     data = dataset(args.users, runs / "data")
     print(f"dataset {data} ready in {time.time() - t0:.0f} s", flush=True)
     rows = []
+    earlier = RESULTS / "planted-study.json"
+    if earlier.exists():  # methods measured before at this size and budget, and not re-run now
+        doc = json.loads(earlier.read_text())
+        if (doc["users"], doc["budget_seconds"], doc["batch_size"]) == (args.users, args.budget, args.batch):
+            rows = [r for r in doc["runs"] if r["method"] not in args.methods]
     for label in args.methods:
         rows.append(run(label, data, runs / f"u{args.users}-{METHODS[label][0]}", args))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "points"}), flush=True)
