@@ -373,6 +373,9 @@ def load_config(path: str | Path | None = None, variant: str | None = None, over
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        if (variant or d.get("variant")) in CLOSED_FORM:
+            raise ConfigError(f"preset {preset} sets how gradient training samples and searches; variant "
+                              f"{variant or d.get('variant')} is a closed form: run it without --preset")
         d = {**PRESETS[preset], **flatten_config(d)}
     if variant is not None:
         d = {**d, "variant": variant}

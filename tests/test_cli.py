@@ -117,4 +117,6 @@ def test_scale_preset_is_a_layer_under_the_yaml_and_the_variant(tmp_path: Path) 
     assert set(PRESETS) == {"scale"}
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         load_config(preset="huge")
+    with pytest.raises(ConfigError, match="variant cooc_ridge is a closed form: run it without --preset"):
+        load_config(variant="cooc_ridge", preset="scale")
     assert main(["train", "--resume", str(tmp_path), "--preset", "scale"]) == 2
