@@ -12,7 +12,9 @@ degrees, so validation Recall@20 measures what a model recovers. Each method run
 same cores) with global batch --batch and learning rate --lr for every gradient method, and
 validation on the same seeded 10,000 users; after --budget seconds of wall-clock from its launch
 (set-up included) it gets Ctrl-C, and the curve is the validation Recall@20 of every epoch
-finished by then, at the wall-clock second its epoch ended. Test is never read. Rows of methods
+finished by then, at the wall-clock second its epoch ended (test metrics are not used; a
+closed form that finishes writes them as any run does). slifmr's validation line is the best of
+its `model.ridge_blend` weights on these users, as its run selects it. Rows of methods
 not named by --methods are kept from the last results at the same size, budget and batch.
 
 Writes benchmarks/results/planted-study.json, planted-study.png and the PLANTED_STUDY section

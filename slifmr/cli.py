@@ -138,6 +138,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for flag in ("users", "items", "interactions"):
         if getattr(args, flag) <= 0:
             raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    for flag in ("latent_dim", "cluster_size", "entities", "triples", "relations"):
+        value = getattr(args, flag)
+        if value is not None and value <= (0 if flag in ("latent_dim", "cluster_size", "relations") else -1):
+            raise SlifmrError(f"--{flag.replace('_', '-')} must be {'positive' if flag in ('latent_dim', 'cluster_size', 'relations') else '>= 0'}, got {value}")
     own = {"planted": ("latent_dim", "cluster_size"), "clusters": ("entities", "triples", "relations")}
     other = "clusters" if args.planted else "planted"
     given = [f"--{name.replace('_', '-')}" for name in own[other] if getattr(args, name) is not None]
@@ -149,7 +153,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.planted:
         from slifmr.data.synth import synthesize_planted
 
-        ds = synthesize_planted(**common, latent_dim=args.latent_dim or 16, cluster_size=args.cluster_size or 50)
+        ds = synthesize_planted(**common, latent_dim=16 if args.latent_dim is None else args.latent_dim,
+                                cluster_size=50 if args.cluster_size is None else args.cluster_size)
     else:
         ds = synthesize(**common, entities=2000 if args.entities is None else args.entities,
                         triples=10000 if args.triples is None else args.triples,
@@ -310,8 +315,9 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
+# train.seed draws the train.eval_users sample
 _CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
-                       "train.threads")
+                       "train.seed", "train.threads")
 CLOSED_FORM_KEYS = {"ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k")}
 
 
@@ -321,12 +327,14 @@ def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
 
     if args.resume:
         raise SlifmrError(f"variant {variant} is solved in one go: there is nothing to resume (train it again with --out)")
-    flags = {"--workers": args.workers, "--gpu": args.gpu, "--epochs": args.epochs, "--seed": args.seed,
+    flags = {"--workers": args.workers, "--gpu": args.gpu, "--epochs": args.epochs,
              "--strategy": args.strategy, "--zero-stage": args.zero_stage, "--sampling": args.sampling,
              "--fanout": args.fanout, "--max-failures": args.max_failures, "--address": args.address}
     given = [flag for flag, value in flags.items() if value]
     keys = [parse_override(item)[0] for item in args.set]
     keys += list(flatten_config(read_config_file(args.config))) if args.config else []
+    if args.seed is not None and "train.eval_users" not in keys:
+        given.append("--seed (it draws the train.eval_users sample only)")
     reads = CLOSED_FORM_KEYS[variant]
     given += [k for k in keys if k not in (*reads, "variant")]
     if given:

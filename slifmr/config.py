@@ -55,8 +55,8 @@ class ModelConfig:
     ridge_k: int = 100
     ridge_l2: float = 200.0
     # the blend chosen by the data: at every validation the ranking is scored with each of these
-    # ridge weights (0 = the embeddings alone) and the best by train.stop_metric is the epoch's,
-    # kept with its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
+    # ridge weights and ridge_weight (0 = the embeddings alone) and the best by train.stop_metric
+    # is the epoch's, kept with its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
     ridge_blend: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
     # multimodal item graph
     k_mm: int = 10

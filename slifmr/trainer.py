@@ -411,12 +411,12 @@ def _epoch_graphs(model: SLIFMR, static: StaticGraphs, cfg: Config, state: Train
 def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
     """The ridge head's blend chosen on validation: the validation metrics of the ranking with
-    each weight of `cfg.ridge_blend`, and the weight whose `stop_metric` is highest (the first
+    each weight of `cfg.ridge_blend` and `cfg.ridge_weight`, and the weight whose `stop_metric` is highest (the first
     of equals). Returns (that weight, its validation metrics); (None, the metrics of `reps` as
     they are) without the head or a blend grid. Reads the validation split only."""
     if not reps.has_head or reps.ridge_weight <= 0 or not cfg.ridge_blend:
         return None, evaluator.evaluate(reps.full_scores, VALID, all_reduce)
-    weights = list(cfg.ridge_blend)
+    weights = list(cfg.ridge_blend) + ([reps.ridge_weight] if reps.ridge_weight not in cfg.ridge_blend else [])
     scores = evaluator.evaluate_candidates(lambda users: reps.blends(users, weights), len(weights), VALID, all_reduce)
     best = max(range(len(weights)), key=lambda i: (scores[i][stop_metric], -i))
     return weights[best], scores[best]
@@ -625,6 +625,7 @@ def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator,
         "dataset": ds.name,
         "best_epoch": int(meta["epoch"]),
         "epochs_run": len(records),
+        "eval_users": cfg.train.eval_users,  # 0: valid and test over every user, else over this seeded sample
         "valid": valid,
         "test": test,
         "seconds_per_epoch": sum(r["epoch_seconds"] for r in records) / max(len(records), 1),

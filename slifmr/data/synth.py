@@ -162,7 +162,8 @@ def synthesize_planted(
     Gumbel variable (a softmax choice among them, Gumbel-max trick). So who interacts with what
     follows clusters, latent affinity within a cluster and popularity, as in a real catalogue.
 
-    Every modality is a fixed random projection of v_i plus noise of the same size, so features
+    Every modality is a fixed random projection of v_i plus Gaussian noise of `noise` times the
+    projection's standard deviation, so features
     carry the within-cluster factors too; the KG links each item to its cluster's entity
     ("in_cluster") and to the entities of the signs of its first 8 latent dimensions
     ("has_trait"), so items with similar factors share KG neighbours. Vectorised; every

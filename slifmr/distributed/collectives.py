@@ -68,17 +68,18 @@ class Comm:
         return t
 
     def all_gather_rows(self, t: Tensor, n: int) -> Tensor:
-        """Concatenate every rank's block of rows (its `shard(n)`) into the full (n, ...)."""
+        """Concatenate every rank's block of rows (its `shard(n)`) into the full (n, ...), on t's
+        device (the gather runs on self.device: nccl gathers GPU tensors only)."""
         if not _active():
             return t
         per = -(-n // self.world_size)
-        padded = torch.zeros((per, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        padded[: t.shape[0]] = t
-        out = torch.empty((per * self.world_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded = torch.zeros((per, *t.shape[1:]), dtype=t.dtype, device=self.device)
+        padded[: t.shape[0]] = t.to(self.device)
+        out = torch.empty((per * self.world_size, *t.shape[1:]), dtype=t.dtype, device=self.device)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         with self._timed():
             gather(out, padded)
-        return out[:n]
+        return out[:n].to(t.device)
 
     def average_gradients(self, params: Iterable[Tensor], row_sparse: Iterable[Tensor] = (), mode: str = "auto") -> None:
         """Average the gradients where torch's DDP does not (sampled steps, whose tables have

@@ -11,8 +11,9 @@ EASE (Steck, WWW 2019) solves the same regression with every other item as neigh
 N x N, O(N^3)); restricting each item's regressors to a sparse co-occurrence pattern is what
 sparse EASE approximations do (SLIM's sparse pattern, Ning and Karypis, ICDM 2011; SANSA,
 Spisak et al., RecSys 2023, keeps EASE's sparse structure). The solves are
-`slifmr.model.ridge.ridge_weights`, the self-loop head's own, so the two differ in the
-neighbourhoods alone. l2 is chosen on validation from `model.ease_l2`.
+`slifmr.model.ridge.ridge_weights`, the self-loop head's own. Against slifmr it differs in the
+neighbourhoods, in scoring with the ridge part alone (slifmr blends it with the embeddings) and
+in choosing l2 on validation from `model.ease_l2` (slifmr's head keeps `ridge_l2`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from slifmr.data.format import Dataset
 from slifmr.data.graphs import train_edges, training_matrix
-from slifmr.model.ridge import item_gram, ridge_scores, ridge_weights
+from slifmr.model.ridge import item_gram, ridge_scores, ridge_weights, weights_csr
 
 
 def cooccurrence_neighbours(ui_edges: Tensor, num_users: int, num_items: int, k: int) -> Tensor:
@@ -78,9 +79,7 @@ class CoocRidge(nn.Module):
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
         if self._weights_t is None:
-            n, k = self.neighbours.shape
-            self._weights_t = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k), self.neighbours.reshape(-1).long(),
-                                                      self.weights.reshape(-1), (n, n))
+            self._weights_t = weights_csr(self.weights, self.neighbours)
         return ridge_scores(self.interactions, self._weights_t, users)
 
     def finite(self) -> bool:

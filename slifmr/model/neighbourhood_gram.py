@@ -22,8 +22,9 @@ def neighbourhood_grams(indptr: np.ndarray, users: np.ndarray, slots: np.ndarray
     """(c, s, s) float32: entry [j, a, b] = |users(slots[j, a]) & users(slots[j, b])|, the
     number of users who interacted with both items (diagonal: the item's degree).
 
-    indptr (N + 1,) int64 and users (E,) int32: X in CSC form (each item's users, no repeats);
-    slots (c, s) int64: each row a set of distinct item ids."""
+    indptr (N + 1,) int64 and users (E,) int32: X in CSC form (each item's users, no repeats),
+    E < 2^31 (positions within a neighbourhood are int32); slots (c, s) int64: each row a set of
+    distinct item ids. Counts are float32, exact below 2^24 users per item."""
     c, s_count = slots.shape
     out = np.zeros((c, s_count, s_count), np.float32)
     keys = np.empty(0, np.int64)

@@ -28,6 +28,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from slifmr.errors import SlifmrError
+
 if TYPE_CHECKING:
     from slifmr.model.graphs import RowSharding
 
@@ -46,6 +48,9 @@ class ItemGram:
 
     def __init__(self, ui_edges: Tensor, num_users: int, num_items: int):
         u, i = ui_edges.cpu().numpy()
+        if u.size >= 2**31:  # the Gram kernel indexes a neighbourhood's interactions with int32
+            raise SlifmrError(f"the ridge head handles fewer than 2^31 training interactions, got {u.size:,}: "
+                              "set model.ridge_weight=0")
         x = sp.csc_matrix((np.ones(u.size, np.float32), (u, i)), shape=(num_users, num_items))
         x.sum_duplicates()
         x.data[:] = 1.0
@@ -83,8 +88,7 @@ def ridge_weights(ui_edges: Tensor, num_users: int, num_items: int, neighbours: 
     solves run on `device` (a GPU when the run has one); W^T is returned on the CPU."""
     n, k = neighbours.shape
     if k == 0:  # a one-item catalogue: no neighbours, no weights
-        return torch.sparse_csr_tensor(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                                       torch.zeros(0), (n, n))
+        return _csr(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), n)
     # sorted rows: each system's gather reads its rows of G in address order, and the
     # neighbours are already the CSR column order of W^T
     nbrs = torch.sort(neighbours.cpu().int(), dim=1).values
@@ -137,10 +141,16 @@ def _cholesky_solve(a: Tensor, b: Tensor, l2: float, device: torch.device | str 
     return torch.linalg.solve_triangular(lower.mT, y, upper=True).squeeze(2).cpu()
 
 
+def weights_csr(weights: Tensor, nbrs: Tensor) -> Tensor:
+    """W^T (N, N) CSR from each item's weights (N, k) on its sorted neighbours (N, k)."""
+    return _csr(weights, nbrs, weights.shape[0])
+
+
 def _csr(weights: Tensor, nbrs: Tensor, n: int) -> Tensor:
     """W^T (n, n) CSR from each row's weights (n, k) on its sorted columns nbrs (n, k)."""
     k = nbrs.shape[1]
-    return torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k), nbrs.reshape(-1).long(), weights.reshape(-1), (n, n))
+    crow = torch.arange(0, n * k + 1, k) if k > 0 else torch.zeros(n + 1, dtype=torch.long)
+    return torch.sparse_csr_tensor(crow, nbrs.reshape(-1).long(), weights.reshape(-1), (n, n))
 
 
 def ridge_scores(interactions: Tensor, weights_t: Tensor, users: Tensor) -> Tensor:
