@@ -130,6 +130,11 @@ def _modalities(spec: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+# each generator's own flags: (default, least value)
+SYNTH_FLAGS = {"clusters": {"entities": (2000, 0), "triples": (10000, 0), "relations": (8, 1)},
+               "planted": {"latent_dim": (16, 1), "cluster_size": (50, 1)}}
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from slifmr.data.format import refuse_existing
     from slifmr.data.synth import synthesize
@@ -138,27 +143,25 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for flag in ("users", "items", "interactions"):
         if getattr(args, flag) <= 0:
             raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("latent_dim", "cluster_size", "entities", "triples", "relations"):
-        value = getattr(args, flag)
-        if value is not None and value <= (0 if flag in ("latent_dim", "cluster_size", "relations") else -1):
-            raise SlifmrError(f"--{flag.replace('_', '-')} must be {'positive' if flag in ('latent_dim', 'cluster_size', 'relations') else '>= 0'}, got {value}")
-    own = {"planted": ("latent_dim", "cluster_size"), "clusters": ("entities", "triples", "relations")}
-    other = "clusters" if args.planted else "planted"
-    given = [f"--{name.replace('_', '-')}" for name in own[other] if getattr(args, name) is not None]
+    own = SYNTH_FLAGS["planted" if args.planted else "clusters"]
+    other = SYNTH_FLAGS["clusters" if args.planted else "planted"]
+    given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
     if given:
         raise SlifmrError(f"{', '.join(given)} do(es) not apply to the {'planted' if args.planted else 'cluster'} "
                           f"generator{'' if args.planted else ' (add --planted)'}")
+    chosen = {}
+    for name, (default, least) in own.items():
+        chosen[name] = default if getattr(args, name) is None else getattr(args, name)
+        if chosen[name] < least:
+            raise SlifmrError(f"--{name.replace('_', '-')} must be >= {least}, got {chosen[name]}")
     common = {"users": args.users, "items": args.items, "interactions": args.interactions,
               "modalities": _modalities(args.modalities), "seed": args.seed}
     if args.planted:
         from slifmr.data.synth import synthesize_planted
 
-        ds = synthesize_planted(**common, latent_dim=16 if args.latent_dim is None else args.latent_dim,
-                                cluster_size=50 if args.cluster_size is None else args.cluster_size)
+        ds = synthesize_planted(**common, **chosen)
     else:
-        ds = synthesize(**common, entities=2000 if args.entities is None else args.entities,
-                        triples=10000 if args.triples is None else args.triples,
-                        relations=8 if args.relations is None else args.relations)
+        ds = synthesize(**common, **chosen)
     return _write_imported(ds, args.out, args.overwrite)
 
 

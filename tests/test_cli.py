@@ -120,3 +120,10 @@ def test_scale_preset_is_a_layer_under_the_yaml_and_the_variant(tmp_path: Path) 
     with pytest.raises(ConfigError, match="variant cooc_ridge is a closed form: run it without --preset"):
         load_config(variant="cooc_ridge", preset="scale")
     assert main(["train", "--resume", str(tmp_path), "--preset", "scale"]) == 2
+
+
+@pytest.mark.parametrize("flags", [["--planted", "--latent-dim", "0"], ["--relations", "0"], ["--triples", "-1"],
+                                   ["--planted", "--triples", "3"], ["--cluster-size", "3"]])
+def test_data_synth_refuses_flags_that_do_not_apply_or_are_out_of_range(flags: list[str], tmp_path: Path) -> None:
+    assert main(["data", "synth", *flags, "--out", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()
