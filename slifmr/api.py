@@ -162,8 +162,11 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
     """Train `cfg` in `run_dir` (one writer: the folder is locked): in this process
     (`workers=0`; `gpu`: this machine's CUDA device) or on Ray Train with `workers` workers."""
     from slifmr.runlock import RunLock
+    from slifmr.tracking import check_tracker
     from slifmr.trainer import train_loop
 
+    # a tracker that cannot start fails in one line now, before the run folder is made
+    check_tracker(cfg.train.tracker, cfg.train.tracking_uri, run_dir)
     comm = None
     if workers == 0 and gpu:
         import torch

@@ -1,18 +1,29 @@
-"""Experiment tracking (issue 17, part 3): every epoch's losses, validation metrics and timings,
-the config as parameters and the final metrics, sent to TensorBoard or MLflow by the main
+"""Experiment tracking: every epoch's losses, validation metrics and timings, the config as
+parameters and the final metrics, sent to TensorBoard, MLflow or Weights & Biases by the main
 process (`train.tracker`; a Tune trial is a run of its own, so each trial is one entry).
 
     tensorboard   event files in RUN_DIR/tensorboard (`tensorboard --logdir runs/`)
     mlflow        one MLflow run per slifmr run, named after its folder (metric names with '@'
                   written '_at_', which MLflow requires: valid/recall_at_20), in the experiment
                   `train.tracking_experiment`, at `train.tracking_uri` (default: sqlite at
-                  RUN_DIR/../mlflow.db); a file: URI is MLflow's file store, which MLflow 3 keeps
-                  in maintenance mode, so choosing one opts in to it (MLFLOW_ALLOW_FILE_STORE)
-
+                  RUN_DIR/../mlflow.db, artifacts beside it in mlartifacts/); a file: URI is
+                  MLflow's file store, which MLflow 3 keeps in maintenance mode, so choosing one
+                  opts in to it (MLFLOW_ALLOW_FILE_STORE). At the end config.yaml and
+                  results.json are logged as the run's artifacts.
     wandb         one Weights & Biases run per slifmr run (project `train.tracking_experiment`,
                   files under RUN_DIR/wandb; WANDB_MODE=offline keeps them local). Logged from
                   the training loop like the others rather than through Ray's WandbLoggerCallback,
                   so `train` and every Tune trial (Ray Train ones included) log the same way.
+
+Before any work `check_tracker` makes sure the tracker can start: its package is installed, an
+MLflow server answers within seconds (or the sqlite store's SQLAlchemy is there), W&B has a login
+or an offline mode. Each fails in one line (SlifmrError) before the run folder is made.
+
+Nothing is shared between two runs in one process or two processes beside the store itself:
+MLflow is driven through an explicit `MlflowClient` and run id (never the fluent API's global
+active run), W&B runs are created with `reinit="create_new"`, and a sqlite store is created under
+an exclusive file lock, so concurrent trials cannot race through its schema migration. `tracking`
+ends the tracker's run on every exit: FINISHED, FAILED on an exception, KILLED on an interrupt.
 
 A resumed run continues its entry (TensorBoard appends to the folder; MLflow and W&B reopen the
 run id kept in RUN_DIR/tracking.json).
@@ -20,15 +31,29 @@ run id kept in RUN_DIR/tracking.json).
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
+import netrc
 import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+from slifmr import log
 from slifmr.atomic import write_text
 from slifmr.config import Config, flatten_config
 from slifmr.errors import SlifmrError
+
+# how long an MLflow server may take to answer the check before a run starts
+SERVER_CHECK_SECONDS = 5.0
+# how a run ended, in MLflow's words (RunStatus)
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
 
 class Tracker(Protocol):
@@ -36,12 +61,17 @@ class Tracker(Protocol):
         """One metrics.jsonl record (slifmr.trainer.EpochRecord.to_json())."""
 
     def finish(self, results: dict[str, Any]) -> None:
-        """results.json: best epoch, its validation and the test metrics."""
+        """results.json: best epoch, its validation and the test metrics; ends the run FINISHED."""
+
+    def close(self, status: str) -> None:
+        """End the run without results (status FAILED or KILLED); idempotent after finish."""
 
 
 def epoch_scalars(record: dict[str, Any]) -> dict[str, float]:
     """A metrics.jsonl record as flat scalars: loss/<part>, valid/<metric>, seconds/<phase>."""
     out = {f"loss/{k}": float(v) for k, v in record.get("loss", {}).items()}
+    if record.get("l2") is not None:  # a closed form's step is one ridge weight
+        out["l2"] = float(record["l2"])
     out.update({f"valid/{k}": float(v) for k, v in record.get("valid", {}).items()})
     out.update({f"seconds/{k.removesuffix('_seconds')}": float(v) for k, v in record.items()
                 if k.endswith("_seconds") and k != "epoch_start_unix_seconds" and v is not None})
@@ -55,12 +85,97 @@ def final_scalars(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _require(module: str, tracker: str, what: str) -> Any:
-    """Import the tracker's package, or say how to install it."""
+def default_mlflow_uri(run_dir: Path) -> str:
+    """The MLflow store a run uses without train.tracking_uri: sqlite beside its folder."""
+    return f"sqlite:///{(Path(run_dir).parent / 'mlflow.db').resolve()}"
+
+
+def _require(module: str, tracker: str, what: str, other: str = "") -> Any:
+    """Import the tracker's package, or say how to install it (`other`: an alternative)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise SlifmrError(f"--tracker {tracker} needs {what}: pip install 'slifmr[track]'") from e
+        raise SlifmrError(f"--tracker {tracker} needs {what}, which cannot be imported here ({e}): "
+                          f"pip install 'slifmr[track]'{other}") from e
+
+
+def check_tracker(tracker: str, tracking_uri: str, run_dir: Path) -> None:
+    """Make sure `tracker` can start for a run in `run_dir`, within seconds, before any work.
+
+    mlflow: the package, and for a sqlite store SQLAlchemy and Alembic (the store is created,
+    under its lock); for an http(s) store a server that answers within SERVER_CHECK_SECONDS.
+    wandb: the package, and a login (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a netrc entry
+    for the W&B host) unless WANDB_MODE is offline or disabled. tensorboard: the package.
+    Raises SlifmrError naming the option and the reason."""
+    if tracker == "tensorboard":
+        _require("tensorboard", "tensorboard", "the tensorboard package")
+    elif tracker == "mlflow":
+        _require("mlflow", "mlflow", "MLflow")
+        uri = tracking_uri or default_mlflow_uri(run_dir)
+        scheme = urlsplit(uri).scheme
+        if scheme == "sqlite":
+            for module in ("sqlalchemy", "alembic"):
+                _require(module, "mlflow", f"{module} for its sqlite store", ", or give --tracking-uri file:DIR or http://...")
+            with _store_lock(uri):
+                _client(uri)  # creates the store: its schema migration runs once, here
+        elif scheme in ("http", "https"):
+            _check_server(uri)
+    elif tracker == "wandb":
+        _require("wandb", "wandb", "Weights & Biases")
+        if os.environ.get("WANDB_MODE", "").lower() not in ("offline", "disabled", "dryrun") and not _wandb_login():
+            raise SlifmrError("--tracker wandb: not logged in: run `wandb login`, set WANDB_API_KEY, "
+                              "or set WANDB_MODE=offline to keep the run local")
+
+
+def _check_server(uri: str) -> None:
+    """An MLflow tracking server answers at `uri` (any HTTP status counts as an answer)."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_CHECK_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # something answers: MLflow itself reports what it does not like
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SlifmrError(f"--tracking-uri {uri}: no MLflow server answers ({reason}); start one "
+                          f"(mlflow server) or choose another store") from None
+
+
+def _wandb_login() -> bool:
+    """W&B credentials the way wandb.init looks for them: environment, then netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on a sqlite store's file while it is opened: two processes that create
+    the same store at once would both run its schema migration, and one would fail."""
+    if urlsplit(uri).scheme != "sqlite":
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _client(uri: str) -> Any:
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # opens (and, the first time, creates) the store
+    return client
 
 
 def _saved_run_id(run_dir: Path, key: str, resume: bool) -> str | None:
@@ -98,51 +213,89 @@ class TensorBoardTracker:
         for name, value in final.items():
             self.writer.add_scalar(name, value, int(final["best_epoch"]))
         self.writer.add_hparams(self.params, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
-        self.writer.close()
+        self.close(FINISHED)
+
+    def close(self, status: str) -> None:
+        self.writer.close()  # SummaryWriter.close is idempotent
 
 
 class MLflowTracker:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
-        self.mlflow = mlflow = _require("mlflow", "mlflow", "MLflow")
-        uri = cfg.train.tracking_uri or f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
-        if uri.startswith("file:"):
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(cfg.train.tracking_experiment)
-        run_id = _saved_run_id(run_dir, "mlflow_run_id", resume)
-        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_dir.name)
-        if run_id is None:
-            mlflow.log_params(_params(cfg))
-            _save_run_id(run_dir, mlflow_run_id=self.run.info.run_id, tracking_uri=uri)
+        _require("mlflow", "mlflow", "MLflow")
+        from mlflow.entities import Param
 
-    @staticmethod
-    def _names(scalars: dict[str, float]) -> dict[str, float]:
+        self.run_dir = run_dir
+        uri = cfg.train.tracking_uri or default_mlflow_uri(run_dir)
+        run_id = _saved_run_id(run_dir, "mlflow_run_id", resume)
+        with _store_lock(uri):
+            self.client = _client(uri)
+            if run_id is None:
+                run_id = self.client.create_run(self._experiment(uri, cfg.train.tracking_experiment),
+                                                run_name=run_dir.name).info.run_id
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in _params(cfg).items()])
+                _save_run_id(run_dir, mlflow_run_id=run_id, tracking_uri=uri)
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+        self.run_id, self.ended = run_id, False
+
+    def _experiment(self, uri: str, name: str) -> str:
+        """The id of experiment `name`, created (artifacts beside a sqlite store) when missing."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if urlsplit(uri).scheme == "sqlite":  # MLflow's default would be ./mlruns under the cwd
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def _log(self, scalars: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
         # MLflow names allow '/' (they group in its UI as TensorBoard's do) but not '@'
-        return {k.replace("@", "_at_"): v for k, v in scalars.items()}
+        self.client.log_batch(self.run_id, metrics=[Metric(k.replace("@", "_at_"), v, now, step)
+                                                    for k, v in scalars.items()])
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        self.mlflow.log_metrics(self._names(epoch_scalars(record)), step=int(record["epoch"]))
+        self._log(epoch_scalars(record), int(record["epoch"]))
 
     def finish(self, results: dict[str, Any]) -> None:
-        self.mlflow.log_metrics(self._names(final_scalars(results)))
-        self.mlflow.end_run()
+        # at the last epoch's step: a run resumed for more epochs logs its new results later, not over them
+        self._log(final_scalars(results), int(results.get("epochs_run", 0)))
+        for name in ("config.yaml", "results.json"):
+            if (self.run_dir / name).exists():
+                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        self.close(FINISHED)
+
+    def close(self, status: str) -> None:
+        if not self.ended:
+            self.ended = True
+            self.client.set_terminated(self.run_id, status=status)
 
 
 class WandbTracker:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
         wandb = _require("wandb", "wandb", "Weights & Biases")
         run_id = _saved_run_id(run_dir, "wandb_run_id", resume)
+        # reinit="create_new": a run of its own even when another is open in this process
         self.run = wandb.init(project=cfg.train.tracking_experiment, name=run_dir.name, dir=str(run_dir),
-                              config=flatten_config(cfg.to_dict()), id=run_id, resume="allow" if run_id else None)
+                              config=flatten_config(cfg.to_dict()), id=run_id, resume="allow" if run_id else None,
+                              reinit="create_new")
         if run_id is None:
             _save_run_id(run_dir, wandb_run_id=self.run.id)
+        self.ended = False
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.run.log(epoch_scalars(record), step=int(record["epoch"]))
 
     def finish(self, results: dict[str, Any]) -> None:
         self.run.summary.update(final_scalars(results))
-        self.run.finish()
+        self.close(FINISHED)
+
+    def close(self, status: str) -> None:
+        if not self.ended:
+            self.ended = True
+            self.run.finish(exit_code=0 if status == FINISHED else 1)
 
 
 def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | None:
@@ -154,3 +307,22 @@ def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | 
     if cfg.train.tracker == "wandb":
         return WandbTracker(cfg, run_dir, resume)
     return None
+
+
+@contextmanager
+def tracking(cfg: Config, run_dir: Path, resume: bool = False, enabled: bool = True) -> Iterator[Tracker | None]:
+    """`make_tracker`'s tracker (None when not `enabled`, e.g. on ranks other than the main one)
+    for the body, its run ended on every exit: FINISHED (after `finish`, or when the body returns
+    without it), KILLED on KeyboardInterrupt, FAILED on any other exception."""
+    tracker = make_tracker(cfg, run_dir, resume) if enabled else None
+    try:
+        yield tracker
+    except BaseException as e:
+        if tracker is not None:
+            try:
+                tracker.close(KILLED if isinstance(e, KeyboardInterrupt | SystemExit) else FAILED)
+            except Exception as close_error:  # the training error is the one to report
+                log.warning(f"could not end the {cfg.train.tracker} run: {close_error}")
+        raise
+    if tracker is not None:
+        tracker.close(FINISHED)

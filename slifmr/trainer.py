@@ -71,7 +71,7 @@ from slifmr.sampling.neighbor import (
     sampled_batch,
     view_fanouts,
 )
-from slifmr.tracking import make_tracker
+from slifmr.tracking import tracking
 
 Reporter = Callable[[dict[str, Any], Path | None], None]  # (epoch metrics, checkpoint folder)
 
@@ -319,65 +319,67 @@ def train_loop(
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "metrics.jsonl").write_text("")
 
-    tracker = make_tracker(cfg, run_dir, resume=resume or resume_from is not None) if comm.is_main else None
-    graphs: EpochGraphs | None = None
-    for epoch in range(state.epoch + 1, t.epochs + 1):
-        if state.stopper.bad_epochs >= t.patience:
-            break
-        t0, started = time.perf_counter(), time.time()
-        comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
-        generator = seeds.epoch_generator(epoch)
-        strategy.set_lr(learning_rate(t, epoch))
-        graphs, knn_seconds, ridge_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm,
-                                                           graphs)
-        fusion_seconds = time.perf_counter() - t0
-        # by default sampled where the model is: on a GPU the CPU's sampler took two-thirds of a
-        # history step at 10^6 users (RESULTS.md, GPU)
-        subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank,
-                                   seed_sources_only=t.sampling == "history" and t.history_grad == "seeds",
-                                   device=comm.device if t.sample_device == "model" else "cpu") if sampled else None
-        # history: the epoch's historical embeddings, from the layer-wise product over A(t)
-        t_memory = time.perf_counter()
-        memory = record_memory(model, graphs, spmm) if t.sampling == "history" else None
-        memory_seconds = time.perf_counter() - t_memory
-        batches = sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
-        t_steps = time.perf_counter()
-        loss, n_steps, sampling_seconds = _train_steps(
-            strategy=strategy, graphs=graphs, batches=batches, subgraphs=subgraphs, memory=memory, epoch=epoch,
-            steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
-            neighbour_grad=t.history_grad == "sampled", refresh_every=t.history_refresh,
-            refresh=functools.partial(record_memory, model, graphs, spmm) if memory is not None else None)
-        train_seconds = time.perf_counter() - t_steps
-        subgraphs = memory = None  # released before inference and the next epoch's graphs (GBs at 10^6 users)
-        graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
-        t_eval = time.perf_counter()
-        reps = model.representations(graphs, spmm)
-        if not reps.finite():  # equal on every rank
-            raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
-                                 f"epoch's steps; {_stopped_hint(run_dir, epoch)}")
-        state.last_z, state.epoch = reps.items.clone(), epoch
-        state.ridge_weight, valid = choose_blend(evaluator, reps, cfg.model, t.stop_metric, comm.all_reduce_sum)
-        rec = EpochRecord(
-            epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
-            epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
-            ridge_seconds=ridge_seconds, ridge_weight=state.ridge_weight, comm_seconds=comm.seconds["comm"],
-            train_seconds=train_seconds, sampling_seconds=sampling_seconds, memory_seconds=memory_seconds,
-            eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
-            grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
-            epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
-        _save_epoch(model, strategy, state, rec, cfg, ds, run_dir, comm)
-        if tracker is not None:
-            tracker.log_epoch(rec.to_json())
-        if reporter is not None:
-            reporter(rec.to_json(), run_dir / "checkpoint" if comm.is_main else None)
+    # the tracker's run ends on every exit (FAILED, KILLED on Ctrl-C), so a later run in this
+    # process starts its own
+    with tracking(cfg, run_dir, resume=resume or resume_from is not None, enabled=comm.is_main) as tracker:
+        graphs: EpochGraphs | None = None
+        for epoch in range(state.epoch + 1, t.epochs + 1):
+            if state.stopper.bad_epochs >= t.patience:
+                break
+            t0, started = time.perf_counter(), time.time()
+            comm.seconds["comm"], comm.traffic["bytes"] = 0.0, 0.0
+            generator = seeds.epoch_generator(epoch)
+            strategy.set_lr(learning_rate(t, epoch))
+            graphs, knn_seconds, ridge_seconds = _epoch_graphs(model, static, cfg, state, epoch, generator, knn_fn, comm,
+                                                               graphs)
+            fusion_seconds = time.perf_counter() - t0
+            # by default sampled where the model is: on a GPU the CPU's sampler took two-thirds of a
+            # history step at 10^6 users (RESULTS.md, GPU)
+            subgraphs = BatchSubgraphs(epoch_graph(graphs), fanouts, seeds.neighbors, comm.rank,
+                                       seed_sources_only=t.sampling == "history" and t.history_grad == "seeds",
+                                       device=comm.device if t.sample_device == "model" else "cpu") if sampled else None
+            # history: the epoch's historical embeddings, from the layer-wise product over A(t)
+            t_memory = time.perf_counter()
+            memory = record_memory(model, graphs, spmm) if t.sampling == "history" else None
+            memory_seconds = time.perf_counter() - t_memory
+            batches = sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
+            t_steps = time.perf_counter()
+            loss, n_steps, sampling_seconds = _train_steps(
+                strategy=strategy, graphs=graphs, batches=batches, subgraphs=subgraphs, memory=memory, epoch=epoch,
+                steps=steps, generator=generator, device=comm.device, run_dir=run_dir,
+                neighbour_grad=t.history_grad == "sampled", refresh_every=t.history_refresh,
+                refresh=functools.partial(record_memory, model, graphs, spmm) if memory is not None else None)
+            train_seconds = time.perf_counter() - t_steps
+            subgraphs = memory = None  # released before inference and the next epoch's graphs (GBs at 10^6 users)
+            graphs = model.attend(graphs)  # KGAT: attention from the epoch's trained weights
+            t_eval = time.perf_counter()
+            reps = model.representations(graphs, spmm)
+            if not reps.finite():  # equal on every rank
+                raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
+                                     f"epoch's steps; {_stopped_hint(run_dir, epoch)}")
+            state.last_z, state.epoch = reps.items.clone(), epoch
+            state.ridge_weight, valid = choose_blend(evaluator, reps, cfg.model, t.stop_metric, comm.all_reduce_sum)
+            rec = EpochRecord(
+                epoch=epoch, loss=loss, valid=valid, is_best=state.stopper.step(valid[t.stop_metric], epoch),
+                epoch_seconds=time.perf_counter() - t0, fusion_seconds=fusion_seconds, knn_seconds=knn_seconds,
+                ridge_seconds=ridge_seconds, ridge_weight=state.ridge_weight, comm_seconds=comm.seconds["comm"],
+                train_seconds=train_seconds, sampling_seconds=sampling_seconds, memory_seconds=memory_seconds,
+                eval_seconds=time.perf_counter() - t_eval, steps=n_steps,
+                grad_bytes_per_step=comm.traffic["bytes"] / max(n_steps, 1), knn_recall=getattr(knn_fn, "recall", None),
+                epoch_start_unix_seconds=started, fused=state.corr_epoch == epoch)
+            _save_epoch(model, strategy, state, rec, cfg, ds, run_dir, comm)
+            if tracker is not None:
+                tracker.log_epoch(rec.to_json())
+            if reporter is not None:
+                reporter(rec.to_json(), run_dir / "checkpoint" if comm.is_main else None)
 
-    comm.barrier()  # rank 0 has written best/ before anyone loads it
-    # the best epoch is read back from disk: the training replica, its optimizer state and the
-    # last epoch's graphs go first, so the two never share memory (OOM at 10^6 users, 2 workers)
-    model = strategy = graphs = reps = None
-    results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test, static=static)
-    if tracker is not None:
-        tracker.finish(results)
+        comm.barrier()  # rank 0 has written best/ before anyone loads it
+        # the best epoch is read back from disk: the training replica, its optimizer state and the
+        # last epoch's graphs go first, so the two never share memory (OOM at 10^6 users, 2 workers)
+        model = strategy = graphs = reps = None
+        results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test, static=static)
+        if tracker is not None:
+            tracker.finish(results)
     return results
 
 
@@ -563,27 +565,33 @@ def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporte
     metrics_path.write_text("")
     evaluator = Evaluator(ds, cfg.train.topk, cfg.train.eval_chunk,
                           users=_user_shard(ds, comm, cfg.train.eval_users, SeedStreams.of(cfg.train.seed).eval_users))
-    model = build_closed_form(cfg, ds)
-    stopper = EarlyStopping()
-    for step, l2 in enumerate(cfg.model.ease_l2, start=1):
-        t0, started = time.perf_counter(), time.time()
-        model.fit(l2)
-        if not model.finite():
-            raise NonFiniteError(f"{cfg.variant} with model.ease_l2 {l2}: the solved weights are not finite")
-        valid = evaluator.evaluate(model.full_scores, VALID)
-        rec = EpochRecord(epoch=step, l2=l2, loss={"loss": 0.0}, valid=valid,
-                          is_best=stopper.step(valid[cfg.train.stop_metric], step),
-                          epoch_seconds=time.perf_counter() - t0, epoch_start_unix_seconds=started)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec.to_json()) + "\n")
-        if rec.is_best:
-            save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
-        log.info(f"{cfg.variant} l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
-                 + (" *" if rec.is_best else ""))
-        if reporter is not None:
-            reporter(rec.to_json(), run_dir / "best")
-    shutil.copytree(run_dir / "best", run_dir / "checkpoint", dirs_exist_ok=True)  # marks the folder as a run
-    return final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+    with tracking(cfg, run_dir, enabled=comm.is_main) as tracker:
+        model = build_closed_form(cfg, ds)
+        stopper = EarlyStopping()
+        for step, l2 in enumerate(cfg.model.ease_l2, start=1):
+            t0, started = time.perf_counter(), time.time()
+            model.fit(l2)
+            if not model.finite():
+                raise NonFiniteError(f"{cfg.variant} with model.ease_l2 {l2}: the solved weights are not finite")
+            valid = evaluator.evaluate(model.full_scores, VALID)
+            rec = EpochRecord(epoch=step, l2=l2, loss={"loss": 0.0}, valid=valid,
+                              is_best=stopper.step(valid[cfg.train.stop_metric], step),
+                              epoch_seconds=time.perf_counter() - t0, epoch_start_unix_seconds=started)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec.to_json()) + "\n")
+            if rec.is_best:
+                save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
+            log.info(f"{cfg.variant} l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
+                     + (" *" if rec.is_best else ""))
+            if tracker is not None:
+                tracker.log_epoch(rec.to_json())
+            if reporter is not None:
+                reporter(rec.to_json(), run_dir / "best")
+        shutil.copytree(run_dir / "best", run_dir / "checkpoint", dirs_exist_ok=True)  # marks the folder as a run
+        results = final_results(cfg, ds, run_dir, evaluator, comm, evaluate_test)
+        if tracker is not None:
+            tracker.finish(results)
+    return results
 
 
 def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",

@@ -127,3 +127,19 @@ def test_scale_preset_is_a_layer_under_the_yaml_and_the_variant(tmp_path: Path) 
 def test_data_synth_refuses_flags_that_do_not_apply_or_are_out_of_range(flags: list[str], tmp_path: Path) -> None:
     assert main(["data", "synth", *flags, "--out", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "d").exists()
+
+
+def test_report_reads_the_metrics_each_run_has(tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run whose train.topk has no 20 is drawn and tabulated at its own metric, beside a default one."""
+    runs = {"k5-10": ["--set", "train.topk=[5,10]", "--set", "train.stop_metric=ndcg@10"], "default": []}
+    for name, extra in runs.items():
+        code, _, _ = run(["-q", "train", "--data", str(tiny_path), "--out", str(tmp_path / name), "--epochs", "1",
+                          *SMALL, *extra], capsys)
+        assert code == 0
+    code, out, err = run(["report", *(str(tmp_path / n) for n in runs), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, err
+    table = (tmp_path / "rep" / "table.md").read_text().splitlines()
+    assert table[0].split(" | ")[4:8] == ["test R@5", "test N@5", "test R@10", "test N@10"]
+    first, second = table[2].split(" | "), table[3].split(" | ")
+    assert first[3].startswith("ndcg@10 ") and second[3].startswith("recall@20 ")
+    assert first[-2] == "-" and second[4] == "-"  # test R@20 of the first, R@5 of the second: not measured

@@ -63,3 +63,128 @@ def test_wandb_offline_run_file_holds_epochs_and_final_metrics(tiny_path: Path, 
     assert blob.count(b"valid/recall@20") >= len(history)
     for value in [h["valid"]["recall@20"] for h in history] + [results["test"]["recall@20"]]:
         assert json.dumps(value).encode() in blob
+
+
+# --- a tracker that cannot start fails in one line, before the run folder exists -----------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("case", ["server down", "wandb without login", "sqlite store without sqlalchemy",
+                                  "tensorboard missing"])
+def test_a_tracker_that_cannot_start_stops_the_run_before_its_folder_exists(
+        case: str, tiny_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    import sys
+    import time
+
+    args = ["-q", "train", "--data", str(tiny_path), "--out", str(tmp_path / "run"), *ARGS]
+    if case == "server down":
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # MLflow's own retries would take minutes
+        args += ["--tracker", "mlflow", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"]
+        expected = "no MLflow server answers"
+    elif case == "wandb without login":
+        for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+        args += ["--tracker", "wandb"]
+        expected = "--tracker wandb: not logged in"
+    elif case == "sqlite store without sqlalchemy":
+        monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, as with mlflow-skinny alone
+        args += ["--tracker", "mlflow"]
+        expected = "needs sqlalchemy for its sqlite store"
+    else:
+        monkeypatch.setitem(sys.modules, "tensorboard", None)
+        args += ["--tracker", "tensorboard"]
+        expected = "--tracker tensorboard needs the tensorboard package"
+    start = time.monotonic()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    assert time.monotonic() - start < 60  # seconds, not MLflow's minutes of retries
+    assert not (tmp_path / "run").exists()
+
+
+# --- the tracker's run ends on every exit; nothing is shared between two runs -------------------
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, "KILLED"), (_Stop, "FAILED")])
+def test_a_run_stopped_mid_training_ends_its_mlflow_run_and_the_next_one_trains(
+        raised: type[BaseException], status: str, tiny_path: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    from slifmr.config import load_config
+    from slifmr.trainer import train_loop
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, "slifmr", settings=[("data", str(tiny_path)), ("train.epochs", 5), ("train.tracker", "mlflow"),
+                                                ("train.tracking_uri", uri), ("model.embedding_dim", 8)])
+
+    def stop_after_first_epoch(record: dict, checkpoint: Path | None) -> None:
+        raise raised()  # what Jupyter's Interrupt (or any error) does once an epoch is logged
+
+    with pytest.raises(raised):
+        train_loop(cfg, tmp_path / "first", reporter=stop_after_first_epoch)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    first = json.loads((tmp_path / "first" / "tracking.json").read_text())["mlflow_run_id"]
+    assert client.get_run(first).info.status == status
+    assert mlflow.active_run() is None
+    cfg.train.epochs = 1
+    train_loop(cfg, tmp_path / "second")
+    second = json.loads((tmp_path / "second" / "tracking.json").read_text())["mlflow_run_id"]
+    assert second != first and client.get_run(second).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(second)} == {"config.yaml", "results.json"}
+
+
+def _open_store_and_log(uri: str, run_dir: str) -> str:
+    from slifmr.config import load_config
+    from slifmr.tracking import MLflowTracker
+
+    cfg = load_config(None, "mf", settings=[("train.tracker", "mlflow"), ("train.tracking_uri", uri)])
+    Path(run_dir).mkdir()
+    tracker = MLflowTracker(cfg, Path(run_dir), resume=False)
+    tracker.log_epoch({"epoch": 1, "loss": {"loss": 0.5}, "valid": {"recall@20": 0.1}})
+    tracker.close("FINISHED")
+    return tracker.run_id
+
+
+def test_processes_creating_one_sqlite_store_at_once_all_get_their_runs(tmp_path: Path) -> None:
+    """Tune trials start together and share the sweep's store: its creation is serialised."""
+    import multiprocessing
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        ids = pool.starmap(_open_store_and_log, [(uri, str(tmp_path / f"trial{i}")) for i in range(3)])
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    assert len(set(ids)) == 3
+    for run_id in ids:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert [m.value for m in client.get_metric_history(run_id, "valid/recall_at_20")] == [0.1]
+
+
+@pytest.mark.parametrize("variant", ["ease", "cooc_ridge"])
+def test_a_closed_form_is_tracked_one_point_per_l2_and_its_final_metrics(variant: str, tiny_path: Path,
+                                                                         tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--variant", variant, "--data", str(tiny_path), "--out", str(run),
+                 "--tracker", "tensorboard", "--set", "model.ease_l2=[10,100]"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("l2")] == [10.0, 100.0]
+    assert [e.value for e in events.Scalars("valid/recall@20")] == pytest.approx(
+        [h["valid"]["recall@20"] for h in history], rel=1e-6)
+    results = json.loads((run / "results.json").read_text())
+    assert events.Scalars("test/recall@20")[0].value == pytest.approx(results["test"]["recall@20"], rel=1e-6)

@@ -95,3 +95,31 @@ def test_importance_ranks_the_parameter_that_drives_the_metric() -> None:
     rows = [{"x": float(i), "noise": (i * 7) % 5, "flag": i % 2 == 0, "m": i * 0.1} for i in range(10)]
     imp = importance(rows, ["x", "noise", "flag"], "m")
     assert imp["x"] == pytest.approx(1.0) and imp["x"] > imp["noise"] and imp["x"] > imp["flag"]
+
+
+@pytest.mark.parametrize("topk, metric", [([5, 10], "valid_recall@10"), ([50], "valid_ndcg@50")])
+def test_sweep_outputs_use_the_metric_the_trials_report(topk: list[int], metric: str, tmp_path: Path) -> None:
+    """A sweep whose trials have no @20 (train.topk without 20) still writes trials.md and
+    sweep.png, naming the test metrics at the sweep metric's K."""
+    from slifmr.tune.results import write_sweep_outputs
+
+    k = metric.rpartition("@")[2]
+    names = [f"{m}@{c}" for c in topk for m in ("recall", "ndcg")]
+    rows = [{"trial": f"t{i}", "status": "TERMINATED", "epochs": 2, "best_epoch": 1, "stopped_early": False,
+             "model.lr": lr, **{f"valid_{n}": 0.1 * (i + 1) for n in names}} for i, lr in enumerate((0.01, 0.001, 0.1))]
+    best = {"trial": "t2", "params": {"model.lr": 0.1}, "best_epoch": 1,
+            "valid": {n: 0.3 for n in names}, "test": {n: 0.25 for n in names}}
+    summary = {"seconds": 1.0, "trials": 3, "stopped_by_asha": 0, "errored": 0, "metric": metric}
+    write_sweep_outputs(tmp_path, rows, ["model.lr"], metric, best, summary)
+    md = (tmp_path / "trials.md").read_text()
+    assert f"test Recall@{k} 0.2500, NDCG@{k} 0.2500" in md and "@20" not in md
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_ray_train_keeps_the_checkpoint_of_the_runs_own_stop_metric(tmp_path: Path) -> None:
+    from slifmr.config import load_config
+    from slifmr.distributed.launch import make_trainer
+
+    cfg = load_config(None, "mf", settings=[("train.topk", [5, 10]), ("train.stop_metric", "ndcg@10")])
+    trainer = make_trainer(cfg, tmp_path / "run", workers=1)
+    assert trainer.run_config.checkpoint_config.checkpoint_score_attribute == "valid_ndcg@10"

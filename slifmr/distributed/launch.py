@@ -147,7 +147,7 @@ def make_trainer(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, ma
         run_config=RunConfig(
             name=name,
             storage_path=str(run_dir / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_recall@20",
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=f"valid_{cfg.train.stop_metric}",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
             logging_config=ray.LoggingConfig(log_level="WARNING"),  # the epoch lines are the progress

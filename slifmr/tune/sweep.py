@@ -29,7 +29,7 @@ from slifmr.atomic import write_text
 from slifmr.config import TrainConfig, save_config
 from slifmr.errors import SlifmrError
 from slifmr.runlock import RunLock
-from slifmr.tune.results import select_best, trial_rows, write_sweep_outputs
+from slifmr.tune.results import select_best, test_summary, trial_rows, write_sweep_outputs
 from slifmr.tune.space import SweepSpec, load_spec, param_space, spec_from_dict
 
 SPEC_FILE = "spec.yaml"
@@ -178,6 +178,12 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
     try:
         if resume is None and (sweep_dir / SPEC_FILE).exists():  # another driver started it meanwhile
             raise SlifmrError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}")
+        if spec.set.get("train.tracker", "none") != "none":
+            # before any trial: the tracker can start, and a sqlite store is made once, here,
+            # not by trials racing through its schema migration
+            from slifmr.tracking import check_tracker
+
+            check_tracker(spec.set["train.tracker"], spec.set.get("train.tracking_uri", ""), sweep_dir / "runs" / "trial")
         if spec.data is None:  # resolve once, on the driver, so trials do not race to prepare it
             from slifmr.data.ml100k import prepare_ml100k
 
@@ -244,8 +250,8 @@ def finish_sweep(spec: SweepSpec, sweep_dir: Path, grid: Any, seconds: float) ->
                "stopped_by_asha": sum(bool(r["stopped_early"]) for r in rows),
                "errored": sum(r["status"] == "ERROR" for r in rows), "metric": spec.metric}
     write_sweep_outputs(sweep_dir, rows, list(spec.space), spec.metric, result, summary)
-    log.info(f"best trial {best['trial']}: {spec.metric} {best[spec.metric]:.4f}; test recall@20 "
-             f"{result['test']['recall@20']:.4f}; {summary['stopped_by_asha']} of {len(rows)} trials stopped by ASHA; "
+    log.info(f"best trial {best['trial']}: {spec.metric} {best[spec.metric]:.4f}; test "
+             f"{test_summary(result['test'], spec.metric)}; {summary['stopped_by_asha']} of {len(rows)} trials stopped by ASHA; "
              f"{seconds:.0f} s")
     return {**result, **summary}
 
