@@ -96,6 +96,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     refuse_existing(args.out, args.overwrite)  # before minutes of importing, not after
     thresholds = parse_thresholds(args.threshold)
+    if args.cache_dir is not None and not args.text_cols:
+        raise SlifmrError("--cache-dir holds text embeddings: it applies with --text-cols only")
     if args.format == "table":
         return _cmd_import_table(args, thresholds)
     given = [f"--{f.replace('_', '-')}" for f in TABLE_FLAGS if getattr(args, f) not in (None, [], False)]
@@ -363,6 +365,12 @@ def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
         raise SlifmrError("--zero-stage applies to --strategy deepspeed only")
     if args.fanout is not None and cfg.train.sampling == "full":
         raise SlifmrError("--fanout applies to --sampling neighbor or history only")
+    _check_tracking_uri(args.tracking_uri, cfg.train.tracker)
+
+
+def _check_tracking_uri(uri: str | None, tracker: str | None) -> None:
+    if uri is not None and tracker != "mlflow":
+        raise SlifmrError(f"--tracking-uri applies to --tracker mlflow (the tracker is {tracker or 'none'})")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -568,6 +576,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                                    args.tracker, args.tracking_uri)):
         raise SlifmrError("--resume continues a sweep as it was started: --samples, --workers-per-trial, --name, "
                           "--data and --tracker do not apply")
+    if not args.resume:
+        _check_tracking_uri(args.tracking_uri, args.tracker)
     try:
         best = run_sweep(args.spec, args.storage, args.name, args.samples, args.workers_per_trial, args.address,
                          args.resume, args.data, tracker=args.tracker, tracking_uri=args.tracking_uri)

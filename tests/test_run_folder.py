@@ -165,10 +165,26 @@ def test_a_second_training_process_on_the_same_folder_is_refused(shop_run: tuple
     (["train", "--fanout", "5,5", "--out", "OUT"], "--fanout applies to --sampling neighbor or history only"),
     (["train", "--max-failures", "2", "--out", "OUT"], "--max-failures applies to Ray Train runs"),
     (["train", "--sampling", "neighbor", "--fanout", "10,5,3", "--out", "OUT"], "has 3 hop(s); the cf view has 2 layers"),
+    (["train", "--tracking-uri", "file:/tmp/x", "--out", "OUT"], "--tracking-uri applies to --tracker mlflow"),
+    (["train", "--tracker", "tensorboard", "--tracking-uri", "file:/tmp/x", "--out", "OUT"],
+     "--tracking-uri applies to --tracker mlflow (the tracker is tensorboard)"),
+    (["tune", "tune_configs/smoke.yaml", "--tracking-uri", "file:/tmp/x", "--storage", "OUT"],
+     "--tracking-uri applies to --tracker mlflow"),
+    # the importer: a column or folder named and then not used
+    (["data", "import", "table", "CSV", "--split-col", "part", "--split", "random", "--out", "OUT"],
+     "--split-col part with --split random: the column's split would not be used"),
+    (["data", "import", "table", "CSV", "--split-col", "part", "--split", "temporal", "--time-col", "ts", "--out", "OUT"],
+     "--split-col part with --split temporal"),
+    (["data", "import", "table", "CSV", "--item-key", "sku", "--out", "OUT"], "--item-key names the item id column of"),
+    (["data", "import", "table", "CSV", "--cache-dir", "CACHE", "--out", "OUT"], "--cache-dir holds text embeddings"),
 ])
 def test_options_that_would_be_ignored_are_refused(argv: list[str], message: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _run([a.replace("OUT", str(tmp_path / "out")) for a in argv], capsys)
+    csv = tmp_path / "inter.csv"
+    csv.write_text("user_id,item_id,part,ts\n" + "".join(f"u{u},i{i},{p},{i}\n" for u in range(4)
+                                                        for i, p in enumerate(("test", "valid", "train", "train"))))
+    argv = [{"OUT": str(tmp_path / "out"), "CSV": str(csv), "CACHE": str(tmp_path / "cache")}.get(a, a) for a in argv]
+    code, _, err = _run(argv, capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
 

@@ -393,6 +393,9 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
         raise SlifmrError(f"--split {split!r}: choose one of {', '.join(SPLIT_RULES)}")
     if split == "column" and not cols.split:
         raise SlifmrError("--split column needs --split-col (the column holding train / valid / test)")
+    if cols.split and split != "column":  # the column would have to exist, then go unused
+        raise SlifmrError(f"--split-col {cols.split} with --split {split}: the column's split would not be used; "
+                          "drop --split (the column then is the split) or drop --split-col")
     if split in ("temporal", "global-temporal") and not cols.time:
         raise SlifmrError(f"--split {split} needs --time-col (the interactions' timestamps)")
     for col in cols.thresholds:
@@ -767,6 +770,11 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
         raise SlifmrError("a KG needs both --kg (head, relation, tail triples) and --kg-links (item, entity links)")
     if text_columns and items is None:
         raise SlifmrError("--text-cols needs --items (the item metadata table holding those columns)")
+    if item_key is not None and items is None and not features and kg_links is None:
+        raise SlifmrError("--item-key names the item id column of --items, --features and --kg-links tables: "
+                          "give one of them, or drop --item-key")
+    if cache_dir is not None and not text_columns:
+        raise SlifmrError("--cache-dir holds text embeddings: it applies with --text-cols only")
     table = open_table(interactions, [cols.user, cols.item] + ([cols.split] if cols.split else []))
     inter = read_interactions(table, cols, split, split_seed)
     check_interaction_splits(inter, table.source)
