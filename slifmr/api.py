@@ -97,14 +97,14 @@ class Run:
         return ev.evaluate(self.model.full_scores, VALID if split == "valid" else TEST)
 
     def recommend(self, users: Sequence[str] | str, k: int = 10) -> pa.Table:
-        """Top-k unseen items of each user (raw ids, as in the source data): a Table of user,
-        rank (1-based), item, score. Raises SlifmrError for an unknown user or k <= 0."""
+        """Top-k unseen items of each user (raw ids, as in the source data, each taken whole: a
+        single string is one id, commas included): a Table of user, rank (1-based), item, score.
+        Raises SlifmrError for an unknown user or k <= 0."""
         from slifmr.recommend import recommend, recommendation_table, resolve_users
 
         if k <= 0:
             raise SlifmrError(f"k must be positive, got {k}")
-        spec = users if isinstance(users, str) else ",".join(map(str, users))
-        ids = resolve_users(self.dataset, spec)
+        ids = resolve_users(self.dataset, [users] if isinstance(users, str) else list(users))
         return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
 
     def export(self, out: str | Path, k: int = 20) -> Path:

@@ -426,12 +426,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from slifmr.recommend import format_recommendations, recommend, resolve_users, shortfall_note
+    from slifmr.recommend import (
+        format_recommendations,
+        parse_user_list,
+        read_user_file,
+        recommend,
+        resolve_users,
+        shortfall_note,
+    )
 
     if args.k <= 0:
         raise SlifmrError(f"--k must be positive, got {args.k}")
-    if bool(args.users) == bool(args.all):
-        raise SlifmrError("give either --users ID,ID,... or --all --out FILE.parquet")
+    if sum(map(bool, (args.users, args.users_file, args.all))) != 1:
+        raise SlifmrError("give one of --users ID,ID,..., --users-file FILE or --all --out FILE.parquet")
     if args.all and not args.out:
         raise SlifmrError("--all needs --out FILE.parquet")
     if args.out and not args.all:
@@ -442,6 +449,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
     if (args.gpu or args.address) and not args.workers:
         raise SlifmrError("--gpu and --address apply to Ray Data inference: add --workers N (N >= 1)")
+    # read before the run loads: a malformed list fails at once
+    asked = read_user_file(args.users_file) if args.users_file else parse_user_list(args.users) if args.users else None
     from slifmr.api import load_run
 
     run = load_run(args.run_dir)
@@ -455,7 +464,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
         users = ds.num_users
     else:
-        user_ids = resolve_users(ds, args.users)
+        user_ids = resolve_users(ds, asked)
         recs = recommend(model, ds, user_ids, args.k)
         print(format_recommendations(ds, user_ids, recs))
         users, short = user_ids.numel(), int((recs.counts(user_ids) < args.k).sum())
@@ -542,7 +551,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
              "slifmr recommend runs/slifmr --users 196,186 --k 10\n"
              "  slifmr recommend runs/slifmr --all --k 20 --out recs.parquet --workers 2")
     p.add_argument("run_dir")
-    p.add_argument("--users", help="comma-separated user ids as in the source data")
+    p.add_argument("--users", help="comma-separated user ids as in the source data; an id holding a comma or a "
+                   "quote is CSV-quoted: --users '\"Doe, Jane\",196'")
+    p.add_argument("--users-file", help="a text file of user ids, one per line, each taken whole (any id that imports)")
     p.add_argument("--all", action="store_true", help="every user (with --out)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids); with --workers a "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +21,43 @@ from slifmr.errors import SlifmrError
 from slifmr.evaluation import Scorer
 
 
-def resolve_users(ds: Dataset, spec: str) -> Tensor:
-    """Raw user ids ('196,186') -> contiguous ids; unknown ids are an error."""
-    raw = list(dict.fromkeys(u.strip() for u in spec.split(",") if u.strip()))  # each user once, in order
+def parse_user_list(spec: str) -> list[str]:
+    """`--users` as written on a command line: ids separated by commas, CSV-quoted where an id
+    holds a comma or a quote ('196,186' or '"Doe, Jane",Roe'); spaces around an unquoted id
+    are dropped. Raises SlifmrError for unbalanced quotes."""
+    import csv
+
+    try:
+        rows = list(csv.reader([spec], skipinitialspace=True, strict=True))
+    except csv.Error as e:
+        raise SlifmrError(f"--users {spec!r}: {e} (quote an id holding a comma as \"Doe, Jane\")") from None
+    return [u.strip() for u in (rows[0] if rows else []) if u.strip()]
+
+
+def read_user_file(path: str | Path) -> list[str]:
+    """`--users-file`: one raw id per line, taken whole (commas and quotes included; blank lines
+    skipped). Raises SlifmrError when the file cannot be read."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SlifmrError(f"--users-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return [line for line in lines if line.strip()]
+
+
+def resolve_users(ds: Dataset, users: Sequence[str]) -> Tensor:
+    """Raw user ids (each one whole; surrounding whitespace stripped, as the importers store
+    ids) -> contiguous ids, each user once, in order. Raises SlifmrError for an unknown id or an
+    empty list."""
+    raw = list(dict.fromkeys(str(u).strip() for u in users))
     if not raw:
-        raise SlifmrError("--users is empty")
+        raise SlifmrError("no user ids given")
     if "users" in ds.ids:
         index = {str(t): i for i, t in enumerate(ds.ids["users"])}
     else:
         index = {str(i): i for i in range(ds.num_users)}
     missing = [u for u in raw if u not in index]
     if missing:
-        raise SlifmrError(f"unknown user id '{missing[0]}' (not in dataset {ds.name})")
+        raise SlifmrError(f"unknown user id {missing[0]!r} (not in dataset {ds.name})")
     return torch.tensor([index[u] for u in raw])
 
 

@@ -199,3 +199,44 @@ def test_recommend_out_without_all_and_report_out_on_a_sweep_are_refused(shop_ru
     (sweep / "trials.parquet").write_text("")  # what marks a sweep folder
     code, _, err = _run(["report", str(sweep), "--out", str(tmp_path / "rep")], capsys)
     assert code == 2 and "--out applies to run folders" in err
+
+
+ODD_IDS = ["Doe, Jane", 'Roe "Ricky", Rick', "O'Hara", "  padded", "plain"]
+
+
+def test_every_user_id_that_imports_can_be_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ids holding commas, quotes or spaces: CSV-quoted in --users, whole lines in --users-file,
+    whole strings in Run.recommend; never split into an unknown id."""
+    import csv
+
+    import slifmr
+
+    with open(tmp_path / "readers.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user_id", "item_id"])
+        for u, user in enumerate(ODD_IDS * 2):
+            for i in range(6):
+                writer.writerow([user if u < len(ODD_IDS) else f"reader{u}", f"book{(u + i) % 9}"])
+    assert main(["-q", "data", "import", "table", str(tmp_path / "readers.csv"), "--out", str(tmp_path / "data")]) == 0
+    assert main(["-q", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 *SMALL]) == 0
+    capsys.readouterr()
+    run = slifmr.load_run(tmp_path / "run")
+    expected = {u: run.recommend([u], k=2).column("item").to_pylist() for u in ODD_IDS}
+    assert run.recommend("Doe, Jane", k=2).column("user").to_pylist() == ["Doe, Jane"] * 2  # one id, whole
+    # stored as the importers store ids: surrounding whitespace stripped
+    assert run.recommend(ODD_IDS, k=2).column("user").to_pylist() == [u.strip() for u in ODD_IDS for _ in range(2)]
+
+    code, out, err = _run(["recommend", str(tmp_path / "run"), "--users", '"Doe, Jane", "Roe ""Ricky"", Rick",plain',
+                           "--k", "2"], capsys)
+    assert code == 0, err
+    assert [ln for ln in out.splitlines() if ln.startswith("user ")] == \
+        ["user Doe, Jane:", 'user Roe "Ricky", Rick:', "user plain:"]
+    (tmp_path / "ids.txt").write_text("\n".join(ODD_IDS) + "\n")
+    code, out, err = _run(["recommend", str(tmp_path / "run"), "--users-file", str(tmp_path / "ids.txt"), "--k", "2"],
+                          capsys)
+    assert code == 0, err
+    listed = [ln.split()[2] for ln in out.splitlines() if ". item" in ln]
+    assert listed == [i for u in ODD_IDS for i in expected[u]]
+    code, _, err = _run(["recommend", str(tmp_path / "run"), "--users", '"Doe, Jane', "--k", "2"], capsys)
+    assert code == 2 and "--users" in err and len(err.strip().splitlines()) == 1
