@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from slifmr.atomic import atomic_path
 from slifmr.errors import SlifmrError
+from slifmr.recommend import RECOMMENDATION_SCHEMA
 
 
 class ExportRecommender:
@@ -64,13 +65,8 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
                          num_gpus=1 if gpu else 0))
     # the driver streams the actors' output into one file: no write tasks wait for the cores the
     # actors hold, and --out is one Parquet file, as without --workers
-    with atomic_path(out) as tmp:
-        writer = None
-        try:
-            for batch in recs.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer = writer or pq.ParquetWriter(tmp, batch.schema)
-                writer.write_table(batch)
-        finally:
-            if writer is not None:
-                writer.close()
+    # (users with no unseen item left give no rows: zero rows in all is an empty file, as in-process)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, RECOMMENDATION_SCHEMA) as writer:
+        for batch in recs.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write_table(batch.select(RECOMMENDATION_SCHEMA.names).cast(RECOMMENDATION_SCHEMA))
     return out

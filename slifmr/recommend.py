@@ -148,14 +148,19 @@ def shortfall_note(users: int, short: int, k: int) -> str | None:
     return f"note: {short:,} of {users:,} users have fewer than {k} unseen items and get fewer rows"
 
 
+# what every writer of recommendations writes, zero rows included
+RECOMMENDATION_SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int64()), ("item", pa.string()),
+                                   ("score", pa.float32())])
+
+
 def recommendation_table(ds: Dataset, recs: Recommendations) -> pa.Table:
-    """user, rank, item, score with raw ids (as in the source data)."""
+    """user, rank, item, score with raw ids (as in the source data): RECOMMENDATION_SCHEMA."""
     return pa.table({
         "user": raw_ids(ds, "users", recs.user.numpy()),
         "rank": recs.rank.numpy(),
         "item": raw_ids(ds, "items", recs.item.numpy()),
         "score": recs.score.numpy(),
-    })
+    }).cast(RECOMMENDATION_SCHEMA)
 
 
 def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:

@@ -192,3 +192,21 @@ def test_ray_data_batch_inference_equals_the_single_process_file(ray_local, tiny
     assert ray_out.column("item").to_pylist() == one.column("item").to_pylist()
     assert ray_out.column("score").to_pylist() == pytest.approx(one.column("score").to_pylist(), abs=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary export is gone
+
+
+def test_ray_data_batch_inference_writes_an_empty_file_when_nothing_is_left(ray_local, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every user has seen every item: in-process and Ray Data write the same empty table."""
+    import pyarrow.parquet as pq
+
+    from slifmr.cli import main
+
+    (tmp_path / "full.csv").write_text("user_id,item_id\n" + "".join(f"u{u},i{i}\n" for u in range(5) for i in range(4)))
+    assert main(["-q", "data", "import", "table", str(tmp_path / "full.csv"), "--out", str(tmp_path / "data")]) == 0
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(tmp_path / "data"), "--out", str(run), "--epochs", "1",
+                 "--set", "model.embedding_dim=8"]) == 0
+    for name, workers in (("one.parquet", []), ("ray.parquet", ["--workers", "2"])):
+        assert main(["-q", "recommend", str(run), "--all", "--k", "3", "--out", str(tmp_path / name), *workers]) == 0
+    one, ray_out = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "ray.parquet")
+    assert one.num_rows == ray_out.num_rows == 0 and one.schema == ray_out.schema
+    assert one.column_names == ["user", "rank", "item", "score"]
