@@ -228,3 +228,64 @@ def test_dictionary_entries_no_row_uses_are_neither_checked_nor_kept(tmp_path: P
             encoder.add(table, chunk, 0, "user_id")
         tokens, codes = encoder.finish()
         assert tokens.to_pylist() == ["a", "b"] and codes.tolist() == [0, 1] * len(chunks)
+
+
+# --- a folder of files is one table; its errors name the file and that file's own row ------------
+
+def _parts(folder: Path, tables: list[pa.Table], csv: bool = False) -> Path:
+    folder.mkdir()
+    for k, t in enumerate(tables):
+        if csv:
+            pacsv.write_csv(t, folder / f"part-{k:05d}.csv")
+        else:
+            pq.write_table(t, folder / f"part-{k:05d}.parquet")
+    return folder
+
+
+def _clicks(start: int, n: int, **extra: list) -> pa.Table:
+    return pa.table({"user_id": [f"u{(start + r) % 7}" for r in range(n)],
+                     "item_id": [f"i{(start + 3 * r) % 11}" for r in range(n)], **extra})
+
+
+@pytest.mark.parametrize("csv", [False, True])
+@pytest.mark.parametrize("bad, column, message", [
+    ("blank id", "user_id", "empty id '  '"),
+    ("missing time", "ts", "missing number"),
+])
+def test_a_bad_row_in_a_folder_names_its_file_and_its_own_row(bad: str, column: str, message: str, csv: bool,
+                                                              tmp_path: Path) -> None:
+    tables = [_clicks(20 * k, 20, ts=list(range(20))) for k in range(4)]
+    t = tables[2].to_pydict()
+    if bad == "blank id":
+        t["user_id"][13] = "  "
+    else:
+        t["ts"][13] = None
+    tables[2] = pa.table(t)
+    folder = _parts(tmp_path / "clicks", tables, csv)
+    split = ["--split", "temporal", "--time-col", "ts"] if bad == "missing time" else []
+    with pytest.raises(DataError) as e:
+        import_table(str(folder), split=split[1] if split else "random",
+                     columns=InteractionColumns(time="ts" if split else None))
+    where = f"{folder}/part-00002.{'csv' if csv else 'parquet'}, row 13" + (" (line 15)" if csv else "")
+    assert str(e.value).startswith(f"{where}, column '{column}': {message}"), str(e.value)
+
+
+@pytest.mark.parametrize("order", ["added later", "added first"])
+def test_a_folders_columns_are_the_union_of_its_files(order: str, tmp_path: Path) -> None:
+    """A column present in some files only: found whichever file sorts first, and the files that
+    lack it are named; files that all have it are read as one table."""
+    old, new = _clicks(0, 40), _clicks(40, 40, ts=list(range(40)))
+    folder = _parts(tmp_path / "events", [old, new] if order == "added later" else [new, old])
+    lacking = f"{folder}/part-0000{0 if order == 'added later' else 1}.parquet"
+    with pytest.raises(DataError, match=f"^{lacking}, column 'ts': column is missing .*although other files"):
+        import_table(str(folder), split="temporal", columns=InteractionColumns(time="ts"))
+    ds = import_table(str(folder))  # ts not asked for: every file has what is read
+    assert ds.num_interactions == len({(u, i) for t in (old, new) for u, i in zip(t["user_id"].to_pylist(),
+                                                                                    t["item_id"].to_pylist())})
+
+
+def test_a_folders_files_whose_types_conflict_are_named(tmp_path: Path) -> None:
+    folder = _parts(tmp_path / "mixed", [_clicks(0, 10, rating=[4] * 10), _clicks(10, 10, rating=["good"] * 10)])
+    with pytest.raises(DataError, match=r"column 'rating': the files' column types differ: int64 in .*part-00000\.parquet, "
+                                        r"string in .*part-00001\.parquet"):
+        import_table(str(folder))

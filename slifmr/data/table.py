@@ -38,6 +38,7 @@ column and the raw value, and nothing is written before every check has passed.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,11 +76,20 @@ _CONTROL = r"[\x00-\x1f\x7f]"
 
 @dataclass
 class Table:
-    """One Parquet or CSV source, read in record batches of the named columns."""
+    """One Parquet or CSV source (a file, or a folder of files read as one table), read in
+    record batches of the named columns. A folder's files are named in errors by their own
+    path and row: `where` maps a row of the whole table to the file that holds it."""
 
     source: str
     dataset: pads.Dataset
     is_csv: bool
+    is_folder: bool = False
+    root: str = ""
+    # each file's column names, where the folder's files differ (their union is the schema)
+    file_columns: dict[str, list[str]] = field(default_factory=dict)
+    # the first table row of each file read so far, and its path, in read order
+    file_starts: list[int] = field(default_factory=list)
+    file_paths: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
@@ -89,32 +99,87 @@ class Table:
         for col in columns:
             if col not in self.columns:
                 raise DataError(self.source, f"column is missing (found: {', '.join(self.columns)})", column=col)
+            lacking = [path for path, names in self.file_columns.items() if col not in names]
+            if lacking:
+                raise DataError(self.file_name(lacking[0]), f"column is missing (found: "
+                                f"{', '.join(self.file_columns[lacking[0]])}), although other files of "
+                                f"{self.source} have it", column=col)
 
     def batches(self, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(offset of the batch's first row, batch), in file order."""
         self.require(*columns)
         offset = 0
+        self.file_starts, self.file_paths = [], []
         try:
             # ordered (Arrow's ScanBatches: "the batches will arrive in order") while threads decode
             # ahead; two batches of read-ahead bound the memory that costs
-            for batch in self.dataset.to_batches(columns=list(columns), batch_size=BATCH_ROWS, use_threads=True,
-                                                 batch_readahead=2, fragment_readahead=1):
-                yield offset, batch
-                offset += batch.num_rows
+            scanner = self.dataset.scanner(columns=list(columns), batch_size=BATCH_ROWS, use_threads=True,
+                                           batch_readahead=2, fragment_readahead=1)
+            for tagged in scanner.scan_batches():
+                if not self.file_paths or self.file_paths[-1] != tagged.fragment.path:
+                    self.file_starts.append(offset)
+                    self.file_paths.append(tagged.fragment.path)
+                yield offset, tagged.record_batch
+                offset += tagged.record_batch.num_rows
         except (pa.ArrowInvalid, OSError) as e:
             first = (str(e).splitlines() or ["unreadable"])[0]
-            raise DataError(self.source, f"cannot be read after row {offset} ({first[:200]})") from None
+            name = self.file_name(self.file_paths[-1]) if self.file_paths else self.source
+            raise DataError(name, f"cannot be read after row {offset - (self.file_starts or [0])[-1]} "
+                                  f"({first[:200]})") from None
+
+    def file_name(self, path: str) -> str:
+        """A file of a folder as the user named it: the folder as given, then the file's path in it."""
+        return f"{self.source.rstrip('/')}/{Path(path).relative_to(self.root).as_posix()}" if self.is_folder else self.source
 
     def where(self, row: int) -> str:
-        """The source and a row, for an error: CSV rows also give their line (header = line 1)."""
-        return f"{self.source}, row {row}" + (f" (line {row + 2})" if self.is_csv else "")
+        """The file and its own row of the table's row `row`, for an error (0-based; CSV rows also
+        give their line, header = line 1)."""
+        name = self.source
+        if self.is_folder and self.file_starts:
+            i = bisect.bisect_right(self.file_starts, row) - 1
+            name, row = self.file_name(self.file_paths[i]), row - self.file_starts[i]
+        return f"{name}, row {row}" + (f" (line {row + 2})" if self.is_csv else "")
+
+
+def _unified(dataset: pads.Dataset, fmt: pads.FileFormat, fs: pafs.FileSystem, source: str,
+             table: Table) -> pads.Dataset:
+    """A folder's files read with the union of their columns (a column added in later files is
+    found whichever file sorts first); types that cannot be unified are named with both files."""
+    schemas = [(path, fmt.inspect(path, filesystem=fs)) for path in dataset.files]
+    if len({tuple(s.names) for _, s in schemas}) > 1:
+        table.file_columns = {path: s.names for path, s in schemas}
+    try:
+        schema = pa.unify_schemas([s for _, s in schemas], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        seen: dict[str, tuple[str, pa.DataType]] = {}
+        for path, s in schemas:
+            for f in s:
+                first = seen.setdefault(f.name, (path, f.type))
+                if first[1] != f.type:
+                    raise DataError(source, f"the files' column types differ: {first[1]} in {table.file_name(first[0])}, "
+                                    f"{f.type} in {table.file_name(path)}", column=f.name) from None
+        raise
+    return pads.dataset(dataset.files, schema=schema, format=fmt, filesystem=fs)
+
+
+def _folder_suffix(fs: pafs.FileSystem, path: str, source: str) -> str:
+    """The one kind of file a folder holds ('.csv', '.tsv', with '.gz'; else Parquet, Spark's
+    suffix-less parts included), skipping the names Arrow's dataset discovery skips ('.', '_')."""
+    files = [f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if f.type == pafs.FileType.File and not Path(f.path).name.startswith((".", "_"))]
+    kinds = {next((k for k in (".csv", ".tsv", ".csv.gz", ".tsv.gz") if f.lower().endswith(k)), ".parquet") for f in files}
+    if len(kinds) > 1:
+        raise DataError(source, f"holds files of different kinds ({', '.join(sorted(kinds))}): a folder is one "
+                                "table, all Parquet or all CSV")
+    return kinds.pop() if kinds else ".parquet"
 
 
 def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
     """A Parquet (.parquet, .pq or a folder of them) or CSV (.csv, .tsv, optionally .gz) source;
     a path or a URI of any pyarrow filesystem. `string_columns` (id columns) are read from CSV
     as text (so an id '007' stays '007'); Parquet keeps its types (a plain string column is read
-    plain: the reader's dictionary encoding would hash every row, then `Encoder` again)."""
+    plain: the reader's dictionary encoding would hash every row, then `Encoder` again). A
+    folder's files are read in path order with the union of their columns."""
     source = str(source)
     try:
         if "://" in source:
@@ -126,7 +191,8 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
         raise DataError(source, f"cannot be opened ({str(e).splitlines()[0][:200]})") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(source, "file is missing")
-    name = path.lower().removesuffix(".gz")
+    is_folder = info.type == pafs.FileType.Directory
+    name = (_folder_suffix(fs, path, source) if is_folder else path.lower()).removesuffix(".gz")
     is_csv = name.endswith((".csv", ".tsv"))
     if is_csv:
         fmt = pads.CsvFileFormat(
@@ -134,12 +200,15 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in string_columns}),
         )
-    elif name.endswith((".parquet", ".pq")) or info.type == pafs.FileType.Directory:
+    elif name.endswith((".parquet", ".pq")) or is_folder:
         fmt = pads.ParquetFileFormat()
     else:
         raise DataError(source, "is neither Parquet (.parquet, .pq) nor CSV (.csv, .tsv, optionally .gz)")
     try:
-        return Table(source, pads.dataset(path, format=fmt, filesystem=fs), is_csv)
+        table = Table(source, pads.dataset(path, format=fmt, filesystem=fs), is_csv, is_folder, path)
+        if is_folder and len(table.dataset.files) > 1:
+            table.dataset = _unified(table.dataset, fmt, fs, source, table)
+        return table
     except (pa.ArrowException, OSError) as e:
         raise DataError(source, f"not a readable {'CSV' if is_csv else 'Parquet'} table "
                                 f"({str(e).splitlines()[0][:200]})") from None
