@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,41 @@ def test_a_folders_files_whose_types_conflict_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"column 'rating': the files' column types differ: int64 in .*part-00000\.parquet, "
                                         r"string in .*part-00001\.parquet"):
         import_table(str(folder))
+
+
+# --- feature tables: the layouts CSV can hold a vector in ------------------------------------
+
+def test_feature_tables_in_every_layout_give_the_same_matrix(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    items = [f"i{k}" for k in range(11)]
+    x = rng.normal(size=(len(items), 4)).astype(np.float32).round(3)
+    folder = _parts(tmp_path / "clicks", [_clicks(0, 60)])
+    layouts = {
+        "list.parquet": None,
+        "space.csv": "item_id,emb\n" + "".join(f'{i},"{" ".join(map(str, v))}"\n' for i, v in zip(items, x)),
+        "brackets.csv": "item_id,emb\n" + "".join(f'{i},"[{", ".join(map(str, v))}]"\n' for i, v in zip(items, x)),
+        "wide.csv": "item_id,d0,d1,d2,d3\n" + "".join(f"{i}," + ",".join(map(str, v)) + "\n" for i, v in zip(items, x)),
+        "space.tsv": "item_id\temb\n" + "".join(f"{i}\t{' '.join(map(str, v))}\n" for i, v in zip(items, x)),
+    }
+    pq.write_table(pa.table({"item_id": items, "emb": pa.array(list(x), pa.list_(pa.float32()))}), tmp_path / "list.parquet")
+    got = {}
+    for name, text in layouts.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        ds = import_table(str(folder), features=[table_mod.FeatureSource("image", str(tmp_path / name))])
+        order = [int(i[1:]) for i in ds.ids["items"].to_pylist()]
+        got[name] = ds.features["image"]
+        np.testing.assert_allclose(got[name], x[order], rtol=0, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("item_id,emb\ni0,0.1 0.2\ni1,0.3 oops\n", "row 1 (line 3), column 'emb': '0.3 oops' is not a vector of numbers"),
+    ("item_id,emb\ni0,0.1 0.2\ni1,0.3\n", "row 1 (line 3), column 'emb': vector of length 1, expected 2"),
+    ("item_id,d0,d1\ni0,0.1,0.2\ni1,0.3,\n", "row 1 (line 3), column 'd1': missing number"),
+    ("item_id,a,b\ni0,x y,1 2\n", "needs one vector column besides the item id 'item_id'"),
+])
+def test_a_bad_feature_cell_is_named(text: str, message: str, tmp_path: Path) -> None:
+    folder = _parts(tmp_path / "clicks", [_clicks(0, 60)])
+    (tmp_path / "f.csv").write_text(text)
+    with pytest.raises(DataError, match=re.escape(message)):
+        import_table(str(folder), features=[table_mod.FeatureSource("image", str(tmp_path / "f.csv"))])

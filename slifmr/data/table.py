@@ -3,8 +3,9 @@
     interactions   one row per (user, item) event: id columns of any type, an optional
                    timestamp, rating/label columns (`thresholds`) and split column
     items          item metadata keyed by the item id; `text_columns` become a text modality
-    features       per modality, an (item id, vector) Parquet table or an .npy matrix whose
-                   rows follow the items table's rows
+    features       per modality, an (item id, vector) table (a list column, a text column of
+                   numbers, or one column per dimension: `vector_columns`) or an .npy matrix
+                   whose rows follow the items table's rows
     kg             (head, relation, tail) triples and (item, entity) links, raw ids
 
 Sources are local paths or any URI pyarrow's filesystems open (file://, s3://, gs://, hdfs://).
@@ -668,52 +669,121 @@ def text_sentences(meta: pa.Table, columns: Sequence[str], num_items: int, sourc
     return sentences, present
 
 
-def features_from_table(table: Table, key: str, items: pa.Array, column: str | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(N, d) float32 from an (item id, vector) table, zero rows where an item has none; which
-    rows are present; rows dropped as unknown items. The vector column is `column`, else the
-    one list-typed column."""
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def vector_columns(table: Table, key: str, column: str | None) -> list[str]:
+    """The column(s) holding a feature table's vectors, in one of three layouts:
+
+    * a list column of numbers (Parquet);
+    * a text column of numbers separated by spaces or commas, optionally in brackets
+      ('0.1 0.2 0.3', RecBole's float_seq; '[0.1, 0.2, 0.3]', a list written by pandas), the
+      way CSV holds a vector in one cell;
+    * one numeric column per dimension (a wide CSV): every column besides the item id.
+
+    `column` names the list or text column; without it the table's only list or text column
+    besides `key` is taken, else all its other columns when every one is numeric. Raises
+    DataError naming what was found."""
     table.require(key)
-    schema = table.dataset.schema
-    if column is None:
-        lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
-                 or pa.types.is_large_list(f.type)]
-        if len(lists) != 1:
-            raise DataError(table.source, "needs exactly one vector column (a list of floats) besides the item id, found "
-                            f"{lists or 'none'}: name it as NAME=PATH:COLUMN")
-        column = lists[0]
-    table.require(column)
+    fields = {f.name: f.type for f in table.dataset.schema if f.name != key}
+    if column is not None:
+        table.require(column)
+        if not (_is_list(fields[column]) or _is_text(fields[column])):
+            raise DataError(table.source, f"the vector column holds {fields[column]}: give a list column, a text column "
+                            "of numbers ('0.1 0.2' or '[0.1, 0.2]'), or one numeric column per dimension "
+                            "without naming a column", column=column)
+        return [column]
+    vectors = [name for name, t in fields.items() if _is_list(t) or _is_text(t)]
+    if len(vectors) == 1:
+        return vectors
+    if not vectors and fields and all(_is_number(t) for t in fields.values()):
+        return list(fields)
+    found = ", ".join(f"{name} ({t})" for name, t in fields.items()) or "nothing"
+    raise DataError(table.source, f"needs one vector column besides the item id '{key}': a list column, a text column "
+                    f"of numbers ('0.1 0.2' or '[0.1, 0.2]'), or one numeric column per dimension; found {found}"
+                    + ("; name the vector column as NAME=PATH:COLUMN" if len(vectors) > 1 else ""))
+
+
+def _parsed_vectors(table: Table, text: pa.Array, offset: int, column: str) -> pa.Array:
+    """A text column of vectors ('0.1 0.2', '[0.1, 0.2]') as a list<float32> column."""
+    parts = pc.split_pattern_regex(pc.utf8_trim(text, "[] \t"), r"[\s,]+")
+    try:
+        return pc.cast(parts, pa.list_(pa.float32()))
+    except pa.ArrowInvalid:  # the first cell that is not numbers, named (only on the error path)
+        for i, cell in enumerate(parts.to_pylist()):
+            try:
+                [float(x) for x in cell or []]
+            except ValueError:
+                raise DataError(table.where(offset + i), f"{_show(text[i].as_py())} is not a vector of numbers "
+                                "(numbers separated by spaces or commas, optionally in brackets)", column=column) from None
+        raise
+
+
+def _vector_rows(table: Table, batch: pa.RecordBatch, columns: list[str], offset: int, d: int | None) -> np.ndarray:
+    """A batch's vectors (B, d) float32 from `vector_columns`' layout; `d`: the length every
+    earlier batch had (None for the first). Raises DataError at the first bad row."""
+    if len(columns) > 1 or _is_number(batch.column(columns[0]).type):  # one column per dimension
+        for col in columns:
+            arr = batch.column(col)
+            if not _is_number(arr.type):
+                raise DataError(table.source, f"holds {arr.type}, not numbers (one column per dimension)", column=col)
+            if arr.null_count:
+                i = _first(np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+                raise DataError(table.where(offset + i), "missing number", column=col)
+        return np.column_stack([np.asarray(batch.column(c).to_numpy(zero_copy_only=False), np.float32)
+                                for c in columns]).reshape(batch.num_rows, len(columns))
+    column = columns[0]
+    vec = batch.column(column)
+    if vec.null_count:
+        i = _first(np.asarray(vec.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+        raise DataError(table.where(offset + i), "missing vector", column=column)
+    if _is_text(vec.type):
+        vec = _parsed_vectors(table, vec, offset, column)
+    lengths = np.asarray(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
+    d = int(lengths[0]) if d is None and len(lengths) else d or 0
+    if (lengths != d).any() or d == 0:
+        i = _first(lengths != d) if (lengths != d).any() else 0
+        raise DataError(table.where(offset + i), f"vector of length {int(lengths[i])}, expected {d} (every vector "
+                        "has the same positive length)", column=column)
+    try:
+        flat = np.asarray(pc.cast(pc.list_flatten(vec), pa.float32()).to_numpy(zero_copy_only=False), np.float32)
+    except pa.ArrowException:
+        raise DataError(table.source, f"the vectors hold {vec.type.value_type}, not numbers", column=column) from None
+    return flat.reshape(-1, d)
+
+
+def features_from_table(table: Table, key: str, items: pa.Array, column: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(N, d) float32 from an (item id, vector) table in any of `vector_columns`' layouts, zero
+    rows where an item has none; which rows are present; rows dropped as unknown items."""
+    columns = vector_columns(table, key, column)
     n = len(items)
     out: np.ndarray | None = None
     present = np.zeros(n, bool)
     dropped = 0
     keyed = np.zeros(n, bool)
-    for offset, batch in table.batches([key, column]):
+    for offset, batch in table.batches([key, *columns]):
+        if batch.num_rows == 0:  # an empty file of a folder
+            continue
         code = lookup(items, token_array(id_tokens(table, batch.column(key), offset, key)))
         _refuse_repeats(table, code, keyed, offset, key, items)
-        vec = batch.column(column)
-        if not (pa.types.is_list(vec.type) or pa.types.is_fixed_size_list(vec.type) or pa.types.is_large_list(vec.type)):
-            raise DataError(table.source, f"the vector column holds {vec.type}, not a list of floats", column=column)
-        if vec.null_count:
-            i = _first(np.asarray(vec.is_null().to_numpy(zero_copy_only=False), dtype=bool))
-            raise DataError(table.where(offset + i), "missing vector", column=column)
-        lengths = np.asarray(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
-        d = int(lengths[0]) if out is None else out.shape[1]
-        if (lengths != d).any() or d == 0:
-            i = _first(lengths != d) if (lengths != d).any() else 0
-            raise DataError(table.where(offset + i), f"vector of length {int(lengths[i])}, expected {d} (every vector "
-                            "has the same positive length)", column=column)
-        try:
-            flat = np.asarray(pc.cast(pc.list_flatten(vec), pa.float32()).to_numpy(zero_copy_only=False), np.float32)
-        except pa.ArrowException:
-            raise DataError(table.source, f"the vectors hold {vec.type.value_type}, not numbers", column=column) from None
-        rows = flat.reshape(-1, d)
+        rows = _vector_rows(table, batch, columns, offset, None if out is None else out.shape[1])
         bad = ~np.isfinite(rows).all(1)
         if bad.any():
             i = _first(bad)
             c = _first(~np.isfinite(rows[i]))
-            raise DataError(table.where(offset + i), f"vector entry {c} is {rows[i, c]} (NaN or inf)", column=column)
+            name = columns[c] if len(columns) > 1 else columns[0]
+            raise DataError(table.where(offset + i), f"vector entry {c} is {rows[i, c]} (NaN or inf)", column=name)
         if out is None:
-            out = np.zeros((n, d), np.float32)
+            out = np.zeros((n, rows.shape[1]), np.float32)
         known = code >= 0
         out[code[known]] = rows[known]
         present[code[known]] = True
