@@ -425,13 +425,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_asked(ds, asked: list[str], spec: str | None):  # noqa: ANN001, ANN202
+    """`resolve_users`, and when --users split an id that holds a comma, the way to ask for it."""
+    from slifmr.recommend import resolve_users
+
+    try:
+        return resolve_users(ds, asked)
+    except SlifmrError as e:
+        whole = spec.strip() if spec and "," in spec else None
+        if whole is None:
+            raise
+        try:
+            resolve_users(ds, [whole])
+        except SlifmrError:
+            raise e from None
+        raise SlifmrError(f"{e}; '{whole}' is one user id: quote an id holding a comma, --users "
+                          f"'\"{whole}\"', or list ids one per line with --users-file") from None
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from slifmr.recommend import (
         format_recommendations,
         parse_user_list,
         read_user_file,
         recommend,
-        resolve_users,
         shortfall_note,
     )
 
@@ -464,7 +481,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
         users = ds.num_users
     else:
-        user_ids = resolve_users(ds, asked)
+        user_ids = _resolve_asked(ds, asked, args.users)
         recs = recommend(model, ds, user_ids, args.k)
         print(format_recommendations(ds, user_ids, recs))
         users, short = user_ids.numel(), int((recs.counts(user_ids) < args.k).sum())

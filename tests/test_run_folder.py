@@ -238,5 +238,7 @@ def test_every_user_id_that_imports_can_be_asked_for(tmp_path: Path, capsys: pyt
     assert code == 0, err
     listed = [ln.split()[2] for ln in out.splitlines() if ". item" in ln]
     assert listed == [i for u in ODD_IDS for i in expected[u]]
+    code, _, err = _run(["recommend", str(tmp_path / "run"), "--users", "Doe, Jane", "--k", "2"], capsys)
+    assert code == 2 and "unknown user id 'Doe'" in err and """'Doe, Jane' is one user id: quote""" in err
     code, _, err = _run(["recommend", str(tmp_path / "run"), "--users", '"Doe, Jane', "--k", "2"], capsys)
     assert code == 2 and "--users" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,386 @@
+"""Faults on a real multi-node Ray cluster built on this machine from network namespaces.
+
+Three Ray nodes (head 10.77.0.1, w1 10.77.0.2, w2 10.77.0.3), each in its own network
+namespace with its own address, joined by veth pairs to a bridge in a fourth namespace: no
+traffic leaves the namespaces this script makes. The nodes share this machine's disk, which
+plays the shared storage (NFS, EFS) that checkpoints and sweep state live on. Every job goes
+through `ray job submit` to the head's dashboard, as users submit theirs. Faults:
+
+    worker-node   SIGKILL every process of the node holding a training worker mid-epoch
+                  (`slifmr train --workers 2 --max-failures 2`): training resumes on the
+                  remaining nodes from the last checkpoint; its final metrics equal an
+                  uninterrupted 2-worker run's and every epoch is logged once.
+    link-cut      the link of a node holding a training worker goes down for LINK_CUT_S
+                  seconds (longer than Ray's node timeout): the job must end (recovered or
+                  failed) within JOB_LIMIT_S, never hang; the time it took is recorded.
+    head-sweep    SIGKILL every process of the head during `slifmr tune` (2 trials at once);
+                  the cluster is started again and `slifmr tune --resume` finishes the sweep:
+                  every trial ends, each epoch of each trial logged once.
+
+    python benchmarks/cluster_faults.py --out benchmarks/runs/cluster_faults     # all three
+    python benchmarks/cluster_faults.py --faults worker-node --out /tmp/cf
+
+Needs root (ip netns, veth, bridge). Writes benchmarks/results/cluster_faults.json (one row
+per fault: what was injected, when, what happened, seconds to recover, pass) and the
+CLUSTER_FAULTS section of benchmarks/RESULTS.md. Every namespace and process it made is removed
+on exit, however it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PREFIX = "slc"  # every namespace, link and temp folder this script makes starts with it
+SUBNET = "10.77.0"
+NODES = {"head": 1, "w1": 2, "w2": 3}  # node name -> last byte of its address
+GCS_PORT, DASHBOARD_PORT = 6379, 8265
+LINK_CUT_S = 90  # longer than Ray's node timeout (GCS health checks: 5 x 3 s periods, 10 s timeout)
+JOB_LIMIT_S = 600  # a job still running this long after a fault counts as hung
+TRAIN = ["--set", "model.embedding_dim=16", "--set", "model.k_corr=3", "--set", "model.k_mm=3",
+         "--set", "train.batch_size=256", "--set", "train.patience=100", "--set", "train.threads=1"]
+SWEEP = """variant: slifmr
+set: {model.embedding_dim: 16, model.k_corr: 3, model.k_mm: 3, train.batch_size: 256, train.threads: 1}
+metric: valid_recall@20
+mode: max
+samples: 4
+concurrency: 2
+workers_per_trial: 0
+search: random
+seed: 0
+scheduler: {type: asha, grace_period: 3, max_t: 6, reduction_factor: 2}
+space:
+  model.beta: {uniform: [0.1, 0.9]}
+  model.gamma: {loguniform: [0.02, 1.0]}
+"""
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {out.returncode}\n{(out.stdout + out.stderr)[-3000:]}")
+    return out
+
+
+def ns(node: str) -> str:
+    return f"{PREFIX}-{node}"
+
+
+def address(node: str) -> str:
+    return f"{SUBNET}.{NODES[node]}"
+
+
+class NetnsCluster:
+    """Ray nodes in network namespaces joined by a bridge namespace; `up`, faults, `down`."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.bridge = f"{PREFIX}-net"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+                    "PATH": f"{BIN}:{os.environ['PATH']}"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.temp_dir = f"/tmp/{PREFIX}ray"  # short: Ray's socket paths have a length limit
+
+    # --- network ---------------------------------------------------------------------------
+
+    def network(self) -> None:
+        self.teardown_network()
+        sh("ip", "netns", "add", self.bridge)
+        sh("ip", "-n", self.bridge, "link", "add", "name", "br0", "type", "bridge")
+        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for node in NODES:
+            sh("ip", "netns", "add", ns(node))
+            peer = f"{PREFIX}{node}"
+            sh("ip", "link", "add", "name", peer, "type", "veth", "peer", "name", f"{peer}x")
+            sh("ip", "link", "set", peer, "netns", self.bridge)
+            sh("ip", "link", "set", f"{peer}x", "netns", ns(node))
+            sh("ip", "-n", ns(node), "link", "set", f"{peer}x", "name", "eth0")
+            sh("ip", "-n", self.bridge, "link", "set", peer, "master", "br0")
+            sh("ip", "-n", self.bridge, "link", "set", peer, "up")
+            sh("ip", "-n", ns(node), "addr", "add", f"{address(node)}/24", "dev", "eth0")
+            sh("ip", "-n", ns(node), "link", "set", "eth0", "up")
+            sh("ip", "-n", ns(node), "link", "set", "lo", "up")
+
+    def cut(self, node: str, up: bool = False) -> None:
+        """Take `node`'s only link down (or up again): its processes live on, unreachable."""
+        sh("ip", "-n", self.bridge, "link", "set", f"{PREFIX}{node}", "up" if up else "down")
+
+    def teardown_network(self) -> None:
+        for name in [*(ns(n) for n in NODES), self.bridge]:
+            if Path(f"/run/netns/{name}").exists():
+                self.kill(name)
+                sh("ip", "netns", "del", name, check=False)
+
+    # --- Ray -------------------------------------------------------------------------------
+
+    def run_in(self, node: str, *cmd: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns(node), *cmd, timeout=timeout, env=self.env, check=check)
+
+    def start(self) -> None:
+        """Start Ray on every node (1 CPU each) and wait until the head sees them all."""
+        common = ["--num-cpus", "1", "--disable-usage-stats"]
+        self.run_in("head", str(BIN / "ray"), "start", "--head", "--node-ip-address", address("head"),
+                    "--port", str(GCS_PORT), "--dashboard-host", address("head"), "--dashboard-port",
+                    str(DASHBOARD_PORT), "--include-dashboard", "true", "--temp-dir", self.temp_dir, *common)
+        for node in NODES:
+            if node != "head":
+                self.run_in(node, str(BIN / "ray"), "start", "--address", f"{address('head')}:{GCS_PORT}",
+                            "--node-ip-address", address(node), *common)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = self.run_in("head", str(BIN / "ray"), "status", "--address", f"{address('head')}:{GCS_PORT}",
+                                 check=False, timeout=60)
+            if status.stdout.count("node_") >= len(NODES):
+                return
+            time.sleep(2)
+        raise RuntimeError(f"the cluster did not come up:\n{status.stdout[-2000:]}{status.stderr[-2000:]}")
+
+    def up(self) -> None:
+        self.network()
+        self.start()
+
+    def kill(self, name: str) -> int:
+        """SIGKILL every process of a namespace (a node losing power); returns how many."""
+        pids = [int(p) for p in sh("ip", "netns", "pids", name, check=False).stdout.split()]
+        procs = []
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                proc.kill()
+                procs.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=30)
+        return len(procs)
+
+    def node_of_train_worker(self) -> str | None:
+        """A non-head node running a Ray Train worker, or None."""
+        for node in NODES:
+            if node == "head":
+                continue
+            for pid in sh("ip", "netns", "pids", ns(node), check=False).stdout.split():
+                try:
+                    if "RayTrainWorker" in " ".join(psutil.Process(int(pid)).cmdline()):
+                        return node
+                except psutil.NoSuchProcess:
+                    continue
+        return None
+
+    def submit(self, *cmd: str, log: Path) -> subprocess.Popen:
+        """`ray job submit` of `cmd` from the head's namespace (blocking client in the background)."""
+        argv = ["ip", "netns", "exec", ns("head"), str(BIN / "ray"), "job", "submit", "--address",
+                f"http://{address('head')}:{DASHBOARD_PORT}", "--", *cmd]
+        return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def down(self) -> None:
+        self.teardown_network()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# --- the faults -------------------------------------------------------------------------------
+
+def _epochs(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _wait(proc: subprocess.Popen, limit: float) -> tuple[int | None, float]:
+    """(exit code or None when still running after `limit` s, seconds waited)."""
+    start = time.monotonic()
+    try:
+        return proc.wait(timeout=limit), time.monotonic() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return None, time.monotonic() - start
+
+
+def _wait_for(cond: Any, limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _train_cmd(data: Path, run: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "slifmr", "-q", "train", "--workers", "2", "--max-failures", "2", "--data", str(data),
+            "--out", str(run), "--epochs", str(epochs), *TRAIN]
+
+
+def fault_worker_node(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
+    """Reference run, then the same run with the node of a training worker killed mid-epoch."""
+    ref = cluster.submit(*_train_cmd(data, work / "reference", epochs), log=work / "reference.log")
+    code, ref_seconds = _wait(ref, JOB_LIMIT_S)
+    if code != 0:
+        raise RuntimeError(f"the reference run failed: {(work / 'reference.log').read_text()[-3000:]}")
+    run = work / "killed"
+    job = cluster.submit(*_train_cmd(data, run, epochs), log=work / "killed.log")
+    _wait_for(lambda: len(_epochs(run)) >= 2 and cluster.node_of_train_worker() is not None, 300,
+              "two epochs and a worker on a non-head node")
+    victim = cluster.node_of_train_worker()
+    at_epoch = len(_epochs(run)) + 1
+    killed = cluster.kill(ns(victim))
+    t_kill = time.monotonic()
+    code, _ = _wait(job, JOB_LIMIT_S)
+    recovered = time.monotonic() - t_kill
+    epochs_logged = _epochs(run)
+    same = None
+    if code == 0:
+        a, b = (json.loads((work / r / "results.json").read_text())["test"] for r in ("reference", "killed"))
+        same = max(abs(a[k] - b[k]) for k in a)
+    return {"fault": "worker-node", "injected": f"SIGKILL to the {killed} processes of node {victim} "
+            f"({address(victim)}) during epoch {at_epoch} of {epochs}", "exit": code, "seconds_after_fault": round(recovered, 1),
+            "reference_seconds": round(ref_seconds, 1), "epochs_logged": epochs_logged,
+            "each_epoch_once": epochs_logged == list(range(1, epochs + 1)), "max_test_metric_difference": same,
+            "passed": code == 0 and epochs_logged == list(range(1, epochs + 1)) and same is not None and same <= 1e-6}
+
+
+def fault_link_cut(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
+    """A worker's node unreachable for LINK_CUT_S s: the job ends (recovered or failed) in time."""
+    run = work / "cut"
+    job = cluster.submit(*_train_cmd(data, run, epochs), log=work / "cut.log")
+    _wait_for(lambda: len(_epochs(run)) >= 2 and cluster.node_of_train_worker() is not None, 300,
+              "two epochs and a worker on a non-head node")
+    victim = cluster.node_of_train_worker()
+    at_epoch = len(_epochs(run)) + 1
+    cluster.cut(victim)
+    t_cut = time.monotonic()
+    try:
+        code, _ = _wait(job, LINK_CUT_S)
+        if code is None:  # still running when the link comes back
+            cluster.cut(victim, up=True)
+            code, _ = _wait(job, JOB_LIMIT_S)
+    finally:
+        cluster.cut(victim, up=True)
+    ended = time.monotonic() - t_cut
+    epochs_logged = _epochs(run)
+    outcome = "hung (killed)" if code is None else "recovered" if code == 0 else f"failed (exit {code})"
+    return {"fault": "link-cut", "injected": f"link of node {victim} ({address(victim)}) down for {LINK_CUT_S} s "
+            f"from epoch {at_epoch} of {epochs}", "exit": code, "outcome": outcome, "seconds_after_fault": round(ended, 1),
+            "epochs_logged": epochs_logged,
+            "each_epoch_once": len(epochs_logged) == len(set(epochs_logged)),
+            "passed": code is not None and len(epochs_logged) == len(set(epochs_logged))
+            and (code != 0 or epochs_logged == list(range(1, epochs + 1)))}
+
+
+def fault_head_sweep(cluster: NetnsCluster, data: Path, work: Path) -> dict[str, Any]:
+    """The head killed during a sweep; a fresh cluster resumes it to the end."""
+    spec = work / "faultsweep.yaml"
+    spec.write_text(SWEEP)
+    storage = work / "sweeps"
+    sweep = storage / "faultsweep"
+    job = cluster.submit(sys.executable, "-m", "slifmr", "-q", "tune", str(spec), "--data", str(data), "--storage",
+                         str(storage), log=work / "sweep.log")
+
+    def some_trial_trained() -> bool:
+        return any(_epochs(r) for r in (sweep / "runs").glob("*")) if (sweep / "runs").exists() else False
+
+    _wait_for(some_trial_trained, 300, "a trial's first epoch")
+    killed = cluster.kill(ns("head"))
+    _wait(job, 60)
+    for node in NODES:  # the workers' raylets lost their GCS: the whole cluster is started again
+        cluster.kill(ns(node))
+    t_kill = time.monotonic()
+    cluster.start()
+    resumed = cluster.submit(sys.executable, "-m", "slifmr", "-q", "tune", "--resume", str(sweep),
+                             log=work / "sweep-resume.log")
+    code, _ = _wait(resumed, JOB_LIMIT_S)
+    seconds = time.monotonic() - t_kill
+    summary = json.loads((sweep / "sweep.json").read_text()) if (sweep / "sweep.json").exists() else {}
+    trials = {r.name: _epochs(r) for r in (sweep / "runs").glob("*") if r.is_dir()}
+    once = all(e == list(range(1, len(e) + 1)) for e in trials.values())
+    return {"fault": "head-sweep", "injected": f"SIGKILL to the {killed} processes of the head during the sweep",
+            "exit": code, "seconds_after_fault": round(seconds, 1), "trials": summary.get("trials"),
+            "errored": summary.get("errored"), "epochs_per_trial": {k: len(v) for k, v in trials.items()},
+            "each_epoch_once": once,
+            "passed": code == 0 and summary.get("trials") == 4 and summary.get("errored") == 0 and once}
+
+
+FAULTS = ("worker-node", "link-cut", "head-sweep")
+
+
+def write_results(rows: list[dict[str, Any]], command: str) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB"
+    out = ROOT / "benchmarks" / "results" / "cluster_faults.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "machine": machine, "nodes": {n: address(n) for n in NODES},
+                               "cpus_per_node": 1, "link_cut_seconds": LINK_CUT_S, "rows": rows}, indent=2))
+    lines = ["<!-- CLUSTER_FAULTS START -->", "## Faults on a multi-node cluster in network namespaces (issue 31)", "",
+             f"Command: `{command}`  ", f"Machine: {machine}; 3 Ray nodes (1 CPU each) in their own network namespaces "
+             "(10.77.0.1-3, veth pairs to a bridge namespace), jobs through `ray job submit`, the local disk as shared "
+             "storage.", "", "| fault | injected | outcome | seconds after the fault | epochs logged | passed |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        outcome = r.get("outcome") or ("finished" if r["exit"] == 0 else f"exit {r['exit']}")
+        if r.get("max_test_metric_difference") is not None:
+            outcome += f"; test metrics vs uninterrupted: max difference {r['max_test_metric_difference']:.1e}"
+        if r["fault"] == "head-sweep":
+            outcome += f"; {r['trials']} trials, {r['errored']} errored"
+        logged = r["epochs_logged"] if "epochs_logged" in r else r["epochs_per_trial"]
+        lines.append(f"| {r['fault']} | {r['injected']} | {outcome} | {r['seconds_after_fault']} | {logged} | "
+                     f"{'yes' if r['passed'] else 'NO'} |")
+    lines.append("<!-- CLUSTER_FAULTS END -->")
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    text = results.read_text()
+    block = "\n".join(lines)
+    if "<!-- CLUSTER_FAULTS START -->" in text:
+        head, rest = text.split("<!-- CLUSTER_FAULTS START -->", 1)
+        text = head + block + rest.split("<!-- CLUSTER_FAULTS END -->", 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    results.write_text(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/runs/cluster_faults", help="work folder (the shared storage)")
+    p.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
+    p.add_argument("--epochs", type=int, default=8)
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root: ip netns, veth pairs and a bridge")
+    work = Path(args.out).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data = work / "data"
+    sh(str(BIN / "slifmr"), "-q", "data", "synth", "--users", "400", "--items", "200", "--interactions", "8000",
+       "--out", str(data))
+    cluster = NetnsCluster(work)
+    rows = []
+    try:
+        cluster.up()
+        print(f"cluster up: {', '.join(f'{n} {address(n)}' for n in NODES)}", flush=True)
+        for fault in args.faults:
+            if fault == "worker-node":
+                row = fault_worker_node(cluster, data, work, args.epochs)
+            elif fault == "link-cut":
+                row = fault_link_cut(cluster, data, work, args.epochs)
+            else:
+                row = fault_head_sweep(cluster, data, work)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if fault != args.faults[-1]:  # the next fault starts on a whole cluster
+                cluster.down()
+                cluster.up()
+    finally:
+        cluster.down()
+    write_results(rows, "python benchmarks/cluster_faults.py " + " ".join(sys.argv[1:]))
+    return 0 if rows and all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
