@@ -90,7 +90,10 @@ class NetnsCluster:
         self.work = work
         self.bridge = f"{PREFIX}-net"
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-                    "PATH": f"{BIN}:{os.environ['PATH']}"}
+                    "PATH": f"{BIN}:{os.environ['PATH']}",
+                    # gloo binds the address the host name resolves to (127.0.0.1 here, as on many
+                    # machines with several interfaces): the workers must use the node's own link
+                    "GLOO_SOCKET_IFNAME": "eth0"}
         self.env.pop("RAY_ADDRESS", None)
         self.temp_dir = f"/tmp/{PREFIX}ray"  # short: Ray's socket paths have a length limit
 

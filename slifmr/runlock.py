@@ -21,6 +21,8 @@ import fcntl
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -78,3 +80,18 @@ class RunLock:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+@contextmanager
+def exclusive(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Wait for, then hold, an exclusive flock on `lock_file` (created, with its folder) for the
+    body: a shared resource two processes could create at once (a sqlite store, a cached
+    dataset) is created by one while the others wait, then found made."""
+    path = Path(lock_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock

@@ -31,7 +31,6 @@ run id kept in RUN_DIR/tracking.json).
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import json
 import netrc
@@ -49,6 +48,7 @@ from slifmr import log
 from slifmr.atomic import write_text
 from slifmr.config import Config, flatten_config
 from slifmr.errors import SlifmrError
+from slifmr.runlock import exclusive
 
 # how long an MLflow server may take to answer the check before a run starts
 SERVER_CHECK_SECONDS = 5.0
@@ -158,14 +158,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     if urlsplit(uri).scheme != "sqlite":
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(uri.removeprefix("sqlite:///") + ".lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _client(uri: str) -> Any:

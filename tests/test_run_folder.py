@@ -242,3 +242,31 @@ def test_every_user_id_that_imports_can_be_asked_for(tmp_path: Path, capsys: pyt
     assert code == 2 and "unknown user id 'Doe'" in err and """'Doe, Jane' is one user id: quote""" in err
     code, _, err = _run(["recommend", str(tmp_path / "run"), "--users", '"Doe, Jane', "--k", "2"], capsys)
     assert code == 2 and "--users" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cache_two_processes_build_at_once_is_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `slifmr train` without --data on a fresh cache: one builds ml-100k, the other waits
+    and finds it made (flock on separate descriptors excludes threads as it does processes)."""
+    import threading
+
+    from slifmr.data import ml100k
+    from slifmr.data.format import write_dataset
+
+    from conftest import tiny
+
+    builds = []
+
+    def slow_build(root: Path, out: Path, text: bool) -> Path:
+        builds.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other caller to arrive while it builds
+        return write_dataset(tiny(), out)
+
+    monkeypatch.setattr(ml100k, "_build", slow_build)
+    got: list[Path] = []
+    callers = [threading.Thread(target=lambda: got.append(ml100k.prepare_ml100k(tmp_path))) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(builds) == 1 and len(got) == 2 and got[0] == got[1]
+    assert read_dataset(got[0]).num_users == 60

