@@ -169,25 +169,51 @@ class NetnsCluster:
         psutil.wait_procs(procs, timeout=30)
         return len(procs)
 
+    def ray_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A `ray` command from the head's namespace against the head's dashboard."""
+        cut = args.index("--") if "--" in args else len(args)  # the options go before a job's entrypoint
+        return self.run_in("head", str(BIN / "ray"), *args[:cut], "--address", f"http://{address('head')}:{DASHBOARD_PORT}",
+                           *args[cut:], timeout=timeout, check=False)
+
     def node_of_train_worker(self) -> str | None:
-        """A non-head node running a Ray Train worker, or None."""
+        """A non-head node running a live Ray Train worker actor, or None: the actors' pids from
+        Ray's state API, found among the namespaces' processes (one PID namespace for all)."""
+        actors = self.ray_cli("list", "actors", "-f", "class_name=RayTrainWorker", "-f", "state=ALIVE", "--detail",
+                              "--format", "json")
+        try:
+            pids = {str(a["pid"]) for a in json.loads(actors.stdout)}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
         for node in NODES:
-            if node == "head":
-                continue
-            for pid in sh("ip", "netns", "pids", ns(node), check=False).stdout.split():
-                try:
-                    if "RayTrainWorker" in " ".join(psutil.Process(int(pid)).cmdline()):
-                        return node
-                except psutil.NoSuchProcess:
-                    continue
+            if node != "head" and pids & set(sh("ip", "netns", "pids", ns(node), check=False).stdout.split()):
+                return node
         return None
 
-    def submit(self, *cmd: str, log: Path) -> subprocess.Popen:
-        """`ray job submit` of `cmd` from the head's namespace (blocking client in the background)."""
-        argv = ["ip", "netns", "exec", ns("head"), str(BIN / "ray"), "job", "submit", "--address",
-                f"http://{address('head')}:{DASHBOARD_PORT}", "--", *cmd]
-        return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
+    def submit(self, name: str, *cmd: str) -> str:
+        """`ray job submit --no-wait` of `cmd` from the head's namespace; returns the job's id."""
+        job_id = f"{name}-{int(time.time() * 1000)}"
+        out = self.ray_cli("job", "submit", "--no-wait", "--submission-id", job_id, "--", *cmd)
+        if out.returncode != 0:
+            raise RuntimeError(f"ray job submit failed: {(out.stdout + out.stderr)[-2000:]}")
+        return job_id
+
+    def wait_job(self, job_id: str, limit: float, log: Path | None = None) -> tuple[str | None, float]:
+        """(SUCCEEDED / FAILED / STOPPED, or None when still running after `limit` s; seconds
+        waited). The job's logs go to `log`."""
+        start = time.monotonic()
+        status = None
+        while time.monotonic() - start < limit:
+            out = self.ray_cli("job", "status", job_id)
+            text = out.stdout + out.stderr
+            found = [w for w in ("SUCCEEDED", "FAILED", "STOPPED")
+                     if f"'{job_id}': {w}" in text or f"Job '{job_id}' {w.lower()}" in text]
+            if found:
+                status = found[0]
+                break
+            time.sleep(2)
+        if log is not None:
+            log.write_text(self.ray_cli("job", "logs", job_id).stdout)
+        return status, time.monotonic() - start
 
     def down(self) -> None:
         self.teardown_network()
@@ -199,16 +225,6 @@ class NetnsCluster:
 def _epochs(run: Path) -> list[int]:
     path = run / "metrics.jsonl"
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _wait(proc: subprocess.Popen, limit: float) -> tuple[int | None, float]:
-    """(exit code or None when still running after `limit` s, seconds waited)."""
-    start = time.monotonic()
-    try:
-        return proc.wait(timeout=limit), time.monotonic() - start
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return None, time.monotonic() - start
 
 
 def _wait_for(cond: Any, limit: float, what: str) -> None:
@@ -224,60 +240,74 @@ def _train_cmd(data: Path, run: Path, epochs: int) -> list[str]:
             "--out", str(run), "--epochs", str(epochs), *TRAIN]
 
 
+def _mid_training(cluster: NetnsCluster, run: Path) -> tuple[str, int]:
+    """Wait for two logged epochs and a training worker on a non-head node: (that node, the
+    epoch now running)."""
+    found: list[str] = []
+
+    def ready() -> bool:
+        node = cluster.node_of_train_worker() if len(_epochs(run)) >= 2 else None
+        found[:] = [node] if node else []
+        return bool(found)
+
+    _wait_for(ready, 300, "two epochs and a training worker on a non-head node")
+    return found[0], len(_epochs(run)) + 1
+
+
 def fault_worker_node(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
     """Reference run, then the same run with the node of a training worker killed mid-epoch."""
-    ref = cluster.submit(*_train_cmd(data, work / "reference", epochs), log=work / "reference.log")
-    code, ref_seconds = _wait(ref, JOB_LIMIT_S)
-    if code != 0:
-        raise RuntimeError(f"the reference run failed: {(work / 'reference.log').read_text()[-3000:]}")
+    status, ref_seconds = cluster.wait_job(cluster.submit("reference", *_train_cmd(data, work / "reference", epochs)),
+                                           JOB_LIMIT_S, work / "reference.log")
+    if status != "SUCCEEDED":
+        raise RuntimeError(f"the reference run ended {status}: {(work / 'reference.log').read_text()[-3000:]}")
     run = work / "killed"
-    job = cluster.submit(*_train_cmd(data, run, epochs), log=work / "killed.log")
-    _wait_for(lambda: len(_epochs(run)) >= 2 and cluster.node_of_train_worker() is not None, 300,
-              "two epochs and a worker on a non-head node")
-    victim = cluster.node_of_train_worker()
-    at_epoch = len(_epochs(run)) + 1
+    job = cluster.submit("killed", *_train_cmd(data, run, epochs))
+    victim, at_epoch = _mid_training(cluster, run)
     killed = cluster.kill(ns(victim))
-    t_kill = time.monotonic()
-    code, _ = _wait(job, JOB_LIMIT_S)
-    recovered = time.monotonic() - t_kill
+    status, recovered = cluster.wait_job(job, JOB_LIMIT_S, work / "killed.log")
     epochs_logged = _epochs(run)
     same = None
-    if code == 0:
+    if status == "SUCCEEDED":
         a, b = (json.loads((work / r / "results.json").read_text())["test"] for r in ("reference", "killed"))
         same = max(abs(a[k] - b[k]) for k in a)
     return {"fault": "worker-node", "injected": f"SIGKILL to the {killed} processes of node {victim} "
-            f"({address(victim)}) during epoch {at_epoch} of {epochs}", "exit": code, "seconds_after_fault": round(recovered, 1),
+            f"({address(victim)}), a training worker's, during epoch {at_epoch} of {epochs}",
+            "outcome": "recovered" if status == "SUCCEEDED" else str(status), "seconds_after_fault": round(recovered, 1),
             "reference_seconds": round(ref_seconds, 1), "epochs_logged": epochs_logged,
             "each_epoch_once": epochs_logged == list(range(1, epochs + 1)), "max_test_metric_difference": same,
-            "passed": code == 0 and epochs_logged == list(range(1, epochs + 1)) and same is not None and same <= 1e-6}
+            "passed": status == "SUCCEEDED" and epochs_logged == list(range(1, epochs + 1)) and same is not None
+            and same <= 1e-6}
 
 
 def fault_link_cut(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
-    """A worker's node unreachable for LINK_CUT_S s: the job ends (recovered or failed) in time."""
+    """A training worker's node unreachable for LINK_CUT_S s: the job ends (recovered or
+    failed) within JOB_LIMIT_S of the cut, never hangs."""
     run = work / "cut"
-    job = cluster.submit(*_train_cmd(data, run, epochs), log=work / "cut.log")
-    _wait_for(lambda: len(_epochs(run)) >= 2 and cluster.node_of_train_worker() is not None, 300,
-              "two epochs and a worker on a non-head node")
-    victim = cluster.node_of_train_worker()
-    at_epoch = len(_epochs(run)) + 1
+    job = cluster.submit("cut", *_train_cmd(data, run, epochs))
+    victim, at_epoch = _mid_training(cluster, run)
     cluster.cut(victim)
-    t_cut = time.monotonic()
     try:
-        code, _ = _wait(job, LINK_CUT_S)
-        if code is None:  # still running when the link comes back
-            cluster.cut(victim, up=True)
-            code, _ = _wait(job, JOB_LIMIT_S)
+        status, waited = cluster.wait_job(job, LINK_CUT_S)
     finally:
         cluster.cut(victim, up=True)
-    ended = time.monotonic() - t_cut
+    if status is None:
+        status, more = cluster.wait_job(job, JOB_LIMIT_S - LINK_CUT_S)
+        waited += more
+    cluster.wait_job(job, 0, work / "cut.log")
+    if status is None:
+        cluster.ray_cli("job", "stop", job)
     epochs_logged = _epochs(run)
-    outcome = "hung (killed)" if code is None else "recovered" if code == 0 else f"failed (exit {code})"
-    return {"fault": "link-cut", "injected": f"link of node {victim} ({address(victim)}) down for {LINK_CUT_S} s "
-            f"from epoch {at_epoch} of {epochs}", "exit": code, "outcome": outcome, "seconds_after_fault": round(ended, 1),
-            "epochs_logged": epochs_logged,
+    outcome = {"SUCCEEDED": "recovered", None: f"hung (stopped after {JOB_LIMIT_S} s)"}.get(status, f"job {status}")
+    same = None
+    if status == "SUCCEEDED" and (work / "reference" / "results.json").exists():  # the worker-node fault's reference
+        a, b = (json.loads((work / r / "results.json").read_text())["test"] for r in ("reference", "cut"))
+        same = max(abs(a[k] - b[k]) for k in a)
+    return {"fault": "link-cut", "injected": f"link of node {victim} ({address(victim)}), a training worker's, down "
+            f"for {LINK_CUT_S} s from epoch {at_epoch} of {epochs}", "outcome": outcome,
+            "seconds_after_fault": round(waited, 1), "epochs_logged": epochs_logged, "max_test_metric_difference": same,
             "each_epoch_once": len(epochs_logged) == len(set(epochs_logged)),
-            "passed": code is not None and len(epochs_logged) == len(set(epochs_logged))
-            and (code != 0 or epochs_logged == list(range(1, epochs + 1)))}
+            "passed": status is not None and len(epochs_logged) == len(set(epochs_logged))
+            and (status != "SUCCEEDED" or epochs_logged == list(range(1, epochs + 1)))}
 
 
 def fault_head_sweep(cluster: NetnsCluster, data: Path, work: Path) -> dict[str, Any]:
@@ -286,31 +316,31 @@ def fault_head_sweep(cluster: NetnsCluster, data: Path, work: Path) -> dict[str,
     spec.write_text(SWEEP)
     storage = work / "sweeps"
     sweep = storage / "faultsweep"
-    job = cluster.submit(sys.executable, "-m", "slifmr", "-q", "tune", str(spec), "--data", str(data), "--storage",
-                         str(storage), log=work / "sweep.log")
+    cluster.submit("sweep", sys.executable, "-m", "slifmr", "-q", "tune", str(spec), "--data", str(data),
+                   "--storage", str(storage))
 
-    def some_trial_trained() -> bool:
-        return any(_epochs(r) for r in (sweep / "runs").glob("*")) if (sweep / "runs").exists() else False
+    def trained() -> dict[str, int]:
+        return {r.name: len(_epochs(r)) for r in (sweep / "runs").glob("*") if r.is_dir()} if (sweep / "runs").exists() else {}
 
-    _wait_for(some_trial_trained, 300, "a trial's first epoch")
+    _wait_for(lambda: any(trained().values()), 300, "a trial's first epoch")
+    at_kill = trained()
     killed = cluster.kill(ns("head"))
-    _wait(job, 60)
+    t_kill = time.monotonic()
     for node in NODES:  # the workers' raylets lost their GCS: the whole cluster is started again
         cluster.kill(ns(node))
-    t_kill = time.monotonic()
     cluster.start()
-    resumed = cluster.submit(sys.executable, "-m", "slifmr", "-q", "tune", "--resume", str(sweep),
-                             log=work / "sweep-resume.log")
-    code, _ = _wait(resumed, JOB_LIMIT_S)
+    job = cluster.submit("resume", sys.executable, "-m", "slifmr", "-q", "tune", "--resume", str(sweep))
+    status, _ = cluster.wait_job(job, JOB_LIMIT_S, work / "sweep-resume.log")
     seconds = time.monotonic() - t_kill
     summary = json.loads((sweep / "sweep.json").read_text()) if (sweep / "sweep.json").exists() else {}
     trials = {r.name: _epochs(r) for r in (sweep / "runs").glob("*") if r.is_dir()}
     once = all(e == list(range(1, len(e) + 1)) for e in trials.values())
-    return {"fault": "head-sweep", "injected": f"SIGKILL to the {killed} processes of the head during the sweep",
-            "exit": code, "seconds_after_fault": round(seconds, 1), "trials": summary.get("trials"),
-            "errored": summary.get("errored"), "epochs_per_trial": {k: len(v) for k, v in trials.items()},
-            "each_epoch_once": once,
-            "passed": code == 0 and summary.get("trials") == 4 and summary.get("errored") == 0 and once}
+    return {"fault": "head-sweep", "injected": f"SIGKILL to the {killed} processes of the head during the sweep "
+            f"(epochs of each trial then: {sorted(at_kill.values(), reverse=True)})",
+            "outcome": f"resumed: {summary.get('trials')} trials, {summary.get('errored')} errored"
+            if status == "SUCCEEDED" else f"resume job {status}", "seconds_after_fault": round(seconds, 1),
+            "epochs_logged": {k: len(v) for k, v in sorted(trials.items())}, "each_epoch_once": once,
+            "passed": status == "SUCCEEDED" and summary.get("trials") == 4 and summary.get("errored") == 0 and once}
 
 
 FAULTS = ("worker-node", "link-cut", "head-sweep")
@@ -328,13 +358,10 @@ def write_results(rows: list[dict[str, Any]], command: str) -> None:
              "storage.", "", "| fault | injected | outcome | seconds after the fault | epochs logged | passed |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        outcome = r.get("outcome") or ("finished" if r["exit"] == 0 else f"exit {r['exit']}")
+        outcome = r["outcome"]
         if r.get("max_test_metric_difference") is not None:
-            outcome += f"; test metrics vs uninterrupted: max difference {r['max_test_metric_difference']:.1e}"
-        if r["fault"] == "head-sweep":
-            outcome += f"; {r['trials']} trials, {r['errored']} errored"
-        logged = r["epochs_logged"] if "epochs_logged" in r else r["epochs_per_trial"]
-        lines.append(f"| {r['fault']} | {r['injected']} | {outcome} | {r['seconds_after_fault']} | {logged} | "
+            outcome += f"; test metrics vs an uninterrupted run: max difference {r['max_test_metric_difference']:.1e}"
+        lines.append(f"| {r['fault']} | {r['injected']} | {outcome} | {r['seconds_after_fault']} | {r['epochs_logged']} | "
                      f"{'yes' if r['passed'] else 'NO'} |")
     lines.append("<!-- CLUSTER_FAULTS END -->")
     results = ROOT / "benchmarks" / "RESULTS.md"
@@ -360,10 +387,12 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data = work / "data"
-    sh(str(BIN / "slifmr"), "-q", "data", "synth", "--users", "400", "--items", "200", "--interactions", "8000",
+    # a few seconds an epoch with 2 workers here, so that faults land inside an epoch
+    sh(str(BIN / "slifmr"), "-q", "data", "synth", "--users", "3000", "--items", "800", "--interactions", "80000",
        "--out", str(data))
     cluster = NetnsCluster(work)
     rows = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` removes the namespaces
     try:
         cluster.up()
         print(f"cluster up: {', '.join(f'{n} {address(n)}' for n in NODES)}", flush=True)

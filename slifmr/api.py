@@ -201,6 +201,8 @@ def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Pa
     if data is not None:
         settings.append(("data", str(data)))
     cfg = load_config(config, variant, settings=settings, preset=preset)
+    if cfg.train.tracking_uri and cfg.train.tracker != "mlflow":  # as `slifmr train --tracking-uri` is refused
+        raise SlifmrError(f"tracking_uri applies to tracker='mlflow' (the tracker is {cfg.train.tracker})")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     run_dir = Path(out) if out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,14 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(SlifmrError, match="is not a run folder"):
         slifmr.load_run(tmp_path)
     assert set(slifmr.__all__) >= {"train", "load_run", "Run"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tracking_uri": "file:/tmp/x"}, "tracking_uri applies to tracker='mlflow' (the tracker is none)"),
+    ({"tracker": "tensorboard", "tracking_uri": "file:/tmp/x"}, "(the tracker is tensorboard)"),
+])
+def test_keywords_that_would_have_no_effect_are_refused(kwargs: dict, message: str, tiny_path: Path,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(SlifmrError, match=re.escape(message)):
+        slifmr.train(data=tiny_path, out=tmp_path / "run", epochs=1, **kwargs)
+    assert not (tmp_path / "run").exists()

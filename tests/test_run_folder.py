@@ -249,10 +249,10 @@ def test_a_cache_two_processes_build_at_once_is_built_once(tmp_path: Path, monke
     and finds it made (flock on separate descriptors excludes threads as it does processes)."""
     import threading
 
+    from conftest import tiny
+
     from slifmr.data import ml100k
     from slifmr.data.format import write_dataset
-
-    from conftest import tiny
 
     builds = []
 
