@@ -85,15 +85,18 @@ class Run:
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Full-ranking metrics of the best model on "valid" or "test" (architecture.md §3):
-        {"recall@20": ..., "ndcg@20": ..., "mrr@20": ..., "coverage@20": ...} at train.topk."""
+    def evaluate(self, split: str = "test", k: int | Sequence[int] | None = None) -> dict[str, float]:
+        """Full-ranking metrics of the best model on "valid" or "test" over every user
+        (architecture.md §3): {"recall@20": ..., "ndcg@20": ..., "mrr@20": ..., "coverage@20": ...}
+        at each K of `k` (an int or a list; default: the run's train.topk). Raises SlifmrError
+        for another split or a K that is not a positive integer."""
         from slifmr.data.format import TEST, VALID
-        from slifmr.evaluation import Evaluator
+        from slifmr.evaluation import Evaluator, cutoffs
 
         if split not in ("valid", "test"):
             raise SlifmrError(f"split must be 'valid' or 'test', got {split!r}")
-        ev = Evaluator(self.dataset, self.config.train.topk, self.config.train.eval_chunk)
+        ks = cutoffs(k) if k is not None else self.config.train.topk
+        ev = Evaluator(self.dataset, ks, self.config.train.eval_chunk)
         return ev.evaluate(self.model.full_scores, VALID if split == "valid" else TEST)
 
     def recommend(self, users: Sequence[str] | str, k: int = 10) -> pa.Table:

@@ -323,11 +323,12 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
 # train.seed draws the train.eval_users sample
 _CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
                        "train.seed", "train.threads")
-CLOSED_FORM_KEYS = {"ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k")}
+CLOSED_FORM_KEYS = {"ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k"),
+                    "pop": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2")}
 
 
 def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
-    """A closed-form variant (ease, cooc_ridge): the options of gradient training do not apply."""
+    """A closed-form variant (ease, cooc_ridge, pop): the options of gradient training do not apply."""
     from slifmr.config import flatten_config, parse_override, read_config_file
 
     if args.resume:
@@ -418,9 +419,23 @@ def _changes(before, after) -> list[str]:  # noqa: ANN001
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from slifmr.api import load_run
+    from slifmr.evaluation import cutoffs
 
+    ks = cutoffs(args.k) if args.k else None
     run = load_run(args.run_dir)
-    out = {"run": str(run.path), "best_epoch": run.best_epoch, "valid": run.evaluate("valid"), "test": run.evaluate("test")}
+    out = {"run": str(run.path), "best_epoch": run.best_epoch, "valid": run.evaluate("valid", ks),
+           "test": run.evaluate("test", ks)}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_evaluate_recs(args: argparse.Namespace) -> int:
+    from slifmr.data.format import read_dataset
+    from slifmr.evaluate_recs import evaluate_recommendations
+    from slifmr.evaluation import cutoffs
+
+    ks = cutoffs(args.k)
+    out = evaluate_recommendations(args.recs, read_dataset(args.data), ks, args.split)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -560,9 +575,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _tracking_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = _sub(sub, "evaluate", "re-evaluate the best model of a run (validation and test)", "slifmr evaluate runs/slifmr")
+    p = _sub(sub, "evaluate", "re-evaluate the best model of a run (validation and test, every user)",
+             "slifmr evaluate runs/slifmr\n  slifmr evaluate runs/slifmr --k 5,10,50")
     p.add_argument("run_dir")
+    p.add_argument("--k", help="cut-offs K, e.g. 5,10,50 (default: the run's train.topk)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = _sub(sub, "evaluate-recs", "score any system's recommendations (user, item, rank or score) with slifmr's "
+             "metrics on a dataset's split", "slifmr evaluate-recs recs.parquet --data data/mine --k 10,20")
+    p.add_argument("recs", help="Parquet or CSV table (or a folder) with columns user, item and rank (1 = best) "
+                   "or score (higher = better); raw ids as in the dataset's source")
+    p.add_argument("--data", required=True, help="the dataset folder whose split scores them")
+    p.add_argument("--k", default="10,20", help="cut-offs K (default 10,20)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.set_defaults(func=_cmd_evaluate_recs)
 
     p = _sub(sub, "recommend", "top-K items for some users, or for every user into Parquet (on Ray Data with --workers)",
              "slifmr recommend runs/slifmr --users 196,186 --k 10\n"

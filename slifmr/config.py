@@ -86,7 +86,7 @@ class ModelConfig:
     sc_max_items: int = 256  # InfoNCE over at most this many batch items (cost grows with its square)
     lambda_reg: float = 1e-4
     lambda_kg: float = 0.0  # TransR KG loss (off by default)
-    # closed-form variants (ease, cooc_ridge): the ridge weights tried, the best chosen on validation (Steck 2019)
+    # closed-form variants (ease, cooc_ridge; pop has none): the ridge weights tried, the best chosen on validation (Steck 2019)
     ease_l2: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0])
 
 
@@ -174,6 +174,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ease": {},
     # EASE restricted to each item's model.ridge_k most co-occurring items (slifmr/model/cooc_ridge.py)
     "cooc_ridge": {},
+    # the most-popular baseline (slifmr/model/popularity.py)
+    "pop": {},
     "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
@@ -192,8 +194,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "scale": {"train.sampling": "history", "model.knn": "approx", "train.eval_users": 10000},
 }
 
-# variants solved in closed form for each ridge weight of model.ease_l2, not trained by gradient
-CLOSED_FORM = ("ease", "cooc_ridge")
+# variants solved in closed form (for each ridge weight of model.ease_l2 where they have one),
+# not trained by gradient
+CLOSED_FORM = ("ease", "cooc_ridge", "pop")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

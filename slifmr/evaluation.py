@@ -53,8 +53,11 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor
     # float64 sums: they are added over chunks and workers, and must not depend on the order
     scores, truth, n_true = scores[keep], truth[keep], n_true[keep].double()
     kmax = min(max(ks), scores.shape[1])
-    top = torch.topk(scores, kmax, dim=1).indices
-    hits = truth.gather(1, top).double()  # (B, kmax)
+    top_values, top = torch.topk(scores, kmax, dim=1)
+    # an item scored -inf is not recommended (seen, or left off an external list): a user with
+    # fewer than K such items has a shorter list, and it never counts as a hit
+    listed = (top_values > -math.inf).double()
+    hits = truth.gather(1, top).double() * listed  # (B, kmax)
     ranks = torch.arange(1, kmax + 1, dtype=torch.float64, device=scores.device)
     discount = 1.0 / torch.log2(ranks + 1)
     out = {"users": torch.tensor(float(keep.sum()), dtype=torch.float64)}
@@ -70,12 +73,30 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor
         out[f"mrr@{k}"] = (hits[:, :kk] / ranks[:kk]).amax(1).sum() if kk else torch.tensor(0.0, dtype=torch.float64)
         precision_at = torch.cumsum(hits[:, :kk], 1) / ranks[:kk]
         out[f"map@{k}"] = ((precision_at * hits[:, :kk]).sum(1) / n_true.clamp_max(k)).sum()
+        shown = listed[:, :kk]
+        count = shown.sum(1).clamp_min(1.0)
         if popularity is not None:
-            out[f"arp@{k}"] = popularity.double()[top[:, :kk]].mean(1).sum()
+            out[f"arp@{k}"] = ((popularity.double()[top[:, :kk]] * shown).sum(1) / count).sum()
         if tail is not None:
-            out[f"tail@{k}"] = tail[top[:, :kk]].double().mean(1).sum()
-        out[f"items@{k}"] = torch.bincount(top[:, :kk].reshape(-1), minlength=scores.shape[1]).double()
+            out[f"tail@{k}"] = ((tail[top[:, :kk]].double() * shown).sum(1) / count).sum()
+        out[f"items@{k}"] = torch.bincount(top[:, :kk].reshape(-1), weights=shown.reshape(-1),
+                                           minlength=scores.shape[1]).double()
     return out
+
+
+def cutoffs(k: int | str | Iterable[int]) -> list[int]:
+    """The cut-offs K asked for: 20, [5, 10, 50] or "5,10,50" -> distinct positive ints,
+    ascending. Raises SlifmrError otherwise."""
+    from slifmr.errors import SlifmrError
+
+    try:
+        ks = [int(p) for p in k.split(",") if p.strip()] if isinstance(k, str) else \
+            [int(k)] if isinstance(k, int) else [int(x) for x in k]
+    except (TypeError, ValueError):
+        raise SlifmrError(f"K must be positive integers such as 5,10,50, got {k!r}") from None
+    if not ks or min(ks) <= 0 or len(set(ks)) != len(ks):
+        raise SlifmrError(f"K must be distinct positive integers such as 5,10,50, got {k!r}")
+    return sorted(ks)
 
 
 def long_tail(popularity: Tensor, head_share: float = HEAD_SHARE) -> Tensor:

@@ -96,8 +96,8 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
     if Path(out).exists():
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     if run.config.variant in CLOSED_FORM:
-        raise SlifmrError(f"variant {run.config.variant} scores with an item-item matrix, not embeddings: there is "
-                          "nothing to index (serve it with slifmr recommend --all)")
+        raise SlifmrError(f"variant {run.config.variant} scores without embeddings (an item-item matrix or item "
+                          "counts): there is nothing to index (serve it with slifmr recommend --all)")
     about = {"run": str(run.path.resolve()), "variant": run.config.variant, "best_epoch": run.best_epoch,
              "valid": run.results.get("valid") if (run.path / "results.json").exists() else None}
     return export_representations(run.dataset, run.model, out, about, k, exact_limit)

@@ -8,8 +8,11 @@ process (`train.tracker`; a Tune trial is a run of its own, so each trial is one
                   `train.tracking_experiment`, at `train.tracking_uri` (default: sqlite at
                   RUN_DIR/../mlflow.db, artifacts beside it in mlartifacts/); a file: URI is
                   MLflow's file store, which MLflow 3 keeps in maintenance mode, so choosing one
-                  opts in to it (MLFLOW_ALLOW_FILE_STORE). At the end config.yaml and
-                  results.json are logged as the run's artifacts.
+                  opts in to it (MLFLOW_ALLOW_FILE_STORE). At the end config.yaml,
+                  results.json and the run's curves.png are logged as its artifacts; a resume
+                  that changes runtime keys records them as tags resumed.<key> (MLflow's
+                  parameters cannot change), and the final metrics are logged at the step of
+                  the last epoch, so a resumed run's do not land on the first run's.
     wandb         one Weights & Biases run per slifmr run (project `train.tracking_experiment`,
                   files under RUN_DIR/wandb; WANDB_MODE=offline keeps them local). Logged from
                   the training loop like the others rather than through Ray's WandbLoggerCallback,
@@ -172,6 +175,14 @@ def _client(uri: str) -> Any:
     return client
 
 
+def _curves(run_dir: Path) -> Path:
+    """The run's learning curves (`slifmr report`'s curves.png for this one run), drawn into
+    RUN_DIR/curves.png."""
+    from slifmr.report import plot_curves, read_run
+
+    return plot_curves([read_run(run_dir)], run_dir / "curves.png")
+
+
 def _saved_run_id(run_dir: Path, key: str, resume: bool) -> str | None:
     """The tracker's run id a resumed run continues (RUN_DIR/tracking.json), else None."""
     state = run_dir / "tracking.json"
@@ -230,6 +241,12 @@ class MLflowTracker:
                 _save_run_id(run_dir, mlflow_run_id=run_id, tracking_uri=uri)
             else:
                 self.client.update_run(run_id, status="RUNNING")
+                # MLflow parameters cannot change: runtime keys changed at a resume (epochs,
+                # threads, ...) are recorded as tags resumed.<key>, the run's config as it is now
+                logged = self.client.get_run(run_id).data.params
+                for key, value in _params(cfg).items():
+                    if logged.get(key, value) != value:
+                        self.client.set_tag(run_id, f"resumed.{key}", value)
         self.run_id, self.ended = run_id, False
 
     def _experiment(self, uri: str, name: str) -> str:
@@ -259,6 +276,7 @@ class MLflowTracker:
         for name in ("config.yaml", "results.json"):
             if (self.run_dir / name).exists():
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        self.client.log_artifact(self.run_id, str(_curves(self.run_dir)))
         self.close(FINISHED)
 
     def close(self, status: str) -> None:
@@ -277,6 +295,8 @@ class WandbTracker:
                               reinit="create_new")
         if run_id is None:
             _save_run_id(run_dir, wandb_run_id=self.run.id)
+        else:  # the runtime keys a resume changed (W&B's config may change, with leave)
+            self.run.config.update(flatten_config(cfg.to_dict()), allow_val_change=True)
         self.ended = False
 
     def log_epoch(self, record: dict[str, Any]) -> None:

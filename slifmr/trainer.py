@@ -56,6 +56,7 @@ from slifmr.model.graphs import (
     epoch_graphs,
     fusion_due,
 )
+from slifmr.model.popularity import Popularity
 from slifmr.model.propagate import RowSharding, layerwise_spmm
 from slifmr.model.ridge import ridge_weights
 from slifmr.model.slifmr import SLIFMR, Representations, TrainingBatch, Triples
@@ -547,14 +548,16 @@ def _row_sharding(comm: Comm) -> RowSharding | None:
     return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
 
 
-def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge:
-    """The item-item model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
+def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity:
+    """The model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
+    if cfg.variant == "pop":
+        return Popularity(ds)
     return EASE(ds) if cfg.variant == "ease" else CoocRidge(ds, cfg.model.ridge_k)
 
 
 def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
                     evaluate_test: bool = True) -> dict[str, Any]:
-    """A closed-form variant (ease, cooc_ridge): solve it for every ridge weight of
+    """A closed-form variant (ease, cooc_ridge, pop): solve it for every ridge weight of
     model.ease_l2 (one metrics.jsonl line each, as if an epoch), keep the best by validation,
     then the run folder as train_loop's."""
     if comm.world_size > 1:
@@ -568,7 +571,8 @@ def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporte
     with tracking(cfg, run_dir, enabled=comm.is_main) as tracker:
         model = build_closed_form(cfg, ds)
         stopper = EarlyStopping()
-        for step, l2 in enumerate(cfg.model.ease_l2, start=1):
+        grid = [None] if cfg.variant == "pop" else cfg.model.ease_l2  # pop has no ridge weight to choose
+        for step, l2 in enumerate(grid, start=1):
             t0, started = time.perf_counter(), time.time()
             model.fit(l2)
             if not model.finite():
@@ -581,8 +585,8 @@ def fit_closed_form(cfg: Config, run_dir: Path, ds: Dataset, comm: Comm, reporte
                 f.write(json.dumps(rec.to_json()) + "\n")
             if rec.is_best:
                 save_checkpoint(run_dir / "best", {"model": model.state_dict()}, _checkpoint_meta(cfg, ds, step))
-            log.info(f"{cfg.variant} l2 {l2:g} | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}"
-                     + (" *" if rec.is_best else ""))
+            log.info(f"{cfg.variant}" + (f" l2 {l2:g}" if l2 is not None else "") + f" | valid {cfg.train.stop_metric} "
+                     f"{valid[cfg.train.stop_metric]:.4f}" + (" *" if rec.is_best else ""))
             if tracker is not None:
                 tracker.log_epoch(rec.to_json())
             if reporter is not None:

@@ -141,7 +141,7 @@ def test_a_run_stopped_mid_training_ends_its_mlflow_run_and_the_next_one_trains(
     train_loop(cfg, tmp_path / "second")
     second = json.loads((tmp_path / "second" / "tracking.json").read_text())["mlflow_run_id"]
     assert second != first and client.get_run(second).info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(second)} == {"config.yaml", "results.json"}
+    assert {a.path for a in client.list_artifacts(second)} == {"config.yaml", "results.json", "curves.png"}
 
 
 def _open_store_and_log(uri: str, run_dir: str) -> str:
@@ -188,3 +188,22 @@ def test_a_closed_form_is_tracked_one_point_per_l2_and_its_final_metrics(variant
         [h["valid"]["recall@20"] for h in history], rel=1e-6)
     results = json.loads((run / "results.json").read_text())
     assert events.Scalars("test/recall@20")[0].value == pytest.approx(results["test"]["recall@20"], rel=1e-6)
+
+
+def test_a_resumed_mlflow_run_continues_its_entry_with_its_new_runtime_keys(tiny_path: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    run, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["-q", "train", "--data", str(tiny_path), "--out", str(run), "--tracker", "mlflow", "--tracking-uri", uri,
+                 *ARGS[:1], "1", *ARGS[2:]]) == 0
+    assert main(["-q", "train", "--resume", str(run), "--epochs", "3"]) == 0
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow_run_id"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    entry = client.get_run(run_id)
+    assert entry.info.status == "FINISHED" and len(client.search_runs([entry.info.experiment_id])) == 1
+    assert entry.data.params["train.epochs"] == "1" and entry.data.tags["resumed.train.epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run_id, "valid/recall_at_20")] == [1, 2, 3]
+    # each finish at its last epoch's step: the resumed run's results do not overwrite the first's
+    test = client.get_metric_history(run_id, "test/recall_at_20")
+    assert sorted(m.step for m in test) == [1, 3]
+    assert [m.value for m in test if m.step == 3] == [pytest.approx(json.loads((run / "results.json").read_text())["test"]["recall@20"], rel=1e-6)]
