@@ -6,9 +6,9 @@ and on Ray Data actors, side by side in one run.
 The export is a synthetic slifmr one: a seeded synthetic dataset (~10 interactions per user),
 random 64-d user and item embeddings and the ridge head solved on random 100-item
 neighbourhoods, so the score is the full fused one (standardise(u.z) + eta standardise(x_u W)).
-Rows: one process with 1 torch thread, one process with `workers` threads, and Ray Data with
+Rows: one process with 1 torch thread and with `workers` threads, and Ray Data with 1 and with
 `workers` actors of one thread each (`slifmr.inference.recommend_all_ray`, the path of
-`slifmr recommend --all --workers N`), each writing one Parquet file of top-20 lists.
+`slifmr recommend --all --workers N`); each writes a folder of Parquet parts, one per batch.
 Writes benchmarks/results/inference-scale.json and the INFERENCE_SCALE section of RESULTS.md.
 """
 
@@ -53,19 +53,22 @@ def make_export(users: int, items: int, work: Path) -> Path:
 
 
 def single_process(export: Path, out: Path, k: int, threads: int, batch: int = 4096) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """The actors' work in this process: each batch scored and written as its own part."""
     from slifmr.inference import ExportRecommender
 
+    out.mkdir(parents=True)
     torch.set_num_threads(threads)
-    rec = ExportRecommender(str(export), k)
+    rec = ExportRecommender(str(export), k, str(out))
     torch.set_num_threads(threads)  # the actor class pins one thread: this process owns `threads` cores
     users = rec.export.users.shape[0]
-    with pq.ParquetWriter(out, pa.schema([("user", pa.string()), ("rank", pa.int64()), ("item", pa.string()),
-                                          ("score", pa.float32())])) as writer:
-        for start in range(0, users, batch):
-            writer.write_table(pa.table(rec({"data": np.arange(start, min(start + batch, users))})))
+    for start in range(0, users, batch):
+        rec({"data": np.arange(start, min(start + batch, users))})
+
+
+def _sorted_lists(folder: Path):  # noqa: ANN202
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder).sort_by([("user", "ascending"), ("rank", "ascending")])
 
 
 def main() -> int:
@@ -75,6 +78,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--work", default="/tmp/slifmr-inference-scale")
+    ap.add_argument("--threaded", action="store_true", help="also one process with `workers` threads")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,9 +86,12 @@ def main() -> int:
     export = make_export(args.users, args.items, work)
     print(f"export ready in {time.perf_counter() - t:.0f} s: {export}", flush=True)
     rows = []
-    for mode, threads in (("one process", 1), ("one process", args.workers), ("Ray Data actors", args.workers)):
-        out = work / "recs.parquet"
-        out.unlink(missing_ok=True)
+    runs = [("one process", 1, 1)] + ([("one process", 1, args.workers)] if args.threaded else []) + \
+        [("Ray Data actors", 1, 1), ("Ray Data actors", args.workers, 1)]
+    reference = None
+    for mode, workers, threads in runs:
+        out = work / f"recs-{mode.split()[0].lower()}-{workers}x{threads}"
+        shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         if mode == "one process":
             single_process(export, out, args.k, threads)
@@ -94,30 +101,37 @@ def main() -> int:
             from slifmr.inference import recommend_all_ray
 
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
             started = time.perf_counter()
-            recommend_all_ray(export, out, args.k, args.workers)
+            recommend_all_ray(export, out, args.k, workers)
             ray.shutdown()
             start = started  # Ray's start-up (a few seconds, once per command) is reported apart
         seconds = time.perf_counter() - start
-        import pyarrow.parquet as pq
-
-        written = pq.ParquetFile(out).metadata.num_rows
-        row = {"mode": mode, "users": args.users, "items": args.items, "k": args.k,
-               "workers": args.workers if mode != "one process" else 1,
-               "threads": threads, "seconds": seconds, "users_per_second": args.users / seconds, "rows_written": written}
+        lists = _sorted_lists(out)
+        reference = reference if reference is not None else lists
+        row = {"mode": mode, "users": args.users, "items": args.items, "k": args.k, "workers": workers,
+               "threads": threads, "seconds": seconds, "users_per_second": args.users / seconds,
+               "rows_written": lists.num_rows, "parts": len(list(out.iterdir())),
+               "same_as_one_process": lists.column("item").equals(reference.column("item"))}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
     command = "python benchmarks/inference_scale.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
     base = rows[0]["users_per_second"]
-    lines = ["## Batch inference at scale (issue 17)", "", f"Command: `{command}`  ",
+    one_actor = next(r["users_per_second"] for r in rows if r["mode"] != "one process")
+    lines = ["## Batch inference at scale (issues 17 and 30)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. A synthetic export ({args.users:,} users, {args.items:,} items, 64-d, the ridge "
-             f"head over 100 neighbours), top {args.k} of every user with seen items masked, one Parquet file; Ray "
-             "Data's time excludes `ray.init`.", "",
-             "| mode | workers | threads | seconds | users/s | vs one thread |", "|---|---|---|---|---|---|"]
+             f"head over 100 neighbours), top {args.k} of every user with seen items masked. Every mode scores "
+             "batches of 4,096 users and writes each batch as its own Parquet part (Ray Data: the actor that "
+             "scored it; the driver moves no rows); Ray Data's time excludes `ray.init`. 'same' compares the "
+             "sorted lists with the first row's.", "",
+             "| mode | workers | threads | seconds | users/s | vs one thread | vs one actor | parts | same |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['workers']} | {r['threads']} | {r['seconds']:.1f} | {r['users_per_second']:,.0f} | "
-              f"{r['users_per_second'] / base:.2f}x |" for r in rows]
+              f"{r['users_per_second'] / base:.2f}x | "
+              + (f"{r['users_per_second'] / one_actor:.2f}x" if r["mode"] != "one process" else "-")
+              + f" | {r['parts']} | {'yes' if r['same_as_one_process'] else 'NO'} |" for r in rows]
     publish("INFERENCE_SCALE", "inference-scale", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0
 

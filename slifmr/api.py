@@ -124,19 +124,23 @@ class Run:
         return write_recommendations(self.model, self.dataset, k, Path(out))
 
     def recommend_all_ray(self, out: str | Path, k: int = 10, workers: int = 1, gpu: bool = False,
-                          address: str | None = None) -> Path:
+                          address: str | None = None) -> str:
         """`recommend_all` on Ray Data (slifmr/inference.py): the run is exported to a temporary
-        folder beside `out`, scored by `workers` actors (one GPU each with `gpu`) and the export
-        removed. Raises SlifmrError when `out` exists or workers < 1."""
+        folder (beside a local `out`, which actors on other nodes then read from the same shared
+        storage; in the local temporary folder for a URI), scored by `workers` actors (one GPU
+        each with `gpu`) that write a folder of Parquet parts at `out`, and the export removed.
+        Returns `out`. Raises SlifmrError when `out` exists or workers < 1."""
         import tempfile
 
         from slifmr.inference import recommend_all_ray
 
-        out = Path(out)
-        if out.exists():
-            raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as tmp:
+        beside = None
+        if "://" not in str(out):
+            if Path(out).exists():
+                raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
+            beside = Path(out).parent
+            beside.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=beside, prefix=f".{Path(str(out)).name}.export-") as tmp:
             return recommend_all_ray(self.export(Path(tmp) / "export"), out, k, workers, gpu, address)
 
 

@@ -488,7 +488,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     if args.all and args.workers:
         path = run.recommend_all_ray(args.out, args.k, args.workers, args.gpu, args.address)
-        print(f"wrote top-{args.k} for every user to {path} ({args.workers} Ray Data actor(s))")
+        print(f"wrote top-{args.k} for every user to {path}/ (Parquet parts written by {args.workers} Ray Data actor(s))")
         return 0
     ds, model = run.dataset, run.model
     if args.all:
@@ -600,7 +600,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every user (with --out)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids); with --workers a "
-                   "Parquet dataset (folder)")
+                   "folder of Parquet parts, each written by the actor that scored it (a local path or a pyarrow "
+                   "URI such as s3://bucket/recs)")
     p.add_argument("--workers", type=int, default=0, help="with --all: Ray Data actors that score batches of users "
                    "(0: this process)")
     p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per actor")

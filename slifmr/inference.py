@@ -1,13 +1,19 @@
-"""Batch inference on Ray Data (issue 17, part 2): every user's top K from an export, scored by a
-pool of actors that each load the exported tables once.
+"""Batch inference on Ray Data: every user's top K from an export, scored by a pool of actors that
+each load the exported tables once and write their own Parquet parts.
 
-    user rows (ray.data.from_numpy) -> map_batches(ExportRecommender, concurrency=workers)
-        -> iter_batches on the driver -> one Parquet file
+    user rows (ray.data.from_numpy, one block per batch)
+        -> map_batches(ExportRecommender, compute=ActorPoolStrategy(size=workers))
+           each actor scores a batch of users and writes it to OUT/part-<first user row>.parquet
+        -> the driver collects one row count per part: it moves no recommendation rows
 
 Each actor holds the export (`slifmr.export.load_export`: embeddings, history, ridge head) and
-scores a batch of users exactly as the trained model does (`Export.recommend_batch`: seen items
-masked); with `gpu` each actor takes one GPU and scores there. The driver streams the results
-into one Parquet file (user, rank, item, score with raw ids), written atomically.
+scores a batch exactly as the trained model does (`Export.recommend_batch`: seen items masked);
+with `gpu` each actor takes one GPU and scores there. OUT is a folder of parts in user order
+(pyarrow and Ray Data read it as one table: `pq.read_table(OUT)`), a local path or any URI a
+pyarrow filesystem opens (s3://, gs://, hdfs://). A local OUT is written to a temporary folder
+beside it and renamed into place when every part is written; a URI is written in place (object
+stores have no rename) and refused when it exists. A batch with nothing to recommend writes an
+empty part with the same schema (`slifmr.recommend.RECOMMENDATION_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -15,17 +21,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from slifmr.atomic import atomic_path
+from slifmr.atomic import atomic_folder
 from slifmr.errors import SlifmrError
 from slifmr.recommend import RECOMMENDATION_SCHEMA
 
 
-class ExportRecommender:
-    """A Ray Data actor: loads the export once, then scores batches of user rows."""
+def _filesystem(out: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in out:
+        return pafs.FileSystem.from_uri(out)
+    return pafs.LocalFileSystem(), str(Path(out).absolute())
 
-    def __init__(self, export_dir: str, k: int, gpu: bool = False):
+
+class ExportRecommender:
+    """A Ray Data actor: loads the export once, then scores batches of user rows and writes each
+    batch's lists as one Parquet part under `out_dir`; returns the part's row count."""
+
+    def __init__(self, export_dir: str, k: int, out_dir: str, gpu: bool = False):
         import torch
 
         from slifmr.export import load_export
@@ -33,40 +48,53 @@ class ExportRecommender:
         torch.set_num_threads(1)  # one core per actor: the pool has one actor per core it uses
         self.export, self.k = load_export(export_dir), k
         self.device = "cuda" if gpu else "cpu"
+        self.fs, self.out_dir = _filesystem(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.export.recommend_batch(np.asarray(batch["data"], np.int64), self.k, self.device)
+        rows = np.asarray(batch["data"], np.int64)
+        lists = pa.table(self.export.recommend_batch(rows, self.k, self.device)).cast(RECOMMENDATION_SCHEMA)
+        part = f"{self.out_dir}/part-{int(rows[0]) if rows.size else 0:010d}.parquet"
+        pq.write_table(lists, part, filesystem=self.fs)
+        return {"users": np.array([rows.size], np.int64), "rows": np.array([lists.num_rows], np.int64)}
 
 
 def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: int, gpu: bool = False,
-                      address: str | None = None, batch_size: int = 4096) -> Path:
+                      address: str | None = None, batch_size: int = 4096) -> str:
     """Every user's top-k unseen items from the export in `export_dir`, scored by `workers`
-    actors (one GPU each with `gpu`), written to the Parquet file `out`. Raises SlifmrError when
-    `out` exists or workers < 1."""
+    actors (one GPU each with `gpu`), written as a folder of Parquet parts at `out` (a local
+    path or a pyarrow URI). Returns `out`. Raises SlifmrError when `out` exists or workers < 1."""
     import json
 
     import ray
 
     from slifmr.distributed.launch import connect
 
-    out = Path(out)
+    out = str(out)
     if workers < 1:
         raise SlifmrError(f"--workers must be >= 1 for Ray Data inference, got {workers}")
-    if out.exists():
+    fs, path = _filesystem(out)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     users = json.loads((Path(export_dir) / "manifest.json").read_text())["users"]
     connect(address)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # user rows as in-memory blocks of one batch each (no read tasks; every actor gets blocks)
     blocks = [np.arange(a, min(a + batch_size, users), dtype=np.int64) for a in range(0, users, batch_size)]
-    recs = (ray.data.from_numpy(blocks)
-            .map_batches(ExportRecommender, fn_constructor_args=(str(Path(export_dir).resolve()), k, gpu),
-                         batch_size=batch_size, batch_format="numpy", concurrency=workers, num_cpus=1,
-                         num_gpus=1 if gpu else 0))
-    # the driver streams the actors' output into one file: no write tasks wait for the cores the
-    # actors hold, and --out is one Parquet file, as without --workers
-    # (users with no unseen item left give no rows: zero rows in all is an empty file, as in-process)
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, RECOMMENDATION_SCHEMA) as writer:
-        for batch in recs.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.write_table(batch.select(RECOMMENDATION_SCHEMA.names).cast(RECOMMENDATION_SCHEMA))
+
+    def score(target: str) -> None:
+        fs.create_dir(_filesystem(target)[1], recursive=True)
+        parts = (ray.data.from_numpy(blocks)
+                 .map_batches(ExportRecommender, fn_constructor_args=(str(Path(export_dir).resolve()), k, target, gpu),
+                              batch_size=batch_size, batch_format="numpy",
+                              compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                              num_gpus=1 if gpu else 0)
+                 .take_all())
+        scored = sum(int(p["users"]) for p in parts)
+        if scored != users:  # every user's batch wrote its part, or the output is incomplete
+            raise SlifmrError(f"Ray Data inference wrote the lists of {scored:,} of {users:,} users under {target}")
+
+    if "://" in out:
+        score(out)
+    else:
+        with atomic_folder(out) as tmp:
+            score(str(tmp))
     return out

@@ -185,13 +185,23 @@ def test_ray_data_batch_inference_equals_the_single_process_file(ray_local, tiny
     assert main(["-q", "train", "--data", str(tiny_path), "--out", str(run), "--epochs", "2", "--set",
                  "model.embedding_dim=8", "--set", "model.k_corr=3", "--set", "model.k_mm=3", "--set", "model.ridge_k=5"]) == 0
     assert main(["-q", "recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "one.parquet")]) == 0
-    assert main(["-q", "recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "ray.parquet"),
+    assert main(["-q", "recommend", str(run), "--all", "--k", "5", "--out", str(tmp_path / "ray"),
                  "--workers", "2"]) == 0
     one = pq.read_table(tmp_path / "one.parquet").sort_by([("user", "ascending"), ("rank", "ascending")])
-    ray_out = pq.read_table(tmp_path / "ray.parquet").sort_by([("user", "ascending"), ("rank", "ascending")])
+    ray_out = pq.read_table(tmp_path / "ray").sort_by([("user", "ascending"), ("rank", "ascending")])
     assert ray_out.column("item").to_pylist() == one.column("item").to_pylist()
     assert ray_out.column("score").to_pylist() == pytest.approx(one.column("score").to_pylist(), abs=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary export is gone
+    # small batches: each actor writes the part of each batch it scored, in user order, no rows via the driver
+    from slifmr.api import load_run
+    from slifmr.inference import recommend_all_ray
+
+    export = load_run(run).export(tmp_path / "export")
+    recommend_all_ray(export, tmp_path / "parts", 5, workers=2, batch_size=16)
+    parts = sorted(p.name for p in (tmp_path / "parts").iterdir())
+    assert parts == [f"part-{row:010d}.parquet" for row in (0, 16, 32, 48)]
+    assert pq.read_table(tmp_path / "parts").column("item").to_pylist() == \
+        pq.read_table(tmp_path / "ray").column("item").to_pylist()
 
 
 def test_ray_data_batch_inference_writes_an_empty_file_when_nothing_is_left(ray_local, tmp_path: Path) -> None:  # noqa: ANN001
@@ -205,8 +215,8 @@ def test_ray_data_batch_inference_writes_an_empty_file_when_nothing_is_left(ray_
     run = tmp_path / "run"
     assert main(["-q", "train", "--data", str(tmp_path / "data"), "--out", str(run), "--epochs", "1",
                  "--set", "model.embedding_dim=8"]) == 0
-    for name, workers in (("one.parquet", []), ("ray.parquet", ["--workers", "2"])):
+    for name, workers in (("one.parquet", []), ("ray", ["--workers", "2"])):
         assert main(["-q", "recommend", str(run), "--all", "--k", "3", "--out", str(tmp_path / name), *workers]) == 0
-    one, ray_out = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "ray.parquet")
+    one, ray_out = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "ray")
     assert one.num_rows == ray_out.num_rows == 0 and one.schema == ray_out.schema
     assert one.column_names == ["user", "rank", "item", "score"]
