@@ -39,6 +39,6 @@ def test_export_answers_the_runs_top_k(variant: str, tiny_path: Path, tmp_path: 
 
 def test_ease_has_nothing_to_index(tiny_path: Path, tmp_path: Path) -> None:
     run = slifmr.train(data=tiny_path, variant="ease", out=tmp_path / "run")
-    with pytest.raises(SlifmrError, match="not embeddings"):
+    with pytest.raises(SlifmrError, match="without embeddings"):
         run.export(tmp_path / "exp")
     assert not (tmp_path / "exp").exists()
