@@ -142,7 +142,7 @@ def write_sweep_outputs(sweep_dir: Path, rows: list[dict[str, Any]], params: lis
     draw(sweep_dir)
 
 
-def test_summary(test: dict[str, float], metric: str) -> str:
+def best_test_line(test: dict[str, float], metric: str) -> str:
     """The best trial's test Recall and NDCG at the K of the sweep's `metric` (valid_<name>@K):
     the K every trial reports, whatever its train.topk."""
     k = metric.rpartition("@")[2]
@@ -161,7 +161,7 @@ def draw(sweep_dir: Path) -> tuple[Path, Path]:
     md = (f"# Sweep {sweep_dir.name}\n\n{summary['trials']} trials in {summary['seconds']:.0f} s (all invocations); "
           f"{summary['stopped_by_asha']} stopped early by ASHA, {summary['errored']} errored. Selected by {metric} "
           f"(validation) only: trial {best['trial']}, {metric} {best['valid'][metric.removeprefix('valid_')]:.4f}; "
-          f"its test {test_summary(best['test'], metric)} "
+          f"its test {best_test_line(best['test'], metric)} "
           f"(the sweep's one test evaluation).\n\n" + markdown_table(rows, params, metric))
     _atomic_write(sweep_dir / MARKDOWN, md)
     png = plot_sweep(rows, params, metric, sweep_dir / PNG)

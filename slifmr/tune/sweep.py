@@ -29,7 +29,7 @@ from slifmr.atomic import write_text
 from slifmr.config import TrainConfig, save_config
 from slifmr.errors import SlifmrError
 from slifmr.runlock import RunLock
-from slifmr.tune.results import select_best, test_summary, trial_rows, write_sweep_outputs
+from slifmr.tune.results import best_test_line, select_best, trial_rows, write_sweep_outputs
 from slifmr.tune.space import SweepSpec, load_spec, param_space, spec_from_dict
 
 SPEC_FILE = "spec.yaml"
@@ -251,7 +251,7 @@ def finish_sweep(spec: SweepSpec, sweep_dir: Path, grid: Any, seconds: float) ->
                "errored": sum(r["status"] == "ERROR" for r in rows), "metric": spec.metric}
     write_sweep_outputs(sweep_dir, rows, list(spec.space), spec.metric, result, summary)
     log.info(f"best trial {best['trial']}: {spec.metric} {best[spec.metric]:.4f}; test "
-             f"{test_summary(result['test'], spec.metric)}; {summary['stopped_by_asha']} of {len(rows)} trials stopped by ASHA; "
+             f"{best_test_line(result['test'], spec.metric)}; {summary['stopped_by_asha']} of {len(rows)} trials stopped by ASHA; "
              f"{seconds:.0f} s")
     return {**result, **summary}
 
