@@ -120,7 +120,11 @@ def check_tracker(tracker: str, tracking_uri: str, run_dir: Path) -> None:
             for module in ("sqlalchemy", "alembic"):
                 _require(module, "mlflow", f"{module} for its sqlite store", ", or give --tracking-uri file:DIR or http://...")
             with _store_lock(uri):
-                _client(uri)  # creates the store: its schema migration runs once, here
+                try:
+                    _client(uri)  # creates the store: its schema migration runs once, here
+                except Exception as e:  # a damaged or foreign database file: one line, not MLflow's traceback
+                    raise SlifmrError(f"--tracking-uri {uri}: the MLflow store cannot be opened "
+                                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
         elif scheme in ("http", "https"):
             _check_server(uri)
     elif tracker == "wandb":

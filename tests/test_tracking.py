@@ -76,7 +76,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("case", ["server down", "wandb without login", "sqlite store without sqlalchemy",
-                                  "tensorboard missing"])
+                                  "tensorboard missing", "damaged sqlite store"])
 def test_a_tracker_that_cannot_start_stops_the_run_before_its_folder_exists(
         case: str, tiny_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
@@ -98,6 +98,10 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_its_folder_exists(
         monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, as with mlflow-skinny alone
         args += ["--tracker", "mlflow"]
         expected = "needs sqlalchemy for its sqlite store"
+    elif case == "damaged sqlite store":
+        (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
+        args += ["--tracker", "mlflow"]
+        expected = "the MLflow store cannot be opened"
     else:
         monkeypatch.setitem(sys.modules, "tensorboard", None)
         args += ["--tracker", "tensorboard"]
