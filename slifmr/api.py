@@ -52,13 +52,18 @@ class Run:
     @cached_property
     def dataset(self) -> Any:
         """The run's `slifmr.data.format.Dataset` (its fingerprint is checked against the model)."""
-        from slifmr.trainer import resolve_dataset
+        from slifmr.ranking import resolve_dataset
 
         return resolve_dataset(self.config)
 
     @cached_property
     def _best(self) -> tuple[Any, dict[str, Any]]:
-        from slifmr.trainer import load_best
+        from slifmr.ranking import load_ranking
+
+        saved = load_ranking(self.path, self.config, self.dataset)  # saved at the end of training
+        if saved is not None:
+            return saved
+        from slifmr.trainer import load_best  # rebuilt from best/: the epoch's graphs, propagation
 
         return load_best(self.config, self.dataset, self.path)
 

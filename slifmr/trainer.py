@@ -30,14 +30,12 @@ from slifmr import __version__, log
 from slifmr.atomic import write_text
 from slifmr.config import (
     CLOSED_FORM,
-    RUNTIME_KEYS,
     Config,
     ModelConfig,
     TrainConfig,
     save_config,
-    saved_config,
 )
-from slifmr.data.format import TEST, VALID, Dataset, read_dataset
+from slifmr.data.format import TEST, VALID, Dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
 from slifmr.distributed.collectives import Comm
@@ -60,6 +58,7 @@ from slifmr.model.popularity import Popularity
 from slifmr.model.propagate import RowSharding, layerwise_spmm
 from slifmr.model.ridge import ridge_weights
 from slifmr.model.slifmr import SLIFMR, Representations, TrainingBatch, Triples
+from slifmr.ranking import check_compatible, resolve_dataset, save_ranking
 from slifmr.report import read_run
 from slifmr.rng import derive_seed
 from slifmr.sampling.history import HopKey, HopMemory, history_batch, history_fanouts, record_memory
@@ -187,14 +186,6 @@ def set_threads(cfg: Config, comm: Comm) -> None:
     torch.set_num_threads(n)
 
 
-def resolve_dataset(cfg: Config) -> Dataset:
-    if cfg.data is None:
-        from slifmr.data.ml100k import prepare_ml100k
-
-        return read_dataset(prepare_ml100k())
-    return read_dataset(cfg.data)
-
-
 def build_model(cfg: Config, ds: Dataset, comm: Comm | None = None, sparse_tables: bool = False,
                 static: StaticGraphs | None = None) -> tuple[SLIFMR, StaticGraphs]:
     """The model and the static graphs it trains on. The one-time multimodal kNN graph uses
@@ -221,30 +212,6 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 def _checkpoint_meta(cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "config": cfg.to_dict(), "dataset": ds.fingerprint(), "slifmr_version": __version__}
-
-
-def check_compatible(meta: dict[str, Any], cfg: Config, ds: Dataset, where: Path) -> None:
-    """Refuse to resume, evaluate or serve a checkpoint made for another dataset or config."""
-    saved, mine = meta.get("dataset", {}), ds.fingerprint()
-    if "digest" not in saved:  # checkpoints written before the digest existed
-        log.warning(f"checkpoint in {where} predates dataset digests: only the counts of {ds.name} are checked")
-        mine = {k: v for k, v in mine.items() if k != "digest"}
-    if saved != mine:
-        what = "its id maps or split differ" if {k: v for k, v in saved.items() if k != "digest"} == {
-            k: v for k, v in mine.items() if k != "digest"} else "its counts differ"
-        raise SlifmrError(f"dataset {cfg.data or ds.name} changed since {where} was trained ({what}): "
-                          "retrain, or restore the dataset it was trained on")
-    saved = saved_config(meta.get("config", {}))
-    mine, theirs = cfg.to_dict(), saved.to_dict()
-    for key in RUNTIME_KEYS:  # how long and on how many threads, not what is trained
-        section, name = key.split(".")
-        mine[section].pop(name)
-        theirs[section].pop(name)
-    if mine != theirs:
-        diff = sorted(
-            f"{s}.{k}" for s in ("model", "train") for k in mine[s] if mine[s][k] != theirs[s].get(k)
-        ) + (["variant"] if mine["variant"] != theirs["variant"] else [])
-        raise SlifmrError(f"checkpoint in {where} was made with a different config (differs in: {', '.join(diff) or 'data'})")
 
 
 def _format_line(epochs: int, rec: EpochRecord, stop_metric: str) -> str:
@@ -628,6 +595,8 @@ def final_results(cfg: Config, ds: Dataset, run_dir: Path, evaluator: Evaluator,
     """Test metrics, read once, at the best validation epoch (`static`: the run's static
     graphs, reused)."""
     model, meta = load_best(cfg, ds, run_dir, comm.device, comm, static)
+    if comm.is_main and isinstance(model, Representations):  # what `recommend` and co. load (ranking.py)
+        save_ranking(run_dir, model, meta)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
     records = read_run(run_dir)["records"]

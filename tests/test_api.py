@@ -53,3 +53,26 @@ def test_keywords_that_would_have_no_effect_are_refused(kwargs: dict, message: s
     with pytest.raises(SlifmrError, match=re.escape(message)):
         slifmr.train(data=tiny_path, out=tmp_path / "run", epochs=1, **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_ranking_saved_at_the_end_is_what_the_rebuilt_best_epoch_ranks(tiny_path: Path, tmp_path: Path) -> None:
+    """RUN/ranking (saved once by the trainer) gives the scores the best epoch's rebuilt graphs give,
+    so commands that only rank skip the rebuild; without it they rebuild, with the same lists."""
+    import shutil
+
+    import torch
+
+    from slifmr.ranking import RANKING, load_ranking
+    from slifmr.trainer import load_best
+
+    run = slifmr.train(data=tiny_path, out=tmp_path / "run", epochs=2, embedding_dim=8, k_corr=3, model__k_mm=3,
+                       ridge_k=5)
+    assert (tmp_path / "run" / RANKING).is_dir()
+    saved, meta = load_ranking(run.path, run.config, run.dataset)
+    rebuilt, best_meta = load_best(run.config, run.dataset, run.path)
+    assert meta["epoch"] == best_meta["epoch"] and saved.ridge_weight == rebuilt.ridge_weight and saved.has_head
+    users = torch.arange(run.dataset.num_users)
+    assert torch.equal(saved.full_scores(users), rebuilt.full_scores(users))
+    lists = slifmr.load_run(run.path).recommend(["0", "7"], k=5)
+    shutil.rmtree(tmp_path / "run" / RANKING)
+    assert slifmr.load_run(run.path).recommend(["0", "7"], k=5).equals(lists)

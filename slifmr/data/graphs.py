@@ -10,9 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import coalesce, to_undirected
 
 from slifmr.data.format import TRAIN, Dataset
+from slifmr.pyg import coalesce, to_undirected
 
 
 def train_edges(ds: Dataset) -> Tensor:

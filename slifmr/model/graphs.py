@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import coalesce
 
 from slifmr.config import ModelConfig
 from slifmr.data.format import Dataset
@@ -31,6 +30,7 @@ from slifmr.data.graphs import (
     training_matrix,
 )
 from slifmr.model.ridge import ItemGram, item_gram, ridge_weights
+from slifmr.pyg import coalesce
 
 # how layer-wise inference and the ridge head's solves split rows across workers: (shard(n) -> [start, stop),
 # all_gather_rows(block, n) -> (n, ...)); None = one process does every row

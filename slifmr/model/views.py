@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import softmax
 
 from slifmr.model.graphs import KGAttention, KnowledgeGraph
 from slifmr.model.propagate import Propagator
+from slifmr.pyg import softmax
 
 
 def perturb(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
