@@ -38,6 +38,8 @@ import importlib
 import json
 import netrc
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -328,11 +330,54 @@ def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | 
 
 
 @contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C (or a notebook's Interrupt, which is the same SIGINT) during the body is raised when
+    it ends: a KeyboardInterrupt inside a tracker's database write would leave MLflow's sqlite
+    connection mid-transaction, and every later tracked run in the process would fail on it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and previous is not signal.SIG_IGN:
+            if callable(previous):
+                previous(*pending[0])  # Python's default handler raises KeyboardInterrupt
+            else:
+                raise KeyboardInterrupt
+
+
+class _Uninterrupted:
+    """A tracker whose calls each finish before a Ctrl-C that arrives during them is raised."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        with _interrupt_deferred():
+            self.tracker.log_epoch(record)
+
+    def finish(self, results: dict[str, Any]) -> None:
+        with _interrupt_deferred():
+            self.tracker.finish(results)
+
+    def close(self, status: str) -> None:
+        with _interrupt_deferred():
+            self.tracker.close(status)
+
+
+@contextmanager
 def tracking(cfg: Config, run_dir: Path, resume: bool = False, enabled: bool = True) -> Iterator[Tracker | None]:
     """`make_tracker`'s tracker (None when not `enabled`, e.g. on ranks other than the main one)
     for the body, its run ended on every exit: FINISHED (after `finish`, or when the body returns
-    without it), KILLED on KeyboardInterrupt, FAILED on any other exception."""
-    tracker = make_tracker(cfg, run_dir, resume) if enabled else None
+    without it), KILLED on KeyboardInterrupt, FAILED on any other exception. Each of its calls
+    completes before a Ctrl-C that arrives during it is raised (`_interrupt_deferred`)."""
+    with _interrupt_deferred():
+        made = make_tracker(cfg, run_dir, resume) if enabled else None
+    tracker = _Uninterrupted(made) if made is not None else None
     try:
         yield tracker
     except BaseException as e:

@@ -211,3 +211,38 @@ def test_a_resumed_mlflow_run_continues_its_entry_with_its_new_runtime_keys(tiny
     test = client.get_metric_history(run_id, "test/recall_at_20")
     assert sorted(m.step for m in test) == [1, 3]
     assert [m.value for m in test if m.step == 3] == [pytest.approx(json.loads((run / "results.json").read_text())["test"]["recall@20"], rel=1e-6)]
+
+
+def test_an_interrupt_during_a_tracker_write_waits_for_the_write(tiny_path: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C arriving inside MLflow's database write (as a notebook's Interrupt can): the write
+    completes, then the run stops KILLED, and the next tracked run in the process trains."""
+    import signal
+
+    import mlflow
+
+    from slifmr.config import load_config
+    from slifmr.tracking import MLflowTracker
+    from slifmr.trainer import train_loop
+
+    real_log = MLflowTracker._log
+
+    def interrupted_log(self: MLflowTracker, scalars: dict, step: int) -> None:
+        signal.raise_signal(signal.SIGINT)  # mid-call: raised here without the deferral
+        real_log(self, scalars, step)
+
+    monkeypatch.setattr(MLflowTracker, "_log", interrupted_log)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, "slifmr", settings=[("data", str(tiny_path)), ("train.epochs", 3), ("train.tracker", "mlflow"),
+                                                ("train.tracking_uri", uri), ("model.embedding_dim", 8)])
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(cfg, tmp_path / "first")
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    first = json.loads((tmp_path / "first" / "tracking.json").read_text())["mlflow_run_id"]
+    assert client.get_run(first).info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(first, "valid/recall_at_20")] == [1]  # the write completed
+    monkeypatch.setattr(MLflowTracker, "_log", real_log)
+    cfg.train.epochs = 1
+    train_loop(cfg, tmp_path / "second")
+    second = json.loads((tmp_path / "second" / "tracking.json").read_text())["mlflow_run_id"]
+    assert client.get_run(second).info.status == "FINISHED"
