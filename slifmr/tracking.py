@@ -333,12 +333,19 @@ def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | 
 def _interrupt_deferred() -> Iterator[None]:
     """Ctrl-C (or a notebook's Interrupt, which is the same SIGINT) during the body is raised when
     it ends: a KeyboardInterrupt inside a tracker's database write would leave MLflow's sqlite
-    connection mid-transaction, and every later tracked run in the process would fail on it."""
+    connection mid-transaction, and every later tracked run in the process would fail on it. A
+    second Ctrl-C is raised at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
+
+    def defer(signum: int, frame: Any) -> None:
+        if pending:  # a second Ctrl-C does not wait (a tracker stuck in its server's retries)
+            raise KeyboardInterrupt
+        pending.append((signum, frame))
+
+    previous = signal.signal(signal.SIGINT, defer)
     try:
         yield
     finally:
