@@ -350,11 +350,8 @@ def _interrupt_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if pending and previous is not signal.SIG_IGN:
-            if callable(previous):
-                previous(*pending[0])  # Python's default handler raises KeyboardInterrupt
-            else:
-                raise KeyboardInterrupt
+        if pending:
+            signal.raise_signal(signal.SIGINT)  # delivered again, to whatever handler was in place
 
 
 class _Uninterrupted:

@@ -231,17 +231,22 @@ def test_an_interrupt_during_a_tracker_write_waits_for_the_write(tiny_path: Path
         signal.raise_signal(signal.SIGINT)  # mid-call: raised here without the deferral
         real_log(self, scalars, step)
 
-    monkeypatch.setattr(MLflowTracker, "_log", interrupted_log)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(None, "slifmr", settings=[("data", str(tiny_path)), ("train.epochs", 3), ("train.tracker", "mlflow"),
                                                 ("train.tracking_uri", uri), ("model.embedding_dim", 8)])
-    with pytest.raises(KeyboardInterrupt):
-        train_loop(cfg, tmp_path / "first")
+    # Python's own Ctrl-C handler, as in a notebook (an earlier test's Ray Train leaves its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(MLflowTracker, "_log", interrupted_log)
+        with pytest.raises(KeyboardInterrupt):
+            train_loop(cfg, tmp_path / "first")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        monkeypatch.setattr(MLflowTracker, "_log", real_log)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     first = json.loads((tmp_path / "first" / "tracking.json").read_text())["mlflow_run_id"]
     assert client.get_run(first).info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(first, "valid/recall_at_20")] == [1]  # the write completed
-    monkeypatch.setattr(MLflowTracker, "_log", real_log)
     cfg.train.epochs = 1
     train_loop(cfg, tmp_path / "second")
     second = json.loads((tmp_path / "second" / "tracking.json").read_text())["mlflow_run_id"]
