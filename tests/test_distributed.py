@@ -28,6 +28,9 @@ def _worker(rank: int, world: int, port: int, fn_name: str, out: str, args: tupl
     try:
         result = globals()[fn_name](Comm.current(), *args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        # both ranks reach teardown together: a rank destroying its group while its peer still
+        # talks aborted the peer in gloo's C++ ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
