@@ -28,14 +28,14 @@ import torch
 from quality import publish
 
 
-def make_export(users: int, items: int, work: Path) -> Path:
+def make_export(users: int, items: int, work: Path, exact_limit: int | None = None) -> Path:
     from slifmr.data.synth import synthesize
     from slifmr.export import export_representations
     from slifmr.model.graphs import StaticGraphs
     from slifmr.model.ridge import ridge_weights
     from slifmr.model.slifmr import Representations
 
-    out = work / f"export-{users}-{items}"
+    out = work / (f"export-{users}-{items}" + ("" if exact_limit is None else f"-exact{exact_limit}"))
     if (out / "manifest.json").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -44,12 +44,16 @@ def make_export(users: int, items: int, work: Path) -> Path:
 
     static = StaticGraphs.from_dataset(ds, ModelConfig(use_kg=False, use_mm=False))
     g = torch.Generator().manual_seed(0)
-    neighbours = torch.stack([torch.randperm(items - 1, generator=g)[:100] for _ in range(items)])
+    # clone: a slice keeps its whole permutation alive, N of them at once otherwise
+    neighbours = torch.stack([torch.randperm(items - 1, generator=g)[:100].clone() for _ in range(items)])
     neighbours = neighbours + (neighbours >= torch.arange(items)[:, None]).long()  # never the item itself
     reps = Representations(torch.randn(users, 64, generator=g), torch.randn(items, 64, generator=g),
                            item_ridge=ridge_weights(static.ui_edges, users, items, neighbours, 200.0),
                            interactions=static.interactions, ridge_weight=0.5)
-    return export_representations(ds, reps, out, {"variant": "synthetic (benchmarks/inference_scale.py)"})
+    about = {"variant": "synthetic (benchmarks/inference_scale.py)"}
+    if exact_limit is None:
+        return export_representations(ds, reps, out, about)
+    return export_representations(ds, reps, out, about, exact_limit=exact_limit)
 
 
 def single_process(export: Path, out: Path, k: int, threads: int, batch: int = 4096) -> None:

@@ -169,6 +169,16 @@ def refuse_existing_run(run_dir: Path) -> None:
         raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
 
 
+def check_extras(cfg: Config) -> None:
+    """Raises SlifmrError when `cfg` needs an optional dependency that is not installed."""
+    import importlib.util
+
+    if cfg.train.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        from slifmr.distributed.strategy import ZERO_MISSING
+
+        raise SlifmrError(ZERO_MISSING)
+
+
 def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, gpu: bool = False,
         max_failures: int = 0, address: str | None = None) -> Run:
     """Train `cfg` in `run_dir` (one writer: the folder is locked): in this process
@@ -177,8 +187,9 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
     from slifmr.tracking import check_tracker
     from slifmr.trainer import train_loop
 
-    # a tracker that cannot start fails in one line now, before the run folder is made
+    # a tracker or an extra that is missing fails in one line now, before the run folder is made
     check_tracker(cfg.train.tracker, cfg.train.tracking_uri, run_dir)
+    check_extras(cfg)
     comm = None
     if workers == 0 and gpu:
         import torch

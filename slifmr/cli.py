@@ -608,7 +608,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="with --workers: Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=_cmd_recommend)
 
-    p = _sub(sub, "export", "export a run for serving: embeddings (Parquet, raw ids), a faiss index, the ridge head, a "
+    p = _sub(sub, "export", "export a run for serving: a numpy + faiss scorer (slifmr_scorer.py), embeddings, a faiss index, the ridge head, a "
              "manifest", "slifmr export runs/slifmr --out exports/slifmr")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="export folder (must not exist)")

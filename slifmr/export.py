@@ -1,31 +1,32 @@
-"""Export a trained run for serving, and answer top-K from the export (issue 17, part 1).
+"""Export a trained run for serving, and score from the export.
 
 `slifmr export RUN --out DIR` writes, atomically (a temporary sibling folder, one rename):
 
-    users.parquet      user (raw id), embedding (d floats)
-    items.parquet      item (raw id), embedding (d floats)
+    slifmr_scorer.py   the servable scorer (a copy of slifmr/scorer.py): numpy + faiss only,
+                       exactly `slifmr recommend`'s lists, a user's fresh history, fold-in of
+                       unseen users, popularity fallback, allow-lists
+    arrays/            what it reads, one .npy each: users, items (embeddings), user_ids,
+                       item_ids (raw ids), seen_* and train_* (CSR: every interaction / the
+                       training ones by user), ridge_* (CSR: the head's W by history item),
+                       popularity (training interactions per item)
     items.faiss        a faiss inner-product index over the item embeddings: exact (IndexFlatIP)
                        up to `exact_limit` items, HNSW beyond, its recall@K measured against
                        the exact top K and written to the manifest
-    history.parquet    user, item (raw ids; user_row, item_row: rows of the two tables) of every
-                       interaction, `train` true for training ones: what is never recommended,
-                       and the ridge head's x_u
-    ridge.parquet      (with the ridge head) item, neighbour (raw ids and rows), weight: w_j over N_j
+    users.parquet      user (raw id), embedding (d floats)        } the same, for stacks that
+    items.parquet      item (raw id), embedding (d floats)        } read Parquet (Spark, a
+    history.parquet    user, item, user_row, item_row, train      } feature store)
+    ridge.parquet      (with the ridge head) item, neighbour (raw ids and rows), weight: W^T
     manifest.json      slifmr version, dataset fingerprint, variant, best epoch and its
-                       validation metrics, and the score
+                       validation metrics, and the score (its formula, ridge weight, and the
+                       item embeddings' mean and covariance)
 
-The score is u . z_i (cosine when trained with the softmax loss). With SLIF-MR's ridge head it
-is standardise(u . z) + eta standardise(x_u W) (slifmr/model/slifmr.py, `Representations`),
-each standardised over the user's N scores. Both moments of the first part are closed forms of
-the item embeddings' mean and covariance (mean_i u.z_i = u.zbar, var_i u.z_i = u^T C u), which
-the manifest stores; the second part is sparse. So the exact top K of the fused score is among
-the index's top K + |seen| by u . z and the items where x_u W is non-zero (an item outside both
-has x_u W = 0 and a lower u . z than K unseen candidates): `Export.recommend` scores those only.
+The score and the two-stage candidate guarantee are in slifmr/scorer.py's docstring.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -40,12 +41,12 @@ import slifmr
 from slifmr.atomic import atomic_folder
 from slifmr.config import CLOSED_FORM
 from slifmr.errors import SlifmrError
+from slifmr.scorer import ARRAYS, MANIFEST, Scorer
 
 if TYPE_CHECKING:
     from slifmr.data.format import Dataset
     from slifmr.model.slifmr import Representations
 
-MANIFEST = "manifest.json"
 EXACT_LIMIT = 1_000_000  # items up to which the index is exact (IndexFlatIP); HNSW beyond
 HNSW_M, HNSW_EF_SEARCH = 32, 128
 
@@ -145,57 +146,82 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
         if ridge is not None:
             pq.write_table(ridge, tmp / "ridge.parquet")
         _faiss().write_index(index, str(tmp / "items.faiss"))
+        _write_arrays(tmp / ARRAYS, ds, users_np, items_np, reps if ridge is not None else None)
+        shutil.copyfile(Path(__file__).with_name("scorer.py"), tmp / "slifmr_scorer.py")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
 
 
+def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, data: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Row pointers and column indices (sorted within each row) of the entries (rows, cols)."""
+    order = np.lexsort((cols, rows))
+    out = {"indptr": np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))]).astype(np.int64),
+           "indices": cols[order].astype(np.int64)}
+    if data is not None:
+        out["data"] = data[order].astype(np.float32)
+    return out
+
+
+def _write_arrays(folder: Path, ds: Dataset, users: np.ndarray, items: np.ndarray,
+                  reps: Representations | None) -> None:
+    """What the numpy + faiss scorer reads (slifmr/scorer.py), one .npy per array: embeddings,
+    raw ids, every user's history (seen: any split; train), the head's W by history item, and
+    training popularity."""
+    from slifmr.data.format import TRAIN
+    from slifmr.recommend import raw_ids
+
+    folder.mkdir()
+    train = ds.split == TRAIN
+    arrays: dict[str, np.ndarray] = {
+        "users": users, "items": items, "popularity": np.bincount(ds.item[train], minlength=ds.num_items),
+        "user_ids": raw_ids(ds, "users", np.arange(ds.num_users)).astype(str),
+        "item_ids": raw_ids(ds, "items", np.arange(ds.num_items)).astype(str)}
+    for name, mask in (("seen", slice(None)), ("train", train)):
+        arrays.update({f"{name}_{k}": v for k, v in _csr(ds.user[mask], ds.item[mask], ds.num_users).items()})
+    if reps is not None:  # item_ridge is W^T: (scored item i, history item j) -> W[j, i], stored by j
+        w = reps.item_ridge.to_sparse_coo().coalesce()
+        i, j = w.indices().numpy()
+        arrays.update({f"ridge_{k}": v for k, v in _csr(j, i, ds.num_items, w.values().numpy()).items()})
+    for name, a in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+
+
 @dataclass
 class Export:
-    """A loaded export: top-K for one raw user id through the index (`recommend`), or exact
-    batch scoring (`recommend_batch`, what `slifmr recommend --all --workers N` runs)."""
+    """A loaded export: `scorer` answers one user at a time with numpy + faiss (slifmr/scorer.py,
+    what a serving host runs); `recommend_batch` scores many users exactly with torch (what
+    `slifmr recommend --all --workers N` runs)."""
 
-    manifest: dict[str, Any]
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    users: np.ndarray
-    items: np.ndarray
-    index: Any
-    seen: Any  # scipy CSR (M, N): every interaction
-    train: Any  # scipy CSR (M, N): training interactions, the ridge head's X
-    ridge_t: Any  # scipy CSR W^T (N, N), or None
+    scorer: Scorer
     _scorers: dict[str, Representations] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.scorer.manifest
+
+    @property
+    def users(self) -> np.ndarray:
+        return self.scorer.users
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.scorer.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.scorer.item_ids
+
+    def recommend(self, user: str, k: int = 10, **options: Any) -> list[tuple[str, float]]:
+        """The user's top-k unseen items as (raw item id, score), best first (`Scorer.recommend`;
+        `options` are its keyword arguments). Raises SlifmrError for an unknown id."""
+        try:
+            return self.scorer.recommend(user, k, strict_user=True, **options)
+        except ValueError as e:
+            raise SlifmrError(str(e)) from None
+
     @cached_property
-    def user_index(self) -> dict[str, int]:
-        return {str(u): i for i, u in enumerate(self.user_ids)}
-
-    def row(self, user: str) -> int:
-        if user not in self.user_index:
-            raise SlifmrError(f"unknown user id {user!r}")
-        return self.user_index[user]
-
-    def recommend(self, user: str, k: int = 10) -> list[tuple[str, float]]:
-        """The user's top-k unseen items as (raw item id, score), best first, from the index's
-        candidates (exact: see the module docstring)."""
-        u = self.row(user)
-        q = self.users[u]
-        seen = self.seen.indices[self.seen.indptr[u] : self.seen.indptr[u + 1]]
-        _, found = self.index.search(q[None, :], min(k + seen.size, self.items.shape[0]))
-        candidates = found[0][found[0] >= 0]
-        if self.ridge_t is not None:
-            ridge = np.asarray((self.train[u] @ self.ridge_t.T).todense()).ravel()  # x_u W
-            candidates = np.union1d(candidates, np.flatnonzero(ridge))
-        candidates = np.setdiff1d(candidates, seen)
-        scores = self.items[candidates] @ q
-        if self.ridge_t is not None:
-            s, n = self.manifest["score"], self.items.shape[0]
-            mean1 = float(q @ np.asarray(s["item_mean"], np.float32))
-            std1 = float(np.sqrt(max(q @ np.asarray(s["item_cov"], np.float32) @ q, 1e-24)))
-            mean2 = float(ridge.sum() / n)
-            std2 = float(np.sqrt(max((np.square(ridge, dtype=np.float64).sum() - n * mean2**2) / max(n - 1, 1), 1e-24)))
-            scores = (scores - mean1) / std1 + s["ridge_weight"] * (ridge[candidates] - mean2) / std2
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [(str(self.item_ids[candidates[i]]), float(scores[i])) for i in order]
+    def seen(self) -> Any:
+        return _scipy(self.scorer.seen, self.scorer.items.shape[0])
 
     def representations(self, device: str = "cpu") -> Representations:
         """The trained model's scorer rebuilt from the export, on `device` (built once per device):
@@ -209,12 +235,13 @@ class Export:
                 t = t.coalesce()
                 return (t.to_sparse_csr() if csr else t).to(device)
 
-            ridge = self.ridge_t is not None
+            s, n = self.scorer, self.scorer.items.shape[0]
+            head = s.ridge is not None
             self._scorers[device] = Representations(
-                torch.from_numpy(self.users).to(device), torch.from_numpy(self.items).to(device),
-                item_ridge=sparse(self.ridge_t, csr=True) if ridge else None,
-                interactions=sparse(self.train, csr=False) if ridge else None,
-                ridge_weight=float(self.manifest["score"]["ridge_weight"]))
+                torch.from_numpy(np.array(s.users)).to(device), torch.from_numpy(np.array(s.items)).to(device),
+                item_ridge=sparse(_scipy(s.ridge, n).T, csr=True) if head else None,  # W^T
+                interactions=sparse(_scipy(s.train, n), csr=False) if head else None,
+                ridge_weight=s.ridge_weight)
         return self._scorers[device]
 
     def recommend_batch(self, rows: np.ndarray, k: int, device: str = "cpu") -> dict[str, np.ndarray]:
@@ -229,33 +256,19 @@ class Export:
                 "item": self.item_ids[recs.item.cpu().numpy()].astype(str), "score": recs.score.cpu().numpy()}
 
 
-def load_export(path: str | Path) -> Export:
-    """Read an export folder written by `export_run`."""
+def _scipy(m: Any, columns: int) -> Any:
+    """A scipy CSR matrix of the scorer's `Csr` rows."""
     import scipy.sparse as sp
 
-    faiss = _faiss()
+    data = np.ones(m.indices.size, np.float32) if m.data is None else np.asarray(m.data)
+    return sp.csr_matrix((data, np.asarray(m.indices), np.asarray(m.indptr)), shape=(m.indptr.size - 1, columns))
+
+
+def load_export(path: str | Path) -> Export:
+    """Read an export folder written by `export_run`. Raises SlifmrError when it is not one."""
+    _faiss()
     root = Path(path)
-    if not (root / MANIFEST).exists():
-        raise SlifmrError(f"{root} is not an export folder (no {MANIFEST})")
-    manifest = json.loads((root / MANIFEST).read_text())
-    users, items = pq.read_table(root / "users.parquet"), pq.read_table(root / "items.parquet")
-
-    def matrix(t: pa.Table) -> np.ndarray:  # a writable copy: torch warns on Arrow's read-only buffers
-        return np.array(t.column("embedding").combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1)
-
-    m, n = users.num_rows, items.num_rows
-    h = pq.read_table(root / "history.parquet", columns=["user_row", "item_row", "train"])
-    hu, hi = (h.column(c).to_numpy() for c in ("user_row", "item_row"))
-    tr = h.column("train").to_numpy(zero_copy_only=False)
-
-    def csr(mask: np.ndarray) -> Any:
-        return sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (hu[mask], hi[mask])), shape=(m, n))
-
-    ridge_t = None
-    if (root / "ridge.parquet").exists():
-        r = pq.read_table(root / "ridge.parquet", columns=["item_row", "neighbour_row", "weight"])
-        ridge_t = sp.csr_matrix((r.column("weight").to_numpy(), (r.column("item_row").to_numpy(),
-                                                                r.column("neighbour_row").to_numpy())), shape=(n, n))
-    return Export(manifest, users.column("user").to_numpy(zero_copy_only=False).astype(object),
-                  items.column("item").to_numpy(zero_copy_only=False).astype(object), matrix(users), matrix(items),
-                  faiss.read_index(str(root / "items.faiss")), csr(np.ones(hu.size, bool)), csr(tr), ridge_t)
+    if not (root / MANIFEST).exists() or not (root / ARRAYS).is_dir():
+        raise SlifmrError(f"{root} is not an export folder (no {MANIFEST} or {ARRAYS}/; an export from an "
+                          "older slifmr: export the run again)")
+    return Export(Scorer.load(root))

@@ -76,3 +76,16 @@ def test_ranking_saved_at_the_end_is_what_the_rebuilt_best_epoch_ranks(tiny_path
     lists = slifmr.load_run(run.path).recommend(["0", "7"], k=5)
     shutil.rmtree(tmp_path / "run" / RANKING)
     assert slifmr.load_run(run.path).recommend(["0", "7"], k=5).equals(lists)
+
+
+def test_a_missing_extra_fails_before_the_run_folder(tiny_path: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed is the `zero` extra: without it --strategy deepspeed says how to install it, in
+    one line, before anything is written or Ray is started."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
+    with pytest.raises(SlifmrError, match=re.escape("pip install 'slifmr[zero]'")):
+        slifmr.train(data=tiny_path, out=tmp_path / "run", workers=1, strategy="deepspeed", epochs=1)
+    assert not (tmp_path / "run").exists()

@@ -134,6 +134,9 @@ class DDPStrategy:
         self.optimizer.load_state_dict({**state, "param_groups": [{**g, "fused": fused} for g in state["param_groups"]]})
 
 
+ZERO_MISSING = "--strategy deepspeed needs DeepSpeed: pip install 'slifmr[zero]'"
+
+
 class DeepSpeedStrategy:
     """DeepSpeed ZeRO stage 1 or 2 around the same Adam; the engine is the `module` the loop
     calls, and runs backward() and step()."""
@@ -143,7 +146,7 @@ class DeepSpeedStrategy:
         try:
             import deepspeed
         except ImportError:
-            raise SlifmrError("--strategy deepspeed needs DeepSpeed: pip install deepspeed") from None
+            raise SlifmrError(ZERO_MISSING) from None
 
         # DeepSpeed's ZeRO calls a collective torch 2.13 deprecates, once per step
         warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
