@@ -39,6 +39,12 @@ SINGLE: dict[str, list[str]] = {
     "refresh_binary": ["model.refresh_every=2", "model.corr_binary=true", "model.gamma=0.5", "model.beta=0.3"],
     "neighbor": ["train.sampling=neighbor", "train.fanout=4,2"],
     "neighbor_all": ["train.sampling=neighbor", "train.fanout=-1,-1"],
+    "history": ["train.sampling=history", "train.fanout=4"],
+    "history_sampled_refresh": ["train.sampling=history", "train.fanout=4", "train.history_grad=sampled",
+                                "train.history_refresh=3"],
+    "ease": ["variant=ease"],
+    "cooc_ridge": ["variant=cooc_ridge"],
+    "pop": ["variant=pop"],
 }
 GROUP: dict[str, list[str]] = {  # two gloo workers
     "ddp2": [],
@@ -60,6 +66,15 @@ def config(overrides: list[str]) -> Any:
     return load_config(variant=variant, overrides=SMALL + [o for o in overrides if not o.startswith("variant=")])
 
 
+def _train_loop() -> Any:
+    """The loop of whichever version is imported (slifmr.training since the loop's split)."""
+    try:
+        from slifmr.training import train_loop
+    except ImportError:
+        from slifmr.trainer import train_loop
+    return train_loop
+
+
 def summarize(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Every number a change of numerics would move."""
     from slifmr.distributed.checkpoint import load_checkpoint
@@ -78,8 +93,8 @@ def summarize(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     from slifmr.distributed.collectives import Comm
-    from slifmr.trainer import train_loop
 
+    train_loop = _train_loop()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     ds = dataset()
@@ -96,9 +111,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def run_all(out: Path) -> None:
     from slifmr.distributed.collectives import Comm
-    from slifmr.trainer import train_loop
 
-    ds = dataset()
+    train_loop, ds = _train_loop(), dataset()
     summaries = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in SINGLE.items():

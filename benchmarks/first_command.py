@@ -66,22 +66,33 @@ def first_command(work: Path, name: str, extras: str, train: bool) -> dict[str, 
 
 
 def main() -> int:
-    work = Path("/tmp/slifmr-first-command")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    rows = [first_command(work, "first command", "[text]", train=True),
-            first_command(work, "with zero and cluster", "[text,zero,cluster]", train=False)]
-    command = "python benchmarks/first_command.py"
-    machine = f"{platform.machine()}, {os.cpu_count()} cores; pip from PyPI with --no-cache-dir, nothing else running"
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--collect", action="store_true", help="measure nothing: redraw RESULTS.md from results/first-command.json")
+    if ap.parse_args().collect:
+        saved = json.loads((Path(__file__).parent / "results" / "first-command.json").read_text())
+        rows, command, machine = saved["rows"], saved["command"], saved["machine"]
+    else:
+        work = Path("/tmp/slifmr-first-command")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        rows = [first_command(work, "first command", "[text]", train=True),
+                first_command(work, "with zero and cluster", "[text,zero,cluster]", train=False)]
+        command = "python benchmarks/first_command.py"
+        machine = f"{platform.machine()}, {os.cpu_count()} cores; pip from PyPI with --no-cache-dir, nothing else running"
     lines = ["## The README's first command on a fresh clone (issue 30, part 6)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. A fresh `git clone`, then the set-up command's steps; `train` includes "
              "preparing the embedded dataset into an empty cache (recbole's data files, the text embeddings).", "",
-             "| install | venv | torch | project | train | total | venv MB |", "|---|---|---|---|---|---|---|"]
+             "| install | venv | torch | project | installed in | venv MB | train | first command |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
-        train = f"{s['train']:.0f} s" if "train" in s else "-"
+        install = s["venv"] + s["torch"] + s["project"]
+        train, total = (f"{s['train']:.0f} s", f"**{r['total_seconds'] / 60:.1f} min**") if "train" in s else ("-", "-")
         lines.append(f"| `pip install -e '.{r['extras']}'` | {s['venv']:.0f} s | {s['torch']:.0f} s | {s['project']:.0f} s "
-                     f"| {train} | **{r['total_seconds'] / 60:.1f} min** | {r['venv_mb']:,.0f} |")
+                     f"| {install:.0f} s | {r['venv_mb']:,.0f} | {train} | {total} |")
     lines += ["", "Largest packages of the first command's venv (MB): " + ", ".join(
         f"{n} {mb:,.0f}" for n, mb in rows[0]["largest_packages_mb"].items()) + "."]
     publish("FIRST_COMMAND", "first-command", {"command": command, "machine": machine, "rows": rows}, lines)

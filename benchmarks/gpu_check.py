@@ -56,7 +56,7 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
     from slifmr.config import load_config
     from slifmr.data.format import TRAIN, read_dataset
     from slifmr.distributed.collectives import Comm
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     cfg = load_config(overrides=[f"train.epochs={epochs}", "train.patience=1000", f"train.sampling={sampling}"])
     cfg.data = data

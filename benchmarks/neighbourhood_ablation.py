@@ -49,7 +49,8 @@ def main() -> int:
     from slifmr.model.cooc_ridge import cooccurrence_neighbours
     from slifmr.model.graphs import StaticGraphs
     from slifmr.model.ridge import ridge_weights
-    from slifmr.trainer import load_best, resolve_dataset
+    from slifmr.ranking import resolve_dataset
+    from slifmr.training import load_best
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path)

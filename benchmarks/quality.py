@@ -34,7 +34,7 @@ def run_one(spec: str, seed: int, overrides: list[str], threads: int, run_root: 
     from slifmr import log
     from slifmr.config import load_config
     from slifmr.data.ml100k import prepare_ml100k
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     log.setup(level=30, progress=False)
     variant, _, preset = spec.partition("+")

@@ -32,7 +32,8 @@ def main() -> int:
     from slifmr.model.graphs import StaticGraphs
     from slifmr.model.ridge import ridge_weights
     from slifmr.model.slifmr import Representations
-    from slifmr.trainer import load_best, resolve_dataset
+    from slifmr.ranking import resolve_dataset
+    from slifmr.training import load_best
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path)

@@ -57,7 +57,7 @@ def corrupted_dataset(condition: str, root: Path) -> str:
 def run_one(condition: str, data: str, variant: str, seed: int, run_root: str) -> dict[str, Any]:
     from slifmr import log
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     log.setup(level=30, progress=False)
     cfg = load_config(variant=variant, overrides=[f"train.seed={seed}", "train.threads=1"])

@@ -26,8 +26,9 @@ def profile(variant: str, steps: int, top: int) -> dict:
     from slifmr.data.graphs import training_pairs
     from slifmr.model.graphs import epoch_graphs
     from slifmr.model.slifmr import TrainingBatch
+    from slifmr.ranking import resolve_dataset
     from slifmr.sampling.negative import BPRSampler
-    from slifmr.trainer import build_model, resolve_dataset
+    from slifmr.training import build_model
 
     cfg = load_config(variant=variant)
     ds = resolve_dataset(cfg)

@@ -30,7 +30,7 @@ from quality import HERE, RESULTS, plot, write_results_md
 def run_one(config: str, seed: int, run_dir: str) -> dict[str, Any]:
     from slifmr import log
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     log.setup(level=30, progress=False)
     cfg = load_config(config, overrides=[f"train.seed={seed}", "train.threads=1"])

@@ -63,7 +63,7 @@ class Run:
         saved = load_ranking(self.path, self.config, self.dataset)  # saved at the end of training
         if saved is not None:
             return saved
-        from slifmr.trainer import load_best  # rebuilt from best/: the epoch's graphs, propagation
+        from slifmr.training import load_best  # rebuilt from best/: the epoch's graphs, propagation
 
         return load_best(self.config, self.dataset, self.path)
 
@@ -185,7 +185,7 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
     (`workers=0`; `gpu`: this machine's CUDA device) or on Ray Train with `workers` workers."""
     from slifmr.runlock import RunLock
     from slifmr.tracking import check_tracker
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     # a tracker or an extra that is missing fails in one line now, before the run folder is made
     check_tracker(cfg.train.tracker, cfg.train.tracking_uri, run_dir)

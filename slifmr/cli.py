@@ -320,13 +320,6 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
-# train.seed draws the train.eval_users sample
-_CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
-                       "train.seed", "train.threads")
-CLOSED_FORM_KEYS = {"ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k"),
-                    "pop": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2")}
-
-
 def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
     """A closed-form variant (ease, cooc_ridge, pop): the options of gradient training do not apply."""
     from slifmr.config import flatten_config, parse_override, read_config_file
@@ -341,7 +334,9 @@ def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
     keys += list(flatten_config(read_config_file(args.config))) if args.config else []
     if args.seed is not None and "train.eval_users" not in keys:
         given.append("--seed (it draws the train.eval_users sample only)")
-    reads = CLOSED_FORM_KEYS[variant]
+    from slifmr.training.closed_form import READS
+
+    reads = READS[variant]
     given += [k for k in keys if k not in (*reads, "variant")]
     if given:
         raise SlifmrError(f"{', '.join(given)} do(es) not apply to variant {variant}, a closed form solved in one "
@@ -350,7 +345,9 @@ def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
 
 def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
     """Options that would be accepted and have no effect are refused instead."""
-    if cfg.variant in CLOSED_FORM_KEYS:
+    from slifmr.config import CLOSED_FORM
+
+    if cfg.variant in CLOSED_FORM:
         _check_closed_form_options(args, cfg.variant)
     if args.workers < 0:
         raise SlifmrError(f"--workers must be >= 0, got {args.workers}")

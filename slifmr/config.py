@@ -461,10 +461,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
     if t.sampling != "full":
-        from slifmr.trainer import sampling_fanouts  # torch_geometric: only when sampling
+        from slifmr.fanout import sampling_fanouts
 
         layers = {"cf": m.ui_layers} | ({"kg": m.kg_layers} if m.use_kg else {}) | ({"mm": m.mm_layers} if m.use_mm else {})
-        sampling_fanouts(t, layers)
+        sampling_fanouts(t.sampling, t.fanout, layers)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -1,13 +1,13 @@
 """What ranking with a run's best epoch needs, and the checks that it belongs to the run's
 dataset and config.
 
-At the end of training (`trainer.final_results`) the best epoch's user and item representations,
+At the end of training (`training.final_results`) the best epoch's user and item representations,
 the ridge head's W (sparse) and its blend weight are saved once as RUN_DIR/ranking (an atomic
 checkpoint folder, meta as best/'s). Commands that only rank (`recommend`, `evaluate`, `export`,
 batch inference, `Run.model`) load it instead of rebuilding the epoch's graphs and propagating
 (and without importing the trainer or PyG). A run without it (saved before it existed, a closed
 form, or resumed and not yet finished, whose best epoch has moved on) is rebuilt from best/ as
-before (`trainer.load_best`).
+before (`training.load_best`).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
 class Tracker(Protocol):
     def log_epoch(self, record: dict[str, Any]) -> None:
-        """One metrics.jsonl record (slifmr.trainer.EpochRecord.to_json())."""
+        """One metrics.jsonl record (slifmr.training.records.EpochRecord.to_json())."""
 
     def finish(self, results: dict[str, Any]) -> None:
         """results.json: best epoch, its validation and the test metrics; ends the run FINISHED."""

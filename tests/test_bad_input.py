@@ -83,7 +83,7 @@ def _write(path: Path, table: pa.Table) -> Path:
 
 def _run_folder(tmp: Path) -> Path:
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=1"])
     cfg.data = str(_dataset(tmp))

@@ -13,7 +13,7 @@ import torch
 from slifmr.config import TrainConfig, load_config
 from slifmr.model.graphs import denoise_ui_edges
 from slifmr.model.views import perturb
-from slifmr.trainer import learning_rate, train_loop
+from slifmr.training import learning_rate, train_loop
 
 
 def _corr(pairs: list[tuple[int, int, float]]) -> tuple[torch.Tensor, torch.Tensor]:

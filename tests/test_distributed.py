@@ -125,7 +125,7 @@ def _layerwise_job(comm: Comm, data: str) -> dict:
     from slifmr.config import load_config
     from slifmr.data.format import read_dataset
     from slifmr.model.propagate import layerwise_spmm
-    from slifmr.trainer import build_model
+    from slifmr.training import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"])
     model, static = build_model(cfg, read_dataset(data), comm=comm)  # the frozen kNN graph built sharded
@@ -136,7 +136,7 @@ def _layerwise_job(comm: Comm, data: str) -> dict:
 
 def test_sharded_layerwise_inference_equals_one_process(tmp_path: Path, tiny_path: Path, tiny_ds) -> None:  # noqa: ANN001
     from slifmr.config import load_config
-    from slifmr.trainer import build_model
+    from slifmr.training import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3"])
     model, static = build_model(cfg, tiny_ds)
@@ -150,7 +150,7 @@ def test_sharded_layerwise_inference_equals_one_process(tmp_path: Path, tiny_pat
 def _eval_job(comm: Comm, data: str, scores: torch.Tensor) -> dict:
     from slifmr.data.format import TEST, read_dataset
     from slifmr.evaluation import Evaluator
-    from slifmr.trainer import _user_shard
+    from slifmr.training.build import user_shard as _user_shard
 
     ds = read_dataset(data)
     ev = Evaluator(ds, [10, 20], chunk_size=7, users=_user_shard(ds, comm))
@@ -179,7 +179,7 @@ def test_collectives_are_no_ops_without_a_group() -> None:
 
 def _train_job(comm: Comm, data: str, out: str, strategy: str, stage: int, epochs: int, resume: bool) -> dict:
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     os.environ.update(RANK=str(comm.rank), LOCAL_RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size))
     cfg = load_config(overrides=["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", "train.batch_size=128",
@@ -220,9 +220,10 @@ def _sampled_steps_job(comm: Comm, data: str, grad_sync: str) -> dict:
     from slifmr.data.format import read_dataset
     from slifmr.data.graphs import training_pairs
     from slifmr.distributed.strategy import make_strategy
+    from slifmr.fanout import view_fanouts
     from slifmr.sampling.negative import BPRSampler
-    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph, sampled_batch, view_fanouts
-    from slifmr.trainer import build_model
+    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph, sampled_batch
+    from slifmr.training import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.sampling=neighbor"])
     ds = read_dataset(data)
@@ -249,7 +250,7 @@ def test_sampled_replicas_stay_equal(tmp_path: Path, tiny_path: Path) -> None:
 
 def _grad_sync_job(comm: Comm, data: str, out: str) -> dict:
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     results = {}
     for sync in ("dense", "ddp"):

@@ -22,7 +22,7 @@ from slifmr.config import load_config
 from slifmr.data.format import write_dataset
 from slifmr.data.synth import synthesize
 from slifmr.distributed.checkpoint import CheckpointError, load_checkpoint
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 SMALL = ["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", "train.batch_size=256", "train.patience=100",
          "train.threads=1"]

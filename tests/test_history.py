@@ -11,17 +11,17 @@ from test_neighbor import _batch, _model, assert_seeds_match_full_graph
 
 from slifmr.data.format import Dataset
 from slifmr.errors import ConfigError
+from slifmr.fanout import KG_TYPES, RATES, SIMILAR, history_fanouts, sampling_fanouts
 from slifmr.model.propagate import FullGraph
 from slifmr.model.slifmr import TrainingBatch
-from slifmr.sampling.history import HistoryGraph, history_batch, history_fanouts, record_memory
-from slifmr.sampling.neighbor import KG_TYPES, RATES, SIMILAR, BatchSubgraphs, epoch_graph
-from slifmr.trainer import sampling_fanouts
+from slifmr.sampling.history import HistoryGraph, history_batch, record_memory
+from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph
 
 LAYERS = ("model.kg_layers=2", "model.mm_layers=2")
 
 
 def _sample(model, graphs, ds: Dataset, spec: str, n: int = 24):  # noqa: ANN001, ANN202 - test helper
-    fanouts = sampling_fanouts(_train("history", spec), model.view_layers)
+    fanouts = sampling_fanouts("history", _train("history", spec).fanout, model.view_layers)
     return BatchSubgraphs(epoch_graph(graphs), fanouts, 0).sample(*_batch(ds, n), 1, 0)
 
 
@@ -116,7 +116,7 @@ def test_a_sample_cut_to_its_seeds_gives_the_same_seeds_step(tiny_ds: Dataset) -
     with torch.no_grad():
         for table in model.embedding_tables():
             table.add_(0.1 * torch.randn(table.shape, generator=torch.Generator().manual_seed(2)))
-    fanouts = sampling_fanouts(_train("history", "2"), model.view_layers)
+    fanouts = sampling_fanouts("history", "2", model.view_layers)
     results = []
     for cut in (False, True):
         sub = BatchSubgraphs(epoch_graph(graphs), fanouts, 0, seed_sources_only=cut).sample(*_batch(tiny_ds, 40), 1, 0)
@@ -141,7 +141,7 @@ def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Pa
     """Two epochs straight equal one epoch, a resume, and the second (the memory is rebuilt
     from the checkpointed weights, and every 2 steps within an epoch)."""
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     over = [f"data={tiny_path}", "train.sampling=history", "train.fanout=3", "model.embedding_dim=8",
             "train.batch_size=64", "train.patience=5", "model.k_corr=3", "model.k_mm=3", "train.history_refresh=2"]
@@ -179,7 +179,7 @@ def test_mf_trains_with_sampled_steps(tmp_path: Path, tiny_path: Path) -> None:
     """Variant mf has only embedding tables: with sampled steps all of them take the row-wise
     optimizer and there is no dense one (this crashed: 'optimizer got an empty parameter list')."""
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     over = [f"data={tiny_path}", "train.sampling=history", "model.embedding_dim=8", "train.batch_size=64"]
     train_loop(load_config(variant="mf", overrides=[*over, "train.epochs=1"]), tmp_path / "mf")

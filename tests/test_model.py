@@ -19,7 +19,7 @@ from slifmr.model.graphs import (
 )
 from slifmr.model.propagate import spmm
 from slifmr.model.slifmr import TrainingBatch
-from slifmr.trainer import build_model
+from slifmr.training import build_model
 
 
 def dense(csr: torch.Tensor) -> torch.Tensor:

@@ -13,23 +13,20 @@ from conftest import graphs_at
 from slifmr.config import load_config
 from slifmr.data.format import Dataset
 from slifmr.errors import ConfigError
+from slifmr.fanout import KG_TYPES, RATES, parse_fanout, view_fanouts
 from slifmr.model.graphs import EpochGraphs
 from slifmr.model.propagate import FullGraph, layerwise_spmm
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
 from slifmr.sampling.neighbor import (
-    KG_TYPES,
-    RATES,
     BatchSubgraphs,
     HeteroNeighborSampler,
     SampledSubgraph,
     _sample_rows,
     backend,
     epoch_graph,
-    parse_fanout,
     sampled_batch,
-    view_fanouts,
 )
-from slifmr.trainer import build_model
+from slifmr.training import build_model
 
 
 def _model(ds: Dataset, *overrides: str, sparse: bool = False) -> tuple[SLIFMR, EpochGraphs]:
@@ -214,7 +211,7 @@ def test_approximate_knn_recall_is_reported(tiny_ds: Dataset) -> None:
 def test_sampled_training_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:
     """A sampled run (approximate kNN, capped steps, sampled evaluation users) stopped after
     epoch 2 and resumed equals the uninterrupted run: sampling is a function of the position."""
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     def cfg(epochs: int):  # noqa: ANN202
         c = load_config(overrides=["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", "train.batch_size=128",

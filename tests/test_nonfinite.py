@@ -16,7 +16,7 @@ from slifmr.config import load_config
 from slifmr.distributed.checkpoint import CheckpointError, save_checkpoint
 from slifmr.errors import ConfigError, NonFiniteError
 from slifmr.model.slifmr import SLIFMR
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 SMALL = ["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.batch_size=256", "train.epochs=3"]
 
@@ -34,13 +34,13 @@ def test_extreme_features_stop_training_at_the_first_step(tmp_path: Path) -> Non
 
 
 def _nan_from_epoch(epoch: int, part: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from slifmr import trainer
+    from slifmr.training.self_loop import SelfLoop
 
-    build_graphs, forward, current = trainer._epoch_graphs, SLIFMR.forward, {}
+    build_graphs, forward, current = SelfLoop.epoch_graphs, SLIFMR.forward, {}
 
-    def record_epoch(model, static, cfg, state, e, *args):  # noqa: ANN001, ANN002, ANN202
+    def record_epoch(self, model, e, *args):  # noqa: ANN001, ANN002, ANN202
         current["epoch"] = e
-        return build_graphs(model, static, cfg, state, e, *args)
+        return build_graphs(self, model, e, *args)
 
     def poisoned(self, batch):  # noqa: ANN001, ANN202
         parts = forward(self, batch)
@@ -49,7 +49,7 @@ def _nan_from_epoch(epoch: int, part: str, monkeypatch: pytest.MonkeyPatch) -> N
             parts["loss"] = sum(v for k, v in parts.items() if k != "loss")
         return parts
 
-    monkeypatch.setattr(trainer, "_epoch_graphs", record_epoch)
+    monkeypatch.setattr(SelfLoop, "epoch_graphs", record_epoch)
     monkeypatch.setattr(SLIFMR, "forward", poisoned)
 
 

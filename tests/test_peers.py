@@ -19,7 +19,7 @@ from slifmr.errors import ConfigError, SlifmrError
 from slifmr.model.ease import EASE, ease_weights, gram
 from slifmr.model.losses import softmax_loss
 from slifmr.model.propagate import FullGraph
-from slifmr.trainer import build_model, train_loop
+from slifmr.training import build_model, train_loop
 
 SMALL = ["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.batch_size=256"]
 

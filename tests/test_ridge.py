@@ -20,7 +20,7 @@ from slifmr.model import ridge
 from slifmr.model.ease import ease_weights, gram
 from slifmr.model.ridge import ridge_scores, ridge_weights
 from slifmr.model.slifmr import Representations
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 
 @pytest.mark.parametrize("path", ["run gram", "gram computed here", "small chunks"])
@@ -120,7 +120,7 @@ def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp
     keeps the best; the best epoch's weight is the one test is read with, once, at the end."""
     from slifmr.data.format import TEST, VALID
     from slifmr.evaluation import Evaluator
-    from slifmr.trainer import choose_blend, load_best
+    from slifmr.training import choose_blend, load_best
 
     splits: list[int] = []
     original = Evaluator.candidate_sums

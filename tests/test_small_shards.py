@@ -21,7 +21,7 @@ from slifmr.config import load_config
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 DEADLINE_S = 240  # generous for 4 spawned processes on 2 cores; a hang never ends
 

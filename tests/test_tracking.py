@@ -126,7 +126,7 @@ def test_a_run_stopped_mid_training_ends_its_mlflow_run_and_the_next_one_trains(
     import mlflow
 
     from slifmr.config import load_config
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(None, "slifmr", settings=[("data", str(tiny_path)), ("train.epochs", 5), ("train.tracker", "mlflow"),
@@ -223,7 +223,7 @@ def test_an_interrupt_during_a_tracker_write_waits_for_the_write(tiny_path: Path
 
     from slifmr.config import load_config
     from slifmr.tracking import MLflowTracker
-    from slifmr.trainer import train_loop
+    from slifmr.training import train_loop
 
     real_log = MLflowTracker._log
 

@@ -11,7 +11,7 @@ import torch
 from slifmr.config import load_config
 from slifmr.data.format import TRAIN, VALID, read_dataset
 from slifmr.errors import SlifmrError
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 SMALL = ["model.embedding_dim=16", "model.k_corr=3", "model.k_mm=3", "train.batch_size=128", "train.patience=3"]
 

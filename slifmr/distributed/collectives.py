@@ -41,6 +41,12 @@ class Comm:
         finally:
             self.seconds["comm"] += time.perf_counter() - start
 
+    def take_counters(self) -> tuple[float, float]:
+        """(seconds inside collectives, gradient bytes moved) since the last call; both restart at 0."""
+        taken = self.seconds["comm"], self.traffic["bytes"]
+        self.seconds["comm"], self.traffic["bytes"] = 0.0, 0.0
+        return taken
+
     @staticmethod
     def current(device: torch.device | str = "cpu") -> Comm:
         """This process's Comm; `device` is where the model lives (cuda:<local rank> with nccl)."""

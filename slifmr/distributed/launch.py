@@ -24,7 +24,7 @@ from slifmr import log
 from slifmr.config import Config, from_dict, validate
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
-from slifmr.trainer import train_loop
+from slifmr.training import train_loop
 
 RAY_RUN_NAME = "train"
 

@@ -37,11 +37,11 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from slifmr.errors import ConfigError
+from slifmr.fanout import VIEW_EDGE_TYPES, EdgeType
 from slifmr.model.graphs import EpochGraphs, crow_indices
 from slifmr.model.propagate import VIEW_NODE_TYPES, FullGraph, Spmm, spmm, whole
 from slifmr.model.slifmr import SLIFMR, TrainingBatch
-from slifmr.sampling.neighbor import VIEW_EDGE_TYPES, EdgeType, SeedsFirst, parse_fanout
+from slifmr.sampling.neighbor import SeedsFirst
 
 HopKey = tuple[str, int]  # (view, i): the i-th hop that view's forward asks for
 
@@ -90,22 +90,6 @@ def _offsets(graphs: EpochGraphs) -> dict[str, dict[str, int]]:
     """Where each node type's rows start in a view's FullGraph layout."""
     m, n = graphs.num_users, graphs.num_items
     return {"cf": {"user": 0, "item": m}, "kg": {"item": 0, "entity": n}, "mm": {"item": 0}}
-
-
-def history_fanouts(spec: str, layers: dict[str, int]) -> dict[EdgeType, list[int]]:
-    """One hop per step: the first hop of `train.fanout` ('10,5;kg=5,0' -> 10, kg 5) for each
-    edge type of the views in `layers` (view -> its layer count), as one-hop fan-outs for the
-    sampler (-1: every neighbour, exact). A view without layers samples nothing (fan-out 0)."""
-    edge_types = [et for v in layers for et in VIEW_EDGE_TYPES[v]]
-    out = parse_fanout(spec, edge_types)
-    one = {et: [out[et][0]] for et in edge_types}
-    if all(f == [0] for f in one.values()):
-        raise ConfigError(f"train.fanout {spec!r}: with train.sampling=history the first hop's fan-out samples "
-                          "each layer; it must not be 0 everywhere")
-    for view, n in layers.items():
-        for et in VIEW_EDGE_TYPES[view]:
-            one[et] = one[et] if n > 0 else [0]
-    return one
 
 
 def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:

@@ -220,7 +220,7 @@ def finish_sweep(spec: SweepSpec, sweep_dir: Path, grid: Any, seconds: float) ->
     """Tabulate the trials, pick the best by the validation metric, evaluate it on test once."""
     from slifmr.data.format import TEST, VALID, read_dataset
     from slifmr.evaluation import Evaluator
-    from slifmr.trainer import load_best
+    from slifmr.training import load_best
 
     rows = trial_rows(grid, spec, sweep_dir)
     if not any(r["status"] == "TERMINATED" and r[spec.metric] is not None for r in rows):

@@ -1,0 +1,21 @@
+"""Training: one loop composing components, each built from its part of the config.
+
+    loop.py         `train_loop`: an epoch is the method, Z(t-1) -> S(t) -> graphs -> steps ->
+                    Z(t) -> validation -> checkpoint; `GradientJob` composes the parts below
+    self_loop.py    `SelfLoop`: Z(t-1), S(t), the ridge head's neighbourhoods and W(t), the
+                    epoch's graphs, the blend chosen on validation
+    batches.py      a batch source per train.sampling (full, neighbor, history)
+    run_folder.py   `RunFolder`: create, resume, per-epoch save, results
+    closed_form.py  the recipe of variants solved in one go (ease, cooc_ridge, pop)
+    build.py        the model and static graphs, a closed form, the evaluator, threads
+    best.py         the best epoch's scorer and the test metrics
+    records.py      seed streams, early stopping, metrics.jsonl records
+
+The package is `training` (not `train`): `slifmr.train` is the API's function."""
+
+from slifmr.training.best import final_results, load_best
+from slifmr.training.build import build_model
+from slifmr.training.loop import learning_rate, train_loop
+from slifmr.training.self_loop import choose_blend
+
+__all__ = ["build_model", "choose_blend", "final_results", "learning_rate", "load_best", "train_loop"]

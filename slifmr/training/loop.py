@@ -1,0 +1,234 @@
+"""The one training loop. The in-process path (`--workers 0`) and every Ray Train worker run
+`train_loop`; distribution reaches it only through `Comm` (rank, world size, collectives).
+The loop composes components built from the config: the self-loop (self_loop.py), a batch
+source (batches.py), the optimizer strategy (distributed/strategy.py) and the run folder
+(run_folder.py); closed-form variants take their own recipe (closed_form.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slifmr.config import CLOSED_FORM, Config, TrainConfig
+from slifmr.data.format import Dataset
+from slifmr.data.graphs import training_pairs
+from slifmr.distributed.collectives import Comm
+from slifmr.distributed.strategy import Strategy, make_strategy
+from slifmr.errors import NonFiniteError, SlifmrError
+from slifmr.evaluation import Evaluator
+from slifmr.model.graphs import KnnFn, StaticGraphs
+from slifmr.model.propagate import Spmm, layerwise_spmm
+from slifmr.model.slifmr import SLIFMR, Triples
+from slifmr.ranking import resolve_dataset
+from slifmr.sampling.negative import BPRSampler
+from slifmr.tracking import tracking
+from slifmr.training.batches import BatchSource, build_batch_source
+from slifmr.training.best import final_results
+from slifmr.training.build import build_evaluator, build_model, set_threads
+from slifmr.training.closed_form import fit_closed_form
+from slifmr.training.records import EpochRecord, SeedStreams
+from slifmr.training.run_folder import LoopState, RunFolder
+from slifmr.training.self_loop import SelfLoop, row_sharding
+
+Reporter = Any  # (epoch metrics, checkpoint folder | None) -> None: Ray Train's report
+
+
+def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None, resume: bool = False,
+               ds: Dataset | None = None, reporter: Reporter | None = None, knn_fn: KnnFn | None = None,
+               resume_from: Path | None = None, evaluate_test: bool = True) -> dict[str, Any]:
+    """Train until early stopping or cfg.train.epochs; returns the contents of results.json.
+
+    `resume` continues from run_dir/checkpoint, `resume_from` from another checkpoint folder
+    (the one Ray Train hands a restarted worker group). The model trains on `comm.device`.
+    `evaluate_test=False` (sweep trials) never touches the test split: results.json then has
+    "test": null, and the sweep evaluates only its chosen trial on test, once.
+
+    Each epoch is the method (architecture.md §4): Z(t-1) -> S(t) -> the epoch's graphs ->
+    steps -> Z(t) -> validation -> checkpoint."""
+    comm = comm or Comm.current()
+    set_threads(cfg, comm)
+    ds = ds if ds is not None else resolve_dataset(cfg)
+    run, t, seeds = RunFolder(Path(run_dir), comm.is_main), cfg.train, SeedStreams.of(cfg.train.seed)
+    if cfg.variant in CLOSED_FORM:
+        return fit_closed_form(cfg, run, ds, comm, reporter, evaluate_test)
+    job = GradientJob.build(cfg, ds, comm, knn_fn)
+    resumed = resume or resume_from is not None
+    state = job.start(run, cfg, ds, resume_from if resumed else None, resumed)
+    # the tracker's run ends on every exit (FAILED, KILLED on Ctrl-C), so a later run in this
+    # process starts its own
+    with tracking(cfg, run.path, resume=resumed, enabled=comm.is_main) as tracker:
+        for epoch in range(state.epoch + 1, t.epochs + 1):
+            if state.stopper.bad_epochs >= t.patience:
+                break
+            clock, generator = EpochClock(comm), seeds.epoch_generator(epoch)
+            job.strategy.set_lr(learning_rate(t, epoch))
+            graphs, fusion = job.self_loop.epoch_graphs(job.model, epoch, generator)  # Z(t-1) -> S(t), W(t)
+            clock.lap("fusion")
+            job.batches.begin_epoch(job.model, graphs, epoch)
+            triples = job.sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
+            clock.lap("prepare")
+            loss, steps = train_steps(job, triples, epoch, generator, run)
+            clock.lap("train")
+            job.batches.end_epoch()
+            graphs = job.model.attend(graphs)  # KGAT: attention from the epoch's trained weights
+            reps = job.model.representations(graphs, job.spmm)
+            if not reps.finite():  # equal on every rank
+                raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
+                                     f"epoch's steps; {run.stopped_hint(epoch)}")
+            job.self_loop.end_epoch(graphs, reps)  # Z(t): the next fusion's input
+            valid = job.self_loop.validate(job.evaluator, reps, t.stop_metric, comm.all_reduce_sum)
+            state.epoch, graphs, reps = epoch, None, None
+            clock.lap("eval")
+            rec = clock.record(epoch, loss, valid, state.stopper.step(valid[t.stop_metric], epoch), steps, fusion, job)
+            job.save_epoch(run, state, rec, cfg, ds)
+            if tracker is not None:
+                tracker.log_epoch(rec.to_json())
+            if reporter is not None:
+                reporter(rec.to_json(), run.path / "checkpoint" if comm.is_main else None)
+        comm.barrier()  # rank 0 has written best/ before anyone loads it
+        # the best epoch is read back from disk: the training replica, its optimizer state and the
+        # last epoch's graphs go first, so the two never share memory (OOM at 10^6 users, 2 workers)
+        evaluator, static = job.evaluator, job.static
+        job = None
+        results = final_results(cfg, ds, run, evaluator, comm, evaluate_test, static=static)
+        if tracker is not None:
+            tracker.finish(results)
+    return results
+
+
+@dataclass
+class GradientJob:
+    """What gradient training composes, built from the config: the model and its static graphs,
+    the optimizer strategy, the BPR sampler, the evaluator, the batch source and the self-loop."""
+
+    model: SLIFMR
+    static: StaticGraphs
+    strategy: Strategy
+    sampler: BPRSampler
+    steps_per_epoch: int
+    evaluator: Evaluator
+    batches: BatchSource
+    self_loop: SelfLoop
+    spmm: Spmm
+    comm: Comm
+
+    @classmethod
+    def build(cls, cfg: Config, ds: Dataset, comm: Comm, knn_fn: KnnFn | None = None) -> GradientJob:
+        """Raises SlifmrError when the dataset has fewer training interactions than workers."""
+        t, seeds = cfg.train, SeedStreams.of(cfg.train.seed)
+        spmm = layerwise_spmm(sharding=row_sharding(comm))
+        sparse = t.sampling != "full"  # sampled steps touch few table rows: sparse grads, row-wise Adam
+        model, static = build_model(cfg, ds, comm, sparse_tables=sparse)
+        model.to(comm.device)
+        comm.broadcast_parameters(model.parameters())
+        users, items = training_pairs(ds)
+        if users.numel() < comm.world_size:  # every worker needs a shard: refuse before any work
+            raise SlifmrError(f"{comm.world_size} workers but dataset {ds.name} has {users.numel()} training "
+                              f"interaction(s): use --workers {max(users.numel(), 1)} or fewer")
+        # train.batch_size is the global batch: each of the world_size workers takes its share, so
+        # N workers take the same optimisation steps as one
+        per_worker = max(1, t.batch_size // comm.world_size)
+        strategy = make_strategy(
+            t.strategy, model, comm, lr=t.lr, weight_decay=t.weight_decay, zero_stage=t.zero_stage,
+            micro_batch=per_worker, row_sparse=model.embedding_tables(), sparse_tables=sparse,
+            # full-graph steps give every table row a gradient: auto means dense there
+            grad_sync="dense" if t.grad_sync == "auto" and not sparse else t.grad_sync)
+        sampler = BPRSampler(users, items, ds.num_items, per_worker, seed=seeds.negatives, rank=comm.rank,
+                             world_size=comm.world_size)
+        return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
+                   build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
+                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), spmm, comm)
+
+    def start(self, run: RunFolder, cfg: Config, ds: Dataset, checkpoint: Path | None, resume: bool) -> LoopState:
+        """A new run folder, or the state of the checkpoint it resumes (model, optimizer, self-loop)."""
+        from slifmr import log
+
+        state = LoopState()
+        if not resume:
+            run.create(cfg)
+            return state
+        ckpt = run.resume(cfg, ds, checkpoint)
+        self.model.load_state_dict(ckpt["model"])
+        self.strategy.load_state_dict(ckpt["optimizer"])
+        state.load_state_dict(ckpt)
+        self.self_loop.load_state_dict(ckpt)
+        log.info(f"resuming {run.path} at epoch {state.epoch + 1} (best so far: epoch {state.stopper.best_epoch})")
+        if state.stopper.bad_epochs >= cfg.train.patience:
+            log.info(f"the run had already stopped early ({state.stopper.bad_epochs} epochs without a better "
+                     f"{cfg.train.stop_metric}, patience {cfg.train.patience}): nothing more to train")
+        return state
+
+    def save_epoch(self, run: RunFolder, state: LoopState, rec: EpochRecord, cfg: Config, ds: Dataset) -> None:
+        """The epoch's checkpoint, best/ and metrics line (rank 0; every rank checks finiteness)."""
+        optimizer = self.strategy.state_dict()  # a collective under ZeRO: every rank calls it
+        run.save_epoch(rec, self.model.state_dict(), optimizer, {**state.state_dict(), **self.self_loop.state_dict()},
+                       self.self_loop.best_state(), run.meta(cfg, ds, rec.epoch), rec.line(cfg.train.epochs,
+                                                                                          cfg.train.stop_metric))
+
+
+def train_steps(job: GradientJob, triples: Iterator[Triples], epoch: int, generator: Any,
+                run: RunFolder) -> tuple[dict[str, float], int]:
+    """The epoch's optimisation steps: (mean of each loss part, steps taken). Raises
+    NonFiniteError, naming the loss part, when a loss or averaged gradient is not finite."""
+    from slifmr import log
+
+    totals: dict[str, float] = {}
+    n_steps = 0
+    for step, batch_triples in enumerate(log.progress(triples, desc=f"epoch {epoch}", total=job.steps_per_epoch)):
+        if step >= job.steps_per_epoch:
+            break
+        job.batches.before_step(step)
+        parts = job.strategy.module(job.batches.batch(batch_triples, epoch, step, generator))  # model or its wrapper
+        if not job.strategy.step(parts["loss"]):  # a non-finite loss (any rank) or averaged gradient
+            # the loss is the sum of the parts: a bad part makes it non-finite, so this names it
+            bad = next((k for k, v in parts.items() if not math.isfinite(float(v.detach()))), None)
+            what = (f"loss part '{bad}' is {float(parts[bad].detach())}" if bad
+                    else "the loss on another worker or the averaged gradient is not finite")
+            raise NonFiniteError(f"epoch {epoch}, step {step + 1}: {what}; {run.stopped_hint(epoch)}")
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v.detach())
+        n_steps += 1
+    return {k: v / max(n_steps, 1) for k, v in totals.items()}, n_steps
+
+
+class EpochClock:
+    """An epoch's wall-clock phases (fusion, prepare, train, eval) and its metrics.jsonl record."""
+
+    def __init__(self, comm: Comm):
+        self.comm, self.started, self.start = comm, time.time(), time.perf_counter()
+        comm.take_counters()  # collectives counted from here
+        self.last, self.seconds = self.start, {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase], self.last = now - self.last, now
+
+    def record(self, epoch: int, loss: dict[str, float], valid: dict[str, float], is_best: bool, steps: int,
+               fusion: dict[str, float], job: GradientJob) -> EpochRecord:
+        comm_seconds, grad_bytes = self.comm.take_counters()
+        sl = job.self_loop
+        return EpochRecord(
+            epoch=epoch, loss=loss, valid=valid, is_best=is_best, epoch_seconds=time.perf_counter() - self.start,
+            fusion_seconds=self.seconds["fusion"], knn_seconds=fusion["knn"], ridge_seconds=fusion["ridge"],
+            ridge_weight=sl.ridge_weight, comm_seconds=comm_seconds, train_seconds=self.seconds["train"],
+            sampling_seconds=job.batches.seconds["sampling"], memory_seconds=job.batches.seconds["memory"],
+            eval_seconds=self.seconds["eval"], steps=steps, grad_bytes_per_step=grad_bytes / max(steps, 1),
+            knn_recall=getattr(sl.knn, "recall", None), epoch_start_unix_seconds=self.started,
+            fused=sl.corr_epoch == epoch)
+
+
+def learning_rate(t: TrainConfig, epoch: int) -> float:
+    """Epoch `epoch`'s (1-based) learning rate under train.lr_schedule: a function of the epoch
+    alone, so a resumed run continues the schedule. cosine: lr (1 + cos(pi (epoch - 1) /
+    epochs)) / 2 (SGDR without restarts, Loshchilov and Hutter, ICLR 2017, eq. 5);
+    exponential: lr * lr_gamma^(epoch - 1)."""
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / t.epochs))
+    if t.lr_schedule == "exponential":
+        return t.lr * t.lr_gamma ** (epoch - 1)
+    return t.lr

@@ -1,0 +1,135 @@
+"""SLIF-MR's self-loop (docs/architecture.md §1): the item representations Z(t-1) an epoch ends
+with become the next fusion's input. Each fusion epoch searches Z(t-1)'s neighbours once: the
+first model.k_corr make the item-item graph S(t), the first model.ridge_k are the ridge head's
+regressors N_j, and W(t) is solved on them; then the epoch's graphs A(t), A_mm(t), KG(t) and its
+attention are built. After the epoch's steps, validation chooses the head's blend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slifmr.config import Config, ModelConfig
+from slifmr.data.format import VALID
+from slifmr.distributed.collectives import Comm
+from slifmr.distributed.knn import KnnSearch
+from slifmr.evaluation import Evaluator
+from slifmr.model.graphs import (
+    EpochGraphs,
+    Graph,
+    KnnFn,
+    StaticGraphs,
+    correlation_from_neighbours,
+    epoch_graphs,
+    fusion_due,
+)
+from slifmr.model.propagate import RowSharding
+from slifmr.model.ridge import ridge_weights
+from slifmr.model.slifmr import SLIFMR, Representations
+
+
+def row_sharding(comm: Comm) -> RowSharding | None:
+    """Each worker's block of rows and the all-gather that joins them (None in one process)."""
+    return (comm.shard, comm.all_gather_rows) if comm.world_size > 1 else None
+
+
+class SelfLoop:
+    """The self-loop's state and its per-epoch graphs. Owns Z(t-1) (N, d), S(t) (edge index and
+    weights), the epoch of the last fusion, the ridge head's neighbourhoods (N, ridge_k) and W(t)^T
+    (N, N) CSR, the blend validation chose, and the previous epoch's graphs (what is not rebuilt
+    is reused). `state_dict` is what a checkpoint keeps of it."""
+
+    def __init__(self, static: StaticGraphs, cfg: ModelConfig, knn: KnnFn, comm: Comm):
+        self.static, self.cfg, self.knn, self.comm = static, cfg, knn, comm
+        self.sharding = row_sharding(comm)
+        self.last_z: Tensor | None = None
+        self.corr: Graph | None = None
+        self.corr_epoch: int | None = None
+        self.neighbours: Tensor | None = None  # (N, ridge_k) of Z(t-1): the ridge head's regressors
+        self.item_ridge: Tensor | None = None  # W(t)^T solved on them (not saved: the neighbours give it back)
+        self.ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
+        self.graphs: EpochGraphs | None = None
+
+    @classmethod
+    def build(cls, cfg: Config, static: StaticGraphs, comm: Comm, seed: int, knn: KnnFn | None = None) -> SelfLoop:
+        """The self-loop of `cfg.model`, its kNN search model.knn over `comm`'s workers (`knn`
+        replaces it; `seed` draws the approximate search's recall check)."""
+        return cls(static, cfg.model, knn or KnnSearch(comm, cfg.model.knn, seed=seed), comm)
+
+    def epoch_graphs(self, model: SLIFMR, epoch: int, generator: torch.Generator) -> tuple[EpochGraphs, dict[str, float]]:
+        """Epoch `epoch`'s graphs with their KG attention, and the seconds of the kNN search and
+        of the ridge solves ({"knn": s, "ridge": s}). A fusion is due every model.refresh_every
+        epochs once Z(t-1) exists; each worker solves its block of W(t), one all-gather joins it."""
+        start, m = time.perf_counter(), self.cfg
+        seconds = {"knn": 0.0, "ridge": 0.0}
+        if fusion_due(m, epoch) and self.last_z is not None:
+            # one search serves S(t) (the first k_corr neighbours) and the ridge head (ridge_k)
+            k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
+            nbrs, sims = self.knn(self.last_z.detach(), k)
+            self.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
+            self.neighbours = nbrs[:, : m.ridge_k].cpu().int() if m.ridge_weight > 0 else None
+            self.corr_epoch = epoch
+            seconds["knn"] = time.perf_counter() - start
+            if self.neighbours is not None:
+                s = self.static
+                self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
+                                                s.item_gram, self.sharding, self.comm.device)
+                seconds["ridge"] = time.perf_counter() - start - seconds["knn"]
+        graphs = epoch_graphs(self.static, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
+                              self.sharding, item_ridge=self.item_ridge)
+        self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
+        return (graphs if graphs.kg_attention is not None else model.attend(graphs)), seconds
+
+    def end_epoch(self, graphs: EpochGraphs, reps: Representations) -> None:
+        """Keep the epoch's graphs (reused next epoch) and its items Z(t), the next fusion's input."""
+        self.graphs, self.last_z = graphs, reps.items.clone()
+
+    def validate(self, evaluator: Evaluator, reps: Representations, stop_metric: str,
+                 all_reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """The validation metrics of the epoch, its blend chosen (`choose_blend`) and kept."""
+        self.ridge_weight, valid = choose_blend(evaluator, reps, self.cfg, stop_metric, all_reduce)
+        return valid
+
+    def release(self) -> None:
+        """Drop the epoch's graphs (GBs at 10^6 users) before the best epoch is loaded."""
+        self.graphs = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_z": self.last_z,
+            "corr": None if self.corr is None else {"edge_index": self.corr[0], "weight": self.corr[1]},
+            "neighbours": self.neighbours,
+            "corr_epoch": self.corr_epoch,
+            "ridge_weight": self.ridge_weight,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_z = None if state.get("last_z") is None else state["last_z"].to(self.comm.device)
+        corr = state.get("corr")
+        self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
+        self.neighbours = state.get("neighbours")
+        self.corr_epoch = state.get("corr_epoch")
+        self.ridge_weight = state.get("ridge_weight")
+
+    def best_state(self) -> dict[str, Any]:
+        """What best/ keeps to rebuild the epoch's graphs and scorer: S(t), the neighbourhoods, the blend."""
+        state = self.state_dict()
+        return {"corr": state["corr"], "neighbours": state["neighbours"], "ridge_weight": state["ridge_weight"]}
+
+
+def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
+                 all_reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
+    """The ridge head's blend chosen on validation: the validation metrics of the ranking with
+    each weight of `cfg.ridge_blend` and `cfg.ridge_weight`, and the weight whose `stop_metric` is highest (the first
+    of equals). Returns (that weight, its validation metrics); (None, the metrics of `reps` as
+    they are) without the head or a blend grid. Reads the validation split only."""
+    if not reps.has_head or reps.ridge_weight <= 0 or not cfg.ridge_blend:
+        return None, evaluator.evaluate(reps.full_scores, VALID, all_reduce)
+    weights = list(cfg.ridge_blend) + ([reps.ridge_weight] if reps.ridge_weight not in cfg.ridge_blend else [])
+    scores = evaluator.evaluate_candidates(lambda users: reps.blends(users, weights), len(weights), VALID, all_reduce)
+    best = max(range(len(weights)), key=lambda i: (scores[i][stop_metric], -i))
+    return weights[best], scores[best]
