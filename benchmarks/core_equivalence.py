@@ -68,10 +68,12 @@ def config(overrides: list[str]) -> Any:
 
 def _train_loop() -> Any:
     """The loop of whichever version is imported (slifmr.training since the loop's split)."""
-    try:
-        from slifmr.training import train_loop
-    except ImportError:
+    import slifmr
+
+    if (Path(slifmr.__file__).parent / "trainer.py").exists():  # the checkout before the split
         from slifmr.trainer import train_loop
+    else:
+        from slifmr.training import train_loop
     return train_loop
 
 
