@@ -220,12 +220,16 @@ def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Pa
     or model__k_corr / train__lr. `out`: the run folder (default runs/<variant>-seed<seed>-<time>).
     `preset`: a config layer under `config` and `variant` (config.PRESETS, e.g. "scale").
     Raises ConfigError for an unknown key or a bad value, SlifmrError for bad input."""
+    from slifmr.config import flatten_config, read_config_file
+    from slifmr.options import PYTHON, check_options
+
     settings: list[tuple[str, Any]] = [(config_key(k), v) for k, v in overrides.items()]
     if data is not None:
         settings.append(("data", str(data)))
     cfg = load_config(config, variant, settings=settings, preset=preset)
-    if cfg.train.tracking_uri and cfg.train.tracker != "mlflow":  # as `slifmr train --tracking-uri` is refused
-        raise SlifmrError(f"tracking_uri applies to tracker='mlflow' (the tracker is {cfg.train.tracker})")
+    # the command line's rules, spelled as keyword arguments
+    check_options(cfg, [k for k, _ in settings], PYTHON, workers=workers,
+                  from_file=list(flatten_config(read_config_file(config))) if config else [])
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     run_dir = Path(out) if out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"

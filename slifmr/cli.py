@@ -320,50 +320,16 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     return saved, cfg
 
 
-def _check_closed_form_options(args: argparse.Namespace, variant: str) -> None:
-    """A closed-form variant (ease, cooc_ridge, pop): the options of gradient training do not apply."""
-    from slifmr.config import flatten_config, parse_override, read_config_file
-
-    if args.resume:
-        raise SlifmrError(f"variant {variant} is solved in one go: there is nothing to resume (train it again with --out)")
-    flags = {"--workers": args.workers, "--gpu": args.gpu, "--epochs": args.epochs,
-             "--strategy": args.strategy, "--zero-stage": args.zero_stage, "--sampling": args.sampling,
-             "--fanout": args.fanout, "--max-failures": args.max_failures, "--address": args.address}
-    given = [flag for flag, value in flags.items() if value]
-    keys = [parse_override(item)[0] for item in args.set]
-    keys += list(flatten_config(read_config_file(args.config))) if args.config else []
-    if args.seed is not None and "train.eval_users" not in keys:
-        given.append("--seed (it draws the train.eval_users sample only)")
-    from slifmr.training.closed_form import READS
-
-    reads = READS[variant]
-    given += [k for k in keys if k not in (*reads, "variant")]
-    if given:
-        raise SlifmrError(f"{', '.join(given)} do(es) not apply to variant {variant}, a closed form solved in one "
-                          f"process (it reads {', '.join(reads)})")
-
-
 def _check_train_options(args: argparse.Namespace, cfg) -> None:  # noqa: ANN001
-    """Options that would be accepted and have no effect are refused instead."""
-    from slifmr.config import CLOSED_FORM
+    """Options that would be accepted and have no effect are refused (slifmr/options.py, the
+    rules `slifmr.train()` applies too)."""
+    from slifmr.config import flatten_config, parse_override, read_config_file
+    from slifmr.options import COMMAND_LINE, check_options
 
-    if cfg.variant in CLOSED_FORM:
-        _check_closed_form_options(args, cfg.variant)
-    if args.workers < 0:
-        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
-    if args.workers == 0:
-        for flag, value in (("--address", args.address), ("--max-failures", args.max_failures)):
-            if value:
-                raise SlifmrError(f"{flag} applies to Ray Train runs: add --workers N (N >= 1)")
-        if cfg.train.strategy != "ddp":
-            raise SlifmrError("--strategy deepspeed needs --workers >= 1 (Ray Train)")
-    if args.max_failures < 0:
-        raise SlifmrError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if args.zero_stage is not None and cfg.train.strategy != "deepspeed":
-        raise SlifmrError("--zero-stage applies to --strategy deepspeed only")
-    if args.fanout is not None and cfg.train.sampling == "full":
-        raise SlifmrError("--fanout applies to --sampling neighbor or history only")
-    _check_tracking_uri(args.tracking_uri, cfg.train.tracker)
+    given = [key for key, _ in _flag_overrides(args)] + [parse_override(item)[0] for item in args.set]
+    from_file = list(flatten_config(read_config_file(args.config))) if args.config else []
+    check_options(cfg, given, COMMAND_LINE, from_file=from_file, workers=args.workers, gpu=args.gpu,
+                  address=args.address, max_failures=args.max_failures, resume=bool(args.resume))
 
 
 def _check_tracking_uri(uri: str | None, tracker: str | None) -> None:

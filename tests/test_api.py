@@ -47,6 +47,12 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"tracking_uri": "file:/tmp/x"}, "tracking_uri applies to tracker='mlflow' (the tracker is none)"),
     ({"tracker": "tensorboard", "tracking_uri": "file:/tmp/x"}, "(the tracker is tensorboard)"),
+    # the command line's rules (slifmr/options.py), spelled as keyword arguments
+    ({"fanout": "5,5"}, "fanout applies to sampling neighbor or history only"),
+    ({"zero_stage": 1}, "zero_stage applies to strategy='deepspeed' only"),
+    ({"strategy": "deepspeed"}, "strategy='deepspeed' needs workers >= 1 (Ray Train)"),
+    ({"variant": "ease"}, "epochs do(es) not apply to variant ease"),
+    ({"variant": "pop", "workers": 2}, "workers, epochs do(es) not apply to variant pop"),
 ])
 def test_keywords_that_would_have_no_effect_are_refused(kwargs: dict, message: str, tiny_path: Path,
                                                         tmp_path: Path) -> None:

@@ -21,13 +21,6 @@ from slifmr.training.build import build_closed_form, build_evaluator
 from slifmr.training.records import EarlyStopping, EpochRecord
 from slifmr.training.run_folder import RunFolder
 
-# the config keys each closed form reads (train.seed draws the train.eval_users sample): every
-# other option is refused for it, rather than accepted with no effect
-_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users", "train.seed",
-           "train.threads")
-READS: dict[str, tuple[str, ...]] = {"ease": _COMMON, "cooc_ridge": (*_COMMON, "model.ridge_k"),
-                                     "pop": tuple(k for k in _COMMON if k != "model.ease_l2")}
-
 
 def fit_closed_form(cfg: Config, run: RunFolder, ds: Dataset, comm: Comm, reporter: Any = None,
                     evaluate_test: bool = True) -> dict[str, Any]:
