@@ -37,7 +37,7 @@ def train_once(workers: int, epochs: int, seed: int, run_root: Path, strategy: s
     from slifmr.config import load_config
     from slifmr.data.format import TRAIN, read_dataset
     from slifmr.data.ml100k import prepare_ml100k
-    from slifmr.distributed.launch import ray_train
+    from slifmr.launch import ray_train
 
     log.setup(level=30, progress=False)
     cfg = load_config(overrides=[f"train.epochs={epochs}", f"train.seed={seed}", "train.patience=1000",

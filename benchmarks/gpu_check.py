@@ -61,7 +61,7 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
     cfg = load_config(overrides=[f"train.epochs={epochs}", "train.patience=1000", f"train.sampling={sampling}"])
     cfg.data = data
     if ray_workers:
-        from slifmr.distributed.launch import ray_train
+        from slifmr.launch import ray_train
 
         results = ray_train(cfg, run_dir, workers=ray_workers, gpu=True)
     else:

@@ -206,7 +206,7 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
         if workers == 0:
             train_loop(cfg, run_dir, comm, resume=resume)
         else:
-            from slifmr.distributed.launch import ray_train
+            from slifmr.launch import ray_train
 
             ray_train(cfg, run_dir, workers, gpu, max_failures, address)
     return Run(run_dir, cfg)

@@ -67,7 +67,7 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
 
     import ray
 
-    from slifmr.distributed.launch import connect
+    from slifmr.launch import connect
 
     out = str(out)
     if workers < 1:

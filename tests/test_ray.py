@@ -53,7 +53,7 @@ EPOCHS = 14
 @pytest.fixture(scope="module")
 def reference_run(ray_local, tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str]]:  # noqa: ANN001
     """An uninterrupted 2-worker DDP run: results and metrics.jsonl lines."""
-    from slifmr.distributed.launch import ray_train
+    from slifmr.launch import ray_train
 
     out = tmp_path_factory.mktemp("ref")
     reference = ray_train(_cfg(tiny_path, EPOCHS), out, workers=2)
@@ -68,7 +68,7 @@ def _strip(line: str) -> dict:
 
 
 def test_killed_worker_resumes_from_checkpoint_with_same_result(reference_run, tiny_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    from slifmr.distributed.launch import ray_train
+    from slifmr.launch import ray_train
 
     epochs = EPOCHS
     reference, ref_lines = reference_run
@@ -102,7 +102,7 @@ def test_deepspeed_zero_workers_match_ddp(reference_run, tiny_path: Path, tmp_pa
     the same epochs as the DDP run, and a checkpoint holding both ranks' optimizer partitions."""
     import torch
 
-    from slifmr.distributed.launch import ray_train
+    from slifmr.launch import ray_train
 
     epochs = 3
     ray_train(_cfg(tiny_path, epochs, "train.strategy=deepspeed", "train.zero_stage=1"), tmp_path / "z", workers=2)
@@ -126,7 +126,7 @@ def test_deepspeed_zero_workers_match_ddp(reference_run, tiny_path: Path, tmp_pa
 )
 def test_impossible_requests_fail_before_any_work(ray_local, tiny_path: Path, tmp_path: Path, kwargs: dict,  # noqa: ANN001
                                                   train: dict, message: str) -> None:
-    from slifmr.distributed.launch import ray_train
+    from slifmr.launch import ray_train
 
     cfg = _cfg(tiny_path, 1)
     for key, value in train.items():  # as a programmatic caller might, past the config's validation
@@ -137,7 +137,7 @@ def test_impossible_requests_fail_before_any_work(ray_local, tiny_path: Path, tm
 
 
 def test_unreachable_address_fails_fast(tiny_path: Path, tmp_path: Path) -> None:
-    from slifmr.distributed.launch import _probe
+    from slifmr.launch import _probe
 
     start = time.time()
     with pytest.raises(SlifmrError, match="no Ray cluster reachable"):
@@ -166,8 +166,8 @@ def test_a_workers_data_error_reaches_the_user_as_one_line() -> None:
 
     from ray.train import WorkerGroupError
 
-    from slifmr.distributed.launch import _user_error
     from slifmr.errors import DataError
+    from slifmr.launch import _user_error
 
     err = pickle.loads(pickle.dumps(DataError("d/interactions.parquet", "duplicate pair", column="item", row=7)))
     assert str(err) == "d/interactions.parquet, column 'item', row 7: duplicate pair"

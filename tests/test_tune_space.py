@@ -118,7 +118,7 @@ def test_sweep_outputs_use_the_metric_the_trials_report(topk: list[int], metric:
 
 def test_ray_train_keeps_the_checkpoint_of_the_runs_own_stop_metric(tmp_path: Path) -> None:
     from slifmr.config import load_config
-    from slifmr.distributed.launch import make_trainer
+    from slifmr.launch import make_trainer
 
     cfg = load_config(None, "mf", settings=[("train.topk", [5, 10]), ("train.stop_metric", "ndcg@10")])
     trainer = make_trainer(cfg, tmp_path / "run", workers=1)

@@ -44,7 +44,7 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
     import ray.tune
 
     from slifmr.distributed.collectives import Comm
-    from slifmr.distributed.launch import flat_metrics, make_trainer, train_from_checkpoint
+    from slifmr.launch import flat_metrics, make_trainer, train_from_checkpoint
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per checkpoint otherwise
     sweep = spec_from_dict(spec, "spec")
@@ -147,7 +147,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
     """Run (or, with `resume`, continue) a sweep; returns best.json's contents. `tracker`: every
     trial is one entry in TensorBoard (its run folder) or MLflow (experiment: the sweep's name;
     default store: sqlite at the sweep folder's mlflow.db)."""
-    from slifmr.distributed.launch import check_resources, connect
+    from slifmr.launch import check_resources, connect
 
     if resume is not None:
         sweep_dir = Path(resume).resolve()
