@@ -42,6 +42,7 @@ SINGLE: dict[str, list[str]] = {
     "history": ["train.sampling=history", "train.fanout=4"],
     "history_sampled_refresh": ["train.sampling=history", "train.fanout=4", "train.history_grad=sampled",
                                 "train.history_refresh=3"],
+    "approx_knn": ["model.knn=approx"],
     "ease": ["variant=ease"],
     "cooc_ridge": ["variant=cooc_ridge"],
     "pop": ["variant=pop"],

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 import slifmr
+from slifmr import ann
 from slifmr.atomic import atomic_folder
 from slifmr.config import CLOSED_FORM
 from slifmr.errors import SlifmrError
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from slifmr.model.slifmr import Representations
 
 EXACT_LIMIT = 1_000_000  # items up to which the index is exact (IndexFlatIP); HNSW beyond
-HNSW_M, HNSW_EF_SEARCH = 32, 128
 
 
 def _vectors(raw: np.ndarray, x: np.ndarray, name: str) -> pa.Table:
@@ -57,26 +57,9 @@ def _vectors(raw: np.ndarray, x: np.ndarray, name: str) -> pa.Table:
     return pa.table({name: pa.array(raw.astype(str)), "embedding": pa.FixedSizeListArray.from_arrays(flat, d)})
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise SlifmrError("export needs faiss for its index: pip install faiss-cpu") from None
-    return faiss
-
-
 def build_index(items: np.ndarray, exact_limit: int = EXACT_LIMIT) -> Any:
-    """A faiss inner-product index over `items` (N, d) float32: exact up to `exact_limit` rows."""
-    faiss = _faiss()
-
-    d = items.shape[1]
-    if items.shape[0] <= exact_limit:
-        index = faiss.IndexFlatIP(d)
-    else:
-        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-    index.add(np.ascontiguousarray(items, dtype=np.float32))
-    return index
+    """The serving index over `items` (N, d) float32: exact up to `exact_limit` rows, HNSW beyond."""
+    return ann.build_index(items, "flat" if items.shape[0] <= exact_limit else "hnsw", "export")
 
 
 def index_recall(index: Any, users: np.ndarray, items: np.ndarray, k: int, sample: int = 1000, seed: int = 0) -> float:
@@ -88,7 +71,8 @@ def index_recall(index: Any, users: np.ndarray, items: np.ndarray, k: int, sampl
     k = min(k, items.shape[0])
     _, found = index.search(q, k)
     exact = torch.topk(torch.from_numpy(q) @ torch.from_numpy(items).T, k, dim=1).indices.numpy()
-    return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
+    hits, total = ann.overlap(found, exact)
+    return hits / total
 
 
 def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int = EXACT_LIMIT) -> Path:
@@ -145,7 +129,7 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
                        tmp / "history.parquet")
         if ridge is not None:
             pq.write_table(ridge, tmp / "ridge.parquet")
-        _faiss().write_index(index, str(tmp / "items.faiss"))
+        ann.faiss_module("export").write_index(index, str(tmp / "items.faiss"))
         _write_arrays(tmp / ARRAYS, ds, users_np, items_np, reps if ridge is not None else None)
         shutil.copyfile(Path(__file__).with_name("scorer.py"), tmp / "slifmr_scorer.py")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -266,7 +250,7 @@ def _scipy(m: Any, columns: int) -> Any:
 
 def load_export(path: str | Path) -> Export:
     """Read an export folder written by `export_run`. Raises SlifmrError when it is not one."""
-    _faiss()
+    ann.faiss_module("export")
     root = Path(path)
     if not (root / MANIFEST).exists() or not (root / ARRAYS).is_dir():
         raise SlifmrError(f"{root} is not an export folder (no {MANIFEST} or {ARRAYS}/; an export from an "

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from slifmr.ann import build_index, overlap
 from slifmr.config import CHOICES
 from slifmr.data.graphs import knn
 from slifmr.distributed.collectives import Comm
@@ -35,23 +36,14 @@ def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, nprobe: int = 16) 
     Built in one k-means pass and searched over a few lists, it is several times cheaper than
     HNSW at the self-loop's k (about 100, for the ridge head) with a recall as high
     (benchmarks/RESULTS.md, FUSION_SCALE); each search's recall is measured (`KnnSearch`)."""
-    try:
-        import faiss
-    except ImportError:
-        raise SlifmrError("model.knn=approx needs faiss: pip install faiss-cpu") from None
     xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
-    n, d = xn.shape
+    n = xn.shape[0]
     rows = torch.arange(n) if rows is None else rows.cpu()
     k = min(k, n - 1)
     # faiss wants >= 39 training points per list; one list is the exact search
     lists = max(1, min(int(math.sqrt(n)), n // 39))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = 1234
-    faiss.omp_set_num_threads(1)  # k-means on one thread: the same lists on every process and run
-    index.train(xn)
-    index.add(xn)
-    index.nprobe = min(nprobe, lists)
-    faiss.omp_set_num_threads(torch.get_num_threads())  # searches are independent per query
+    index = build_index(xn, "ivf", "model.knn=approx", lists=lists, nprobe=nprobe,
+                        search_threads=torch.get_num_threads())
     sims, nbrs = (torch.from_numpy(a) for a in index.search(xn[rows.numpy()], k + 1))
     # drop the row itself (usually the first hit); rows whose k+1 hits miss themselves drop the
     # last; a hit faiss could not fill (-1, when the lists scanned hold fewer than k + 1 rows)
@@ -100,6 +92,6 @@ class KnnSearch:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, self.calls, self.comm.rank))
         pick = torch.randperm(rows.numel(), generator=gen)[: self.check_rows]
         exact, _ = knn(full, k, self.chunk_size, rows=rows[pick])
-        found = (nbrs[pick].to(exact.device)[:, :, None] == exact[:, None, :]).any(2).sum()
-        counts = self.comm.all_reduce_sum(torch.tensor([float(found), float(exact.numel())], dtype=torch.float64))
+        hits, total = overlap(nbrs[pick].to(exact.device), exact)
+        counts = self.comm.all_reduce_sum(torch.tensor([float(hits), float(total)], dtype=torch.float64))
         return float(counts[0] / counts[1].clamp_min(1))
