@@ -1,4 +1,4 @@
-"""The Python API (issue 17, part 4): train, load a run, evaluate it and recommend from it in a
+"""The Python API: train, load a run, evaluate it and recommend from it in a
 notebook, through the same functions the `slifmr` command calls.
 
     import slifmr

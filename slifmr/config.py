@@ -122,8 +122,8 @@ class TrainConfig:
     fanout: str = "10,5"
     # history: seeds (GAS, Fey et al., ICML 2021): only the batch's own rows are read and
     # updated, every other node enters at its historical embedding; or sampled (LTGNN): the
-    # sampled neighbours' current rows too, and gradients reach them (2.6x dearer per step at
-    # 10^6 users, as accurate on ml-100k: benchmarks/RESULTS.md, HISTORY_ACCURACY)
+    # sampled neighbours' current rows too, and gradients reach them (dearer per step, as
+    # accurate on ml-100k: benchmarks/RESULTS.md, HISTORY_ACCURACY)
     history_grad: str = "seeds"
     # history: optimiser steps between refreshes of the historical embeddings within an epoch
     # (0: once per epoch, at its start); each refresh is one layer-wise forward over the graph

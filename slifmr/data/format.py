@@ -113,7 +113,7 @@ def content_digest(ds: Dataset) -> str:
     """sha256 of what ties a model's rows to data: every id map (raw id of each contiguous id),
     the (user, item, split) columns and every modality's name, shape and values (adding a
     modality makes a new fingerprint). The same rows imported in another order give other
-    contiguous ids, hence another digest. About 1 s per 10^7 interactions."""
+    contiguous ids, hence another digest."""
     h = hashlib.sha256(f"{ds.num_users} {ds.num_items}".encode())
     for col in (ds.user, ds.item, ds.split):
         h.update(np.ascontiguousarray(col, dtype=np.int64).tobytes())
@@ -169,8 +169,8 @@ def write_dataset(ds: Dataset, out: str | os.PathLike, overwrite: bool = False) 
 
 
 def _write_dataset_files(ds: Dataset, tmp: Path) -> None:
-    # the fingerprint (sha256, which releases the GIL) is hashed while Arrow writes the files:
-    # 1.8 s of a 10^8-row import's 10 s of writing
+    # the fingerprint (sha256, which releases the GIL) is hashed while Arrow writes the files,
+    # so large imports do not pay for it after the write
     with ThreadPoolExecutor(1) as pool:
         fingerprint = pool.submit(content_digest, ds)
         _write_tables(ds, tmp)

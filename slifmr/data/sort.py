@@ -20,7 +20,7 @@ def sort_in_place(keys: np.ndarray, workers: int | None = None) -> None:
 
     With several cores: equal slices are sorted on threads (numpy releases the GIL while it
     sorts), then one stable sort merges the sorted runs (numpy's timsort finds them, so this is
-    a merge, not a sort: ~0.03 s for 6x10^6 int64). `workers`: threads (default: the cores this
+    a merge, not a sort). `workers`: threads (default: the cores this
     process may run on)."""
     k = 1 if keys.size < PARALLEL_FROM else workers or available_cores()
     if k < 2:

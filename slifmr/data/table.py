@@ -1,4 +1,4 @@
-"""Import your own data from Parquet or CSV tables (`slifmr data import table`, issue 16).
+"""Import your own data from Parquet or CSV tables (`slifmr data import table`).
 
     interactions   one row per (user, item) event: id columns of any type, an optional
                    timestamp, rating/label columns (`thresholds`) and split column
@@ -552,9 +552,9 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
 
 def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
     """The smallest `value` of each distinct `key` (both (n,) int64 >= 0), in no given order.
-    When (key, value) packs into one int64 this is one plain sort (2x faster than an argsort at
-    10^7 rows). Else the keys alone are sorted, and only the rows whose key repeats are sorted
-    indirectly (an argsort of 10^8 rows took 17 s; repeats are usually few). pyarrow's hash
+    When (key, value) packs into one int64 this is one plain sort (a direct sort moves less
+    memory than an argsort). Else the keys alone are sorted, and only the rows whose key repeats
+    are sorted indirectly (an argsort of every row is the slow path; repeats are usually few). pyarrow's hash
     aggregation was slower than either at millions of distinct keys."""
     if key.size == 0:
         return key.copy()

@@ -73,8 +73,8 @@ class DDPStrategy:
         self.row_sparse, self.grad_sync = row_sparse or [], grad_sync
         tables = {id(p) for p in self.row_sparse} if sparse_tables else set()
         dense = [p for p in self.params if id(p) not in tables]
-        # None when the tables are all there is (variant mf with sampled steps). Fused Adam (one
-        # kernel over every tensor) took an ml-100k slifmr step's update from 2.2 to 1.0 ms on CPU
+        # None when the tables are all there is (variant mf with sampled steps). Fused Adam: one
+        # kernel over every tensor instead of one per tensor, which dominates small models' updates
         fused = all(p.device.type in ("cpu", "cuda") for p in dense) or None
         self.optimizer = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused) if dense else None
         self.table_optimizer = RowWiseAdam(self.row_sparse, lr=lr) if sparse_tables else None

@@ -49,8 +49,8 @@ KnnFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]  # (Z (N, d), k) -> (nbrs
 def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
     """The (n_rows, n_cols) CSR matrix with weight (E,) at each edge (2, E) (row, col); repeated
     edges add. Edges already listed row by row without repeats (coalesced: PyG's `coalesce`
-    output) are taken as they are; others are sorted (1.5 s -> 0.03 s for 1.9 x 10^7 coalesced
-    edges on one core)."""
+    output) are taken as they are; others are sorted (skipping the sort is most of
+    the cost of building the matrix when the edges come coalesced)."""
     n_cols = n_cols or n_rows
     rows, cols = edge_index
     keys = rows * n_cols + cols
@@ -62,8 +62,8 @@ def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None =
 def transpose_csr(adj: Tensor) -> Tensor:
     """adj^T as CSR: a training step's backward multiplies by it (`slifmr.model.propagate.spmm`),
     so it is built once per graph rather than by torch's sparse backward on every step. One
-    stable sort of the column indices: within a column the rows stay in order (2x faster than
-    torch's COO transpose and coalesce)."""
+    stable sort of the column indices: within a column the rows stay in order (cheaper than
+    torch's COO transpose and coalesce, which sort by both indices)."""
     crow, col = adj.crow_indices(), adj.col_indices()
     rows = torch.repeat_interleave(torch.arange(adj.shape[0], device=crow.device), crow.diff())
     order = torch.argsort(col, stable=True)
@@ -161,7 +161,7 @@ def degree_sensitive_dropout(ui_edges: Tensor, num_users: int, num_items: int, d
 
 
 def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share: float) -> Tensor:
-    """S(t) as a denoiser (issue 15's candidate): per user u, the floor(share * deg(u)) training
+    """S(t) as a denoiser: per user u, the floor(share * deg(u)) training
     edges (u, i) that S(t) supports least leave the propagation graphs.
 
     The support of (u, i) is sum_j w_ij over S(t)'s neighbours j of i that u also interacted with:
@@ -225,7 +225,7 @@ class RelationBlock:
 class KGAttentionLayout:
     """Everything KGAT's attention over one KG needs besides the weights, built once per KG(t)
     (`KnowledgeGraph.attention_layout`): the attention is recomputed twice an epoch on the same
-    edges, and sorting them each time cost 3x the arithmetic. `relations`: one block per
+    edges, and sorting them each time cost more than the arithmetic. `relations`: one block per
     relation with edges; `full`, `from_items`, `from_entities` and their transposes: the
     patterns of `KGAttention`'s matrices; `from_item_edges`, `from_entity_edges`: the edges from
     an item or an entity into an item (the entries of `from_items`, `from_entities`)."""

@@ -38,7 +38,7 @@ class BPRSampler:
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         """(N,) bool: whether each (user, item) is a training pair. The keys are searched in
         sorted order: random probes into 10^7 keys miss the cache on every level of the binary
-        search (9.3M probes at 10^6 users, one core: 3.5 s, against 0.8 s with the sort)."""
+        search, sorted probes walk the keys in order."""
         keys, order = torch.sort(users * self.num_items + items)
         pos = torch.searchsorted(self.positive_keys, keys).clamp_max(self.positive_keys.numel() - 1)
         hit = torch.empty_like(keys, dtype=torch.bool)

@@ -153,8 +153,8 @@ def build_batch_source(t: TrainConfig, view_layers: dict[str, int], comm: Comm, 
     if comm.is_main:
         log.info(f"{t.sampling} sampling: backend {backend()}, fan-outs " + (
             f"{t.fanout} per hop" if t.sampling == "neighbor" else f"{t.fanout.split(',')[0]}: one hop per step"))
-    # by default sampled where the model is: on a GPU the CPU's sampler took two-thirds of a
-    # history step at 10^6 users (RESULTS.md, GPU)
+    # by default sampled where the model is: on a GPU the CPU's sampler would dominate a
+    # history step (RESULTS.md, GPU)
     where = dict(fanouts=fanouts, seed=seed, rank=comm.rank,
                  sample_device=comm.device if t.sample_device == "model" else "cpu")
     if t.sampling == "neighbor":

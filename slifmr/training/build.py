@@ -23,7 +23,7 @@ from slifmr.training.records import SeedStreams
 
 
 def set_threads(cfg: Config, comm: Comm) -> None:
-    """Each process gets the threads of the cores it owns: oversubscription costs 10x here."""
+    """Each process gets the threads of the cores it owns: oversubscribed cores thrash (each op's threads wait on each other)."""
     n = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(comm.world_size, 1))
     torch.set_num_threads(n)
 
