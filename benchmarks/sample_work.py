@@ -38,7 +38,7 @@ def measure(data: Path, batch: int, steps: int) -> list[dict]:
     from slifmr.model.graphs import epoch_graphs
     from slifmr.ranking import resolve_dataset
     from slifmr.sampling.negative import BPRSampler
-    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph
+    from slifmr.sampling.neighbor import BatchSubgraphs, to_hetero_data
     from slifmr.training import build_model
 
     cfg = load_config(overrides=[f"data={data}", "model.ridge_weight=0", "train.sampling=history",
@@ -46,7 +46,7 @@ def measure(data: Path, batch: int, steps: int) -> list[dict]:
     ds = resolve_dataset(cfg)
     model, static = build_model(cfg, ds, sparse_tables=True)
     graphs = model.attend(epoch_graphs(static, None, cfg.model, torch.Generator().manual_seed(0)))
-    graph, fanouts = epoch_graph(graphs), sampling_fanouts(cfg.train.sampling, cfg.train.fanout, model.view_layers)
+    graph, fanouts = to_hetero_data(graphs), sampling_fanouts(cfg.train.sampling, cfg.train.fanout, model.view_layers)
     batches = [b for _, b in zip(range(steps), BPRSampler(*training_pairs(ds), ds.num_items, batch, 1).epoch(1))]
     rows = []
     for history_grad in ("sampled", "seeds"):

@@ -222,7 +222,7 @@ def _sampled_steps_job(comm: Comm, data: str, grad_sync: str) -> dict:
     from slifmr.distributed.strategy import make_strategy
     from slifmr.fanout import view_fanouts
     from slifmr.sampling.negative import BPRSampler
-    from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph, sampled_batch
+    from slifmr.sampling.neighbor import BatchSubgraphs, sampled_batch, to_hetero_data
     from slifmr.training import build_model
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.sampling=neighbor"])
@@ -232,7 +232,7 @@ def _sampled_steps_job(comm: Comm, data: str, grad_sync: str) -> dict:
     strategy = make_strategy("ddp", model, comm, lr=0.01, row_sparse=model.embedding_tables(), grad_sync=grad_sync,
                              sparse_tables=True)
     graphs = graphs_at(model, static, cfg.model, 1)
-    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("3,2", model.view_layers), 0, comm.rank)
+    sub = BatchSubgraphs(to_hetero_data(graphs), view_fanouts("3,2", model.view_layers), 0, comm.rank)
     sampler = BPRSampler(*training_pairs(ds), ds.num_items, 32, 1, comm.rank, comm.world_size)
     for step, batch in zip(range(3), sampler.epoch(1)):
         strategy.step(model(sampled_batch(sub.sample(*batch, 1, step), graphs, torch.Generator()))["loss"])

@@ -15,14 +15,14 @@ from slifmr.fanout import KG_TYPES, RATES, SIMILAR, history_fanouts, sampling_fa
 from slifmr.model.propagate import FullGraph
 from slifmr.model.slifmr import TrainingBatch
 from slifmr.sampling.history import HistoryGraph, history_batch, record_memory
-from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph
+from slifmr.sampling.neighbor import BatchSubgraphs, to_hetero_data
 
 LAYERS = ("model.kg_layers=2", "model.mm_layers=2")
 
 
 def _sample(model, graphs, ds: Dataset, spec: str, n: int = 24):  # noqa: ANN001, ANN202 - test helper
     fanouts = sampling_fanouts("history", _train("history", spec).fanout, model.view_layers)
-    return BatchSubgraphs(epoch_graph(graphs), fanouts, 0).sample(*_batch(ds, n), 1, 0)
+    return BatchSubgraphs(to_hetero_data(graphs), fanouts, 0).sample(*_batch(ds, n), 1, 0)
 
 
 def _train(sampling: str, fanout: str):  # noqa: ANN202
@@ -119,7 +119,7 @@ def test_a_sample_cut_to_its_seeds_gives_the_same_seeds_step(tiny_ds: Dataset) -
     fanouts = sampling_fanouts("history", "2", model.view_layers)
     results = []
     for cut in (False, True):
-        sub = BatchSubgraphs(epoch_graph(graphs), fanouts, 0, seed_sources_only=cut).sample(*_batch(tiny_ds, 40), 1, 0)
+        sub = BatchSubgraphs(to_hetero_data(graphs), fanouts, 0, seed_sources_only=cut).sample(*_batch(tiny_ds, 40), 1, 0)
         model.zero_grad()
         loss = model(history_batch(sub, memory, graphs, torch.Generator().manual_seed(0), neighbour_grad=False))["loss"]
         loss.backward()
@@ -134,7 +134,7 @@ def test_a_sample_cut_to_its_seeds_gives_the_same_seeds_step(tiny_ds: Dataset) -
     for name, grad in grads.items():
         torch.testing.assert_close(cut_grads[name], grad, msg=name)
     with pytest.raises(ValueError):
-        BatchSubgraphs(epoch_graph(graphs), {et: [2, 1] for et in fanouts}, 0, seed_sources_only=True)
+        BatchSubgraphs(to_hetero_data(graphs), {et: [2, 1] for et in fanouts}, 0, seed_sources_only=True)
 
 
 def test_history_training_runs_and_resumes_exactly(tmp_path: Path, tiny_path: Path) -> None:

@@ -23,8 +23,8 @@ from slifmr.sampling.neighbor import (
     SampledSubgraph,
     _sample_rows,
     backend,
-    epoch_graph,
     sampled_batch,
+    to_hetero_data,
 )
 from slifmr.training import build_model
 
@@ -46,7 +46,7 @@ def _batch(ds: Dataset, n: int = 24, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 def test_sampled_edges_exist_and_fanouts_are_respected(tiny_ds: Dataset) -> None:
     model, graphs = _model(tiny_ds)
-    graph = epoch_graph(graphs)
+    graph = to_hetero_data(graphs)
     fanout = view_fanouts("4,2", model.view_layers)
     sub = BatchSubgraphs(graph, fanout, seed=3).sample(*_batch(tiny_ds), epoch=1, step=0)
     assert backend() == "pytorch"  # this machine has neither pyg-lib nor torch-sparse
@@ -78,7 +78,7 @@ def test_sampled_edges_exist_and_fanouts_are_respected(tiny_ds: Dataset) -> None
 def test_sampling_is_seeded(tiny_ds: Dataset) -> None:
     model, graphs = _model(tiny_ds)
     fanout = view_fanouts("3,2", model.view_layers)
-    a, b = (BatchSubgraphs(epoch_graph(graphs), fanout, seed=5) for _ in range(2))
+    a, b = (BatchSubgraphs(to_hetero_data(graphs), fanout, seed=5) for _ in range(2))
     batch = _batch(tiny_ds)
     x, y, z = a.sample(*batch, 2, 7), b.sample(*batch, 2, 7), a.sample(*batch, 2, 8)
     assert torch.equal(x[RATES].e_id, y[RATES].e_id) and torch.equal(x["item"].n_id, y["item"].n_id)
@@ -105,7 +105,7 @@ def test_uniform_without_replacement_matches_pyg_semantics() -> None:
 @pytest.mark.skipif(backend() == "pytorch", reason="pyg-lib / torch-sparse not installed (no PyPI wheels)")
 def test_native_backend_agrees_in_distribution(tiny_ds: Dataset) -> None:  # pragma: no cover - GPU clusters
     model, graphs = _model(tiny_ds)
-    graph = epoch_graph(graphs)
+    graph = to_hetero_data(graphs)
     fanout = view_fanouts("3,2", model.view_layers)
     sampler = HeteroNeighborSampler(graph, fanout)
     seed = {"user": torch.arange(10), "item": torch.arange(10)}
@@ -131,7 +131,7 @@ def assert_seeds_match_full_graph(model: SLIFMR, graphs: EpochGraphs, sub, graph
 
 def test_full_fanout_equals_full_graph_propagation(tiny_ds: Dataset) -> None:
     model, graphs = _model(tiny_ds, "model.kg_layers=2", "model.mm_layers=2")
-    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
+    sub = BatchSubgraphs(to_hetero_data(graphs), view_fanouts("-1,-1", model.view_layers), 0).sample(*_batch(tiny_ds), 1, 0)
     assert_seeds_match_full_graph(model, graphs, sub, SampledSubgraph(sub))
     full = model(TrainingBatch.full(graphs, _batch(tiny_ds), torch.Generator()))
     sampled = model(sampled_batch(sub, graphs, torch.Generator()))
@@ -146,7 +146,7 @@ def test_sampled_step_touches_only_the_sampled_rows(tiny_ds: Dataset) -> None:
 
     model, graphs = _model(tiny_ds, sparse=True)
     strategy = DDPStrategy(model, 0.01, 0.0, Comm(), model.embedding_tables(), "auto", sparse_tables=True)
-    sub = BatchSubgraphs(epoch_graph(graphs), view_fanouts("2,1", model.view_layers), 0).sample(*_batch(tiny_ds, 4), 1, 0)
+    sub = BatchSubgraphs(to_hetero_data(graphs), view_fanouts("2,1", model.view_layers), 0).sample(*_batch(tiny_ds, 4), 1, 0)
     before = model.user_emb.weight.detach().clone()
     proj = model.mm.proj["text"].weight.detach().clone()
     strategy.step(model(sampled_batch(sub, graphs, torch.Generator()))["loss"])

@@ -36,7 +36,7 @@ def test_extreme_features_stop_training_at_the_first_step(tmp_path: Path) -> Non
 def _nan_from_epoch(epoch: int, part: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from slifmr.training.self_loop import SelfLoop
 
-    build_graphs, forward, current = SelfLoop.epoch_graphs, SLIFMR.forward, {}
+    build_graphs, forward, current = SelfLoop.graphs_for, SLIFMR.forward, {}
 
     def record_epoch(self, model, e, *args):  # noqa: ANN001, ANN002, ANN202
         current["epoch"] = e
@@ -49,7 +49,7 @@ def _nan_from_epoch(epoch: int, part: str, monkeypatch: pytest.MonkeyPatch) -> N
             parts["loss"] = sum(v for k, v in parts.items() if k != "loss")
         return parts
 
-    monkeypatch.setattr(SelfLoop, "epoch_graphs", record_epoch)
+    monkeypatch.setattr(SelfLoop, "graphs_for", record_epoch)
     monkeypatch.setattr(SLIFMR, "forward", poisoned)
 
 

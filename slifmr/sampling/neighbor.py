@@ -1,6 +1,6 @@
 """Neighbor-sampled subgraphs of the epoch's heterogeneous graph (architecture.md §4).
 
-The epoch's fused graphs become one HeteroData (`epoch_graph`): node types user, item and
+The epoch's fused graphs become one HeteroData (`to_hetero_data`): node types user, item and
 entity; an edge (src, rel, dst) carries the message src -> dst with its normalised weight:
 
     (user, rates, item), (item, rated_by, user)   the user-item block of A(t)
@@ -61,7 +61,7 @@ def _put(data: HeteroData, etype: EdgeType, src: Tensor, dst: Tensor, weight: Te
     data[etype].edge_weight = weight.float()
 
 
-def epoch_graph(graphs: EpochGraphs) -> HeteroData:
+def to_hetero_data(graphs: EpochGraphs) -> HeteroData:
     """The epoch's training graphs as one HeteroData: A(t) (after edge pruning), A_mm(t) and the
     attention over KG(t). Entry [r, c] of each matrix is the weight of the message c -> r."""
     m, n = graphs.num_users, graphs.num_items

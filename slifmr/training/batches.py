@@ -61,10 +61,10 @@ class NeighborBatches(FullBatches):
     subgraphs: Any = None
 
     def begin_epoch(self, model: SLIFMR, graphs: EpochGraphs, epoch: int) -> None:
-        from slifmr.sampling.neighbor import BatchSubgraphs, epoch_graph
+        from slifmr.sampling.neighbor import BatchSubgraphs, to_hetero_data
 
         super().begin_epoch(model, graphs, epoch)
-        self.subgraphs = BatchSubgraphs(epoch_graph(graphs), self.fanouts, self.seed, self.rank,
+        self.subgraphs = BatchSubgraphs(to_hetero_data(graphs), self.fanouts, self.seed, self.rank,
                                         seed_sources_only=self.seeds_only(), device=self.sample_device)
 
     def seeds_only(self) -> bool:

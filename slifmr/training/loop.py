@@ -67,7 +67,7 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
                 break
             clock, generator = EpochClock(comm), seeds.epoch_generator(epoch)
             job.strategy.set_lr(learning_rate(t, epoch))
-            graphs, fusion = job.self_loop.epoch_graphs(job.model, epoch, generator)  # Z(t-1) -> S(t), W(t)
+            graphs, fusion = job.self_loop.graphs_for(job.model, epoch, generator)  # Z(t-1) -> S(t), W(t)
             clock.lap("fusion")
             job.batches.begin_epoch(job.model, graphs, epoch)
             triples = job.sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time

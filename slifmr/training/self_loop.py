@@ -60,7 +60,7 @@ class SelfLoop:
         replaces it; `seed` draws the approximate search's recall check)."""
         return cls(static, cfg.model, knn or KnnSearch(comm, cfg.model.knn, seed=seed), comm)
 
-    def epoch_graphs(self, model: SLIFMR, epoch: int, generator: torch.Generator) -> tuple[EpochGraphs, dict[str, float]]:
+    def graphs_for(self, model: SLIFMR, epoch: int, generator: torch.Generator) -> tuple[EpochGraphs, dict[str, float]]:
         """Epoch `epoch`'s graphs with their KG attention, and the seconds of the kNN search and
         of the ridge solves ({"knn": s, "ridge": s}). A fusion is due every model.refresh_every
         epochs once Z(t-1) exists; each worker solves its block of W(t), one all-gather joins it."""
