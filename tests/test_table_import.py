@@ -328,3 +328,44 @@ def test_a_bad_feature_cell_is_named(text: str, message: str, tmp_path: Path) ->
     (tmp_path / "f.csv").write_text(text)
     with pytest.raises(DataError, match=re.escape(message)):
         import_table(str(folder), features=[table_mod.FeatureSource("image", str(tmp_path / "f.csv"))])
+
+
+def _same_rows_as(importer: str, root: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """The same interactions as a CSV table or a RecBole atomic file."""
+    if importer == "table":
+        path = root / "inter.csv"
+        path.write_text(",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+        return path
+    folder = root / "toy"
+    folder.mkdir()
+    types = {"user_id": "token", "item_id": "token"}
+    (folder / "toy.inter").write_text("\t".join(f"{h}:{types.get(h, 'float')}" for h in header) + "\n"
+                                      + "".join("\t".join(r) + "\n" for r in rows))
+    return folder
+
+
+def _import(importer: str, path: Path, thresholds: dict[str, float] | None = None):  # noqa: ANN202
+    from slifmr.data.recbole import import_recbole
+
+    if importer == "table":
+        return import_table(str(path), columns=InteractionColumns(thresholds=thresholds or {}))
+    return import_recbole(path, thresholds=thresholds)
+
+
+@pytest.mark.parametrize("importer", ["table", "recbole"])
+def test_every_importer_applies_the_same_feedback_rule(importer: str, tmp_path: Path) -> None:
+    """A label of 0 or -1 is refused (explicit negatives) unless a threshold keeps the positives,
+    and a rating is reported as ignored: the table importer took such labels as positives."""
+    rows = [[f"u{u}", f"i{i}", str(1 if (u + i) % 3 else -1)] for u in range(4) for i in range(5)]
+    labelled = _same_rows_as(importer, tmp_path, ["user_id", "item_id", "label"], rows)
+    with pytest.raises(DataError, match=r"column 'label': 7 rows hold label <= 0 \(explicit negatives; the first is .+\); "
+                                        r"pass --threshold label=1 to keep only positives"):
+        _import(importer, labelled)
+    ds = _import(importer, labelled, {"label": 1})
+    assert ds.num_interactions == 13 and ds.provenance["threshold_dropped"] == 7
+    assert "positives are rows with label >= 1" in ds.provenance["feedback"]
+    (tmp_path / "rated").mkdir()
+    rated = _same_rows_as(importer, tmp_path / "rated", ["user_id", "item_id", "rating"],
+                          [[u, i, "2"] for u, i, _ in rows])
+    ds = _import(importer, rated)
+    assert ds.num_interactions == 20 and "rating column ignored" in ds.provenance["feedback"]

@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from slifmr import log
+from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
@@ -359,51 +360,19 @@ def parse_thresholds(specs: Sequence[str] | None) -> dict[str, float]:
     return out
 
 
-def _rule(thresholds: dict[str, float]) -> str:
-    return " and ".join(f"{c} >= {v:g}" for c, v in thresholds.items())
-
-
 def feedback_filter(files: Sequence[TextFile], thresholds: dict[str, float] | None,
                     id_columns: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, Any], list[str]]:
-    """Which rows are positives: per file a keep mask, the provenance entries and log lines."""
-    thresholds = dict(thresholds or {})
-    masks = [np.ones(f.num_rows, bool) for f in files]
-    for col, v in thresholds.items():
-        if col in id_columns:
-            raise SlifmrError(f"--threshold {col}={v:g}: '{col}' is an id or split column, not a feedback value")
-        for f, m in zip(files, masks):
+    """Which rows are positives (slifmr/data/feedback.py's rule): per file a keep mask, the
+    provenance entries and log lines."""
+    rule = FeedbackRule(thresholds or {}, id_columns, {c for f in files for c in f.types})
+    for col, v in rule.thresholds.items():
+        for f in files:
             if not f.has(col):
                 raise f.error(f"column named by --threshold {col}={v:g} is missing from the header "
                               f"(found: {', '.join(f.types)})", column=col, line=1)
-            m &= f.numbers(col) >= v
-    total = sum(f.num_rows for f in files)
-    kept = int(sum(m.sum() for m in masks))
-    prov: dict[str, Any] = {"threshold": thresholds or None}
-    infos: list[str] = []
-    if "label" not in thresholds:
-        labelled = [f for f in files if f.has("label")]
-        values = [f.numbers("label") for f in labelled]
-        neg = sum(int((x <= 0).sum()) for x in values)
-        if neg:
-            f, x = next((f, x) for f, x in zip(labelled, values) if (x <= 0).any())
-            pos = np.concatenate([x[x > 0] for x in values])
-            hint = f"{pos.min():g}" if pos.size else "1"
-            rows = f"{neg:,} rows hold" if neg != 1 else "1 row holds"
-            raise f.error(f"{rows} label <= 0 (explicit negatives; the first is line {f.line(_first(x <= 0))}); "
-                          f"pass --threshold label={hint} to keep only positives", column="label")
-    notes = []
-    if thresholds:
-        prov["threshold_dropped"] = total - kept
-        notes.append(f"positives are rows with {_rule(thresholds)} (--threshold): kept {kept:,} of {total:,} rows, "
-                     f"dropped {total - kept:,}")
-        infos.append(f"--threshold {_rule(thresholds)}: dropped {total - kept:,} of {total:,} rows")
-    else:
-        if any(f.has("label") for f in files):
-            notes.append("label column: every value is > 0, every row is a positive")
-        if any(f.has("rating") for f in files):
-            notes.append("rating column ignored: every row is a positive (--threshold rating=4 keeps ratings >= 4)")
-    if notes:
-        prov["feedback"] = "; ".join(notes)
+    masks = [rule.keep(f.num_rows, {c: f.numbers(c) for c in rule.columns if f.has(c)},
+                       lambda i, f=f: (str(f.path), f"line {f.line(i)}")) for f in files]
+    prov, _, infos = rule.summary()
     return masks, prov, infos
 
 
@@ -482,7 +451,7 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
     rows = [np.flatnonzero(m) for m in masks]
     if not presplit and rows[0].size == 0:
         raise files[0].error("has no data rows" if files[0].num_rows == 0 else
-                             f"--threshold {_rule(thresholds or {})} keeps none of its {files[0].num_rows:,} rows")
+                             f"--threshold {rule_text(thresholds or {})} keeps none of its {files[0].num_rows:,} rows")
 
     users, items = IdMap(), IdMap()
     kept_u = [tok.take(pa.array(r)) for tok, r in zip(user_tok, rows)]
@@ -518,14 +487,14 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
     user, item, split, src_file, src_row = user[keep], item[keep], split[keep], src_file[keep], src_row[keep]
     ts = ts[keep] if ts is not None else None
 
-    after = f" kept by --threshold {_rule(thresholds)}" if thresholds else ""
+    after = f" kept by --threshold {rule_text(thresholds)}" if thresholds else ""
     if presplit:
         def why_empty(s: int) -> str:
             f = files[s]
             if f.num_rows == 0:
                 return "the file has no data rows"
             if rows[s].size == 0:
-                return f"--threshold {_rule(thresholds or {})} keeps none of its {f.num_rows:,} rows"
+                return f"--threshold {rule_text(thresholds or {})} keeps none of its {f.num_rows:,} rows"
             return "each of its rows repeats a (user, item) pair of an earlier split"
 
         check_splits(split, user, len(users), src_file, src_row, files, lambda s: files[s], USER, why_empty,

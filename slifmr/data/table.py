@@ -16,8 +16,10 @@ encoded once over all batches (`slifmr.data.encode`), joins are pyarrow hash loo
 * Ids are strings or integers; an integer id is its decimal text (7 and "7" are one id). A
   string id has its surrounding whitespace stripped ('u1 ' is 'u1'); an id that is null, empty
   after stripping or holds a control character is an error. Float ids are refused.
-* Feedback: every row is a positive, unless `thresholds` ({"rating": 4}) keep only rows with
-  every named column >= its value (RecBole's convention); the summary reports what was dropped.
+* Feedback: the rule every importer shares (slifmr/data/feedback.py): every row is a positive,
+  unless `thresholds` ({"rating": 4}) keep only rows with every named column >= its value
+  (RecBole's convention); a `label` column with values <= 0 is refused without a label
+  threshold, a `rating` column is reported as ignored; the summary says what was dropped.
 * Timestamps are numbers (seconds) or Arrow timestamps; text dates are refused, never guessed.
 * Repeated (user, item) pairs keep their first row (in the earliest split of a split column).
 * Splits (`split`): "column" keeps the table's split column (train/valid/test or 0/1/2);
@@ -53,7 +55,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from slifmr import log
 from slifmr.data.encode import encode_strings, indices_of
+from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
 from slifmr.data.sort import sort_in_place
 from slifmr.data.split import split_per_user
@@ -468,10 +472,8 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
                           "drop --split (the column then is the split) or drop --split-col")
     if split in ("temporal", "global-temporal") and not cols.time:
         raise SlifmrError(f"--split {split} needs --time-col (the interactions' timestamps)")
-    for col in cols.thresholds:
-        if col in (cols.user, cols.item, cols.split):
-            raise SlifmrError(f"--threshold {col}: '{col}' is an id or split column, not a feedback value")
-    names = [cols.user, cols.item] + [c for c in (cols.time, cols.split) if c] + list(cols.thresholds)
+    feedback = FeedbackRule(cols.thresholds, tuple(c for c in (cols.user, cols.item, cols.split) if c), table.columns)
+    names = [cols.user, cols.item] + [c for c in (cols.time, cols.split) if c] + feedback.columns
     users, items = Encoder(), Encoder()
     keep, times, splits = [], [], []
     total = 0
@@ -479,10 +481,8 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
         for offset, batch in table.batches(list(dict.fromkeys(names))):
             users.add(table, batch.column(cols.user), offset, cols.user)
             items.add(table, batch.column(cols.item), offset, cols.item)
-            mask = np.ones(batch.num_rows, bool)
-            for col, v in cols.thresholds.items():
-                mask &= numbers(table, batch.column(col), offset, col) >= v
-            keep.append(mask)
+            values = {c: numbers(table, batch.column(c), offset, c) for c in feedback.columns}
+            keep.append(feedback.keep(batch.num_rows, values, lambda i, offset=offset: (table.where(offset + i), "this row")))
             if cols.time:
                 times.append(numbers(table, batch.column(cols.time), offset, cols.time,
                                      "timestamps must be numbers of seconds or Arrow timestamps: convert dates first"))
@@ -510,11 +510,9 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
     ts = np.concatenate(times) if times else None
     given = np.concatenate(splits) if splits else None
     notes: dict[str, Any] = {"rows": total, "split": SPLIT_SOURCES[split]}
-    if cols.thresholds:
-        notes["threshold"] = dict(cols.thresholds)
-        notes["threshold_dropped"] = int(total - kept.sum())
-        if not kept.any():
-            raise DataError(table.source, "no row passes --threshold " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items()))
+    notes["feedback"], _, notes["feedback_log"] = feedback.summary()  # refuses explicit negatives
+    if not kept.any():
+        raise DataError(table.source, f"--threshold {rule_text(cols.thresholds)} keeps none of its {total:,} rows")
     # one row per (user, item): the first, in the earliest given split
     candidates = np.flatnonzero(kept)
     pair = user[candidates]  # in place from here: each fresh 10^8-row temporary costs page faults
@@ -923,13 +921,9 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
         num_users=len(inter.users), num_items=n, user=inter.user, item=inter.item, split=inter.split,
         timestamp=inter.timestamp, ids={"users": inter.users, "items": inter.items},
         split_seed=split_seed if split == "random" else None,
-        provenance={"source": interactions, "import": {k: v for k, v in inter.notes.items() if k != "split"},
-                    "split": inter.notes["split"]},
+        provenance={"source": interactions, "split": inter.notes["split"], **inter.notes["feedback"],
+                    "import": {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}},
     )
-    if "threshold" in inter.notes:
-        ds.provenance["threshold"] = inter.notes["threshold"]
-        ds.provenance["feedback"] = ("positives are rows with " + " and ".join(f"{c} >= {v:g}" for c, v in cols.thresholds.items())
-                                     + f": dropped {inter.notes['threshold_dropped']:,} of {inter.notes['rows']:,} rows")
     key = item_key or cols.item
     order = None
     if items is not None:
@@ -954,6 +948,8 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
             triples, links, inter.items, link_item=key)
         ds.ids["entities"] = entity_tokens
         ds.provenance["import"].update(counts)
+    for line in inter.notes["feedback_log"]:  # once every check has passed
+        log.info(line)
     return ds
 
 
