@@ -173,7 +173,7 @@ def test_metadata_rows_in_two_batches_and_an_item_column_of_their_own(tmp_path: 
 def test_min_per_key_packs_or_sorts_indirectly_with_the_same_result() -> None:
     """The smallest value per key, whether (key, value) packs into one int64 or not (then only
     repeated keys are sorted indirectly: every key repeated, a few, none)."""
-    from slifmr.data.table import _min_per_key
+    from slifmr.data.pairs import min_per_key as _min_per_key
 
     rng = np.random.default_rng(0)
     value = rng.permutation(3000).astype(np.int64)

@@ -55,6 +55,7 @@ import pyarrow.csv as pacsv
 from slifmr import log
 from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
+from slifmr.data.pairs import first_rows, pair_rank
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
 
@@ -327,14 +328,10 @@ class IdMap:
 
 def dedupe_pairs(user: np.ndarray, item: np.ndarray, num_items: int,
                  split: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices kept: one per (user, item) pair, in order; indices of the dropped repeats).
-    The kept one is the first in the earliest split (train, valid, test), then in row order."""
-    n = user.size
-    key = user * np.int64(num_items) + item
-    split = np.zeros(n, np.int8) if split is None else split
-    order = np.lexsort((np.arange(n), split, key))
-    first = np.r_[True, key[order][1:] != key[order][:-1]] if n else np.zeros(0, bool)
-    return np.sort(order[first]), np.sort(order[~first])
+    """(indices kept: one per (user, item) pair, in order; indices of the dropped repeats), by
+    the rule of slifmr/data/pairs.py."""
+    first = first_rows(user * np.int64(num_items) + item, pair_rank(user.size, split), user.size)
+    return np.flatnonzero(first), np.flatnonzero(~first)
 
 
 # ----------------------------------------------------------------------------- feedback

@@ -59,7 +59,7 @@ from slifmr import log
 from slifmr.data.encode import encode_strings, indices_of
 from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
-from slifmr.data.sort import sort_in_place
+from slifmr.data.pairs import first_rows
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
 
@@ -520,8 +520,7 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
     pair += item[candidates]
     rank = candidates if given is None else given[candidates].astype(np.int64) * total + candidates
     del candidates
-    first = np.zeros(total, bool)  # the kept rows in file order, without a sort
-    first[_min_per_key(pair, rank) % total] = True
+    first = first_rows(pair, rank, total)  # the kept rows in file order, without a sort
     del pair, rank
     rows = np.flatnonzero(first)
     del first
@@ -546,38 +545,6 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
     item, items_kept = _compact(item, len(item_tokens))
     return Interactions(user, item, codes, ts, user_tokens.take(pa.array(users_kept)),
                         item_tokens.take(pa.array(items_kept)), notes)
-
-
-def _min_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """The smallest `value` of each distinct `key` (both (n,) int64 >= 0), in no given order.
-    When (key, value) packs into one int64 this is one plain sort (a direct sort moves less
-    memory than an argsort). Else the keys alone are sorted, and only the rows whose key repeats
-    are sorted indirectly (an argsort of every row is the slow path; repeats are usually few). pyarrow's hash
-    aggregation was slower than either at millions of distinct keys."""
-    if key.size == 0:
-        return key.copy()
-    span = int(value.max()) + 1
-    if int(key.max()) < (2**63 - 1) // span:
-        packed = key * span
-        packed += value
-        sort_in_place(packed)
-        keys = packed // span
-        first = np.r_[True, keys[1:] != keys[:-1]]
-        del keys
-        return packed[first] % span
-    ordered = key.copy()
-    sort_in_place(ordered)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]  # sorted: each repeated key once or more
-    del ordered
-    if repeated.size == 0:
-        return value.copy()
-    repeated = repeated[np.r_[True, repeated[1:] != repeated[:-1]]]
-    hit = np.asarray(pc.is_in(key, value_set=pa.array(repeated)).to_numpy(zero_copy_only=False), dtype=bool)
-    key, single, value = key[hit], value[~hit], value[hit]
-    order = np.argsort(key)
-    ordered = key[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    return np.concatenate([single, np.minimum.reduceat(value[order], starts)])
 
 
 def _compact(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
