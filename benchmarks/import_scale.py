@@ -69,7 +69,9 @@ def child(source: str, out: str) -> int:
     return code
 
 
-def measure(rows: int, work: Path, repeat: int) -> dict:
+def measure(rows: int, work: Path, repeat: int, tree: Path | None = None) -> dict:
+    """`repeat` imports of `rows` rows by this checkout, or by the checkout at `tree` (its
+    slifmr package first on the child's path): the median run's row."""
     src = work / f"interactions-{rows}.parquet"
     if not src.exists():
         t = time.perf_counter()
@@ -79,8 +81,9 @@ def measure(rows: int, work: Path, repeat: int) -> dict:
     runs = []
     for _ in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "2"} | ({"PYTHONPATH": str(tree)} if tree else {})
         proc = subprocess.run([sys.executable, __file__, "--child", str(src), str(out)], capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+                              env=env)
         if proc.returncode != 0:
             raise SystemExit(f"import of {rows:,} rows failed:\n{proc.stderr[-2000:]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -88,7 +91,7 @@ def measure(rows: int, work: Path, repeat: int) -> dict:
     r = sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]  # the median run
     meta = json.loads((out / "meta.json").read_text())
     written = folder_bytes(out)
-    row = {"mode": "import table", "rows": rows, "users": meta["num_users"], "items": meta["num_items"],
+    row = {"mode": "import table", "code": str(tree) if tree else "this checkout", "rows": rows, "users": meta["num_users"], "items": meta["num_items"],
            "interactions_kept": meta["num_interactions"], "workers": 1, "threads": os.cpu_count(),
            "seconds": r["seconds"], "rows_per_second": rows / r["seconds"], "peak_rss_bytes": r["peak_rss_bytes"],
            "input_bytes": src.stat().st_size, "dataset_bytes": written,
@@ -126,9 +129,13 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/slifmr-import-scale", help="where inputs and datasets go (large)")
     ap.add_argument("--repeat", type=int, default=1, help="imports per size; the median run is reported (a shared "
                     "machine's timings vary by 20%%)")
+    ap.add_argument("--old-tree", help="also import with the checkout at this path (e.g. a git worktree of an earlier "
+                    "commit), alternating with this one: results/import-scale-side-by-side.json and its section")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.old_tree:
+        return side_by_side(args, work)
     rows = [measure(n, work, args.repeat) for n in args.rows]
     command = "python benchmarks/import_scale.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -152,6 +159,36 @@ def main() -> int:
     lines += ["", "![import scale](results/import-scale.png)"]
     write_results_md("IMPORT_SCALE", "\n".join(lines))
     print("\n".join(lines))
+    return 0
+
+
+def side_by_side(args: argparse.Namespace, work: Path) -> int:
+    """This checkout against --old-tree, one import each in turn, --repeat times per size."""
+    rows = []
+    for n in args.rows:
+        runs: dict[str, list[dict]] = {"new": [], "old": []}
+        for _ in range(args.repeat):
+            runs["old"].append(measure(n, work, 1, Path(args.old_tree)))
+            runs["new"].append(measure(n, work, 1))
+        for which, rs in runs.items():
+            r = sorted(rs, key=lambda run: run["seconds"])[len(rs) // 2]
+            rows.append({**r, "runs_seconds": [x["seconds"] for x in rs], "version": which})
+    command = "python benchmarks/import_scale.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
+    from quality import publish
+
+    lines = ["## Importing at scale, this checkout against an earlier one", "", f"Command: `{command}`  ",
+             f"Machine: {machine}. The IMPORT_SCALE input and command; each repeat imports with the old tree, then "
+             "with this checkout; the median run of each.", "",
+             "| input rows | version | seconds | rows/s | peak RSS GiB | runs (s) | new / old time |", "|---|---|---|---|---|---|---|"]
+    for n in args.rows:
+        old = next(r for r in rows if r["rows"] == n and r["version"] == "old")
+        new = next(r for r in rows if r["rows"] == n and r["version"] == "new")
+        for r in (old, new):
+            lines.append(f"| {n:,} | {r['version']} ({r['code']}) | {r['seconds']:.1f} | {r['rows_per_second'] / 1e6:.2f}M | "
+                         f"{r['peak_rss_bytes'] / (1 << 30):.2f} | {', '.join(f'{x:.1f}' for x in r['runs_seconds'])} | "
+                         + (f"{new['seconds'] / old['seconds']:.2f}" if r is new else "-") + " |")
+    publish("IMPORT_SIDE_BY_SIDE", "import-scale-side-by-side", {"command": command, "machine": machine, "rows": rows}, lines)
     return 0
 
 

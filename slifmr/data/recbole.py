@@ -55,6 +55,7 @@ import pyarrow.csv as pacsv
 from slifmr import log
 from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset
+from slifmr.data.ids import refused_because, stripped_ids
 from slifmr.data.pairs import first_rows, pair_rank
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
@@ -65,7 +66,6 @@ HEAD, RELATION, TAIL, ENTITY = "head_id", "relation_id", "tail_id", "entity_id"
 SPLIT_NAMES = ("train", "valid", "test")
 TIME_HINT = "timestamps must be numbers of seconds such as Unix time: convert dates before importing, or drop the column"
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
-_CONTROL = r"[\x00-\x1f\x7f]"
 
 
 # ----------------------------------------------------------------------------- text files
@@ -146,13 +146,10 @@ class TextFile:
 
     def ids(self, col: str) -> pa.ChunkedArray:
         """An id column, surrounding whitespace stripped; empty ids and control characters refused."""
-        vals = pc.utf8_trim_whitespace(self.table.column(col))
-        bad = pc.or_(pc.equal(pc.utf8_length(vals), 0), pc.match_substring_regex(vals, _CONTROL))
+        vals, bad = stripped_ids(self.table.column(col))
         if pc.any(bad).as_py():
             i = _first(_mask(bad))
-            raw = self.cell(col, i)
-            msg = "empty id" if not raw.strip() else f"id {_show(raw)} holds a control character"
-            raise self.error(msg, row=i, column=col)
+            raise self.error(refused_because(self.cell(col, i)), row=i, column=col)
         return vals
 
     def numbers(self, col: str, hint: str = "", nullable: bool = False) -> np.ndarray | pa.ChunkedArray:

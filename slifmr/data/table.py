@@ -59,6 +59,7 @@ from slifmr import log
 from slifmr.data.encode import encode_strings, indices_of
 from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
+from slifmr.data.ids import refused_because, stripped_ids
 from slifmr.data.pairs import first_rows
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
@@ -73,7 +74,6 @@ SPLIT_SOURCES = {
 SPLIT_VALUES = {"train": TRAIN, "valid": VALID, "validation": VALID, "test": TEST, "0": TRAIN, "1": VALID, "2": TEST}
 BATCH_ROWS = 1 << 20
 TABLE_SUFFIXES = (".npy", ".parquet", ".pq", ".csv", ".tsv", ".gz")
-_CONTROL = r"[\x00-\x1f\x7f]"
 
 
 # ----------------------------------------------------------------------------- sources
@@ -277,16 +277,14 @@ def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) ->
     None). An id is bad when empty after trimming or holding a control character; the error
     names the first row holding one, in `chunks`' order ((origin, the rows' positions in
     `tokens`))."""
-    text = pc.utf8_trim_whitespace(tokens)
-    bad = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, _CONTROL))
+    text, bad = stripped_ids(tokens)
     if pc.any(bad).as_py():
         is_bad = np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
         for origin, codes in chunks:
             hit = is_bad[codes]
             if hit.any():
                 i = _first(hit)
-                raw = tokens[int(codes[i])].as_py()
-                why = f"empty id {raw!r}" if not text[int(codes[i])].as_py() else f"id {_show(raw)} holds a control character"
+                why = refused_because(tokens[int(codes[i])].as_py())
                 return text, (origin.offset + i, DataError(origin.table.where(origin.offset + i), why, column=origin.column))
     return text, None
 
