@@ -34,6 +34,8 @@ CONFIGS = [  # (mode, workers, grad_sync, extra options)
     ("neighbor", 1, "auto", ()),
     ("neighbor", 2, "auto", ()),
     ("neighbor", 2, "dense", ()),
+    ("history", 1, "auto", ()),
+    ("history", 2, "auto", ()),
 ]
 ML100K_CONFIGS = [
     ("full", 1, "auto", ()),
@@ -103,7 +105,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     write_text(RESULTS / f"{name}.json", json.dumps(doc, indent=2))
     plot(rows, RESULTS / f"{name}.png")
     lines = [
-        "## The model core redesign, old and new code side by side (issue 13)" + (f" ({args.tag})" if args.tag else ""), "",
+        "## Training speed, old and new code side by side" + (f" ({args.tag})" if args.tag else ""), "",
         f"Command: `{doc['command']}`  ",
         "Machine: x86_64, 2 cores, local Ray, gloo, one torch thread per worker. Each configuration ran with the old "
         "code and then the new, one after the other; the last epoch measured (it includes a fusion). ml-100k: whole epochs, "

@@ -140,6 +140,12 @@ class BatchSource(Protocol):
     def end_epoch(self) -> None: ...
 
 
+def sparse_tables(t: TrainConfig) -> bool:
+    """Whether the embedding tables train with sparse row gradients (and a row-wise Adam): a
+    sampled step touches few rows."""
+    return t.sampling != "full"
+
+
 def build_batch_source(t: TrainConfig, view_layers: dict[str, int], comm: Comm, seed: int,
                        spmm: Spmm | None = None) -> BatchSource:
     """The batch source of train.sampling for a model with `view_layers` (view -> layers),

@@ -27,7 +27,7 @@ from slifmr.model.slifmr import SLIFMR, Triples
 from slifmr.ranking import resolve_dataset
 from slifmr.sampling.negative import BPRSampler
 from slifmr.tracking import tracking
-from slifmr.training.batches import BatchSource, build_batch_source
+from slifmr.training.batches import BatchSource, build_batch_source, sparse_tables
 from slifmr.training.best import final_results
 from slifmr.training.build import build_evaluator, build_model, set_threads
 from slifmr.training.closed_form import fit_closed_form
@@ -122,7 +122,7 @@ class GradientJob:
         """Raises SlifmrError when the dataset has fewer training interactions than workers."""
         t, seeds = cfg.train, SeedStreams.of(cfg.train.seed)
         spmm = layerwise_spmm(sharding=row_sharding(comm))
-        sparse = t.sampling != "full"  # sampled steps touch few table rows: sparse grads, row-wise Adam
+        sparse = sparse_tables(t)
         model, static = build_model(cfg, ds, comm, sparse_tables=sparse)
         model.to(comm.device)
         comm.broadcast_parameters(model.parameters())
