@@ -37,11 +37,12 @@ from typing import Any
 import psutil
 from quality import HERE, RESULTS, write_results_md
 
-METHODS = {  # label: (variant, preset)
-    "slifmr (preset scale)": ("slifmr", "scale"),
-    "lightgcn (history)": ("lightgcn", "scale"),
-    "mf (history)": ("mf", "scale"),
-    "cooc_ridge": ("cooc_ridge", None),
+METHODS = {  # label: (variant, preset, further config overrides)
+    "slifmr (preset scale)": ("slifmr", "scale", ()),
+    "slifmr (preset scale, union head)": ("slifmr", "scale", ("model.ridge_neighbours=union",)),
+    "lightgcn (history)": ("lightgcn", "scale", ()),
+    "mf (history)": ("mf", "scale", ()),
+    "cooc_ridge": ("cooc_ridge", None, ()),
 }
 
 
@@ -57,9 +58,9 @@ def dataset(users: int, root: Path) -> Path:
 
 
 def run(label: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    variant, preset = METHODS[label]
+    variant, preset, overrides = METHODS[label]
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--variant", variant,
-           "--set", "train.eval_users=10000"]
+           "--set", "train.eval_users=10000", *(a for o in overrides for a in ("--set", o))]
     if preset:
         cmd += ["--preset", preset, "--workers", str(args.workers), "--epochs", "1000",
                 "--set", f"train.batch_size={args.batch}", "--set", f"train.lr={args.lr}",
@@ -122,7 +123,8 @@ def main() -> int:
         if (doc["users"], doc["budget_seconds"], doc["batch_size"]) == (args.users, args.budget, args.batch):
             rows = [r for r in doc["runs"] if r["method"] not in args.methods]
     for label in args.methods:
-        rows.append(run(label, data, runs / f"u{args.users}-{METHODS[label][0]}", args))
+        slug = METHODS[label][0] + "".join(f"-{o.split('=')[1]}" for o in METHODS[label][2])
+        rows.append(run(label, data, runs / f"u{args.users}-{slug}", args))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "points"}), flush=True)
         write(args, rows, data)
     print(write(args, rows, data))

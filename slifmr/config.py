@@ -54,6 +54,10 @@ class ModelConfig:
     ridge_weight: float = 0.5
     ridge_k: int = 100
     ridge_l2: float = 200.0
+    # the head's regressors N_j: z (Z(t-1)'s ridge_k nearest neighbours, the self-loop's), cooc
+    # (the ridge_k most co-occurring items, as variant cooc_ridge) or union (half the
+    # co-occurring ones, then Z's neighbours, then more co-occurring ones, ridge_k in all)
+    ridge_neighbours: str = "z"
     # the blend chosen by the data: at every validation the ranking is scored with each of these
     # ridge weights and ridge_weight (0 = the embeddings alone) and the best by train.stop_metric
     # is the epoch's, kept with its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
@@ -267,6 +271,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.loss": ("bpr", "softmax"),
     "model.fusion": ("residual", "attention"),
     "model.knn": ("exact", "approx"),
+    "model.ridge_neighbours": ("z", "cooc", "union"),
     "train.strategy": ("ddp", "deepspeed"),
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),

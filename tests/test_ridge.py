@@ -150,3 +150,34 @@ def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp
     each = [evaluator.evaluate(replace(reps, ridge_weight=w).full_scores, VALID)["recall@20"] for w in (0.5, 3.0)]
     alone = evaluator.evaluate(replace(reps, item_ridge=None).full_scores, VALID)["recall@20"]
     assert valid["recall@20"] == pytest.approx(max([alone, *each]))
+
+
+def test_first_distinct_keeps_each_rows_first_k_values_in_order() -> None:
+    rows = torch.tensor([[1, 2, 3, 4, 1, 5], [7, 7, 8, 9, 10, 8], [5, 4, 3, 2, 1, 0]])
+    assert ridge.first_distinct(rows, 4).tolist() == [[1, 2, 3, 4], [7, 8, 9, 10], [5, 4, 3, 2]]
+    with pytest.raises(ValueError, match="fewer than 5 distinct"):
+        ridge.first_distinct(torch.tensor([[1, 1, 2, 2, 3, 3]]), 5)
+
+
+@pytest.mark.parametrize("kind", ["cooc", "union"])
+def test_the_heads_regressors_from_co_occurrence_or_the_union(kind: str, tiny_path: Path, tmp_path: Path) -> None:
+    """model.ridge_neighbours: the head regresses on the most co-occurring items (as cooc_ridge)
+    or on half of them joined with Z(t-1)'s neighbours; a resumed run rebuilds W from them."""
+    from slifmr.data.format import read_dataset
+    from slifmr.model.cooc_ridge import cooccurrence_neighbours
+
+    cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=2",
+                                 "train.batch_size=256", "model.ridge_k=6", f"model.ridge_neighbours={kind}"])
+    cfg.data = str(tiny_path)
+    train_loop(cfg, tmp_path / "run")
+    latest, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
+    ds = read_dataset(tiny_path)
+    cooc = cooccurrence_neighbours(train_edges(ds), ds.num_users, ds.num_items, 6)
+    nbrs = latest["neighbours"]
+    assert nbrs.shape == (40, 6) and all(len(set(row)) == 6 for row in nbrs.tolist())
+    assert not (nbrs == torch.arange(40)[:, None]).any()  # never the item itself
+    if kind == "cooc":
+        assert torch.equal(nbrs, cooc.int())
+    else:
+        assert torch.equal(nbrs[:, :3], cooc[:, :3].int())  # then Z's neighbours fill the rest
+        assert not torch.equal(nbrs, cooc.int())

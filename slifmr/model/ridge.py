@@ -142,3 +142,18 @@ def ridge_scores(interactions: Tensor, weights_t: Tensor, users: Tensor) -> Tens
     # X_B^T made it N x k x B
     product = torch.sparse.mm(weights_t.to(rows.device), rows.t().coalesce().to_sparse_csr())
     return product.to_dense().T
+
+
+def first_distinct(candidates: Tensor, k: int) -> Tensor:
+    """(N, k): each row's first k distinct entries of `candidates` (N, L), in order (each row
+    must hold at least k distinct values). How the head's union neighbourhood is drawn from its
+    concatenated candidate lists."""
+    n, length = candidates.shape
+    order = torch.sort(candidates, dim=1, stable=True)
+    repeat = torch.zeros_like(candidates, dtype=torch.bool)
+    repeat[:, 1:] = order.values[:, 1:] == order.values[:, :-1]  # not the first of its value in the row
+    first = torch.ones_like(repeat).scatter_(1, order.indices, ~repeat)  # back to the row's own order
+    if bool((first.sum(1) < k).any()):
+        raise ValueError(f"a row holds fewer than {k} distinct candidates")
+    keep = first & (torch.cumsum(first.int(), 1) <= k)
+    return candidates[keep].view(n, k)

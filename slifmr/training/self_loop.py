@@ -18,6 +18,7 @@ from slifmr.data.format import VALID
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.evaluation import Evaluator
+from slifmr.model.cooc_ridge import cooccurrence_neighbours
 from slifmr.model.graphs import (
     EpochGraphs,
     Graph,
@@ -28,7 +29,7 @@ from slifmr.model.graphs import (
     fusion_due,
 )
 from slifmr.model.propagate import RowSharding
-from slifmr.model.ridge import ridge_weights
+from slifmr.model.ridge import first_distinct, ridge_weights
 from slifmr.model.slifmr import SLIFMR, Representations
 
 
@@ -53,6 +54,7 @@ class SelfLoop:
         self.item_ridge: Tensor | None = None  # W(t)^T solved on them (not saved: the neighbours give it back)
         self.ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
         self.graphs: EpochGraphs | None = None
+        self._cooc: Tensor | None = None  # the most co-occurring items, for model.ridge_neighbours cooc / union
 
     @classmethod
     def build(cls, cfg: Config, static: StaticGraphs, comm: Comm, seed: int, knn: KnnFn | None = None) -> SelfLoop:
@@ -71,7 +73,7 @@ class SelfLoop:
             k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
             nbrs, sims = self.knn(self.last_z.detach(), k)
             self.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
-            self.neighbours = nbrs[:, : m.ridge_k].cpu().int() if m.ridge_weight > 0 else None
+            self.neighbours = self._regressors(nbrs[:, : m.ridge_k].cpu().int()) if m.ridge_weight > 0 else None
             self.corr_epoch = epoch
             seconds["knn"] = time.perf_counter() - start
             if self.neighbours is not None:
@@ -83,6 +85,22 @@ class SelfLoop:
                               self.sharding, item_ridge=self.item_ridge)
         self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
         return (graphs if graphs.kg_attention is not None else model.attend(graphs)), seconds
+
+    def _regressors(self, z_neighbours: Tensor) -> Tensor:
+        """The head's N_j (N, ridge_k) int32 under model.ridge_neighbours: Z(t-1)'s nearest
+        neighbours, the most co-occurring items (computed once: the training interactions do
+        not change), or their union (half co-occurring, then Z's, then more co-occurring)."""
+        m = self.cfg
+        if m.ridge_neighbours == "z":
+            return z_neighbours
+        if self._cooc is None:
+            s = self.static
+            self._cooc = cooccurrence_neighbours(s.ui_edges, s.num_users, s.num_items, z_neighbours.shape[1]).int()
+        if m.ridge_neighbours == "cooc":
+            return self._cooc
+        half = (z_neighbours.shape[1] + 1) // 2
+        candidates = torch.cat([self._cooc[:, :half], z_neighbours, self._cooc[:, half:]], 1)
+        return first_distinct(candidates, z_neighbours.shape[1])
 
     def end_epoch(self, graphs: EpochGraphs, reps: Representations) -> None:
         """Keep the epoch's graphs (reused next epoch) and its items Z(t), the next fusion's input."""
