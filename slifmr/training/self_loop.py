@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from slifmr import log
 from slifmr.config import Config, ModelConfig
 from slifmr.data.format import VALID
 from slifmr.distributed.collectives import Comm
@@ -54,7 +55,14 @@ class SelfLoop:
         self.item_ridge: Tensor | None = None  # W(t)^T solved on them (not saved: the neighbours give it back)
         self.ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
         self.graphs: EpochGraphs | None = None
-        self._cooc: Tensor | None = None  # the most co-occurring items, for model.ridge_neighbours cooc / union
+        # the most co-occurring items (model.ridge_neighbours cooc / union): set-up, not fusion
+        # work, computed once before training (the training interactions do not change)
+        self.cooc: Tensor | None = None
+        if cfg.ridge_weight > 0 and cfg.ridge_neighbours != "z":
+            start = time.perf_counter()
+            self.cooc = cooccurrence_neighbours(static.ui_edges, static.num_users, static.num_items, cfg.ridge_k).int()
+            if comm.is_main:
+                log.info(f"the ridge head's co-occurrence neighbourhoods: {time.perf_counter() - start:.1f} s (once per run)")
 
     @classmethod
     def build(cls, cfg: Config, static: StaticGraphs, comm: Comm, seed: int, knn: KnnFn | None = None) -> SelfLoop:
@@ -88,18 +96,14 @@ class SelfLoop:
 
     def _regressors(self, z_neighbours: Tensor) -> Tensor:
         """The head's N_j (N, ridge_k) int32 under model.ridge_neighbours: Z(t-1)'s nearest
-        neighbours, the most co-occurring items (computed once: the training interactions do
-        not change), or their union (half co-occurring, then Z's, then more co-occurring)."""
-        m = self.cfg
-        if m.ridge_neighbours == "z":
+        neighbours, the most co-occurring items, or their union (half co-occurring, then Z's,
+        then more co-occurring)."""
+        if self.cooc is None:  # model.ridge_neighbours z
             return z_neighbours
-        if self._cooc is None:
-            s = self.static
-            self._cooc = cooccurrence_neighbours(s.ui_edges, s.num_users, s.num_items, z_neighbours.shape[1]).int()
-        if m.ridge_neighbours == "cooc":
-            return self._cooc
+        if self.cfg.ridge_neighbours == "cooc":
+            return self.cooc
         half = (z_neighbours.shape[1] + 1) // 2
-        candidates = torch.cat([self._cooc[:, :half], z_neighbours, self._cooc[:, half:]], 1)
+        candidates = torch.cat([self.cooc[:, :half], z_neighbours, self.cooc[:, half:]], 1)
         return first_distinct(candidates, z_neighbours.shape[1])
 
     def end_epoch(self, graphs: EpochGraphs, reps: Representations) -> None:
