@@ -18,11 +18,11 @@ from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.tracking import tracking
 from slifmr.training.best import final_results
 from slifmr.training.build import build_closed_form, build_evaluator
-from slifmr.training.records import EarlyStopping, EpochRecord
+from slifmr.training.records import EarlyStopping, EpochRecord, Reporter
 from slifmr.training.run_folder import RunFolder
 
 
-def fit_closed_form(cfg: Config, run: RunFolder, ds: Dataset, comm: Comm, reporter: Any = None,
+def fit_closed_form(cfg: Config, run: RunFolder, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
                     evaluate_test: bool = True) -> dict[str, Any]:
     """Solve `cfg.variant` for every ridge weight of model.ease_l2, keep the best by validation,
     then the test metrics (results.json's contents). Raises SlifmrError on more than one worker,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from slifmr.config import CLOSED_FORM, Config, TrainConfig
 from slifmr.data.format import Dataset
 from slifmr.data.graphs import training_pairs
@@ -31,11 +33,9 @@ from slifmr.training.batches import BatchSource, build_batch_source, sparse_tabl
 from slifmr.training.best import final_results
 from slifmr.training.build import build_evaluator, build_model, set_threads
 from slifmr.training.closed_form import fit_closed_form
-from slifmr.training.records import EpochRecord, SeedStreams
+from slifmr.training.records import EpochRecord, Reporter, SeedStreams
 from slifmr.training.run_folder import LoopState, RunFolder
 from slifmr.training.self_loop import SelfLoop, row_sharding
-
-Reporter = Any  # (epoch metrics, checkpoint folder | None) -> None: Ray Train's report
 
 
 def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None, resume: bool = False,
@@ -115,7 +115,6 @@ class GradientJob:
     batches: BatchSource
     self_loop: SelfLoop
     spmm: Spmm
-    comm: Comm
 
     @classmethod
     def build(cls, cfg: Config, ds: Dataset, comm: Comm, knn_fn: KnnFn | None = None) -> GradientJob:
@@ -142,7 +141,7 @@ class GradientJob:
                              world_size=comm.world_size)
         return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
                    build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
-                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), spmm, comm)
+                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), spmm)
 
     def start(self, run: RunFolder, cfg: Config, ds: Dataset, checkpoint: Path | None, resume: bool) -> LoopState:
         """A new run folder, or the state of the checkpoint it resumes (model, optimizer, self-loop)."""
@@ -171,7 +170,7 @@ class GradientJob:
                                                                                           cfg.train.stop_metric))
 
 
-def train_steps(job: GradientJob, triples: Iterator[Triples], epoch: int, generator: Any,
+def train_steps(job: GradientJob, triples: Iterator[Triples], epoch: int, generator: torch.Generator,
                 run: RunFolder) -> tuple[dict[str, float], int]:
     """The epoch's optimisation steps: (mean of each loss part, steps taken). Raises
     NonFiniteError, naming the loss part, when a loss or averaged gradient is not finite."""

@@ -3,12 +3,17 @@ metrics.jsonl line per epoch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from slifmr.rng import derive_seed
+
+# Ray Train's report: (an epoch's metrics.jsonl record, the checkpoint folder or None on other ranks)
+Reporter = Callable[[dict[str, Any], Path | None], None]
 
 
 @dataclass(frozen=True)
