@@ -65,6 +65,28 @@ def first_command(work: Path, name: str, extras: str, train: bool) -> dict[str, 
     return row
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Seconds of each step of the first command, per install (stacked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    labels = [f".{r['extras']}" for r in rows]
+    left = [0.0] * len(rows)
+    for step in ("venv", "torch", "project", "train"):
+        widths = [r["seconds"].get(step, 0.0) for r in rows]
+        ax.barh(labels, widths, left=left, label=step)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.axvline(300, ls="--", c="gray", label="5 minutes")
+    ax.set(xlabel="seconds from a fresh clone", title="the README's first command, step by step")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     import argparse
     import json
@@ -94,8 +116,10 @@ def main() -> int:
         lines.append(f"| `pip install -e '.{r['extras']}'` | {s['venv']:.0f} s | {s['torch']:.0f} s | {s['project']:.0f} s "
                      f"| {install:.0f} s | {r['venv_mb']:,.0f} | {train} | {total} |")
     lines += ["", "Largest packages of the first command's venv (MB): " + ", ".join(
-        f"{n} {mb:,.0f}" for n, mb in rows[0]["largest_packages_mb"].items()) + "."]
+        f"{n} {mb:,.0f}" for n, mb in rows[0]["largest_packages_mb"].items()) + ".", "",
+              "![first command](results/first-command.png)"]
     publish("FIRST_COMMAND", "first-command", {"command": command, "machine": machine, "rows": rows}, lines)
+    plot(rows, Path(__file__).parent / "results" / "first-command.png")
     return 0
 
 

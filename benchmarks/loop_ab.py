@@ -44,11 +44,33 @@ def seconds_per_step(tree: Path, args: list[str], out: Path) -> float:
     return sum(r["train_seconds"] for r in lines) / sum(r["steps"] for r in lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Seconds per step of every run, old and new, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3))
+    for ax, r in zip(axes if len(rows) > 1 else [axes], rows):
+        ax.boxplot([r["old_seconds_per_step"], r["new_seconds_per_step"]], tick_labels=["old", "new"])
+        ax.set(title=r["mode"], ylabel="seconds per step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old-tree", required=True)
+    ap.add_argument("--old-tree", help="the checkout to compare against (required unless --replot)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--replot", action="store_true", help="measure nothing: redraw the PNG from results/loop-ab.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((HERE / "results" / "loop-ab.json").read_text())["rows"], HERE / "results" / "loop-ab.png")
+        return 0
+    if not args.old_tree:
+        ap.error("--old-tree is required")
     data10k, _ = dataset(10_000, HERE / "runs" / "core_speed" / "data")
     trees = {"old": Path(args.old_tree).resolve(), "new": HERE.parent}
     rows = []
@@ -70,7 +92,9 @@ def main() -> int:
              "| configuration | old s/step (runs) | new s/step (runs) | new / old (means) |", "|---|---|---|---|"]
     lines += [f"| {r['mode']} | {', '.join(f'{x:.4f}' for x in r['old_seconds_per_step'])} | "
               f"{', '.join(f'{x:.4f}' for x in r['new_seconds_per_step'])} | {r['ratio_new_over_old']:.3f} |" for r in rows]
+    lines += ["", "![loop A/B](results/loop-ab.png)"]
     publish("LOOP_AB", "loop-ab", {"command": command, "machine": machine, "rows": rows}, lines)
+    plot(rows, HERE / "results" / "loop-ab.png")
     return 0
 
 

@@ -18,6 +18,7 @@ Writes benchmarks/results/serving.json and the SERVING section of RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -121,27 +122,30 @@ def synthetic(users: int, items: int, sample: int, work: Path) -> dict[str, Any]
             "flat_identical_lists": flat_same}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", help="a trained ml-100k run (default: train slifmr, seed 0)")
-    ap.add_argument("--users", type=int, default=50_000)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--sample", type=int, default=1000)
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slifmr-serving"))
-    args = ap.parse_args()
-    import faiss
-    import torch
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test metrics of the three ways to serve ml-100k users, and the two indexes' users/s."""
+    import matplotlib
 
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)  # users/s of one serving thread
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    for old in ("ml100k-export", "run"):
-        shutil.rmtree(work / old, ignore_errors=True)
-    small = ml100k(args.run, work)
-    large = synthetic(args.users, args.items, args.sample, work)
-    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, one thread (torch and faiss), nothing else running"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    small, large = rows
+    ways = list(small["served_test_metrics"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.bar(ways, [small["served_test_metrics"][w]["recall"] for w in ways])
+    a.set(ylabel=f"test Recall@{K}", title="ml-100k: how a user is served")
+    b.bar(["HNSW", "exact (IndexFlatIP)"], [large["hnsw_users_per_second"], large["flat_users_per_second"]])
+    b.set(ylabel="users / s, one thread", title=f"{large['items']:,} items: two-stage scorer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def publish_rows(rows: list[dict[str, Any]], command: str, machine: str) -> None:
+    """The SERVING section, results/serving.json and its PNG."""
+    from quality import RESULTS
+
+    small, large = rows
     m = small["served_test_metrics"]
     lines = ["## Serving from an export: numpy + faiss (issue 30, part 1)", "", f"Command: `{command}`  ",
              f"Machine: {machine}.", "",
@@ -161,8 +165,41 @@ def main() -> int:
               f"| HNSW | {large[f'two_stage_recall@{K}']:.4f} | {large['hnsw_users_per_second']:,.0f} |",
               f"| IndexFlatIP (exact) | {large['flat_identical_lists'] / large['sampled_users']:.4f} "
               f"(identical lists: {large['flat_identical_lists']}) | {large['flat_users_per_second']:,.0f} |"]
-    publish("SERVING", "serving", {"command": command, "machine": machine,
-                                   "rows": [{"mode": "ml-100k", **small}, {"mode": "synthetic", **large}]}, lines)
+    lines += ["", "![serving](results/serving.png)"]
+    publish("SERVING", "serving", {"command": command, "machine": machine, "rows": rows}, lines)
+    plot(rows, RESULTS / "serving.png")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a trained ml-100k run (default: train slifmr, seed 0)")
+    ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--sample", type=int, default=1000)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slifmr-serving"))
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw the section and its PNG from results/serving.json")
+    args = ap.parse_args()
+    if args.replot:
+        from quality import RESULTS
+
+        saved = json.loads((RESULTS / "serving.json").read_text())
+        publish_rows(saved["rows"], saved["command"], saved["machine"])
+        return 0
+    import faiss
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)  # users/s of one serving thread
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for old in ("ml100k-export", "run"):
+        shutil.rmtree(work / old, ignore_errors=True)
+    small = ml100k(args.run, work)
+    large = synthetic(args.users, args.items, args.sample, work)
+    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, one thread (torch and faiss), nothing else running"
+    publish_rows([{"mode": "ml-100k", **small}, {"mode": "synthetic", **large}], command, machine)
     return 0
 
 
