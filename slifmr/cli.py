@@ -349,6 +349,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError("--preset does not apply to --resume (the run keeps the config it was trained with)")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise SlifmrError("--out does not apply to --resume (the run continues in its own folder)")
+        if run_dir.is_dir():  # a live writer is named first: its first checkpoint may not exist yet
+            from slifmr.runlock import RunLock
+
+            with RunLock(run_dir):
+                pass
         if not checkpoint_exists(run_dir / "checkpoint"):
             _run_config(run_dir)  # names a missing or non-run folder first
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")

@@ -199,7 +199,7 @@ class Export:
         """The user's top-k unseen items as (raw item id, score), best first (`Scorer.recommend`;
         `options` are its keyword arguments). Raises SlifmrError for an unknown id."""
         try:
-            return self.scorer.recommend(user, k, strict_user=True, **options)
+            return self.scorer.recommend(user, k, **{"strict_user": True, **options})
         except ValueError as e:
             raise SlifmrError(str(e)) from None
 

@@ -20,7 +20,7 @@ FLAGS = {"data": "--data", "train.epochs": "--epochs", "train.seed": "--seed", "
          "address": "--address", "max_failures": "--max-failures"}
 # the keys each closed form reads (train.seed draws the train.eval_users sample)
 _CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
-                       "train.seed", "train.threads", "train.tracker", "train.tracking_uri")
+                       "train.seed", "train.threads", "train.tracker", "train.tracking_uri", "train.tracking_experiment")
 CLOSED_FORM_READS: dict[str, tuple[str, ...]] = {
     "ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k"),
     "pop": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2")}
@@ -69,7 +69,7 @@ def check_options(cfg: Config, given: Sequence[str], spelling: Spelling, *, from
         raise SlifmrError(f"{n('train.zero_stage')} applies to {v('train.strategy', 'deepspeed')} only")
     if "train.fanout" in given and t.sampling == "full":
         raise SlifmrError(f"{n('train.fanout')} applies to {n('train.sampling')} neighbor or history only")
-    if t.tracking_uri and t.tracker != "mlflow":
+    if "train.tracking_uri" in given and t.tracking_uri and t.tracker != "mlflow":
         raise SlifmrError(f"{n('train.tracking_uri')} applies to {v('train.tracker', 'mlflow')} "
                           f"(the tracker is {t.tracker or 'none'})")
 

@@ -208,7 +208,7 @@ class Scorer:
         (x_u W)_i >= 0 (each beats every item below it that has no ridge value), joined with
         the ridge candidates; excluded items removed."""
         n = self.items.shape[0]
-        depth = min(k + excluded.size, n)
+        first = depth = min(k + excluded.size, n)
         while True:
             _, found = self.index.search(q[None, :], depth)
             ann = np.setdiff1d(found[0][found[0] >= 0].astype(np.int64), excluded)
@@ -217,6 +217,8 @@ class Scorer:
             good = int((_values_at(ridge_items, ridge_values, ann) >= 0).sum())
             if good >= k or depth >= n:
                 return np.setdiff1d(np.union1d(ann, ridge_items), excluded)
+            if depth >= 16 * first:  # an approximate index that does not fill deep searches: score every item
+                return np.setdiff1d(np.arange(n), excluded)
             depth = min(2 * depth, n)
 
     def _fused(self, q: np.ndarray, dot: np.ndarray, candidates: np.ndarray, ridge_items: np.ndarray,

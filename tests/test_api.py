@@ -95,3 +95,17 @@ def test_a_missing_extra_fails_before_the_run_folder(tiny_path: Path, tmp_path: 
     with pytest.raises(SlifmrError, match=re.escape("pip install 'slifmr[zero]'")):
         slifmr.train(data=tiny_path, out=tmp_path / "run", workers=1, strategy="deepspeed", epochs=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_option_rules_check_what_was_given() -> None:
+    """A tracking URI kept in a saved config does not block a resume that changes the tracker;
+    closed forms track, so their tracking keys apply."""
+    from slifmr.config import load_config
+    from slifmr.options import COMMAND_LINE, PYTHON, check_options
+
+    cfg = load_config(settings=[("train.tracker", "none"), ("train.tracking_uri", "file:/tmp/x")])
+    check_options(cfg, ["train.tracker"], COMMAND_LINE)  # the URI came with the saved config
+    with pytest.raises(SlifmrError, match="--tracking-uri applies to --tracker mlflow"):
+        check_options(cfg, ["train.tracking_uri"], COMMAND_LINE)
+    ease = load_config(variant="ease", settings=[("train.tracking_experiment", "peers")])
+    check_options(ease, ["train.tracking_experiment", "train.tracker"], PYTHON)

@@ -364,8 +364,18 @@ def test_every_importer_applies_the_same_feedback_rule(importer: str, tmp_path: 
     ds = _import(importer, labelled, {"label": 1})
     assert ds.num_interactions == 13 and ds.provenance["threshold_dropped"] == 7
     assert "positives are rows with label >= 1" in ds.provenance["feedback"]
+    from slifmr.data.info import summary
+
+    assert summary(ds)["dropped"]["threshold_dropped"] == 7  # `data info` reports it, whichever importer
     (tmp_path / "rated").mkdir()
     rated = _same_rows_as(importer, tmp_path / "rated", ["user_id", "item_id", "rating"],
                           [[u, i, "2"] for u, i, _ in rows])
     ds = _import(importer, rated)
     assert ds.num_interactions == 20 and "rating column ignored" in ds.provenance["feedback"]
+
+
+def test_a_text_label_column_is_no_feedback_value(tmp_path: Path) -> None:
+    """Only a numeric `label` can hold explicit negatives: a text one is left alone."""
+    (tmp_path / "a.csv").write_text("user_id,item_id,label\n" + "".join(
+        f"u{u},i{i},{'seen' if (u + i) % 2 else 'clicked'}\n" for u in range(4) for i in range(5)))
+    assert import_table(str(tmp_path / "a.csv")).num_interactions == 20

@@ -31,7 +31,10 @@ def summary(ds: Dataset) -> dict[str, Any]:
         "split_seed": ds.split_seed,
         "threshold": ds.provenance.get("threshold"),
         "feedback": ds.provenance.get("feedback"),
-        "dropped": {k: v for k, v in (ds.provenance.get("import") or {}).items() if k.endswith("_dropped") and v},
+        # the feedback rule's count sits beside the rule (every importer); the rest under "import"
+        "dropped": {k: v for k, v in ((ds.provenance.get("import") or {})
+                                      | {"threshold_dropped": ds.provenance.get("threshold_dropped")}).items()
+                    if k.endswith("_dropped") and v},
     }
 
 

@@ -459,6 +459,16 @@ class Interactions:
     notes: dict[str, Any]
 
 
+def _feedback_columns(table: Table) -> list[str]:
+    """The columns the feedback rule may read: in every file of the table, and a `label` only
+    when it holds numbers (a text label is no explicit feedback value: it is left alone)."""
+    everywhere = [c for c in table.columns if all(c in names for names in table.file_columns.values())]
+    label = table.dataset.schema.field("label").type if "label" in everywhere else None
+    if label is not None and not (_is_number(label) or pa.types.is_boolean(label)):
+        everywhere.remove("label")
+    return everywhere
+
+
 def read_interactions(table: Table, cols: InteractionColumns, split: str, split_seed: int) -> Interactions:
     """Stream the interactions table: ids encoded, feedback filtered, pairs deduplicated, split."""
     if split not in SPLIT_RULES:
@@ -470,7 +480,7 @@ def read_interactions(table: Table, cols: InteractionColumns, split: str, split_
                           "drop --split (the column then is the split) or drop --split-col")
     if split in ("temporal", "global-temporal") and not cols.time:
         raise SlifmrError(f"--split {split} needs --time-col (the interactions' timestamps)")
-    feedback = FeedbackRule(cols.thresholds, tuple(c for c in (cols.user, cols.item, cols.split) if c), table.columns)
+    feedback = FeedbackRule(cols.thresholds, tuple(c for c in (cols.user, cols.item, cols.split) if c), _feedback_columns(table))
     names = [cols.user, cols.item] + [c for c in (cols.time, cols.split) if c] + feedback.columns
     users, items = Encoder(), Encoder()
     keep, times, splits = [], [], []

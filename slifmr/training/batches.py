@@ -31,7 +31,6 @@ class FullBatches:
     """Every step propagates over the whole epoch graph."""
 
     device: torch.device | str
-    sparse_tables: bool = False  # every table row gets a gradient each step
     graphs: EpochGraphs | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"sampling": 0.0, "memory": 0.0})
 
@@ -57,7 +56,6 @@ class NeighborBatches(FullBatches):
     seed: int = 0
     rank: int = 0
     sample_device: torch.device | str = "cpu"
-    sparse_tables: bool = True  # a sampled step touches few table rows: sparse gradients, row-wise Adam
     subgraphs: Any = None
 
     def begin_epoch(self, model: SLIFMR, graphs: EpochGraphs, epoch: int) -> None:
@@ -129,9 +127,8 @@ class HistoryBatches(NeighborBatches):
 
 
 class BatchSource(Protocol):
-    """What the loop asks of a source: the seconds of its epoch's sampling and memory work."""
+    """What the loop asks of a source, and the seconds of its epoch's sampling and memory work."""
 
-    sparse_tables: bool
     seconds: dict[str, float]
 
     def begin_epoch(self, model: SLIFMR, graphs: EpochGraphs, epoch: int) -> None: ...

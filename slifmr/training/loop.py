@@ -76,6 +76,7 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
             clock.lap("train")
             job.batches.end_epoch()
             graphs = job.model.attend(graphs)  # KGAT: attention from the epoch's trained weights
+            clock.lap("attend")
             reps = job.model.representations(graphs, job.spmm)
             if not reps.finite():  # equal on every rank
                 raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "

@@ -78,30 +78,32 @@ class SelfLoop:
         seconds = {"knn": 0.0, "ridge": 0.0}
         if fusion_due(m, epoch) and self.last_z is not None:
             # one search serves S(t) (the first k_corr neighbours) and the ridge head (ridge_k)
-            k = max(m.k_corr, m.ridge_k) if m.ridge_weight > 0 else m.k_corr
-            nbrs, sims = self.knn(self.last_z.detach(), k)
+            head_searches = m.ridge_weight > 0 and m.ridge_neighbours != "cooc"
+            nbrs, sims = self.knn(self.last_z.detach(), max(m.k_corr, m.ridge_k) if head_searches else m.k_corr)
             self.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
-            self.neighbours = self._regressors(nbrs[:, : m.ridge_k].cpu().int()) if m.ridge_weight > 0 else None
             self.corr_epoch = epoch
             seconds["knn"] = time.perf_counter() - start
-            if self.neighbours is not None:
-                s = self.static
-                self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
-                                                s.item_gram, self.sharding, self.comm.device)
+            if m.ridge_weight > 0:
+                fixed = m.ridge_neighbours == "cooc" and self.item_ridge is not None  # solved once: N_j never change
+                self.neighbours = self.cooc if m.ridge_neighbours == "cooc" else self._regressors(nbrs[:, : m.ridge_k].cpu().int())
+                if not fixed:
+                    s = self.static
+                    self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
+                                                    s.item_gram, self.sharding, self.comm.device)
                 seconds["ridge"] = time.perf_counter() - start - seconds["knn"]
+            else:
+                self.neighbours = None
         graphs = epoch_graphs(self.static, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
                               self.sharding, item_ridge=self.item_ridge)
         self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
         return (graphs if graphs.kg_attention is not None else model.attend(graphs)), seconds
 
     def _regressors(self, z_neighbours: Tensor) -> Tensor:
-        """The head's N_j (N, ridge_k) int32 under model.ridge_neighbours: Z(t-1)'s nearest
-        neighbours, the most co-occurring items, or their union (half co-occurring, then Z's,
-        then more co-occurring)."""
+        """The head's N_j (N, ridge_k) int32 from Z(t-1)'s nearest neighbours under
+        model.ridge_neighbours z (those) or union (half the co-occurring items, then Z's, then
+        more co-occurring ones)."""
         if self.cooc is None:  # model.ridge_neighbours z
             return z_neighbours
-        if self.cfg.ridge_neighbours == "cooc":
-            return self.cooc
         half = (z_neighbours.shape[1] + 1) // 2
         candidates = torch.cat([self.cooc[:, :half], z_neighbours, self.cooc[:, half:]], 1)
         return first_distinct(candidates, z_neighbours.shape[1])
@@ -115,10 +117,6 @@ class SelfLoop:
         """The validation metrics of the epoch, its blend chosen (`choose_blend`) and kept."""
         self.ridge_weight, valid = choose_blend(evaluator, reps, self.cfg, stop_metric, all_reduce)
         return valid
-
-    def release(self) -> None:
-        """Drop the epoch's graphs (GBs at 10^6 users) before the best epoch is loaded."""
-        self.graphs = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
