@@ -349,10 +349,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SlifmrError("--preset does not apply to --resume (the run keeps the config it was trained with)")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise SlifmrError("--out does not apply to --resume (the run continues in its own folder)")
-        if run_dir.is_dir():  # a live writer is named first: its first checkpoint may not exist yet
-            from slifmr.runlock import RunLock
+        from slifmr.runlock import LOCK_FILE, RunLock
 
-            with RunLock(run_dir):
+        if (run_dir / LOCK_FILE).exists():  # a live writer is named first: its first checkpoint may not exist yet
+            with RunLock(run_dir):  # the lock file is there already: the probe writes nothing new
                 pass
         if not checkpoint_exists(run_dir / "checkpoint"):
             _run_config(run_dir)  # names a missing or non-run folder first
