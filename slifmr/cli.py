@@ -267,11 +267,11 @@ def _run_config(run_dir: Path):  # noqa: ANN202
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
-    """The config keys `slifmr train`'s own flags set (those given)."""
-    pairs = (("data", args.data), ("train.epochs", args.epochs), ("train.seed", args.seed),
-             ("train.strategy", args.strategy), ("train.zero_stage", args.zero_stage),
-             ("train.sampling", args.sampling), ("train.fanout", args.fanout), ("train.tracker", args.tracker),
-             ("train.tracking_uri", args.tracking_uri))
+    """The config keys `slifmr train`'s own flags set (those given), from options.FLAGS."""
+    from slifmr.options import FLAGS
+
+    pairs = ((key, getattr(args, flag.lstrip("-").replace("-", "_"))) for key, flag in FLAGS.items()
+             if key == "data" or "." in key)  # config keys; the launch's options are not
     return [(key, value) for key, value in pairs if value is not None]
 
 

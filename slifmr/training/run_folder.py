@@ -13,7 +13,7 @@ Nothing of an epoch is written when a parameter or optimizer state is not finite
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,7 @@ class LoopState:
     the last finished epoch and early stopping (checkpointed with the torch RNG state)."""
 
     epoch: int = 0
-    stopper: EarlyStopping = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.stopper = self.stopper or EarlyStopping()
+    stopper: EarlyStopping = field(default_factory=EarlyStopping)
 
     def state_dict(self) -> dict[str, Any]:
         # samplers and graphs reseed per epoch: the torch RNG is the only global stream
