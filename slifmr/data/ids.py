@@ -15,8 +15,12 @@ def stripped_ids(raw: pa.Array | pa.ChunkedArray) -> tuple[pa.Array | pa.Chunked
     return text, pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, CONTROL))
 
 
+def show(value: object, limit: int = 40) -> str:
+    """A raw value as an error message quotes it: its repr, cut at `limit` characters."""
+    text = repr(value)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def refused_because(raw: str) -> str:
     """Why the rule refuses the raw id `raw`, as an error message says it."""
-    shown = repr(raw)
-    shown = shown[:40] + ("..." if len(shown) > 40 else "")
-    return f"empty id {raw!r}" if not raw.strip() else f"id {shown} holds a control character"
+    return f"empty id {raw!r}" if not raw.strip() else f"id {show(raw)} holds a control character"

@@ -60,6 +60,7 @@ from slifmr.data.encode import encode_strings, indices_of
 from slifmr.data.feedback import FeedbackRule, rule_text
 from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
 from slifmr.data.ids import refused_because, stripped_ids
+from slifmr.data.ids import show as _show
 from slifmr.data.pairs import first_rows
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
@@ -221,11 +222,6 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
 
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Array:
