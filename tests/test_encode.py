@@ -11,6 +11,7 @@ import pytest
 
 from slifmr.data import encode
 from slifmr.data.format import Dataset
+from slifmr.data.ids import TokenIds
 
 
 def _ids(rng: np.random.Generator, n: int, distinct: int) -> list[str]:
@@ -110,9 +111,8 @@ def test_no_rows_and_empty_files_encode_to_nothing(tmp_path: Path) -> None:
 
 
 def test_an_encoder_runs_once() -> None:
-    from slifmr.data import table as table_mod
 
-    encoder = table_mod.Encoder()
+    encoder = TokenIds()
     encoder.encode()
     with pytest.raises(RuntimeError, match="runs once"):
         encoder.encode()

@@ -56,7 +56,9 @@ def write_recbole(root: Path, name: str = "toy", **files: str) -> Path:
 
 def test_recbole_import_maps_ids_kg_and_metadata(tmp_path: Path) -> None:
     ds = import_recbole(write_recbole(tmp_path / "toy"), split_seed=1)
-    assert (ds.num_users, ds.num_items) == (3, 6)  # i6 comes from .item only
+    # i6 is in .item and .link only: no interaction names it, so it is no item (every importer's rule)
+    assert (ds.num_users, ds.num_items) == (3, 5) and "i6" not in list(ds.ids["items"])
+    assert ds.provenance["import"]["item_rows_dropped"] == 1 and ds.provenance["import"]["links_dropped"] == 1
     assert ds.num_interactions == 8
     assert ds.relation_names == ["film.genre", "film.actor", "genre.films"]
     assert ds.num_entities == 6  # m.1 m.2 g.comedy g.action p.a + m.6 (linked only)
@@ -314,8 +316,8 @@ def test_ids_with_surrounding_whitespace_are_one_id(tmp_path: Path) -> None:
     inter = INTER.replace("u1\ti2", "u1 \ti2 ").replace("u2\ti5", " u2\t\u00a0i5")
     ds = import_recbole(write_recbole(tmp_path / "toy", inter=inter, link=LINK.replace("i2\t", " i2\t")), split_seed=1)
     assert sorted(ds.ids["users"]) == ["u1", "u2", "u3"]
-    assert sorted(ds.ids["items"]) == ["i1", "i2", "i3", "i4", "i5", "i6"]
-    assert ds.item_entity.shape == (3, 2)
+    assert sorted(ds.ids["items"]) == ["i1", "i2", "i3", "i4", "i5"]  # i6: .item only, not in the catalogue
+    assert ds.item_entity.shape == (2, 2)  # i6's link is dropped with it
 
 
 def test_presplit_user_only_in_valid_names_the_source_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

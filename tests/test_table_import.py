@@ -16,6 +16,7 @@ from slifmr.cli import main
 from slifmr.data import table as table_mod
 from slifmr.data.format import TEST, TRAIN, VALID, read_dataset, write_dataset
 from slifmr.data.graphs import modality_graph
+from slifmr.data.ids import TokenIds
 from slifmr.data.table import InteractionColumns, import_table
 from slifmr.errors import DataError, SlifmrError
 
@@ -192,7 +193,7 @@ def test_foreign_dictionaries_repeated_or_null_entries(tmp_path: Path) -> None:
     repeated = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], pa.int32()), pa.array(["a", "b", "a"]))
     padded = pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int32()), pa.array(["c", " a "]))
     for chunks in ([repeated], [repeated, repeated], [repeated, padded], [padded, repeated]):  # one chunk is not unified by Arrow
-        encoder = table_mod.Encoder()
+        encoder = TokenIds()
         for chunk in chunks:
             encoder.add(table, chunk, 0, "user_id")
         tokens, codes = encoder.finish()
@@ -224,7 +225,7 @@ def test_dictionary_entries_no_row_uses_are_neither_checked_nor_kept(tmp_path: P
     unused_null = pa.DictionaryArray.from_arrays(pa.array([0, 2], pa.int32()), pa.array(["a", None, "b"]))
     assert table_mod.token_array(table_mod.id_tokens(table, unused_null, 0, "user_id")).to_pylist() == ["a", "b"]
     for chunks in ([unused], [unused, unused], [unused_null], [unused_null, unused]):
-        encoder = table_mod.Encoder()
+        encoder = TokenIds()
         for chunk in chunks:
             encoder.add(table, chunk, 0, "user_id")
         tokens, codes = encoder.finish()

@@ -5,7 +5,9 @@ itemID).
 
 The text rules are RecBole's importer's (slifmr/data/recbole.py): UTF-8 with or without a
 byte-order mark, blank lines skipped, errors naming file, 1-based line (header = line 1),
-column and raw value, warnings only once everything has passed. On top of them:
+column and raw value, warnings only once everything has passed. The rows go through the import
+pipeline every importer shares (slifmr/data/pipeline.py), with two stages of MMRec's own:
+integer ids (`IntegerIds`) and x_label as the split column. So:
 
 * userID, itemID and x_label are integers ('007' is 7; surrounding whitespace ignored);
   ids are non-negative and below 2**63, x_label is 0, 1 or 2. Ids are never used as sizes
@@ -18,7 +20,7 @@ column and raw value, warnings only once everything has passed. On top of them:
   ('2018-03-01') are refused with the line, never converted to something else.
 * Feedback: every kept row is a positive; a `rating` column is reported as ignored (MMRec's
   protocol), `label` holding values <= 0 is refused unless a threshold is given;
-  thresholds={"rating": 4} keeps rows with rating >= 4 (see recbole.feedback_filter).
+  thresholds={"rating": 4} keeps rows with rating >= 4 (slifmr/data/feedback.py).
 * Each split (x_label 0, 1, 2) must keep a row and every user needs a training row; a pair
   repeated across splits is kept in the earliest split.
 * Feature files: a 2-D array of a real number type (float or integer, converted to
@@ -34,17 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from slifmr.data.format import TEST, Dataset, check_feature_values
-from slifmr.data.recbole import (
-    TIME_HINT,
-    IdMap,
-    check_splits,
-    dedupe_pairs,
-    emit,
-    feedback_filter,
-    import_kg,
-    read_text,
-)
+from slifmr.data.format import Dataset, check_feature_values
+from slifmr.data.ids import IntegerIds
+from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
+from slifmr.data.recbole import IdMap, import_kg, read_text
 from slifmr.errors import DataError
 
 USER, ITEM, LABEL, TIME = "userID", "itemID", "x_label", "timestamp"
@@ -85,6 +80,10 @@ def load_features(fp: Path) -> np.ndarray:
 
 
 def import_mmrec(root: str | Path, name: str | None = None, thresholds: dict[str, float] | None = None) -> Dataset:
+    """Import an MMRec dataset folder into a `Dataset` (not yet written): its .inter file through
+    the import pipeline (slifmr/data/pipeline.py) with integer ids and x_label as the split, the
+    feature files, and a KG in RecBole's format if present. Raises DataError naming the file,
+    line, column and raw value of the first bad cell."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(str(root), "folder does not exist")
@@ -93,82 +92,44 @@ def import_mmrec(root: str | Path, name: str | None = None, thresholds: dict[str
         if not inters:
             raise DataError(str(root), "no .inter file in this folder")
         name = inters[0].stem
-    path = root / f"{name}.inter"
-    f = read_text(path, _plain_header, (USER, ITEM, LABEL))
-    user_raw, item_raw = f.ints(USER), f.ints(ITEM)
-    split = f.ints(LABEL, what="x_label")
-    if (split > TEST).any():
-        i = int(np.flatnonzero(split > TEST)[0])
-        raise f.error(f"x_label {f.cell(LABEL, i)!r} is not 0 (train), 1 (valid) or 2 (test)", row=i, column=LABEL)
-    ts = f.numbers(TIME, TIME_HINT) if f.has(TIME) else None
-    masks, feedback, infos = feedback_filter([f], thresholds, (USER, ITEM, LABEL))
-
+    f = read_text(root / f"{name}.inter", _plain_header, (USER, ITEM, LABEL))
     features = {m: load_features(root / fname) for m, fname in FEATURE_FILES.items() if (root / fname).exists()}
+    item_ids = IntegerIds()
     if features:
         rows = {m: x.shape[0] for m, x in features.items()}
         num_items = max(rows.values())
         for m, r in rows.items():
             if r != num_items:
                 raise DataError(str(root / FEATURE_FILES[m]), f"has {r} rows but other features have {num_items}: one row per item")
-        bad = item_raw >= num_items
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise f.error(f"item {f.cell(ITEM, i)!r} has no feature row (the features have {num_items} rows, "
-                          f"items 0..{num_items - 1})", row=i, column=ITEM)
-
-    kept = np.flatnonzero(masks[0])
-    if kept.size == 0:
-        raise f.error("has no data rows" if f.num_rows == 0 else
-                      f"--threshold keeps none of its {f.num_rows:,} rows")
-    raw_users, user = np.unique(user_raw[kept], return_inverse=True)
-    if features:
-        raw_items, item = np.arange(num_items, dtype=np.int64), item_raw[kept]
-    else:
-        raw_items, item = np.unique(item_raw[kept], return_inverse=True)
-        num_items = raw_items.size
-    user, item = user.astype(np.int64).ravel(), item.astype(np.int64).ravel()
-    split = split[kept].astype(np.int8)
-    keep, dropped = dedupe_pairs(user, item, num_items, split)
-    warnings = []
-    if dropped.size:
-        j = dropped[0]
-        warnings.append(f"{path}: dropped {dropped.size:,} duplicate (user, item) rows, keeping the one in the "
-                        f"earliest split (user {raw_users[user[j]]}, item {raw_items[item[j]]} is one)")
-    user, item, split, src_row = user[keep], item[keep], split[keep], kept[keep]
-
-    def why_empty(s: int) -> str:
-        if f.num_rows == 0:
-            return "the file has no data rows"
-        if not (f.ints(LABEL, what="x_label") == s).any():
-            return f"no row has x_label {s}"
-        if not ((f.ints(LABEL, what="x_label") == s) & masks[0]).any():
-            return f"--threshold keeps none of its rows with x_label {s}"
-        return f"each row with x_label {s} repeats a (user, item) pair of an earlier split"
-
-    check_splits(split, user, raw_users.size, np.zeros(user.size, np.int64), src_row, [f], lambda s: f, USER, why_empty,
-                 "row with x_label 0")
-
+        # items index the feature rows: kept as they are
+        item_ids = IntegerIds(num_items, "item {raw} has no feature row (the features have {n} rows, items 0..{last})")
+    cols = InteractionColumns(USER, ITEM, TIME if f.has(TIME) else None, LABEL, dict(thresholds or {}))
+    inter = read_interactions([f], cols, Split("column", codes="integers", values=("0", "1", "2")),
+                              users=IntegerIds(), items=item_ids)
+    raw_users = np.asarray(inter.users.to_numpy(zero_copy_only=False), dtype=np.int64)
+    raw_items = np.asarray(inter.items.to_numpy(zero_copy_only=False), dtype=np.int64)
     items = IdMap()
     items.add(pa.array(raw_items.astype(str)))
-    kg, links, entities, relations = import_kg(root, name, items)
-    emit(warnings, infos)
+    kg, links, entities, relations, links_dropped = import_kg(root, name, items)
+    emit(inter.warnings, inter.notes["feedback_log"])
     ids = {"users": raw_users, "items": raw_items}
     if len(entities):
         ids["entities"] = entities.array()
+    counts = {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}
     return Dataset(
         name=name,
         num_users=int(raw_users.size),
-        num_items=int(num_items),
-        user=user,
-        item=item,
-        split=split,
-        timestamp=ts[kept][keep] if ts is not None else None,
+        num_items=int(raw_items.size),
+        user=inter.user,
+        item=inter.item,
+        split=inter.split,
+        timestamp=inter.timestamp,
         features=features,
         kg=kg,
         item_entity=links,
         num_entities=len(entities),
         relation_names=relations,
         ids=ids,
-        provenance={"importer": "mmrec", "source": str(root.resolve()), "presplit": True, **feedback},
+        provenance={"importer": "mmrec", "source": str(root.resolve()), "presplit": True, "split": inter.notes["split"],
+                    **inter.notes["feedback"], "import": counts | {"links_dropped": links_dropped}},
     )
-

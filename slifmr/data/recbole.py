@@ -17,18 +17,18 @@ the order they first appear. The rules this importer applies where the format is
   numbers ('3', '-2.5', '1e9'); surrounding whitespace is ignored. Timestamps are numeric
   seconds (Unix time): text dates ('Mar 1 2018') and ISO dates ('2018-03-01') are refused,
   never guessed, and so are NaN and inf. An empty float cell of .item metadata is null.
-* Feedback: slifmr learns from implicit feedback, every imported row is a positive.
-  `thresholds={"rating": 4}` keeps the rows with rating >= 4 (RecBole's convention; several
-  thresholds must all hold) and the import reports how many rows it dropped. Without a
-  threshold, a `label` column holding any value <= 0 (explicit negatives) is refused with a
-  hint, and a `rating` column is reported as ignored (every rating is an interaction, the
-  MMRec / ml-100k protocol). The rule is recorded in provenance["threshold"/"feedback"].
-* Duplicate (user, item) pairs are dropped with a warning, keeping the first, and for a
-  pre-split set the one in the earliest split (train, valid, test). RecBole keeps repeated
-  ratings as separate rows; an implicit-feedback ranker needs each pair once.
-* A pre-split set keeps its split exactly: each split file must keep a row, and every user
-  of the valid and test files must have a training row. Without a pre-split, the per-user
-  8:1:1 split must leave a row in valid and test (some user needs 3 interactions).
+* The interactions go through the import pipeline every importer shares
+  (slifmr/data/pipeline.py): implicit feedback with `thresholds={"rating": 4}` (RecBole's
+  convention), a `label` holding values <= 0 refused without one, a `rating` reported as
+  ignored; repeated (user, item) pairs dropped with a warning, keeping the first (for a
+  pre-split set, in the earliest split; RecBole keeps repeated ratings as separate rows, an
+  implicit-feedback ranker needs each pair once). A pre-split set keeps its split exactly:
+  each split file must keep a row, and every user needs a training row. Without a pre-split,
+  the per-user 8:1:1 split must leave a row in valid and test (some user needs 3
+  interactions).
+* The catalogue is the items the kept interactions name, as in every importer: rows of .item
+  and .link for other items are dropped and counted (provenance["import"]). RecBole itself
+  would also number .item's other items; they could never be a positive in any split.
 * Fields of .item: float_seq fields become modalities (one row per item, space-separated
   numbers of one length; an empty cell or an item without a row is a zero row marked missing);
   the other fields are item metadata (items.parquet), which `--text-cols` can embed.
@@ -43,28 +43,23 @@ file line by line to find the line to name.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from slifmr import log
-from slifmr.data.feedback import FeedbackRule, rule_text
-from slifmr.data.format import TEST, TRAIN, VALID, Dataset
+from slifmr.data.format import Dataset
 from slifmr.data.ids import refused_because, stripped_ids
-from slifmr.data.pairs import first_rows, pair_rank
-from slifmr.data.split import split_per_user
+from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 USER, ITEM, TIME = "user_id", "item_id", "timestamp"
 HEAD, RELATION, TAIL, ENTITY = "head_id", "relation_id", "tail_id", "entity_id"
 SPLIT_NAMES = ("train", "valid", "test")
-TIME_HINT = "timestamps must be numbers of seconds such as Unix time: convert dates before importing, or drop the column"
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
@@ -112,17 +107,36 @@ def _show(raw: bytes | str, limit: int = 40) -> str:
 
 
 class TextFile:
-    """One tab-separated text file, read as string columns, that names its lines in errors."""
+    """One tab-separated text file, read as string columns, that names its lines in errors: a
+    `Reader` of the import pipeline (slifmr/data/pipeline.py)."""
 
     def __init__(self, path: Path, table: pa.Table, types: dict[str, str]):
         self.path, self.table, self.types = path, table, types
+        self.source = str(path)
 
     @property
     def num_rows(self) -> int:
         return self.table.num_rows
 
+    @property
+    def columns(self) -> list[str]:
+        return list(self.types)
+
     def has(self, col: str) -> bool:
         return col in self.types
+
+    def require(self, *columns: str, named_by: str = "") -> None:
+        for col in columns:
+            if col not in self.types:
+                raise self.error(f"column{named_by} is missing from the header (found: {', '.join(self.types)})",
+                                 column=col, line=1)
+
+    def batches(self, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        self.require(*columns)
+        offset = 0
+        for batch in self.table.select(list(columns)).to_batches():
+            yield offset, batch
+            offset += batch.num_rows
 
     def line(self, row: int) -> int | None:
         """The 1-based physical line of data row `row` (error path: reads the file again)."""
@@ -133,6 +147,13 @@ class TextFile:
                 if n == row:
                     return no
         return None
+
+    def where(self, row: int) -> str:
+        line = self.line(row)
+        return f"{self.path}, line {line}" if line is not None else str(self.path)
+
+    def row_named(self, row: int) -> tuple[str, str]:
+        return str(self.path), f"line {self.line(row)}"
 
     def error(self, message: str, row: int | None = None, column: str | None = None,
               line: int | None = None) -> DataError:
@@ -152,43 +173,31 @@ class TextFile:
             raise self.error(refused_because(self.cell(col, i)), row=i, column=col)
         return vals
 
-    def numbers(self, col: str, hint: str = "", nullable: bool = False) -> np.ndarray | pa.ChunkedArray:
-        """A number column as float64: finite values (numpy), or with empty cells as nulls
-        (`nullable`: a pyarrow array, NaN allowed)."""
-        vals = pc.utf8_trim_whitespace(self.table.column(col))
+    def feedback_columns(self) -> list[str]:
+        return list(self.types)
+
+    def numbers(self, arr: pa.Array | pa.ChunkedArray, offset: int, column: str, hint: str = "",
+                nullable: bool = False) -> np.ndarray | pa.ChunkedArray:
+        """Rows `offset`.. of a text column as float64: finite values (numpy), or with empty cells
+        as nulls (`nullable`: a pyarrow array, NaN allowed)."""
+        vals = pc.utf8_trim_whitespace(arr)
         if nullable:
             vals = pc.if_else(pc.equal(pc.utf8_length(vals), 0), pa.scalar(None, pa.string()), vals)
         try:
             out = pc.cast(vals, pa.float64())
         except pa.ArrowException:
             i = _first_failing(vals, lambda a: pc.cast(a, pa.float64()))
-            raw = self.cell(col, i)
+            raw = arr[i].as_py()
             msg = "empty cell, a number is required" if not raw.strip() else f"{_show(raw)} is not a number"
-            raise self.error(msg + (f" ({hint})" if hint else ""), row=i, column=col) from None
+            raise self.error(msg + (f" ({hint})" if hint else ""), row=offset + i, column=column) from None
         if nullable:
             return out
         x = np.asarray(out.to_numpy(), dtype=np.float64)
         bad = ~np.isfinite(x)
         if bad.any():
             i = _first(bad)
-            raise self.error(f"{_show(self.cell(col, i))} is not a finite number" + (f" ({hint})" if hint else ""),
-                             row=i, column=col)
-        return x
-
-    def ints(self, col: str, what: str = "id") -> np.ndarray:
-        """A column of non-negative integers (int64)."""
-        vals = pc.utf8_trim_whitespace(self.table.column(col))
-        try:
-            out = pc.cast(vals, pa.int64())
-        except pa.ArrowException:
-            i = _first_failing(vals, lambda a: pc.cast(a, pa.int64()))
-            raw = self.cell(col, i)
-            msg = f"empty {what}" if not raw.strip() else f"{what} {_show(raw)} is not an integer in [0, 2**63)"
-            raise self.error(msg, row=i, column=col) from None
-        x = np.asarray(out.to_numpy(), dtype=np.int64)
-        if (x < 0).any():
-            i = _first(x < 0)
-            raise self.error(f"negative {what} {_show(self.cell(col, i))}", row=i, column=col)
+            raise self.error(f"{_show(arr[i].as_py())} is not a finite number" + (f" ({hint})" if hint else ""),
+                             row=offset + i, column=column)
         return x
 
 
@@ -323,14 +332,6 @@ class IdMap:
         return self._tokens.to_numpy(zero_copy_only=False).astype(object)
 
 
-def dedupe_pairs(user: np.ndarray, item: np.ndarray, num_items: int,
-                 split: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices kept: one per (user, item) pair, in order; indices of the dropped repeats), by
-    the rule of slifmr/data/pairs.py."""
-    first = first_rows(user * np.int64(num_items) + item, pair_rank(user.size, split), user.size)
-    return np.flatnonzero(first), np.flatnonzero(~first)
-
-
 # ----------------------------------------------------------------------------- feedback
 
 
@@ -352,48 +353,6 @@ def parse_thresholds(specs: Sequence[str] | None) -> dict[str, float]:
             raise SlifmrError(f"--threshold {col} is given twice")
         out[col] = v
     return out
-
-
-def feedback_filter(files: Sequence[TextFile], thresholds: dict[str, float] | None,
-                    id_columns: tuple[str, ...]) -> tuple[list[np.ndarray], dict[str, Any], list[str]]:
-    """Which rows are positives (slifmr/data/feedback.py's rule): per file a keep mask, the
-    provenance entries and log lines."""
-    rule = FeedbackRule(thresholds or {}, id_columns, {c for f in files for c in f.types})
-    for col, v in rule.thresholds.items():
-        for f in files:
-            if not f.has(col):
-                raise f.error(f"column named by --threshold {col}={v:g} is missing from the header "
-                              f"(found: {', '.join(f.types)})", column=col, line=1)
-    masks = [rule.keep(f.num_rows, {c: f.numbers(c) for c in rule.columns if f.has(c)},
-                       lambda i, f=f: (str(f.path), f"line {f.line(i)}")) for f in files]
-    prov, _, infos = rule.summary()
-    return masks, prov, infos
-
-
-def check_splits(split: np.ndarray, user: np.ndarray, num_users: int, src_file: np.ndarray, src_row: np.ndarray,
-                 files: Sequence[TextFile], split_file: Callable[[int], TextFile], user_col: str,
-                 why_empty: Callable[[int], str], train_rows: str) -> None:
-    """Each split keeps a row, and every user has a training row; errors name the source row."""
-    for s in (TRAIN, VALID, TEST):
-        if not (split == s).any():
-            f = split_file(s)
-            raise f.error(f"the {SPLIT_NAMES[s]} split would be empty: {why_empty(s)}")
-    has_train = np.zeros(num_users, bool)
-    has_train[user[split == TRAIN]] = True
-    bad = ~has_train[user]
-    if bad.any():
-        j = _first(bad)
-        f, row = files[src_file[j]], int(src_row[j])
-        raise f.error(f"user {_show(f.cell(user_col, row))} has no training interaction (no {train_rows}); every "
-                      "user needs one: drop the user or add a training row", row=row, column=user_col)
-
-
-def emit(warnings: Sequence[str], infos: Sequence[str] = ()) -> None:
-    """Log what the import decided, once it has passed every check."""
-    for msg in infos:
-        log.info(msg)
-    for msg in warnings:
-        log.warning(msg)
 
 
 # ----------------------------------------------------------------------------- import
@@ -431,102 +390,70 @@ def is_presplit(root: str | Path, name: str | None = None) -> bool:
 
 def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 2026,
                    thresholds: dict[str, float] | None = None) -> Dataset:
-    """Import a RecBole atomic dataset folder into a `Dataset` (not yet written)."""
+    """Import a RecBole atomic dataset folder into a `Dataset` (not yet written): its .inter
+    file(s) through the import pipeline (slifmr/data/pipeline.py), then .item, .kg and .link.
+    Raises DataError naming the file, line, column and raw value of the first bad cell."""
     root = Path(root)
     name = name or dataset_name(root)
     paths = _inter_files(root, name)
     presplit = len(paths) == 3
     files = [read_atomic(p, (USER, ITEM)) for p in paths]
-    user_tok = [f.ids(USER) for f in files]
-    item_tok = [f.ids(ITEM) for f in files]
     with_time = all(f.has(TIME) for f in files)
-    times = [f.numbers(TIME, TIME_HINT) for f in files] if with_time else None
-    masks, feedback, infos = feedback_filter(files, thresholds, (USER, ITEM))
-    rows = [np.flatnonzero(m) for m in masks]
-    if not presplit and rows[0].size == 0:
-        raise files[0].error("has no data rows" if files[0].num_rows == 0 else
-                             f"--threshold {rule_text(thresholds or {})} keeps none of its {files[0].num_rows:,} rows")
-
-    users, items = IdMap(), IdMap()
-    kept_u = [tok.take(pa.array(r)) for tok, r in zip(user_tok, rows)]
-    kept_i = [tok.take(pa.array(r)) for tok, r in zip(item_tok, rows)]
-    for u in kept_u:
-        users.add(u)
-    for i in kept_i:
-        items.add(i)
-    item_table = None
-    item_file = None
+    cols = InteractionColumns(USER, ITEM, TIME if with_time else None, None, dict(thresholds or {}))
+    split = Split("files") if presplit else Split("random", split_seed, hint=(
+        f" (give more interactions, or a pre-split set {name}.train.inter/.valid.inter/.test.inter)"))
+    inter = read_interactions(files, cols, split)
+    warnings = list(inter.warnings)
+    if not with_time and any(f.has(TIME) for f in files):
+        warnings.insert(0, f"{', '.join(p.name for p, f in zip(paths, files) if not f.has(TIME))} has no timestamp "
+                        "column: timestamps dropped for every split")
+    items = IdMap()
+    items.add(inter.items)
+    counts = {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}
+    item_table, item_file, listed = None, None, None
     item_path = root / f"{name}.item"
     if item_path.exists():
         item_file = read_atomic(item_path, (ITEM,))
-        tok = item_file.ids(ITEM)
-        items.add(tok)
+        tok = listed = item_file.ids(ITEM)
+        counts["item_rows_dropped"] = int((items.index(tok) < 0).sum())
+        if counts["item_rows_dropped"]:
+            warnings.append(f"{item_path}: dropped {counts['item_rows_dropped']:,} rows of items without a kept "
+                            "interaction (the catalogue is the items the interactions name)")
         item_table = _item_metadata(item_file, tok, items)
 
-    user = np.concatenate([users.index(u) for u in kept_u])
-    item = np.concatenate([items.index(i) for i in kept_i])
-    src_file = np.concatenate([np.full(r.size, k, np.int64) for k, r in enumerate(rows)])
-    src_row = np.concatenate(rows)
-    split = src_file.astype(np.int8) if presplit else np.zeros(user.size, np.int8)
-    ts = np.concatenate([t[r] for t, r in zip(times, rows)]) if times is not None else None
-    keep, dropped = dedupe_pairs(user, item, len(items), split)
-    warnings = []
-    if not with_time and any(f.has(TIME) for f in files):
-        warnings.append(f"{', '.join(p.name for p, f in zip(paths, files) if not f.has(TIME))} has no timestamp "
-                        "column: timestamps dropped for every split")
-    if dropped.size:
-        j = dropped[0]
-        warnings.append(f"{paths[src_file[j]]}: dropped {dropped.size:,} duplicate (user, item) rows, keeping the "
-                        f"first (user {users.token(user[j])!r}, item {items.token(item[j])!r} is one)")
-    user, item, split, src_file, src_row = user[keep], item[keep], split[keep], src_file[keep], src_row[keep]
-    ts = ts[keep] if ts is not None else None
-
-    after = f" kept by --threshold {rule_text(thresholds)}" if thresholds else ""
-    if presplit:
-        def why_empty(s: int) -> str:
-            f = files[s]
-            if f.num_rows == 0:
-                return "the file has no data rows"
-            if rows[s].size == 0:
-                return f"--threshold {rule_text(thresholds or {})} keeps none of its {f.num_rows:,} rows"
-            return "each of its rows repeats a (user, item) pair of an earlier split"
-
-        check_splits(split, user, len(users), src_file, src_row, files, lambda s: files[s], USER, why_empty,
-                     f"row in {paths[0].name}")
-    else:
-        split = split_per_user(user, split_seed)
-        if not (split == VALID).any():
-            raise files[0].error(f"no user has 3 or more interactions{after}, so the per-user 8:1:1 split leaves the "
-                                 "valid and test splits empty (give more interactions, or a pre-split set "
-                                 f"{name}.train.inter/.valid.inter/.test.inter)")
-
-    kg, links, entities, relations = import_kg(root, name, items)
+    kg, links, entities, relations, counts["links_dropped"] = import_kg(root, name, items, listed)
     features, present = ({}, {}) if item_file is None else float_seq_features(item_file, items)
-    emit(warnings, infos)
+    emit(warnings, inter.notes["feedback_log"])
     return Dataset(
         features=features,
         feature_present=present,
         name=name,
-        num_users=len(users),
-        num_items=len(items),
-        user=user,
-        item=item,
-        split=split,
-        timestamp=ts,
+        num_users=len(inter.users),
+        num_items=len(inter.items),
+        user=inter.user,
+        item=inter.item,
+        split=inter.split,
+        timestamp=inter.timestamp,
         items=item_table,
         kg=kg,
         item_entity=links,
         num_entities=len(entities),
         relation_names=relations,
-        ids={"users": users.array(), "items": items.array(), "entities": entities.array()},
-        provenance={"importer": "recbole", "source": str(root.resolve()), "presplit": presplit, **feedback},
+        ids={"users": inter.users.to_numpy(zero_copy_only=False).astype(object), "items": items.array(),
+             "entities": entities.array()},
+        provenance={"importer": "recbole", "source": str(root.resolve()), "presplit": presplit,
+                    "split": inter.notes["split"], **inter.notes["feedback"], "import": counts},
         split_seed=None if presplit else split_seed,
     )
 
 
-def import_kg(root: Path, name: str, items: IdMap) -> tuple[np.ndarray, np.ndarray, IdMap, list[str]]:
-    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entities, relations).
-    `items` maps the raw item ids the .link file names."""
+def import_kg(root: Path, name: str, items: IdMap, listed: pa.ChunkedArray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, IdMap, list[str], int]:
+    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entities, relations,
+    links dropped). `items` maps the catalogue's raw item ids; a link of an item only `listed`
+    (in .item, without interactions) is dropped and counted, a link of an item named nowhere is
+    refused (a typo, most likely)."""
+    dropped = 0
     entities, relations = IdMap(), IdMap()
     kg = np.zeros((0, 3), np.int64)
     links = np.zeros((0, 2), np.int64)
@@ -543,27 +470,33 @@ def import_kg(root: Path, name: str, items: IdMap) -> tuple[np.ndarray, np.ndarr
         it, ent = f.ids(ITEM), f.ids(ENTITY)
         entities.add(ent)
         item_ids = items.index(it)
-        if (item_ids < 0).any():
-            i = _first(item_ids < 0)
+        known = item_ids >= 0
+        named = known | (np.asarray(pc.is_in(it, value_set=listed).to_numpy(zero_copy_only=False), dtype=bool)
+                         if listed is not None else known)
+        if not named.all():
+            i = _first(~named)
             raise f.error(f"unknown item {_show(f.cell(ITEM, i))} (not in the interactions or .item)", row=i, column=ITEM)
-        order = np.argsort(item_ids, kind="stable")
-        again = order[1:][item_ids[order][1:] == item_ids[order][:-1]]
+        dropped = int((~known).sum())
+        linked = np.where(known, item_ids, -1 - np.arange(item_ids.size))  # a dropped link repeats nothing
+        order = np.argsort(linked, kind="stable")
+        again = order[1:][linked[order][1:] == linked[order][:-1]]
         if again.size:
             i = int(again.min())
-            first = _first(item_ids == item_ids[i])
+            first = _first(linked == linked[i])
             raise f.error(f"item {_show(f.cell(ITEM, i))} is linked a second time (first at line {f.line(first)}): "
                           "one entity per item", row=i, column=ITEM)
-        links = np.stack([item_ids, entities.index(ent)], axis=1).reshape(-1, 2)
-    return kg, links, entities, relations.tokens
+        links = np.stack([item_ids, entities.index(ent)], axis=1).reshape(-1, 2)[known]
+    return kg, links, entities, relations.tokens, dropped
 
 
 def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every float_seq field of .item as a modality: (N, d) float32 and which items have a row
     (an empty cell or an item without a row: a zero row, marked missing). An item listed twice
-    keeps its first row."""
+    keeps its first row; rows of items outside the catalogue are dropped."""
     features, present = {}, {}
     ids = items.index(f.ids(ITEM))
     _, first = np.unique(ids, return_index=True)
+    first = first[ids[first] >= 0]
     for col, ftype in f.types.items():
         if ftype != "float_seq":
             continue
@@ -603,7 +536,7 @@ def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray]
 def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
     """items.parquet: contiguous item id plus every field; RecBole's ml-100k names mapped to
     title / year / genres (a year that is not a number, like item 1412's 'V', becomes null).
-    An item listed twice keeps its first row."""
+    An item listed twice keeps its first row; rows of items outside the catalogue are dropped."""
     ids = items.index(tok)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"item": pa.array(ids)}
     rename = {"movie_title": "title", "release_year": "year", "class": "genres"}
@@ -620,11 +553,12 @@ def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
         elif ftype == "token_seq" and out == "genres":
             cols[out] = pc.split_pattern(values, " ")
         elif ftype == "float":
-            cols[out] = f.numbers(col, nullable=True)
+            cols[out] = f.numbers(values, 0, col, nullable=True)
         elif ftype == "float_seq":
             continue  # a modality (float_seq_features), not metadata
         else:
             cols[out] = values
     table = pa.table(cols)
     _, first = np.unique(ids, return_index=True)
+    first = first[ids[first] >= 0]  # rows of items outside the catalogue are dropped
     return table.take(pa.array(np.sort(first))).sort_by("item")

@@ -9,9 +9,10 @@
     kg             (head, relation, tail) triples and (item, entity) links, raw ids
 
 Sources are local paths or any URI pyarrow's filesystems open (file://, s3://, gs://, hdfs://).
-Every table is read in record batches through pyarrow.dataset: the interactions' ids are
-encoded once over all batches (`slifmr.data.encode`), joins are pyarrow hash lookups
-(`index_in`), and nothing loops over rows in Python. The rules where a table is silent:
+Every table is read in record batches through pyarrow.dataset; the interactions go through the
+import pipeline every importer shares (slifmr/data/pipeline.py: ids, feedback rule, repeated
+pairs, split, checks); joins are pyarrow hash lookups (`index_in`), and nothing loops over rows
+in Python. The rules where a table is silent:
 
 * Ids are strings or integers; an integer id is its decimal text (7 and "7" are one id). A
   string id has its surrounding whitespace stripped ('u1 ' is 'u1'); an id that is null, empty
@@ -43,10 +44,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,24 +54,18 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from slifmr import log
-from slifmr.data.encode import encode_strings, indices_of
-from slifmr.data.feedback import FeedbackRule, rule_text
-from slifmr.data.format import TEST, TRAIN, VALID, Dataset, check_feature_values
-from slifmr.data.ids import refused_because, stripped_ids
+from slifmr.data.format import Dataset, check_feature_values
+from slifmr.data.ids import IdChunk, TokenIds, check_ids, raw_ids
 from slifmr.data.ids import show as _show
-from slifmr.data.pairs import first_rows
-from slifmr.data.split import split_per_user
+from slifmr.data.pipeline import (
+    InteractionColumns,
+    Split,
+    check_split_options,
+    emit,
+    read_interactions,
+)
 from slifmr.errors import DataError, SlifmrError
 
-SPLIT_RULES = ("random", "temporal", "global-temporal", "column")
-SPLIT_SOURCES = {
-    "random": "per-user random 8:1:1 (MMRec, FREEDOM)",
-    "temporal": "per-user temporal leave-last-out (SASRec, NCF)",
-    "global-temporal": "global temporal cut at the 80% / 90% time quantiles (Meng et al., RecSys 2020)",
-    "column": "the source's split column",
-}
-SPLIT_VALUES = {"train": TRAIN, "valid": VALID, "validation": VALID, "test": TEST, "0": TRAIN, "1": VALID, "2": TEST}
 BATCH_ROWS = 1 << 20
 TABLE_SUFFIXES = (".npy", ".parquet", ".pq", ".csv", ".tsv", ".gz")
 
@@ -101,10 +94,11 @@ class Table:
     def columns(self) -> list[str]:
         return self.dataset.schema.names
 
-    def require(self, *columns: str) -> None:
+    def require(self, *columns: str, named_by: str = "") -> None:
+        """DataError unless every file has every column (`named_by`: which option asked for it)."""
         for col in columns:
             if col not in self.columns:
-                raise DataError(self.source, f"column is missing (found: {', '.join(self.columns)})", column=col)
+                raise DataError(self.source, f"column{named_by} is missing (found: {', '.join(self.columns)})", column=col)
             lacking = [path for path, names in self.file_columns.items() if col not in names]
             if lacking:
                 raise DataError(self.file_name(lacking[0]), f"column is missing (found: "
@@ -146,6 +140,24 @@ class Table:
             name, row = self.file_name(self.file_paths[i]), row - self.file_starts[i]
         return f"{name}, row {row}" + (f" (line {row + 2})" if self.is_csv else "")
 
+    def row_named(self, row: int) -> tuple[str, str]:
+        return self.where(row), "this row"
+
+    def cell(self, column: str, row: int) -> object:
+        return self.dataset.take([row], columns=[column]).column(0)[0].as_py()
+
+    def numbers(self, arr: pa.Array, offset: int, column: str, hint: str = "") -> np.ndarray:
+        return numbers(self, arr, offset, column, hint)
+
+    def feedback_columns(self) -> list[str]:
+        """The columns the feedback rule may read: in every file of the table, and a `label` only
+        when it holds numbers (a text label is no explicit feedback value: it is left alone)."""
+        everywhere = [c for c in self.columns if all(c in names for names in self.file_columns.values())]
+        label = self.dataset.schema.field("label").type if "label" in everywhere else None
+        if label is not None and not (_is_number(label) or pa.types.is_boolean(label)):
+            everywhere.remove("label")
+        return everywhere
+
 
 def _unified(dataset: pads.Dataset, fmt: pads.FileFormat, fs: pafs.FileSystem, source: str,
              table: Table) -> pads.Dataset:
@@ -184,7 +196,7 @@ def open_table(source: str | Path, string_columns: Sequence[str] = ()) -> Table:
     """A Parquet (.parquet, .pq or a folder of them) or CSV (.csv, .tsv, optionally .gz) source;
     a path or a URI of any pyarrow filesystem. `string_columns` (id columns) are read from CSV
     as text (so an id '007' stays '007'); Parquet keeps its types (a plain string column is read
-    plain: the reader's dictionary encoding would hash every row, then `Encoder` again). A
+    plain: the reader's dictionary encoding would hash every row, then `TokenIds` again). A
     folder's files are read in path order with the union of their columns."""
     source = str(source)
     try:
@@ -224,74 +236,13 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def raw_ids(table: Table, arr: pa.Array, offset: int, column: str) -> pa.Array:
-    """An id column as raw text: plain strings (a string column), or dictionary-encoded with a
-    string dictionary (a dictionary column as it came, its entries possibly repeated; an integer
-    column, encoded here and each distinct integer written as its decimal text). Nulls are
-    refused here (a null row, or a row using a null entry); trimming and the other checks run
-    once per distinct id (`check_ids`)."""
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        if arr.null_count:
-            missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
-        return arr.cast(pa.string())
-    if pa.types.is_integer(arr.type):
-        arr = pc.dictionary_encode(arr)
-    elif not pa.types.is_dictionary(arr.type):
-        raise DataError(table.source, f"ids must be strings or integers, found {arr.type}", column=column)
-    values, indices = arr.dictionary, arr.indices
-    if indices.null_count or values.null_count:
-        missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
-        missing = np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)
-        if missing.any():  # a null entry no row uses is no missing id (`Encoder.encode` drops it)
-            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
-    if pa.types.is_integer(values.type):
-        text = pc.cast(values, pa.string())
-    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        text = values.cast(pa.string())
-    else:
-        raise DataError(table.source, f"ids must be strings or integers, found {values.type}", column=column)
-    if text.null_count:  # unused (checked above); Arrow cannot unify dictionaries holding nulls
-        text = pc.fill_null(text, "")
-    return pa.DictionaryArray.from_arrays(indices, text)
-
-
-@dataclass(frozen=True)
-class IdChunk:
-    """Where a chunk of ids came from, to name the row of a bad id."""
-
-    table: Table
-    offset: int
-    column: str
-
-
-BadId = tuple[int, DataError]  # (the row's position in its table, the error naming it)
-
-
-def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) -> tuple[pa.Array, BadId | None]:
-    """(The distinct raw ids `tokens` trimmed of surrounding whitespace, the first bad one or
-    None). An id is bad when empty after trimming or holding a control character; the error
-    names the first row holding one, in `chunks`' order ((origin, the rows' positions in
-    `tokens`))."""
-    text, bad = stripped_ids(tokens)
-    if pc.any(bad).as_py():
-        is_bad = np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
-        for origin, codes in chunks:
-            hit = is_bad[codes]
-            if hit.any():
-                i = _first(hit)
-                why = refused_because(tokens[int(codes[i])].as_py())
-                return text, (origin.offset + i, DataError(origin.table.where(origin.offset + i), why, column=origin.column))
-    return text, None
-
-
 def id_tokens(table: Table, arr: pa.Array, offset: int, column: str) -> pa.DictionaryArray:
     """`raw_ids` with its dictionary cleaned (`check_ids`): for looking a batch's ids up."""
     ids = raw_ids(table, arr, offset, column)
     if not pa.types.is_dictionary(ids.type):
         ids = pc.dictionary_encode(ids)
     codes = np.asarray(ids.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    text, bad = check_ids(ids.dictionary, [(IdChunk(table, offset, column), codes)])
+    text, bad = check_ids(ids.dictionary, [(IdChunk(table, offset, column, offset), codes)])
     if bad is not None:
         raise bad[1]
     return pa.DictionaryArray.from_arrays(ids.indices, text)
@@ -320,256 +271,9 @@ def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "
     return x
 
 
-class Encoder:
-    """Raw id tokens -> contiguous ids in order of first appearance, batch by batch. Ids are
-    collected as they come (`raw_ids`) and encoded once, at the end: plain string columns
-    row by row (`encode_strings`), else each batch's dictionary unified with the others'. Each
-    distinct id is trimmed and checked once, not once per batch it appears in."""
-
-    def __init__(self) -> None:
-        self.chunks: list[pa.Array] = []
-        self.lengths: list[int] = []
-        self.origins: list[IdChunk] = []
-        self.encoded = False
-
-    def add(self, table: Table, arr: pa.Array, offset: int, column: str) -> None:
-        """One batch's id column (`raw_ids`' rules)."""
-        self.chunks.append(raw_ids(table, arr, offset, column))
-        self.lengths.append(len(arr))
-        self.origins.append(IdChunk(table, offset, column))
-
-    def finish(self) -> tuple[pa.Array, np.ndarray]:
-        """(tokens (T,) string, distinct; codes (n,) int64 of every added row, chunk after
-        chunk); a DataError naming the first row with a bad id."""
-        tokens, codes, bad = self.encode()
-        if bad is not None:
-            raise bad[1]
-        return tokens, codes
-
-    def split(self, codes: np.ndarray) -> list[np.ndarray]:
-        """`codes` cut into the added chunks (views)."""
-        return np.split(codes, np.cumsum(self.lengths)[:-1])
-
-    def encode(self) -> tuple[pa.Array, np.ndarray, BadId | None]:
-        """`finish` without raising: (tokens, codes, the first bad id or None). Call it once: the
-        added chunks are handed over, and released as they are encoded."""
-        if self.encoded:
-            raise RuntimeError("Encoder.encode runs once: it hands its chunks over")
-        self.encoded = True
-        chunks, self.chunks = self.chunks, []
-        if not chunks:
-            return pa.array([], pa.string()), np.zeros(0, np.int64), None
-        if not any(pa.types.is_dictionary(c.type) for c in chunks):
-            # every row hashed once: entries distinct, each used, in order of first appearance
-            (raw, codes), distinct = encode_strings(chunks), True
-        else:
-            encoded = pa.chunked_array([c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c) for c in chunks],
-                                       pa.dictionary(pa.int32(), pa.string())).unify_dictionaries()
-            # unifying several chunks hashes every entry into one table (Arrow's RecursiveUnifier);
-            # a single chunk is returned as it came, and a foreign writer's dictionary may repeat an entry
-            raw, codes, distinct = encoded.chunk(0).dictionary, indices_of(encoded), len(chunks) > 1
-            del encoded
-            used = np.zeros(len(raw), bool)
-            used[codes] = True
-            if not used.all():  # entries no row uses (a foreign writer's dictionary): neither checked nor kept
-                raw, codes = raw.filter(pa.array(used)), (np.cumsum(used) - 1)[codes]
-        text, bad = check_ids(raw, list(zip(self.origins, self.split(codes))))
-        if distinct and pc.all(pc.equal(text, raw)).as_py():
-            return raw, codes, bad
-        # trimming may make two entries one ('u1 ' and 'u1'): encoded again
-        merged = pc.dictionary_encode(text)
-        remap = np.asarray(merged.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        return merged.dictionary, remap[codes], bad
-
-
-def first_bad_id(*found: BadId | None) -> DataError | None:
-    """The error of the earliest row among several columns' first bad ids (the first given wins
-    a tie)."""
-    rows = [f for f in found if f is not None]
-    return min(rows, key=lambda f: f[0])[1] if rows else None
-
-
 def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
     """Position of every key in `tokens`, -1 where absent (a pyarrow hash join)."""
     return np.asarray(pc.fill_null(pc.index_in(keys, value_set=tokens), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- interactions
-
-
-@dataclass
-class InteractionColumns:
-    """Column names of the interactions table."""
-
-    user: str = "user_id"
-    item: str = "item_id"
-    time: str | None = None
-    split: str | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-
-def _split_codes(table: Table, arr: pa.Array, offset: int, column: str) -> np.ndarray:
-    text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(arr, pa.string())))
-    codes = lookup(pa.array(list(SPLIT_VALUES)), text)
-    if (codes < 0).any():
-        i = _first(codes < 0)
-        raise DataError(table.where(offset + i), f"split {_show(arr[i].as_py())} is not train, valid or test "
-                        "(or 0, 1, 2)", column=column)
-    return np.asarray(list(SPLIT_VALUES.values()), np.int8)[codes]
-
-
-def per_user_temporal(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Leave-last-out: each user's latest interaction is test, the one before valid (ties: the
-    later row is later); users with fewer than 3 interactions keep them all in train."""
-    n = user.size
-    order = np.lexsort((np.arange(n), ts, user))
-    u = user[order]
-    last = np.r_[u[1:] != u[:-1], True]
-    second = np.r_[last[1:], False] & ~last
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    counts = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n]))
-    code = np.full(n, TRAIN, np.int8)
-    code[last & (counts >= 3)] = TEST
-    code[second & (counts >= 3)] = VALID
-    split = np.empty(n, np.int8)
-    split[order] = code
-    return split
-
-
-def global_temporal(ts: np.ndarray) -> np.ndarray:
-    """Every interaction after the 90% time quantile is test, after the 80% valid."""
-    lo, hi = np.quantile(ts, [0.8, 0.9])
-    return np.where(ts > hi, TEST, np.where(ts > lo, VALID, TRAIN)).astype(np.int8)
-
-
-@dataclass
-class Interactions:
-    """Imported interactions: contiguous users and items, split codes, and the id tokens."""
-
-    user: np.ndarray
-    item: np.ndarray
-    split: np.ndarray
-    timestamp: np.ndarray | None
-    users: pa.Array
-    items: pa.Array
-    notes: dict[str, Any]
-
-
-def _feedback_columns(table: Table) -> list[str]:
-    """The columns the feedback rule may read: in every file of the table, and a `label` only
-    when it holds numbers (a text label is no explicit feedback value: it is left alone)."""
-    everywhere = [c for c in table.columns if all(c in names for names in table.file_columns.values())]
-    label = table.dataset.schema.field("label").type if "label" in everywhere else None
-    if label is not None and not (_is_number(label) or pa.types.is_boolean(label)):
-        everywhere.remove("label")
-    return everywhere
-
-
-def read_interactions(table: Table, cols: InteractionColumns, split: str, split_seed: int) -> Interactions:
-    """Stream the interactions table: ids encoded, feedback filtered, pairs deduplicated, split."""
-    if split not in SPLIT_RULES:
-        raise SlifmrError(f"--split {split!r}: choose one of {', '.join(SPLIT_RULES)}")
-    if split == "column" and not cols.split:
-        raise SlifmrError("--split column needs --split-col (the column holding train / valid / test)")
-    if cols.split and split != "column":  # the column would have to exist, then go unused
-        raise SlifmrError(f"--split-col {cols.split} with --split {split}: the column's split would not be used; "
-                          "drop --split (the column then is the split) or drop --split-col")
-    if split in ("temporal", "global-temporal") and not cols.time:
-        raise SlifmrError(f"--split {split} needs --time-col (the interactions' timestamps)")
-    feedback = FeedbackRule(cols.thresholds, tuple(c for c in (cols.user, cols.item, cols.split) if c), _feedback_columns(table))
-    names = [cols.user, cols.item] + [c for c in (cols.time, cols.split) if c] + feedback.columns
-    users, items = Encoder(), Encoder()
-    keep, times, splits = [], [], []
-    total = 0
-    try:
-        for offset, batch in table.batches(list(dict.fromkeys(names))):
-            users.add(table, batch.column(cols.user), offset, cols.user)
-            items.add(table, batch.column(cols.item), offset, cols.item)
-            values = {c: numbers(table, batch.column(c), offset, c) for c in feedback.columns}
-            keep.append(feedback.keep(batch.num_rows, values, lambda i, offset=offset: (table.where(offset + i), "this row")))
-            if cols.time:
-                times.append(numbers(table, batch.column(cols.time), offset, cols.time,
-                                     "timestamps must be numbers of seconds or Arrow timestamps: convert dates first"))
-            if cols.split and split == "column":
-                splits.append(_split_codes(table, batch.column(cols.split), offset, cols.split))
-            total += batch.num_rows
-    except DataError as e:
-        # ids are checked once, after reading: a bad id up to this batch is named first, as a
-        # batch-by-batch check would have
-        id_error = first_bad_id(users.encode()[2], items.encode()[2])
-        raise (id_error or e) from None
-    if total == 0:
-        raise DataError(table.source, "no rows")
-    # side by side: one column's encoding often runs on one core (`encode_strings`)
-    with ThreadPoolExecutor(2) as pool:
-        (user_tokens, user, user_bad), (item_tokens, item, item_bad) = pool.map(Encoder.encode, (users, items))
-    del users, items  # the raw id strings
-    # Arrow's allocator (mimalloc) keeps freed pages; numpy's arrays from here on could not reuse
-    # them (at 10^8 rows: 8.0 -> 6.2 GB resident in what follows)
-    pa.default_memory_pool().release_unused()
-    id_error = first_bad_id(user_bad, item_bad)
-    if id_error is not None:
-        raise id_error
-    kept = np.concatenate(keep)
-    ts = np.concatenate(times) if times else None
-    given = np.concatenate(splits) if splits else None
-    notes: dict[str, Any] = {"rows": total, "split": SPLIT_SOURCES[split]}
-    notes["feedback"], _, notes["feedback_log"] = feedback.summary()  # refuses explicit negatives
-    if not kept.any():
-        raise DataError(table.source, f"--threshold {rule_text(cols.thresholds)} keeps none of its {total:,} rows")
-    # one row per (user, item): the first, in the earliest given split
-    candidates = np.flatnonzero(kept)
-    pair = user[candidates]  # in place from here: each fresh 10^8-row temporary costs page faults
-    pair *= max(len(item_tokens), 1)
-    pair += item[candidates]
-    rank = candidates if given is None else given[candidates].astype(np.int64) * total + candidates
-    del candidates
-    first = first_rows(pair, rank, total)  # the kept rows in file order, without a sort
-    del pair, rank
-    rows = np.flatnonzero(first)
-    del first
-    notes["duplicates_dropped"] = int(kept.sum() - rows.size)
-    user, item = user[rows], item[rows]
-    ts = ts[rows] if ts is not None else None
-    if split == "column":
-        codes = given[rows]
-    elif split == "random":
-        codes = split_per_user(user, split_seed)
-    elif split == "temporal":
-        codes = per_user_temporal(user, ts)
-    else:
-        codes = global_temporal(ts)
-        has_train = np.zeros(len(user_tokens), bool)
-        has_train[user[codes == TRAIN]] = True
-        stay = has_train[user]
-        notes["cold_rows_dropped"] = int((~stay).sum())
-        user, item, codes, ts = user[stay], item[stay], codes[stay], ts[stay]
-    # contiguous ids over what is left, in order of first appearance
-    user, users_kept = _compact(user, len(user_tokens))
-    item, items_kept = _compact(item, len(item_tokens))
-    return Interactions(user, item, codes, ts, user_tokens.take(pa.array(users_kept)),
-                        item_tokens.take(pa.array(items_kept)), notes)
-
-
-def _compact(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes renumbered 0.. over the values present (their order kept), and those values."""
-    present = np.zeros(n, bool)
-    present[codes] = True
-    new = np.cumsum(present) - 1
-    return new[codes].astype(np.int64), np.flatnonzero(present)
-
-
-def check_interaction_splits(inter: Interactions, source: str) -> None:
-    for code, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
-        if not (inter.split == code).any():
-            raise DataError(source, f"the {name} split is empty ({inter.notes['split']}): too few interactions "
-                            "per user or over time for this rule")
-    has_train = np.zeros(len(inter.users), bool)
-    has_train[inter.user[inter.split == TRAIN]] = True
-    if not has_train.all():
-        u = _first(~has_train)
-        raise DataError(source, f"user {_show(inter.users[u].as_py())} has no training interaction in the split column; "
-                        "every user needs one")
 
 
 # ----------------------------------------------------------------------------- items and features
@@ -792,7 +496,7 @@ def read_kg(triples: Table, links: Table, items: pa.Array, head: str = "head", r
             ) -> tuple[np.ndarray, np.ndarray, int, list[str], pa.Array, dict[str, int]]:
     """(kg (T, 3), item_entity (L, 2), entities, relation names, entity tokens, counts) from raw
     triples and item -> entity links; links of items outside the interactions are dropped."""
-    entities, relations = Encoder(), Encoder()
+    entities, relations = TokenIds(), TokenIds()
     link_items: list[np.ndarray] = []
     for offset, batch in links.batches([link_item, link_entity]):
         link_items.append(lookup(items, token_array(id_tokens(links, batch.column(link_item), offset, link_item))))
@@ -884,8 +588,9 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
     if cache_dir is not None and not text_columns:
         raise SlifmrError("--cache-dir holds text embeddings: it applies with --text-cols only")
     table = open_table(interactions, [cols.user, cols.item] + ([cols.split] if cols.split else []))
-    inter = read_interactions(table, cols, split, split_seed)
-    check_interaction_splits(inter, table.source)
+    check_split_options(split, cols)
+    inter = read_interactions([table], cols, Split(split, split_seed, hint=" (give more interactions, or a split "
+                                                   "column: --split column --split-col COLUMN)"))
     n = len(inter.items)
     ds = Dataset(
         name=name or Path(interactions.rstrip("/")).stem,
@@ -919,8 +624,7 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
             triples, links, inter.items, link_item=key)
         ds.ids["entities"] = entity_tokens
         ds.provenance["import"].update(counts)
-    for line in inter.notes["feedback_log"]:  # once every check has passed
-        log.info(line)
+    emit(inter.warnings, inter.notes["feedback_log"])  # once every check has passed
     return ds
 
 
