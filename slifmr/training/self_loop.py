@@ -93,6 +93,14 @@ class SelfLoop:
                 seconds["ridge"] = time.perf_counter() - start - seconds["knn"]
             else:
                 self.neighbours = None
+        elif self.last_z is None and self.cooc is not None and self.item_ridge is None:
+            # before the first fusion there is no trained Z to search, but co-occurrence needs
+            # none: the first epochs' head regresses on the most co-occurring items alone
+            s = self.static
+            self.neighbours = self.cooc
+            self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
+                                            s.item_gram, self.sharding, self.comm.device)
+            seconds["ridge"] = time.perf_counter() - start
         graphs = epoch_graphs(self.static, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
                               self.sharding, item_ridge=self.item_ridge)
         self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
@@ -101,7 +109,8 @@ class SelfLoop:
     def _regressors(self, z_neighbours: Tensor) -> Tensor:
         """The head's N_j (N, ridge_k) int32 from Z(t-1)'s nearest neighbours under
         model.ridge_neighbours z (those) or union (half the co-occurring items, then Z's, then
-        more co-occurring ones)."""
+        more co-occurring ones). Before the first fusion, cooc and union regress on the
+        co-occurring items alone (`graphs_for`)."""
         if self.cooc is None:  # model.ridge_neighbours z
             return z_neighbours
         half = (z_neighbours.shape[1] + 1) // 2
