@@ -144,17 +144,20 @@ def compare(old: Path, new: Path, old_label: str) -> int:
     rows = []
     for name in a:
         fields = sorted(k for k in set(a[name]) | set(b.get(name, {})) if a[name].get(k) != b.get(name, {}).get(k))
+        renumbered = bool(fields) and not any(k.startswith("by_raw_id") or k == "error" for k in fields)
         rows.append({"mode": "import", "input": name, "identical": not fields, "differs_in": fields,
+                     "same_content_by_raw_id": not fields or renumbered,
                      "old_error": a[name].get("error"), "new_error": b.get(name, {}).get("error")})
     same = sum(r["identical"] for r in rows)
     command = f"python benchmarks/import_equivalence.py --compare {old} {new} --old-label '{old_label}'"
     lines = ["## The importers' datasets, this checkout against an earlier one", "",
              f"Command: `{command}` (the two --out files written by each checkout, as the script's docstring says)  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores. Old: {old_label}. Each input's arrays (users, items, "
-             "split, timestamps, KG, links, features) and id maps compared by sha256.", "",
-             "| input | result |", "|---|---|"]
-    lines += [f"| {r['input']} | {'identical' if r['identical'] else 'differs in ' + ', '.join(r['differs_in'])} |"
-              for r in rows]
+             "split, timestamps, KG, links, features) and id maps compared by sha256, and again keyed by raw id "
+             "(numbering aside).", "",
+             "| input | arrays | same rows, features and links by raw id |", "|---|---|---|"]
+    lines += [f"| {r['input']} | {'identical' if r['identical'] else 'differs in ' + ', '.join(r['differs_in'])} | "
+              f"{'yes' if r['same_content_by_raw_id'] else 'no'} |" for r in rows]
     lines += ["", f"{same} of {len(rows)} inputs give identical datasets."]
     publish("IMPORT_EQUIVALENCE", "import-equivalence", {"command": command, "old": old_label, "rows": rows}, lines)
     return len(rows) - same

@@ -84,3 +84,31 @@ def test_one_rule_refuses_a_user_without_a_training_row_in_every_reader(tmp_path
     with pytest.raises(DataError, match=r"mm\.inter, line %d, column 'userID': user '14' has no training "
                        r"interaction \(no row with x_label 0\)" % line):
         import_mmrec(_mmrec(tmp_path, rows))
+
+
+def test_a_pre_split_set_of_empty_files_names_the_empty_training_file(tmp_path: Path) -> None:
+    root = _recbole(tmp_path, [])
+    with pytest.raises(DataError, match=r"pre\.train\.inter: the train split would be empty: the file has no data rows"):
+        import_recbole(root)
+
+
+@pytest.mark.parametrize("cell, match", [
+    ("+1", r"line 2, column 'x_label': x_label '\+1' is not an integer in \[0, 2\*\*63\)"),
+    ("-9999999999999999999", r"line 2, column 'x_label': x_label '-9999999999999999999' is not an integer"),
+    ("3", r"line 2, column 'x_label': x_label '3' is not 0 \(train\), 1 \(valid\) or 2 \(test\)"),
+    (" ", r"line 2, column 'x_label': empty x_label"),
+])
+def test_integer_columns_refuse_what_is_not_a_non_negative_int64(tmp_path: Path, cell: str, match: str) -> None:
+    rows = [(u, i, 5, 0) for u, i, _, _ in ROWS] + [("10", "5", 5, 1), ("11", "5", 5, 2)]
+    root = _mmrec(tmp_path, rows)
+    text = (root / "mm.inter").read_text().splitlines()
+    text[1] = text[1].rsplit("\t", 1)[0] + "\t" + cell
+    (root / "mm.inter").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=match):
+        import_mmrec(root)
+
+
+def test_zero_padded_integer_ids_are_their_number(tmp_path: Path) -> None:
+    rows = [(("0" * 18 + u) if u == "10" else u, i, r, s) for u, i, r, s in ROWS]
+    ds = import_mmrec(_mmrec(tmp_path, rows))
+    assert 10 in ds.ids["users"].tolist() and ds.num_users == 4

@@ -8,7 +8,7 @@ numeric order, or kept as they are where they index feature rows: MMRec)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,8 +47,8 @@ class Located(Protocol):
     def where(self, row: int) -> str: ...
 
 
-
-def _first(mask: np.ndarray) -> int:
+def first_true(mask: np.ndarray) -> int:
+    """The index of the first True of a (n,) bool mask that holds one."""
     return int(np.flatnonzero(mask)[0])
 
 
@@ -61,7 +61,7 @@ def raw_ids(table: Located, arr: pa.Array, offset: int, column: str) -> pa.Array
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         if arr.null_count:
             missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
+            raise DataError(table.where(offset + first_true(missing)), "missing id", column=column)
         return arr.cast(pa.string())
     if pa.types.is_integer(arr.type):
         arr = pc.dictionary_encode(arr)
@@ -72,7 +72,7 @@ def raw_ids(table: Located, arr: pa.Array, offset: int, column: str) -> pa.Array
         missing = pc.is_null(values.take(indices)) if values.null_count else indices.is_null()
         missing = np.asarray(missing.to_numpy(zero_copy_only=False), dtype=bool)
         if missing.any():  # a null entry no row uses is no missing id (`TokenIds.encode` drops it)
-            raise DataError(table.where(offset + _first(missing)), "missing id", column=column)
+            raise DataError(table.where(offset + first_true(missing)), "missing id", column=column)
     if pa.types.is_integer(values.type):
         text = pc.cast(values, pa.string())
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
@@ -108,7 +108,7 @@ def check_ids(tokens: pa.Array, chunks: Sequence[tuple[IdChunk, np.ndarray]]) ->
         for origin, codes in chunks:
             hit = is_bad[codes]
             if hit.any():
-                i = _first(hit)
+                i = first_true(hit)
                 why = refused_because(tokens[int(codes[i])].as_py())
                 return text, (origin.position + i, DataError(origin.table.where(origin.offset + i), why, column=origin.column))
     return text, None
@@ -186,32 +186,45 @@ def first_bad_id(*found: BadId | None) -> DataError | None:
     return min(rows, key=lambda f: f[0])[1] if rows else None
 
 
+def first_failing(arr: pa.Array | pa.ChunkedArray, fn: Callable[[pa.Array | pa.ChunkedArray], object]) -> int:
+    """Index of the first element on which `fn` (a whole-array conversion) fails: bisection
+    over prefixes, so it stays vectorised (only run once a conversion has failed)."""
+    lo, hi = 0, len(arr)  # fn(arr[:lo]) succeeds, fn(arr[:hi]) fails
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            fn(arr.slice(0, mid))
+            lo = mid
+        except pa.ArrowException:
+            hi = mid
+    return lo
 
 
 def integers(source: Located, arr: pa.Array, offset: int, column: str, what: str = "id") -> np.ndarray:
-    """A column of non-negative integers as int64: integer typed, or text ('007' is 7, surrounding
-    whitespace ignored); errors name the row and the raw value."""
+    """A column of non-negative integers as int64: integer typed, or text as Arrow casts it
+    ('007' is 7; surrounding whitespace ignored); errors name the row and the raw value."""
+    def refuse(i: int, why: str) -> DataError:
+        return DataError(source.where(offset + i), why, column=column)
+
+    if arr.null_count:
+        raise refuse(first_true(np.asarray(arr.is_null().to_numpy(zero_copy_only=False))), f"empty {what}")
     if pa.types.is_integer(arr.type):
-        if arr.null_count:
-            raise DataError(source.where(offset + _first(np.asarray(arr.is_null()))), f"empty {what}", column=column)
+        if pa.types.is_unsigned_integer(arr.type) and len(arr) and pc.max(arr).as_py() >= 2**63:
+            i = first_true(np.asarray(pc.greater_equal(arr, 2**63).to_numpy(zero_copy_only=False), dtype=bool))
+            raise refuse(i, f"{what} {show(arr[i].as_py())} is not an integer in [0, 2**63)")
         x = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
     else:
         text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
-        ok = pc.fill_null(pc.match_substring_regex(text, r"^[+-]?\d{1,19}$"), False)
-        fits = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
-        if fits.all():
-            try:
-                x = np.asarray(pc.cast(text, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
-            except pa.ArrowInvalid:  # 19 digits above 2**63 - 1
-                fits = np.array([int(v) < 2**63 for v in text.to_pylist()])
-        if not fits.all():
-            i = _first(~fits)
+        try:
+            x = np.asarray(pc.cast(text, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        except pa.ArrowException:
+            i = first_failing(text, lambda a: pc.cast(a, pa.int64()))
             raw = arr[i].as_py()
-            msg = f"empty {what}" if raw is None or not str(raw).strip() else f"{what} {show(raw)} is not an integer in [0, 2**63)"
-            raise DataError(source.where(offset + i), msg, column=column)
+            raise refuse(i, f"empty {what}" if not str(raw).strip() else
+                         f"{what} {show(raw)} is not an integer in [0, 2**63)") from None
     if (x < 0).any():
-        i = _first(x < 0)
-        raise DataError(source.where(offset + i), f"negative {what} {show(arr[i].as_py())}", column=column)
+        i = first_true(x < 0)
+        raise refuse(i, f"negative {what} {show(arr[i].as_py())}")
     return x
 
 
@@ -229,7 +242,7 @@ class IntegerIds:
         """One batch's id column: refused at the first row that is not an id (or is beyond the catalogue)."""
         x = integers(source, arr, offset, column)
         if self.catalogue is not None and (x >= self.catalogue).any():
-            i = _first(x >= self.catalogue)
+            i = first_true(x >= self.catalogue)
             raise DataError(source.where(offset + i), self.beyond.format(raw=show(arr[i].as_py()), n=self.catalogue, last=self.catalogue - 1),
                             column=column)
         self.chunks.append(x)

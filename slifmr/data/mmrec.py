@@ -112,24 +112,9 @@ def import_mmrec(root: str | Path, name: str | None = None, thresholds: dict[str
     items.add(pa.array(raw_items.astype(str)))
     kg, links, entities, relations, links_dropped = import_kg(root, name, items)
     emit(inter.warnings, inter.notes["feedback_log"])
-    ids = {"users": raw_users, "items": raw_items}
-    if len(entities):
-        ids["entities"] = entities.array()
-    counts = {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}
-    return Dataset(
-        name=name,
-        num_users=int(raw_users.size),
-        num_items=int(raw_items.size),
-        user=inter.user,
-        item=inter.item,
-        split=inter.split,
-        timestamp=inter.timestamp,
-        features=features,
-        kg=kg,
-        item_entity=links,
-        num_entities=len(entities),
-        relation_names=relations,
-        ids=ids,
-        provenance={"importer": "mmrec", "source": str(root.resolve()), "presplit": True, "split": inter.notes["split"],
-                    **inter.notes["feedback"], "import": counts | {"links_dropped": links_dropped}},
-    )
+    ids = {"users": raw_users, "items": raw_items} | ({"entities": entities.array()} if len(entities) else {})
+    ds = inter.to_dataset(name, {"importer": "mmrec", "source": str(root.resolve()), "presplit": True}, ids=ids,
+                          features=features, kg=kg, item_entity=links, num_entities=len(entities),
+                          relation_names=relations)
+    ds.provenance["import"]["links_dropped"] = links_dropped
+    return ds

@@ -48,9 +48,3 @@ def first_rows(key: np.ndarray, rank: np.ndarray, rows: int) -> np.ndarray:
     first = np.zeros(rows, bool)
     first[min_per_key(key, rank) % rows] = True
     return first
-
-
-def pair_rank(rows: int, split: np.ndarray | None = None) -> np.ndarray:
-    """The rank `first_rows` orders a pair's rows by: split, then row."""
-    order = np.arange(rows, dtype=np.int64)
-    return order if split is None else split.astype(np.int64) * rows + order

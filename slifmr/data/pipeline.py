@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 
 from slifmr import log
 from slifmr.data.feedback import FeedbackRule, rule_text
-from slifmr.data.format import TEST, TRAIN, VALID
-from slifmr.data.ids import IntegerIds, TokenIds, first_bad_id, integers, show
+from slifmr.data.format import TEST, TRAIN, VALID, Dataset
+from slifmr.data.ids import IntegerIds, TokenIds, first_bad_id, first_true, integers, show
 from slifmr.data.pairs import first_rows
 from slifmr.data.split import split_per_user
 from slifmr.errors import DataError, SlifmrError
@@ -50,8 +50,7 @@ SPLIT_SOURCES = {
     "files": "the source's split files",
 }
 SPLIT_NAMES = ("train", "valid", "test")
-TIME_HINT = ("timestamps must be numbers of seconds such as Unix time, or Arrow timestamps: convert dates first, "
-             "or drop the column")
+TIME_HINT = "timestamps must be numbers of seconds such as Unix time: convert dates first, or drop the column"
 SPLIT_VALUES = {"train": TRAIN, "valid": VALID, "validation": VALID, "test": TEST, "0": TRAIN, "1": VALID, "2": TEST}
 
 
@@ -125,6 +124,23 @@ class Interactions:
     notes: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """What the import read and dropped (rows, duplicates_dropped, cold_rows_dropped)."""
+        return {k: v for k, v in self.notes.items() if k not in ("split", "feedback", "feedback_log")}
+
+    def to_dataset(self, name: str, provenance: dict[str, Any], ids: dict[str, Any] | None = None,
+                   **fields: Any) -> Dataset:
+        """The `Dataset` of these interactions (not yet written): counts, arrays, raw ids (`ids`
+        replaces or adds kinds), provenance (`provenance`, then the split rule, the feedback
+        rule and provenance["import"]: what was read and dropped), and the other `fields`
+        (features, kg, items...)."""
+        return Dataset(name=name, num_users=len(self.users), num_items=len(self.items), user=self.user,
+                       item=self.item, split=self.split, timestamp=self.timestamp,
+                       ids={"users": self.users, "items": self.items, **(ids or {})},
+                       provenance={**provenance, "split": self.notes["split"], **self.notes["feedback"],
+                                   "import": self.counts}, **fields)
+
 
 def emit(warnings: Sequence[str], infos: Sequence[str] = ()) -> None:
     """Log what the import decided, once it has passed every check (a refused import prints one line)."""
@@ -132,10 +148,6 @@ def emit(warnings: Sequence[str], infos: Sequence[str] = ()) -> None:
         log.info(msg)
     for msg in warnings:
         log.warning(msg)
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
 
 
 def check_split_options(split: str, cols: InteractionColumns) -> None:
@@ -156,7 +168,7 @@ def split_codes(reader: Reader, arr: pa.Array, offset: int, column: str, codes: 
     if codes == "integers":
         x = integers(reader, arr, offset, column, what=column)
         if (x > TEST).any():
-            i = _first(x > TEST)
+            i = first_true(x > TEST)
             raise DataError(reader.where(offset + i), f"{column} {show(arr[i].as_py())} is not 0 (train), 1 (valid) "
                             "or 2 (test)", column=column)
         return x.astype(np.int8)
@@ -164,7 +176,7 @@ def split_codes(reader: Reader, arr: pa.Array, offset: int, column: str, codes: 
     found = np.asarray(pc.fill_null(pc.index_in(text, value_set=pa.array(list(SPLIT_VALUES))), -1)
                        .to_numpy(zero_copy_only=False), dtype=np.int64)
     if (found < 0).any():
-        i = _first(found < 0)
+        i = first_true(found < 0)
         raise DataError(reader.where(offset + i), f"split {show(arr[i].as_py())} is not train, valid or test "
                         "(or 0, 1, 2)", column=column)
     return np.asarray(list(SPLIT_VALUES.values()), np.int8)[found]
@@ -211,6 +223,8 @@ class _Read:
     given: list[np.ndarray] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # per reader
     kept: list[int] = field(default_factory=list)  # per reader, by the feedback rule
+    split_rows: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # per given split
+    split_kept: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))  # per given split, by the rule
 
 
 def _read(readers: Sequence[Reader], cols: InteractionColumns, split: Split, feedback: FeedbackRule,
@@ -232,13 +246,15 @@ def _read(readers: Sequence[Reader], cols: InteractionColumns, split: Split, fee
                 out.times.append(reader.numbers(batch.column(cols.time), offset, cols.time, TIME_HINT))
             values = {c: reader.numbers(batch.column(c), offset, c) for c in mine}
             out.keep.append(feedback.keep(batch.num_rows, values, lambda i, r=reader, o=offset: r.row_named(o + i)))
+            if out.given:
+                out.split_rows += np.bincount(out.given[-1], minlength=3)[:3]
+                out.split_kept += np.bincount(out.given[-1][out.keep[-1]], minlength=3)[:3]
             rows += batch.num_rows
             kept += int(out.keep[-1].sum())
         out.rows.append(rows)
         out.kept.append(kept)
         position += rows
     return out
-
 
 
 def read_interactions(readers: Sequence[Reader], cols: InteractionColumns, split: Split,
@@ -266,12 +282,6 @@ def read_interactions(readers: Sequence[Reader], cols: InteractionColumns, split
         # batch-by-batch check would have
         id_error = first_bad_id(users.encode()[2], items.encode()[2])
         raise (id_error or e) from None
-    total = sum(read.rows)
-    if split.rule != "files":
-        if total == 0:
-            raise DataError(readers[0].source, "has no data rows")
-        if not any(read.kept):
-            raise DataError(readers[0].source, f"--threshold {rule_text(thresholds)} keeps none of its {total:,} rows")
     # side by side: one column's encoding often runs on one core (`encode_strings`)
     with ThreadPoolExecutor(2) as pool:
         (user_tokens, user, user_bad), (item_tokens, item, item_bad) = pool.map(lambda ids: ids.encode(), (users, items))
@@ -281,9 +291,16 @@ def read_interactions(readers: Sequence[Reader], cols: InteractionColumns, split
     id_error = first_bad_id(user_bad, item_bad)
     if id_error is not None:
         raise id_error
+    total = sum(read.rows)
+    if split.rule != "files":  # a pre-split set names the empty file (`_check_splits`)
+        if total == 0:
+            raise DataError(readers[0].source, "has no data rows")
+        if not any(read.kept):
+            raise DataError(readers[0].source, f"--threshold {rule_text(thresholds)} keeps none of its {total:,} rows")
     kept = np.concatenate(read.keep) if read.keep else np.zeros(0, bool)
     ts = np.concatenate(read.times) if read.times else None
-    given = np.concatenate(read.given) if read.given else None
+    given_split = split.rule in ("column", "files")
+    given = np.concatenate(read.given) if read.given else np.zeros(0, np.int8) if given_split else None
     del read.keep, read.times, read.given
     notes: dict[str, Any] = {"rows": total, "split": SPLIT_SOURCES[split.rule]}
     notes["feedback"], _, notes["feedback_log"] = feedback.summary()  # refuses explicit negatives
@@ -300,13 +317,12 @@ def read_interactions(readers: Sequence[Reader], cols: InteractionColumns, split
     repeats = int(kept.sum()) - int(first.sum())
     notes["duplicates_dropped"] = repeats
     if repeats:
-        j = _first(kept & ~first)
+        j = first_true(kept & ~first)
         reader, _ = _locate(readers, read.rows, j)
         earliest = " in the earliest split" if given is not None else ""
         warnings.append(f"{reader.source}: dropped {repeats:,} duplicate (user, item) rows, keeping the first{earliest} "
                         f"(user {show(str(user_tokens[int(user[j])].as_py()))}, item "
                         f"{show(str(item_tokens[int(item[j])].as_py()))} is one)")
-    kept_per_split = np.bincount(given[kept], minlength=3) if given is not None else None
     del kept
     rows = np.flatnonzero(first)
     del first
@@ -326,7 +342,7 @@ def read_interactions(readers: Sequence[Reader], cols: InteractionColumns, split
         notes["cold_rows_dropped"] = int((~stay).sum())
         user, item, codes, rows = user[stay], item[stay], codes[stay], rows[stay]
         ts = ts[stay]
-    _check_splits(readers, cols, split, read, codes, user, rows, user_tokens, given, kept_per_split)
+    _check_splits(readers, cols, split, read, codes, user, rows, user_tokens)
     del rows
     # contiguous ids over what is left, in order of first appearance
     user, users_kept = _compact(user, len(user_tokens))
@@ -343,9 +359,9 @@ def _locate(readers: Sequence[Reader], rows: Sequence[int], row: int) -> tuple[R
 
 
 def _check_splits(readers: Sequence[Reader], cols: InteractionColumns, split: Split, read: _Read,
-                  codes: np.ndarray, user: np.ndarray, rows: np.ndarray, user_tokens: pa.Array,
-                  given: np.ndarray | None, kept_per_split: np.ndarray | None) -> None:
-    """Each split keeps a row, and every user has a training row: the errors say why not."""
+                  codes: np.ndarray, user: np.ndarray, rows: np.ndarray, user_tokens: pa.Array) -> None:
+    """Each split keeps a row, and every user of a given split has a training row (a computed
+    split gives each user one): the errors say why not."""
     after = f" kept by --threshold {rule_text(cols.thresholds)}" if cols.thresholds else ""
     for s in (TRAIN, VALID, TEST):
         if (codes == s).any():
@@ -358,11 +374,10 @@ def _check_splits(readers: Sequence[Reader], cols: InteractionColumns, split: Sp
                    else "each of its rows repeats a (user, item) pair of an earlier split")
             raise DataError(source, f"the {name} split would be empty: {why}")
         if split.rule == "column":
-            assert given is not None and kept_per_split is not None
             value = f"{cols.split} {split.values[s]}"
-            why = (f"no row has {value}" if not (given == s).any() else
+            why = (f"no row has {value}" if read.split_rows[s] == 0 else
                    f"--threshold {rule_text(cols.thresholds)} keeps none of its rows with {value}"
-                   if kept_per_split[s] == 0 else f"each row with {value} repeats a (user, item) pair of an earlier split")
+                   if read.split_kept[s] == 0 else f"each row with {value} repeats a (user, item) pair of an earlier split")
             raise DataError(readers[0].source, f"the {name} split would be empty: {why}")
         if split.rule in ("random", "temporal"):
             rule = "per-user 8:1:1" if split.rule == "random" else "per-user leave-last-out"
@@ -370,11 +385,14 @@ def _check_splits(readers: Sequence[Reader], cols: InteractionColumns, split: Sp
                             f"the valid and test splits empty{split.hint}")
         raise DataError(readers[0].source, f"the {name} split would be empty ({SPLIT_SOURCES[split.rule]}): too few "
                         f"distinct times{after}{split.hint}")
+    if split.rule not in ("column", "files"):
+        return
     has_train = np.zeros(len(user_tokens), bool)
     has_train[user[codes == TRAIN]] = True
-    bad = ~has_train[user]
-    if bad.any():
-        j = _first(bad)
+    present = np.zeros(len(user_tokens), bool)
+    present[user] = True
+    if (present & ~has_train).any():  # per user; the rows are searched only to name one
+        j = first_true(~has_train[user])
         reader, row = _locate(readers, read.rows, int(rows[j]))
         train_rows = f"row in {Path(readers[0].source).name}" if split.rule == "files" else \
             f"row with {cols.split} {split.values[TRAIN]}"

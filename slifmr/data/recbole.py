@@ -52,14 +52,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from slifmr.data.format import Dataset
-from slifmr.data.ids import refused_because, stripped_ids
-from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
+from slifmr.data.ids import first_failing, refused_because, stripped_ids
+from slifmr.data.pipeline import SPLIT_NAMES, InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 USER, ITEM, TIME = "user_id", "item_id", "timestamp"
 HEAD, RELATION, TAIL, ENTITY = "head_id", "relation_id", "tail_id", "entity_id"
-SPLIT_NAMES = ("train", "valid", "test")
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
@@ -72,20 +71,6 @@ def _first(mask: np.ndarray) -> int:
 
 def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _first_failing(arr: pa.ChunkedArray, fn: Callable[[pa.ChunkedArray], object]) -> int:
-    """Index of the first element on which `fn` (a whole-array conversion) fails: bisection
-    over prefixes, so it stays vectorised (only run once a conversion has failed)."""
-    lo, hi = 0, len(arr)  # fn(arr[:lo]) succeeds, fn(arr[:hi]) fails
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        try:
-            fn(arr.slice(0, mid))
-            lo = mid
-        except pa.ArrowException:
-            hi = mid
-    return lo
 
 
 def _read_header(path: Path) -> tuple[bytes, int]:
@@ -113,10 +98,6 @@ class TextFile:
     def __init__(self, path: Path, table: pa.Table, types: dict[str, str]):
         self.path, self.table, self.types = path, table, types
         self.source = str(path)
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
 
     @property
     def columns(self) -> list[str]:
@@ -186,7 +167,7 @@ class TextFile:
         try:
             out = pc.cast(vals, pa.float64())
         except pa.ArrowException:
-            i = _first_failing(vals, lambda a: pc.cast(a, pa.float64()))
+            i = first_failing(vals, lambda a: pc.cast(a, pa.float64()))
             raw = arr[i].as_py()
             msg = "empty cell, a number is required" if not raw.strip() else f"{_show(raw)} is not a number"
             raise self.error(msg + (f" ({hint})" if hint else ""), row=offset + i, column=column) from None
@@ -409,42 +390,29 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
                         "column: timestamps dropped for every split")
     items = IdMap()
     items.add(inter.items)
-    counts = {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}
+    dropped = {}
     item_table, item_file, listed = None, None, None
     item_path = root / f"{name}.item"
     if item_path.exists():
         item_file = read_atomic(item_path, (ITEM,))
         tok = listed = item_file.ids(ITEM)
-        counts["item_rows_dropped"] = int((items.index(tok) < 0).sum())
-        if counts["item_rows_dropped"]:
-            warnings.append(f"{item_path}: dropped {counts['item_rows_dropped']:,} rows of items without a kept "
+        dropped["item_rows_dropped"] = int((items.index(tok) < 0).sum())
+        if dropped["item_rows_dropped"]:
+            warnings.append(f"{item_path}: dropped {dropped['item_rows_dropped']:,} rows of items without a kept "
                             "interaction (the catalogue is the items the interactions name)")
         item_table = _item_metadata(item_file, tok, items)
 
-    kg, links, entities, relations, counts["links_dropped"] = import_kg(root, name, items, listed)
+    kg, links, entities, relations, dropped["links_dropped"] = import_kg(root, name, items, listed)
     features, present = ({}, {}) if item_file is None else float_seq_features(item_file, items)
     emit(warnings, inter.notes["feedback_log"])
-    return Dataset(
-        features=features,
-        feature_present=present,
-        name=name,
-        num_users=len(inter.users),
-        num_items=len(inter.items),
-        user=inter.user,
-        item=inter.item,
-        split=inter.split,
-        timestamp=inter.timestamp,
-        items=item_table,
-        kg=kg,
-        item_entity=links,
-        num_entities=len(entities),
-        relation_names=relations,
+    ds = inter.to_dataset(
+        name, {"importer": "recbole", "source": str(root.resolve()), "presplit": presplit},
         ids={"users": inter.users.to_numpy(zero_copy_only=False).astype(object), "items": items.array(),
              "entities": entities.array()},
-        provenance={"importer": "recbole", "source": str(root.resolve()), "presplit": presplit,
-                    "split": inter.notes["split"], **inter.notes["feedback"], "import": counts},
-        split_seed=None if presplit else split_seed,
-    )
+        features=features, feature_present=present, items=item_table, kg=kg, item_entity=links,
+        num_entities=len(entities), relation_names=relations, split_seed=None if presplit else split_seed)
+    ds.provenance["import"].update(dropped)
+    return ds
 
 
 def import_kg(root: Path, name: str, items: IdMap, listed: pa.ChunkedArray | None = None
@@ -516,7 +484,7 @@ def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray]
                               .to_numpy(zero_copy_only=False), dtype=np.float32)
         except pa.ArrowException:
             rows = np.flatnonzero(filled)
-            i = int(rows[_first_failing(parts.filter(pa.array(filled)),
+            i = int(rows[first_failing(parts.filter(pa.array(filled)),
                                         lambda a: pc.cast(pc.list_flatten(a), pa.float32()))])
             raise f.error(f"{_show(f.cell(col, i))} is not a list of numbers", row=i, column=col) from None
         vectors = flat.reshape(-1, d)

@@ -36,7 +36,7 @@ in Python. The rules where a table is silent:
   with no feature row get a zero row and are marked missing (`Dataset.feature_present`), and
   the modality's item graph leaves them out.
 
-Errors name the source, the 0-based data row (CSV: also its line) or Parquet row group, the
+Errors name the source (the file of a folder), the 0-based data row (CSV: also its line), the
 column and the raw value, and nothing is written before every check has passed.
 """
 
@@ -57,13 +57,7 @@ import pyarrow.fs as pafs
 from slifmr.data.format import Dataset, check_feature_values
 from slifmr.data.ids import IdChunk, TokenIds, check_ids, raw_ids
 from slifmr.data.ids import show as _show
-from slifmr.data.pipeline import (
-    InteractionColumns,
-    Split,
-    check_split_options,
-    emit,
-    read_interactions,
-)
+from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
 
 BATCH_ROWS = 1 << 20
@@ -101,7 +95,7 @@ class Table:
                 raise DataError(self.source, f"column{named_by} is missing (found: {', '.join(self.columns)})", column=col)
             lacking = [path for path, names in self.file_columns.items() if col not in names]
             if lacking:
-                raise DataError(self.file_name(lacking[0]), f"column is missing (found: "
+                raise DataError(self.file_name(lacking[0]), f"column{named_by} is missing (found: "
                                 f"{', '.join(self.file_columns[lacking[0]])}), although other files of "
                                 f"{self.source} have it", column=col)
 
@@ -588,18 +582,11 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
     if cache_dir is not None and not text_columns:
         raise SlifmrError("--cache-dir holds text embeddings: it applies with --text-cols only")
     table = open_table(interactions, [cols.user, cols.item] + ([cols.split] if cols.split else []))
-    check_split_options(split, cols)
     inter = read_interactions([table], cols, Split(split, split_seed, hint=" (give more interactions, or a split "
                                                    "column: --split column --split-col COLUMN)"))
     n = len(inter.items)
-    ds = Dataset(
-        name=name or Path(interactions.rstrip("/")).stem,
-        num_users=len(inter.users), num_items=n, user=inter.user, item=inter.item, split=inter.split,
-        timestamp=inter.timestamp, ids={"users": inter.users, "items": inter.items},
-        split_seed=split_seed if split == "random" else None,
-        provenance={"source": interactions, "split": inter.notes["split"], **inter.notes["feedback"],
-                    "import": {k: v for k, v in inter.notes.items() if k not in ("split", "feedback", "feedback_log")}},
-    )
+    ds = inter.to_dataset(name or Path(interactions.rstrip("/")).stem, {"importer": "table", "source": interactions},
+                          split_seed=split_seed if split == "random" else None)
     key = item_key or cols.item
     order = None
     if items is not None:
