@@ -75,14 +75,14 @@ def test_the_same_rows_give_the_same_interactions_through_every_reader(tmp_path:
 def test_one_rule_refuses_a_user_without_a_training_row_in_every_reader(tmp_path: Path) -> None:
     rows = sorted(ROWS + [("14", "2", 5, 1)], key=lambda r: r[3])
     line = 1 + 1 + sum(1 for r in rows if r[3] == 0) + 4  # header, then the valid rows: 14's is the 5th
-    with pytest.raises(DataError, match=r"row \d+ \(line %d\), column 'user_id': user '14' has no training "
-                       r"interaction \(no row with split train\)" % line):
+    with pytest.raises(DataError, match=rf"row \d+ \(line {line}\), column 'user_id': user '14' has no training "
+                       r"interaction \(no row with split train\)"):
         import_table(_table(tmp_path, rows), columns=InteractionColumns(split="split"), split="column")
     with pytest.raises(DataError, match=r"pre\.valid\.inter, line 6, column 'user_id': user '14' has no training "
                        r"interaction \(no row in pre\.train\.inter\)"):
         import_recbole(_recbole(tmp_path, rows))
-    with pytest.raises(DataError, match=r"mm\.inter, line %d, column 'userID': user '14' has no training "
-                       r"interaction \(no row with x_label 0\)" % line):
+    with pytest.raises(DataError, match=rf"mm\.inter, line {line}, column 'userID': user '14' has no training "
+                       r"interaction \(no row with x_label 0\)"):
         import_mmrec(_mmrec(tmp_path, rows))
 
 
