@@ -256,3 +256,8 @@ class IntegerIds:
             return pa.array(np.arange(self.catalogue, dtype=np.int64)), raw, None
         tokens, codes = np.unique(raw, return_inverse=True)
         return pa.array(tokens), codes.astype(np.int64).ravel(), None
+
+
+def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
+    """Position of every key in `tokens`, -1 where absent (a pyarrow hash join)."""
+    return np.asarray(pc.fill_null(pc.index_in(keys, value_set=tokens), -1).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -39,7 +39,7 @@ import pyarrow as pa
 from slifmr.data.format import Dataset, check_feature_values
 from slifmr.data.ids import IntegerIds
 from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
-from slifmr.data.recbole import IdMap, import_kg, read_text
+from slifmr.data.recbole import import_kg, read_text
 from slifmr.errors import DataError
 
 USER, ITEM, LABEL, TIME = "userID", "itemID", "x_label", "timestamp"
@@ -108,11 +108,9 @@ def import_mmrec(root: str | Path, name: str | None = None, thresholds: dict[str
                               users=IntegerIds(), items=item_ids)
     raw_users = np.asarray(inter.users.to_numpy(zero_copy_only=False), dtype=np.int64)
     raw_items = np.asarray(inter.items.to_numpy(zero_copy_only=False), dtype=np.int64)
-    items = IdMap()
-    items.add(pa.array(raw_items.astype(str)))
-    kg, links, entities, relations, links_dropped = import_kg(root, name, items)
+    kg, links, entities, relations, links_dropped = import_kg(root, name, pa.array(raw_items.astype(str)))
     emit(inter.warnings, inter.notes["feedback_log"])
-    ids = {"users": raw_users, "items": raw_items} | ({"entities": entities.array()} if len(entities) else {})
+    ids = {"users": raw_users, "items": raw_items} | ({"entities": entities.to_numpy(zero_copy_only=False).astype(object)} if len(entities) else {})
     ds = inter.to_dataset(name, {"importer": "mmrec", "source": str(root.resolve()), "presplit": True}, ids=ids,
                           features=features, kg=kg, item_entity=links, num_entities=len(entities),
                           relation_names=relations)

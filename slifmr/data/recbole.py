@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from slifmr.data.format import Dataset
-from slifmr.data.ids import first_failing, refused_because, stripped_ids
+from slifmr.data.ids import TokenIds, first_failing, lookup, refused_because, stripped_ids
 from slifmr.data.pipeline import SPLIT_NAMES, InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
 
@@ -280,39 +280,6 @@ def read_atomic(path: Path, required: tuple[str, ...] = ()) -> TextFile:
 # ----------------------------------------------------------------------------- ids
 
 
-class IdMap:
-    """Raw token -> contiguous int64, in the order tokens are first added (vectorised)."""
-
-    def __init__(self) -> None:
-        self._tokens = pa.array([], pa.string())
-
-    def add(self, tokens: pa.Array | pa.ChunkedArray) -> None:
-        new = pc.unique(tokens)
-        if isinstance(new, pa.ChunkedArray):
-            new = new.combine_chunks()
-        if len(self._tokens):
-            new = new.filter(pc.invert(pc.is_in(new, value_set=self._tokens)))
-        self._tokens = pa.concat_arrays([self._tokens, new.cast(pa.string())])
-
-    def index(self, tokens: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Contiguous id of every token; -1 where a token is unknown."""
-        idx = pc.fill_null(pc.index_in(tokens, value_set=self._tokens), -1)
-        return np.asarray(idx.to_numpy(), dtype=np.int64)
-
-    def token(self, i: int) -> str:
-        return self._tokens[int(i)].as_py()
-
-    @property
-    def tokens(self) -> list[str]:
-        return self._tokens.to_pylist()
-
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    def array(self) -> np.ndarray:
-        return self._tokens.to_numpy(zero_copy_only=False).astype(object)
-
-
 # ----------------------------------------------------------------------------- feedback
 
 
@@ -388,15 +355,14 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
     if not with_time and any(f.has(TIME) for f in files):
         warnings.insert(0, f"{', '.join(p.name for p, f in zip(paths, files) if not f.has(TIME))} has no timestamp "
                         "column: timestamps dropped for every split")
-    items = IdMap()
-    items.add(inter.items)
+    items = inter.items  # the catalogue's raw ids, by contiguous id
     dropped = {}
     item_table, item_file, listed = None, None, None
     item_path = root / f"{name}.item"
     if item_path.exists():
         item_file = read_atomic(item_path, (ITEM,))
         tok = listed = item_file.ids(ITEM)
-        dropped["item_rows_dropped"] = int((items.index(tok) < 0).sum())
+        dropped["item_rows_dropped"] = int((lookup(items, tok) < 0).sum())
         if dropped["item_rows_dropped"]:
             warnings.append(f"{item_path}: dropped {dropped['item_rows_dropped']:,} rows of items without a kept "
                             "interaction (the catalogue is the items the interactions name)")
@@ -407,37 +373,46 @@ def import_recbole(root: str | Path, name: str | None = None, split_seed: int = 
     emit(warnings, inter.notes["feedback_log"])
     ds = inter.to_dataset(
         name, {"importer": "recbole", "source": str(root.resolve()), "presplit": presplit},
-        ids={"users": inter.users.to_numpy(zero_copy_only=False).astype(object), "items": items.array(),
-             "entities": entities.array()},
+        ids={kind: tokens.to_numpy(zero_copy_only=False).astype(object)
+             for kind, tokens in (("users", inter.users), ("items", items), ("entities", entities))},
         features=features, feature_present=present, items=item_table, kg=kg, item_entity=links,
         num_entities=len(entities), relation_names=relations, split_seed=None if presplit else split_seed)
     ds.provenance["import"].update(dropped)
     return ds
 
 
-def import_kg(root: Path, name: str, items: IdMap, listed: pa.ChunkedArray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, IdMap, list[str], int]:
-    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entities, relations,
-    links dropped). `items` maps the catalogue's raw item ids; a link of an item only `listed`
-    (in .item, without interactions) is dropped and counted, a link of an item named nowhere is
-    refused (a typo, most likely)."""
-    dropped = 0
-    entities, relations = IdMap(), IdMap()
-    kg = np.zeros((0, 3), np.int64)
-    links = np.zeros((0, 2), np.int64)
+def import_kg(root: Path, name: str, items: pa.Array, listed: pa.ChunkedArray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, pa.Array, list[str], int]:
+    """<name>.kg and <name>.link, if present: (triples (T,3), links (L,2), entity tokens (E,),
+    relation names, links dropped). Entities and relations are numbered by the id stage of
+    slifmr/data/ids.py (`TokenIds`: heads, then tails, then linked entities, in order of first
+    appearance). `items`: the catalogue's raw ids; a link of an item only `listed` (in .item,
+    without interactions) is dropped and counted, a link of an item named nowhere is refused (a
+    typo, most likely)."""
+    entities, relations = TokenIds(), TokenIds()
+    kg_file = link_file = None
     kg_path, link_path = root / f"{name}.kg", root / f"{name}.link"
     if kg_path.exists():
-        f = read_atomic(kg_path, (HEAD, RELATION, TAIL))
-        h, r, t = (f.ids(c) for c in (HEAD, RELATION, TAIL))
-        entities.add(h)
-        entities.add(t)
-        relations.add(r)
-        kg = np.stack([entities.index(h), relations.index(r), entities.index(t)], axis=1).reshape(-1, 3)
+        kg_file = read_atomic(kg_path, (HEAD, RELATION, TAIL))
+        h, r, t = (kg_file.ids(c).combine_chunks() for c in (HEAD, RELATION, TAIL))
+        entities.add(kg_file, h, 0, HEAD)
+        entities.add(kg_file, t, 0, TAIL)
+        relations.add(kg_file, r, 0, RELATION)
     if link_path.exists():
-        f = read_atomic(link_path, (ITEM, ENTITY))
-        it, ent = f.ids(ITEM), f.ids(ENTITY)
-        entities.add(ent)
-        item_ids = items.index(it)
+        link_file = read_atomic(link_path, (ITEM, ENTITY))
+        it, ent = link_file.ids(ITEM), link_file.ids(ENTITY).combine_chunks()
+        entities.add(link_file, ent, 0, ENTITY)
+    entity_tokens, codes = entities.finish()
+    relation_tokens, rel = relations.finish()
+    kg = np.zeros((0, 3), np.int64)
+    links = np.zeros((0, 2), np.int64)
+    dropped = 0
+    if kg_file is not None:
+        heads, tails = np.split(codes[: 2 * rel.size], 2)
+        kg = np.stack([heads, rel, tails], axis=1).reshape(-1, 3)
+    if link_file is not None:
+        f = link_file
+        item_ids = lookup(items, it)
         known = item_ids >= 0
         named = known | (np.asarray(pc.is_in(it, value_set=listed).to_numpy(zero_copy_only=False), dtype=bool)
                          if listed is not None else known)
@@ -453,16 +428,16 @@ def import_kg(root: Path, name: str, items: IdMap, listed: pa.ChunkedArray | Non
             first = _first(linked == linked[i])
             raise f.error(f"item {_show(f.cell(ITEM, i))} is linked a second time (first at line {f.line(first)}): "
                           "one entity per item", row=i, column=ITEM)
-        links = np.stack([item_ids, entities.index(ent)], axis=1).reshape(-1, 2)[known]
-    return kg, links, entities, relations.tokens, dropped
+        links = np.stack([item_ids, codes[codes.size - item_ids.size :]], axis=1).reshape(-1, 2)[known]
+    return kg, links, entity_tokens, relation_tokens.to_pylist(), dropped
 
 
-def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def float_seq_features(f: TextFile, items: pa.Array) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every float_seq field of .item as a modality: (N, d) float32 and which items have a row
     (an empty cell or an item without a row: a zero row, marked missing). An item listed twice
     keeps its first row; rows of items outside the catalogue are dropped."""
     features, present = {}, {}
-    ids = items.index(f.ids(ITEM))
+    ids = lookup(items, f.ids(ITEM))
     _, first = np.unique(ids, return_index=True)
     first = first[ids[first] >= 0]
     for col, ftype in f.types.items():
@@ -501,11 +476,11 @@ def float_seq_features(f: TextFile, items: IdMap) -> tuple[dict[str, np.ndarray]
     return features, present
 
 
-def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: IdMap) -> pa.Table:
+def _item_metadata(f: TextFile, tok: pa.ChunkedArray, items: pa.Array) -> pa.Table:
     """items.parquet: contiguous item id plus every field; RecBole's ml-100k names mapped to
     title / year / genres (a year that is not a number, like item 1412's 'V', becomes null).
     An item listed twice keeps its first row; rows of items outside the catalogue are dropped."""
-    ids = items.index(tok)
+    ids = lookup(items, tok)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"item": pa.array(ids)}
     rename = {"movie_title": "title", "release_year": "year", "class": "genres"}
     for col, ftype in f.types.items():

@@ -55,7 +55,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from slifmr.data.format import Dataset, check_feature_values
-from slifmr.data.ids import IdChunk, TokenIds, check_ids, raw_ids
+from slifmr.data.ids import IdChunk, TokenIds, check_ids, lookup, raw_ids
 from slifmr.data.ids import show as _show
 from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
@@ -263,11 +263,6 @@ def numbers(table: Table, arr: pa.Array, offset: int, column: str, hint: str = "
         raise DataError(table.where(offset + i), "missing number" if raw is None else f"{_show(raw)} is not a finite number",
                         column=column)
     return x
-
-
-def lookup(tokens: pa.Array, keys: pa.Array) -> np.ndarray:
-    """Position of every key in `tokens`, -1 where absent (a pyarrow hash join)."""
-    return np.asarray(pc.fill_null(pc.index_in(keys, value_set=tokens), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- items and features
