@@ -43,21 +43,25 @@ class Scorer(Protocol):
 
 
 def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor | None = None,
-                tail: Tensor | None = None) -> dict[str, Tensor]:
+                tail: Tensor | None = None, n_true: Tensor | None = None) -> dict[str, Tensor]:
     """Per-chunk metric sums. scores: (B, N) with masked items at -inf; truth: (B, N) bool;
     popularity: (N,) training interactions per item (for arp@K); tail: (N,) bool, the long-tail
     items (for tail@K). Users without any ground-truth item are not counted. Also returns
-    "items@K": (N,) how many counted users have each item in their top K (for coverage@K)."""
-    n_true = truth.sum(1)
+    "items@K": (N,) how many counted users have each item in their top K (for coverage@K).
+    n_true: (B,) truth.sum(1), when the caller ranks several scores against one truth."""
+    n_true = truth.sum(1) if n_true is None else n_true
     keep = n_true > 0
-    # float64 sums: they are added over chunks and workers, and must not depend on the order
-    scores, truth, n_true = scores[keep], truth[keep], n_true[keep].double()
     kmax = min(max(ks), scores.shape[1])
+    # every row ranked, then the users with ground truth kept: a copy of the (B, N) scores
+    # without those few rows would cost more than ranking them
     top_values, top = torch.topk(scores, kmax, dim=1)
+    hits = truth.gather(1, top)[keep].double()
+    # float64 sums: they are added over chunks and workers, and must not depend on the order
+    top_values, top, n_true = top_values[keep], top[keep], n_true[keep].double()
     # an item scored -inf is not recommended (seen, or left off an external list): a user with
     # fewer than K such items has a shorter list, and it never counts as a hit
     listed = (top_values > -math.inf).double()
-    hits = truth.gather(1, top).double() * listed  # (B, kmax)
+    hits = hits * listed  # (B, kmax)
     ranks = torch.arange(1, kmax + 1, dtype=torch.float64, device=scores.device)
     discount = 1.0 / torch.log2(ranks + 1)
     out = {"users": torch.tensor(float(keep.sum()), dtype=torch.float64)}
@@ -130,6 +134,7 @@ class Evaluator:
             raise ValueError("evaluate on VALID or TEST")
         masked = [TRAIN] if split == VALID else [TRAIN, VALID]
         totals: list[dict[str, Tensor]] = [{} for _ in range(count)]
+        work: Tensor | None = None
         if self.users.numel() == 0:
             # a worker whose shard has no users still scores once: the score function may hold
             # a collective (sharded layer-wise inference) that every rank must reach
@@ -141,14 +146,20 @@ class Evaluator:
             r_true, i_true = csr_entries(*self.csr[split], users)
             truth = None
             for total, scores in zip(totals, scores_fn(users), strict=True):
-                scores = scores.float().clone()  # on the model's device
+                # masked in a copy (the scorer's tensor is left as it was), one buffer reused:
+                # a fresh (B, N) tensor per ranking costs page faults at 10^5 items
+                if work is None or work.shape != scores.shape or work.device != scores.device:
+                    work = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+                scores = work.copy_(scores)
                 dev = scores.device
                 for r, i in hidden:
                     scores[r.to(dev), i.to(dev)] = -math.inf
                 if truth is None:
                     truth = torch.zeros_like(scores, dtype=torch.bool)
                     truth[r_true.to(dev), i_true.to(dev)] = True
-                for key, v in metric_sums(scores, truth, self.ks, self.popularity.to(dev), self.tail.to(dev)).items():
+                    n_true = truth.sum(1)
+                sums = metric_sums(scores, truth, self.ks, self.popularity.to(dev), self.tail.to(dev), n_true)
+                for key, v in sums.items():
                     total[key] = total.get(key, 0.0) + v
         return [total or {"users": torch.tensor(0.0)} for total in totals]
 

@@ -89,11 +89,20 @@ class Representations:
 
     def blends(self, users: Tensor, weights: list[float]) -> Iterator[Tensor]:
         """For each ridge weight eta of `weights`: the (B, N) scores standardise(u . z) +
-        eta standardise(x_u W) of users (B,), both parts computed once (needs the head)."""
-        dot = _standardise(self._embedding_scores(users))
-        ridge = _standardise(ridge_scores(self.interactions, self.item_ridge, users))
+        eta standardise(x_u W) of users (B,), both parts computed once (needs the head). The
+        blends share one buffer: each yielded tensor is valid until the next is asked for."""
+        dot = _standardise_(self._embedding_scores(users))
+        # standardised where the product left it (a transposed view: the reductions keep their
+        # order, so their bits), then laid out row by row once, not once per weight
+        ridge = _standardise_(ridge_scores(self.interactions, self.item_ridge, users)).contiguous()
+        # a (B, N) temporary per weight costs page faults at 10^5 items (its allocation, not the
+        # arithmetic, dominated); eta x + dot is bit for bit dot + eta x (addition commutes)
+        blend = torch.empty_like(dot) if any(eta > 0 for eta in weights) else dot
         for eta in weights:
-            yield dot + eta * ridge if eta > 0 else dot
+            if eta > 0:
+                yield torch.mul(ridge, eta, out=blend).add_(dot)
+            else:
+                yield dot
 
     def _embedding_scores(self, users: Tensor) -> Tensor:
         u, z = self.users[users.to(self.users.device)], self.items
@@ -107,8 +116,13 @@ class Representations:
 
 def _standardise(scores: Tensor) -> Tensor:
     """Each row (a user's scores) to zero mean and unit variance; a constant row to zeros."""
-    centred = scores - scores.mean(1, keepdim=True)
-    return centred / centred.std(1, keepdim=True).clamp_min(1e-12)
+    return _standardise_(scores.clone())
+
+
+def _standardise_(scores: Tensor) -> Tensor:
+    """`_standardise` in place (the same values, without two (B, N) temporaries)."""
+    scores.sub_(scores.mean(1, keepdim=True))
+    return scores.div_(scores.std(1, keepdim=True).clamp_min(1e-12))
 
 
 class SLIFMR(nn.Module):
