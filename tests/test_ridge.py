@@ -183,20 +183,22 @@ def test_the_heads_regressors_from_co_occurrence_or_the_union(kind: str, tiny_pa
         assert not torch.equal(nbrs, cooc.int())
 
 
-@pytest.mark.parametrize("kind", ["z", "union"])
-def test_a_co_occurrence_head_from_the_first_epoch(kind: str, tiny_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind, self_loop", [("z", True), ("union", True), ("cooc", False)])
+def test_a_co_occurrence_head_from_the_first_epoch(kind: str, self_loop: bool, tiny_path: Path, tmp_path: Path) -> None:
     """Before the first fusion there is no trained Z to search: the z head waits for it, while a
-    cooc or union head regresses on the co-occurring items from epoch 1, and validation blends it."""
+    cooc or union head regresses on the co-occurring items from epoch 1, and validation blends
+    it. The head is part of the self-loop: without the self-loop there is none."""
     from slifmr.data.format import read_dataset
     from slifmr.model.cooc_ridge import cooccurrence_neighbours
 
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=1",
-                                 "train.batch_size=256", "model.ridge_k=6", f"model.ridge_neighbours={kind}"])
+                                 "train.batch_size=256", "model.ridge_k=6", f"model.ridge_neighbours={kind}",
+                                 f"model.self_loop={str(self_loop).lower()}"])
     cfg.data = str(tiny_path)
     train_loop(cfg, tmp_path / "run")
     latest, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
     epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    if kind == "z":
+    if kind == "z" or not self_loop:
         assert latest["neighbours"] is None and epoch.get("ridge_weight") is None
         return
     ds = read_dataset(tiny_path)

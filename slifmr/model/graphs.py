@@ -398,7 +398,8 @@ class EpochGraphs:
     CPU), A(t) for the training steps (`train_adj`, after edge pruning) and for ranking
     (`rank_adj`), both (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
     `SLIFMR.attend`, which reads the model's weights); W(t)^T (N, N) CSR, the ridge head's
-    item-item weights (`slifmr.model.ridge`; None when off or before the first fusion).
+    item-item weights (`slifmr.model.ridge`; None when off, and before the first fusion unless
+    the head regresses on co-occurring items, model.ridge_neighbours cooc or union).
     Tensors a forward multiplies are on the model's device."""
 
     static: StaticGraphs

@@ -51,14 +51,15 @@ class SelfLoop:
         self.last_z: Tensor | None = None
         self.corr: Graph | None = None
         self.corr_epoch: int | None = None
-        self.neighbours: Tensor | None = None  # (N, ridge_k) of Z(t-1): the ridge head's regressors
+        self.neighbours: Tensor | None = None  # (N, ridge_k): the ridge head's regressors N_j (`_regressors`)
         self.item_ridge: Tensor | None = None  # W(t)^T solved on them (not saved: the neighbours give it back)
         self.ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
         self.graphs: EpochGraphs | None = None
         # the most co-occurring items (model.ridge_neighbours cooc / union): set-up, not fusion
-        # work, computed once before training (the training interactions do not change)
+        # work, computed once before training (the training interactions do not change); the
+        # head is part of the self-loop, so without it there is none
         self.cooc: Tensor | None = None
-        if cfg.ridge_weight > 0 and cfg.ridge_neighbours != "z":
+        if cfg.self_loop and cfg.ridge_weight > 0 and cfg.ridge_neighbours != "z":
             start = time.perf_counter()
             self.cooc = cooccurrence_neighbours(static.ui_edges, static.num_users, static.num_items, cfg.ridge_k).int()
             if comm.is_main:
