@@ -52,7 +52,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from slifmr.data.format import Dataset
-from slifmr.data.ids import TokenIds, first_failing, lookup, refused_because, stripped_ids
+from slifmr.data.ids import (
+    TokenIds,
+    first_failing,
+    first_true,
+    lookup,
+    refused_because,
+    stripped_ids,
+)
 from slifmr.data.pipeline import SPLIT_NAMES, InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
 
@@ -63,10 +70,6 @@ _NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
 # ----------------------------------------------------------------------------- text files
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
 
 
 def _mask(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -150,7 +153,7 @@ class TextFile:
         """An id column, surrounding whitespace stripped; empty ids and control characters refused."""
         vals, bad = stripped_ids(self.table.column(col))
         if pc.any(bad).as_py():
-            i = _first(_mask(bad))
+            i = first_true(_mask(bad))
             raise self.error(refused_because(self.cell(col, i)), row=i, column=col)
         return vals
 
@@ -176,7 +179,7 @@ class TextFile:
         x = np.asarray(out.to_numpy(), dtype=np.float64)
         bad = ~np.isfinite(x)
         if bad.any():
-            i = _first(bad)
+            i = first_true(bad)
             raise self.error(f"{_show(arr[i].as_py())} is not a finite number" + (f" ({hint})" if hint else ""),
                              row=offset + i, column=column)
         return x
@@ -417,7 +420,7 @@ def import_kg(root: Path, name: str, items: pa.Array, listed: pa.ChunkedArray | 
         named = known | (np.asarray(pc.is_in(it, value_set=listed).to_numpy(zero_copy_only=False), dtype=bool)
                          if listed is not None else known)
         if not named.all():
-            i = _first(~named)
+            i = first_true(~named)
             raise f.error(f"unknown item {_show(f.cell(ITEM, i))} (not in the interactions or .item)", row=i, column=ITEM)
         dropped = int((~known).sum())
         linked = np.where(known, item_ids, -1 - np.arange(item_ids.size))  # a dropped link repeats nothing
@@ -425,7 +428,7 @@ def import_kg(root: Path, name: str, items: pa.Array, listed: pa.ChunkedArray | 
         again = order[1:][linked[order][1:] == linked[order][:-1]]
         if again.size:
             i = int(again.min())
-            first = _first(linked == linked[i])
+            first = first_true(linked == linked[i])
             raise f.error(f"item {_show(f.cell(ITEM, i))} is linked a second time (first at line {f.line(first)}): "
                           "one entity per item", row=i, column=ITEM)
         links = np.stack([item_ids, codes[codes.size - item_ids.size :]], axis=1).reshape(-1, 2)[known]
@@ -449,7 +452,7 @@ def float_seq_features(f: TextFile, items: pa.Array) -> tuple[dict[str, np.ndarr
         lengths = np.asarray(pc.list_value_length(parts).to_numpy(zero_copy_only=False))
         d = int(lengths[filled][0]) if filled.any() else 0
         if (lengths[filled] != d).any():
-            i = _first(filled & (lengths != d))
+            i = first_true(filled & (lengths != d))
             raise f.error(f"{int(lengths[i])} numbers, the first filled row has {d} (every vector has one length)",
                           row=i, column=col)
         if d == 0:
@@ -465,7 +468,7 @@ def float_seq_features(f: TextFile, items: pa.Array) -> tuple[dict[str, np.ndarr
         vectors = flat.reshape(-1, d)
         rows = np.flatnonzero(filled)
         if not np.isfinite(vectors).all():
-            i = int(rows[_first(~np.isfinite(vectors).all(1))])
+            i = int(rows[first_true(~np.isfinite(vectors).all(1))])
             raise f.error(f"{_show(f.cell(col, i))} holds NaN or inf", row=i, column=col)
         take = np.isin(rows, first)  # an item's first row only
         x = np.zeros((len(items), d), np.float32)

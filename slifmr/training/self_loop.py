@@ -88,24 +88,27 @@ class SelfLoop:
                 fixed = m.ridge_neighbours == "cooc" and self.item_ridge is not None  # solved once: N_j never change
                 self.neighbours = self.cooc if m.ridge_neighbours == "cooc" else self._regressors(nbrs[:, : m.ridge_k].cpu().int())
                 if not fixed:
-                    s = self.static
-                    self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
-                                                    s.item_gram, self.sharding, self.comm.device)
+                    self.item_ridge = self._solve(self.neighbours)
                 seconds["ridge"] = time.perf_counter() - start - seconds["knn"]
             else:
                 self.neighbours = None
         elif self.last_z is None and self.cooc is not None and self.item_ridge is None:
             # before the first fusion there is no trained Z to search, but co-occurrence needs
             # none: the first epochs' head regresses on the most co-occurring items alone
-            s = self.static
             self.neighbours = self.cooc
-            self.item_ridge = ridge_weights(s.ui_edges, s.num_users, s.num_items, self.neighbours, m.ridge_l2,
-                                            s.item_gram, self.sharding, self.comm.device)
+            self.item_ridge = self._solve(self.neighbours)
             seconds["ridge"] = time.perf_counter() - start
         graphs = epoch_graphs(self.static, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
                               self.sharding, item_ridge=self.item_ridge)
         self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
         return (graphs if graphs.kg_attention is not None else model.attend(graphs)), seconds
+
+    def _solve(self, neighbours: Tensor) -> Tensor:
+        """W(t)^T (N, N) CSR on the regressors `neighbours` (N, ridge_k): each worker solves its
+        block of items on the run's device, one all-gather joins them."""
+        s = self.static
+        return ridge_weights(s.ui_edges, s.num_users, s.num_items, neighbours, self.cfg.ridge_l2, s.item_gram,
+                             self.sharding, self.comm.device)
 
     def _regressors(self, z_neighbours: Tensor) -> Tensor:
         """The head's N_j (N, ridge_k) int32 from Z(t-1)'s nearest neighbours under
