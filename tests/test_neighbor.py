@@ -23,6 +23,7 @@ from slifmr.sampling.neighbor import (
     SampledSubgraph,
     _sample_rows,
     backend,
+    csc,
     sampled_batch,
     to_hetero_data,
 )
@@ -100,6 +101,41 @@ def test_uniform_without_replacement_matches_pyg_semantics() -> None:
         p = k / deg
         sd = math.sqrt(trials * p * (1 - p))
         assert (per_row.sum(0).float() - trials * p).abs().max() < 5 * sd
+
+
+def test_the_samplers_csc_is_pygs_without_a_sort(tiny_ds: Dataset) -> None:
+    """The epoch's HeteroData lists every edge type by destination, so the sampler's CSC is read
+    off it (no sort, no permutation): the pointers PyG's constructor builds and, per destination,
+    the same sources (in the edges' own order, where PyG's unstable sort may shuffle them). An
+    edge list in another order is sorted stably by destination."""
+    import warnings
+
+    from torch_geometric.sampler import NeighborSampler
+    from torch_geometric.sampler.utils import to_csc
+
+    model, graphs = _model(tiny_ds)
+    graph = to_hetero_data(graphs)
+    fanout = view_fanouts("3,2", model.view_layers)
+    ours = HeteroNeighborSampler(graph, fanout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pyg = NeighborSampler(graph, fanout)
+    assert set(ours.colptr_dict) == set(pyg.colptr_dict) and len(ours.colptr_dict) == len(graph.edge_types)
+    for rel in pyg.colptr_dict:
+        et = pyg.to_edge_type[rel]
+        assert ours.perm[et] is None
+        colptr = pyg.colptr_dict[rel]
+        assert torch.equal(ours.colptr_dict[rel], colptr)
+        assert torch.equal(ours.row_dict[rel], graph[et].edge_index[0])
+        for lo, hi in zip(colptr[:-1].tolist(), colptr[1:].tolist(), strict=True):
+            assert torch.equal(ours.row_dict[rel][lo:hi], torch.sort(pyg.row_dict[rel][lo:hi]).values)
+    g = torch.Generator().manual_seed(0)
+    shuffled = torch.stack([torch.randint(0, 9, (40,), generator=g), torch.randint(0, 6, (40,), generator=g)])
+    colptr, row, perm = csc(shuffled, 6)
+    ref_colptr, _, _ = to_csc(type("Edges", (), {"edge_index": shuffled, "size": lambda self, d: 6})())
+    assert perm is not None and torch.equal(colptr, ref_colptr)
+    assert torch.equal(shuffled[1, perm], torch.sort(shuffled[1]).values) and torch.equal(row, shuffled[0, perm])
+    assert bool((perm[1:] > perm[:-1])[shuffled[1, perm][1:] == shuffled[1, perm][:-1]].all())  # stable
 
 
 @pytest.mark.skipif(backend() == "pytorch", reason="pyg-lib / torch-sparse not installed (no PyPI wheels)")

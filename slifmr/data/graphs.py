@@ -77,7 +77,7 @@ def knn(x: Tensor, k: int, chunk_size: int = 2048, rows: Tensor | None = None) -
 def knn_edges(nbrs: Tensor, sims: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(2, R*k) edges row -> neighbour with their similarity, from `knn`'s output."""
     r, k = nbrs.shape
-    rows = torch.arange(r) if rows is None else rows
+    rows = torch.arange(r, device=nbrs.device) if rows is None else rows
     edge_index = torch.stack([rows.repeat_interleave(k), nbrs.reshape(-1)])
     return edge_index, sims.reshape(-1)
 
@@ -103,7 +103,7 @@ def symmetric_graph(edge_index: Tensor, weight: Tensor, n: int, binary: bool = F
 
 def sym_norm(edge_index: Tensor, weight: Tensor, n: int) -> Tensor:
     """Weights of D^-1/2 A D^-1/2 (rows with zero degree stay zero)."""
-    deg = torch.zeros(n, dtype=weight.dtype).scatter_add_(0, edge_index[0], weight)
+    deg = torch.zeros(n, dtype=weight.dtype, device=weight.device).scatter_add_(0, edge_index[0], weight)
     inv = deg.pow(-0.5)
     inv[torch.isinf(inv)] = 0.0
     return inv[edge_index[0]] * weight * inv[edge_index[1]]

@@ -123,8 +123,9 @@ def correlation_graph(z: Tensor, k: int, binary: bool = False, knn_fn: KnnFn | N
 
 
 def correlation_from_neighbours(nbrs: Tensor, sims: Tensor, binary: bool = False) -> Graph:
-    """S(t) from each item's top-k neighbours (N, k) and their cosine similarities (N, k)."""
-    return symmetric_graph(*knn_edges(nbrs.cpu(), sims.cpu()), nbrs.shape[0], binary)
+    """S(t) from each item's top-k neighbours (N, k) and their cosine similarities (N, k), built
+    where the search left them."""
+    return symmetric_graph(*knn_edges(nbrs, sims), nbrs.shape[0], binary)
 
 
 def user_item_adjacency(
@@ -134,7 +135,7 @@ def user_item_adjacency(
     u, i = ui_edges
     rows = [torch.cat([u, i + num_users])]
     cols = [torch.cat([i + num_users, u])]
-    vals = [torch.ones(2 * u.numel())]
+    vals = [torch.ones(2 * u.numel(), device=u.device)]
     if corr is not None and gamma > 0:
         (a, b), w = corr
         rows.append(a + num_users)
@@ -148,7 +149,9 @@ def user_item_adjacency(
 
 def degree_sensitive_dropout(ui_edges: Tensor, num_users: int, num_items: int, drop: float, generator: torch.Generator) -> Tensor:
     """FREEDOM's edge pruning: keep (1 - drop) of the edges, sampled with probability
-    proportional to 1 / sqrt(d_u d_i), so edges between hubs go first."""
+    proportional to 1 / sqrt(d_u d_i), so edges between hubs go first. `generator` is a CPU
+    generator: the draw runs on the CPU (E probabilities there and E' ids back), so every
+    device prunes the same edges."""
     if drop <= 0:
         return ui_edges
     u, i = ui_edges
@@ -156,8 +159,8 @@ def degree_sensitive_dropout(ui_edges: Tensor, num_users: int, num_items: int, d
     di = torch.bincount(i, minlength=num_items).float()
     p = (du[u] * di[i]).rsqrt()
     keep = max(1, int(u.numel() * (1.0 - drop)))
-    idx = torch.multinomial(p, keep, replacement=False, generator=generator)
-    return ui_edges[:, idx]
+    idx = torch.multinomial(p.cpu(), keep, replacement=False, generator=generator)
+    return ui_edges[:, idx.to(u.device)]
 
 
 def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share: float) -> Tensor:
@@ -168,30 +171,32 @@ def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share
     how much Z(t-1) finds i like the rest of u's history, (X S(t))_ui for the interaction matrix
     X. Ties (often: zero support) are broken by a fixed random order of the edges, not by their
     order in the dataset (which would drop each user's oldest interactions first). ui_edges:
-    (2, E) user, item; corr: S(t), symmetric (edge_index, weight); CPU tensors; returns (2, E')
-    with E' <= E. Memory: E x (S(t)'s mean degree) index pairs."""
+    (2, E) user, item; corr: S(t), symmetric (edge_index, weight), on ui_edges' device; returns
+    (2, E') with E' <= E. Memory: E x (S(t)'s mean degree) index pairs."""
     if share <= 0 or corr is None or ui_edges.shape[1] == 0:
         return ui_edges
     u, i = ui_edges
+    dev = u.device
     known = torch.sort(u * num_items + i).values
     (a, b), w = corr
     order = torch.argsort(a, stable=True)
     b, w = b[order], w[order]
     ptr = crow_indices(a, num_items)
     fan = ptr[i + 1] - ptr[i]
-    edge = torch.repeat_interleave(torch.arange(u.numel()), fan)
-    slot = ptr[i][edge] + torch.arange(edge.numel()) - torch.repeat_interleave(torch.cumsum(fan, 0) - fan, fan)
+    edge = torch.repeat_interleave(torch.arange(u.numel(), device=dev), fan)
+    slot = ptr[i][edge] + torch.arange(edge.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(fan, 0) - fan, fan)
     query = u[edge] * num_items + b[slot]
     at = torch.searchsorted(known, query).clamp_max(known.numel() - 1)
-    support = torch.zeros(u.numel()).index_add_(0, edge, w[slot].float() * (known[at] == query))
-    shuffled = torch.randperm(u.numel(), generator=torch.Generator().manual_seed(0))  # the ties' order
+    support = torch.zeros(u.numel(), device=dev).index_add_(0, edge, w[slot].float() * (known[at] == query))
+    # the ties' order, drawn on the CPU: the same graph on every device
+    shuffled = torch.randperm(u.numel(), generator=torch.Generator().manual_seed(0)).to(dev)
     by_support = shuffled[torch.argsort(support[shuffled], stable=True)]
     ranked = by_support[torch.argsort(u[by_support], stable=True)]  # per user, least supported first
     degree = torch.bincount(u)
     first = torch.cumsum(degree, 0) - degree
     user = u[ranked]
-    drop = (torch.arange(u.numel()) - first[user]) < (degree[user].double() * share).floor()
-    keep = torch.ones(u.numel(), dtype=torch.bool)
+    drop = (torch.arange(u.numel(), device=dev) - first[user]) < (degree[user].double() * share).floor()
+    keep = torch.ones(u.numel(), dtype=torch.bool, device=dev)
     keep[ranked[drop]] = False
     return ui_edges[:, keep]
 
@@ -244,7 +249,7 @@ class KGAttentionLayout:
     def of(heads: Tensor, relations: Tensor, tails: Tensor, num_nodes: int, num_items: int) -> KGAttentionLayout:
         order = torch.argsort(relations, stable=True)
         num_relations = int(relations.max()) + 1 if relations.numel() else 0
-        bounds = torch.searchsorted(relations[order], torch.arange(num_relations + 1)).tolist()
+        bounds = torch.searchsorted(relations[order], torch.arange(num_relations + 1, device=relations.device)).tolist()
         blocks = []
         for r in range(len(bounds) - 1):
             edges = order[bounds[r] : bounds[r + 1]]
@@ -284,10 +289,10 @@ class KnowledgeGraph:
     _layouts: dict[int, KGAttentionLayout] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def attention_layout(self, num_items: int) -> KGAttentionLayout:
-        """This KG's `KGAttentionLayout` (on the CPU), built once."""
+        """This KG's `KGAttentionLayout`, built once, where the KG's tensors are."""
         if num_items not in self._layouts:
-            self._layouts[num_items] = KGAttentionLayout.of(self.heads.cpu(), self.relations.cpu(), self.tails.cpu(),
-                                                            self.num_nodes, num_items)
+            self._layouts[num_items] = KGAttentionLayout.of(self.heads, self.relations, self.tails, self.num_nodes,
+                                                            num_items)
         return self._layouts[num_items]
 
     @staticmethod
@@ -320,6 +325,13 @@ class KnowledgeGraph:
             h, t, r = torch.cat([h, t]), torch.cat([t, h]), torch.cat([r, r + num_rel])
             num_rel *= 2
         return KnowledgeGraph(h, r, t, num_nodes, num_rel + 1, corr_relation=num_rel)
+
+    def to(self, device: torch.device | str) -> KnowledgeGraph:
+        """This KG with its tensors on `device` (itself when they are there already)."""
+        if self.heads.device == torch.device(device):
+            return self
+        return KnowledgeGraph(self.heads.to(device), self.relations.to(device), self.tails.to(device), self.num_nodes,
+                              self.num_relations, self.corr_relation)
 
     def with_correlation(self, corr: Graph | None) -> KnowledgeGraph:
         """KG(t): every S(t) edge (i, j) joins as (e_i, correlated_with, e_j)."""
@@ -366,6 +378,23 @@ class StaticGraphs:
         gram = item_gram(ui, ds.num_users, ds.num_items) if ridge_on else None
         return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean, gram)
 
+    def to(self, device: torch.device | str) -> StaticGraphs:
+        """These graphs with their tensors on `device` (itself when they are there already), so
+        that each epoch's graphs are built there (`epoch_graphs`). The ridge head's Gram
+        entries stay where they are: its solves choose their own device."""
+        if self.ui_edges.device == torch.device(device):
+            return self
+        return replace(self, ui_edges=self.ui_edges.to(device), mm=to_device(self.mm, device),
+                       kg=None if self.kg is None else self.kg.to(device), interactions=self.interactions.to(device),
+                       user_item_mean=None if self.user_item_mean is None else self.user_item_mean.to(device))
+
+
+def to_device(graph: Graph | None, device: torch.device | str) -> Graph | None:
+    """An edge list (edge_index, weight) on `device`: the same tuple when it is there already."""
+    if graph is None or graph[0].device == torch.device(device):
+        return graph
+    return graph[0].to(device), graph[1].to(device)
+
 
 @dataclass(frozen=True)
 class KGAttention:
@@ -394,13 +423,13 @@ class KGAttention:
 
 @dataclass(frozen=True)
 class EpochGraphs:
-    """The graphs of epoch t (architecture.md §1): S(t) (None before the first fusion, on the
-    CPU), A(t) for the training steps (`train_adj`, after edge pruning) and for ranking
-    (`rank_adj`), both (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
+    """The graphs of epoch t (architecture.md §1): S(t) (None before the first fusion), A(t)
+    for the training steps (`train_adj`, after edge pruning) and for ranking (`rank_adj`), both
+    (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
     `SLIFMR.attend`, which reads the model's weights); W(t)^T (N, N) CSR, the ridge head's
     item-item weights (`slifmr.model.ridge`; None when off, and before the first fusion unless
     the head regresses on co-occurring items, model.ridge_neighbours cooc or union).
-    Tensors a forward multiplies are on the model's device."""
+    Every tensor is on the model's device, where `epoch_graphs` built it."""
 
     static: StaticGraphs
     corr: Graph | None
@@ -441,28 +470,33 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
     across workers (one all-gather of the weights; the same W(t) on every worker); `item_ridge`:
     W(t)^T already solved on those neighbours (the training loop times the solve itself).
 
-    `generator` draws the training graph's edge pruning (FREEDOM's degree-sensitive dropout,
-    `edge_dropout`), the only randomness here. Graphs that depend on S(t) alone are taken from
-    `previous` when it was built from the same S(t) object, the ridge head's W(t) included
-    (`previous` must then come from the same fusion, neighbours and all, as in the training
-    loop; the values are immutable, so sharing them is safe). Built on the CPU, moved to `device`."""
+    `generator` (a CPU generator) draws the training graph's edge pruning (FREEDOM's
+    degree-sensitive dropout, `edge_dropout`), the only randomness here. Graphs that depend on
+    S(t) alone are taken from `previous` when it was built from the same S(t) object, the ridge
+    head's W(t) included (`previous` must then come from the same fusion, neighbours and all, as
+    in the training loop; the values are immutable, so sharing them is safe).
+
+    Built on `device` (the model's): `static` and `corr` are moved there first, once, unless they
+    are there already (the training loop keeps them there: no copy per epoch)."""
     m, n = static.num_users, static.num_items
+    reused = previous is not None and previous.corr is corr
+    static, corr = static.to(device), to_device(corr, device)
     ui_corr = corr if cfg.fuse_ui else None
     edges = denoise_ui_edges(static.ui_edges, corr, n, cfg.ui_denoise)
     pruned = degree_sensitive_dropout(edges, m, n, cfg.edge_dropout, generator)
-    train_adj = user_item_adjacency(pruned, m, n, ui_corr, cfg.gamma).to(device)
+    train_adj = user_item_adjacency(pruned, m, n, ui_corr, cfg.gamma)
     train_adj_t = transpose_csr(train_adj)
-    if previous is not None and previous.corr is corr:
+    if reused:
         return replace(previous, train_adj=train_adj, train_adj_t=train_adj_t,
                        rank_adj=train_adj if cfg.edge_dropout <= 0 else previous.rank_adj)
-    rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(edges, m, n, ui_corr, cfg.gamma).to(device)
+    rank_adj = train_adj if cfg.edge_dropout <= 0 else user_item_adjacency(edges, m, n, ui_corr, cfg.gamma)
     mm_adj = mm_adj_t = None
     if static.mm is not None:
         mm = fuse_item_graph(static.mm, corr if cfg.fuse_mm else None, cfg.beta, n)
-        mm_adj = to_csr(mm[0], mm[1], n).to(device)
+        mm_adj = to_csr(mm[0], mm[1], n)
         mm_adj_t = transpose_csr(mm_adj)
     kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
-    mean = static.user_item_mean.to(device) if static.user_item_mean is not None else None
+    mean = static.user_item_mean
     ridge = item_ridge.to(device) if item_ridge is not None else None
     if ridge is None and cfg.ridge_weight > 0 and neighbours is not None:
         ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2,

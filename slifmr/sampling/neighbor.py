@@ -31,7 +31,7 @@ from torch_geometric.loader.utils import filter_hetero_data
 from torch_geometric.sampler import HeteroSamplerOutput, NeighborSampler
 
 from slifmr.fanout import CORRELATES, KG_TYPES, RATED_BY, RATES, SIMILAR, VIEW_EDGE_TYPES, EdgeType
-from slifmr.model.graphs import EpochGraphs
+from slifmr.model.graphs import EpochGraphs, crow_indices
 from slifmr.model.slifmr import TrainingBatch
 from slifmr.rng import derive_seed
 
@@ -49,10 +49,9 @@ def backend() -> str:
 
 
 def _coo(adj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows, cols, values) of a CSR matrix, on the CPU."""
-    adj = adj.cpu()
+    """(rows, cols, values) of a CSR matrix, row by row, where the matrix is."""
     crow, col = adj.crow_indices(), adj.col_indices()
-    row = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow.diff())
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
     return row, col, adj.values()
 
 
@@ -63,7 +62,10 @@ def _put(data: HeteroData, etype: EdgeType, src: Tensor, dst: Tensor, weight: Te
 
 def to_hetero_data(graphs: EpochGraphs) -> HeteroData:
     """The epoch's training graphs as one HeteroData: A(t) (after edge pruning), A_mm(t) and the
-    attention over KG(t). Entry [r, c] of each matrix is the weight of the message c -> r."""
+    attention over KG(t). Entry [r, c] of each matrix is the weight of the message c -> r, so
+    reading the CSR matrices row by row lists every edge type's edges by destination, sources
+    ascending: already in the sampler's CSC order (`HeteroNeighborSampler` sorts nothing). Built
+    where the graphs are (the model's device), without a copy to the CPU."""
     m, n = graphs.num_users, graphs.num_items
     data = HeteroData()
     data["user"].num_nodes, data["item"].num_nodes = m, n
@@ -89,6 +91,19 @@ def to_hetero_data(graphs: EpochGraphs) -> HeteroData:
 
 
 # ---------------------------------------------------------------------------- the sampler
+
+
+def csc(edge_index: Tensor, num_dst: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """PyG's CSC of edges (2, E) (source, destination) over `num_dst` destinations, built where
+    the edges are: (colptr (num_dst + 1,), sources (E,) by destination, perm (E,) the edges'
+    positions in that order, None when they already come by destination, as `to_hetero_data`'s
+    do; then nothing is sorted). Equal to PyG's `to_csc` (a stable sort by destination)."""
+    src, dst = edge_index
+    perm = None
+    if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+        dst, perm = torch.sort(dst, stable=True)
+        src = src[perm]
+    return crow_indices(dst, num_dst), src, perm
 
 
 def _sample_rows(start: Tensor, deg: Tensor, k: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -144,13 +159,21 @@ class HeteroNeighborSampler(NeighborSampler):
 
     def __init__(self, data: HeteroData, num_neighbors: dict[EdgeType, list[int]], seed_sources_only: bool = False,
                  device: torch.device | str = "cpu"):
+        # PyG's constructor builds the CSC on the CPU (sorting every edge list): it gets the
+        # graph's node and edge types alone, and the CSC is built here, where the sampling runs
+        skeleton = HeteroData()
+        for t in data.node_types:
+            skeleton[t].num_nodes = data[t].num_nodes
+        for et in data.edge_types:
+            skeleton[et].edge_index = torch.zeros(2, 0, dtype=torch.long)
         with warnings.catch_warnings():  # "without pyg-lib is deprecated": we bring our own
             warnings.simplefilter("ignore")
-            super().__init__(data, num_neighbors)
+            super().__init__(skeleton, num_neighbors)
         self.device = torch.device(device)
-        self.colptr_dict = {rel: v.to(self.device) for rel, v in self.colptr_dict.items()}
-        self.row_dict = {rel: v.to(self.device) for rel, v in self.row_dict.items()}
-        self.perm = {et: None if v is None else v.to(self.device) for et, v in self.perm.items()}
+        for et in data.edge_types:
+            rel = self.to_rel_type[et]
+            self.colptr_dict[rel], self.row_dict[rel], self.perm[et] = csc(
+                data[et].edge_index.to(self.device), data[et[2]].num_nodes)
         self.generator = torch.Generator(self.device)
         self.seed_sources_only = seed_sources_only
         self._local = {t: torch.full((n,), -1, dtype=torch.long, device=self.device) for t, n in self.num_nodes.items()}

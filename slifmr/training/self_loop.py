@@ -28,6 +28,7 @@ from slifmr.model.graphs import (
     correlation_from_neighbours,
     epoch_graphs,
     fusion_due,
+    to_device,
 )
 from slifmr.model.propagate import RowSharding
 from slifmr.model.ridge import first_distinct, ridge_weights
@@ -47,6 +48,9 @@ class SelfLoop:
 
     def __init__(self, static: StaticGraphs, cfg: ModelConfig, knn: KnnFn, comm: Comm):
         self.static, self.cfg, self.knn, self.comm = static, cfg, knn, comm
+        # the epoch's graphs are built where training runs, from static graphs kept there (the
+        # same object on the CPU); the head's co-occurrence and solves read `static`
+        self.static_on_device = static.to(comm.device)
         self.sharding = row_sharding(comm)
         self.last_z: Tensor | None = None
         self.corr: Graph | None = None
@@ -81,7 +85,8 @@ class SelfLoop:
             # one search serves S(t) (the first k_corr neighbours) and the ridge head (ridge_k)
             head_searches = m.ridge_weight > 0 and m.ridge_neighbours != "cooc"
             nbrs, sims = self.knn(self.last_z.detach(), max(m.k_corr, m.ridge_k) if head_searches else m.k_corr)
-            self.corr = correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary)
+            self.corr = to_device(correlation_from_neighbours(nbrs[:, : m.k_corr], sims[:, : m.k_corr], m.corr_binary),
+                                  self.comm.device)  # the faiss search answers on the CPU
             self.corr_epoch = epoch
             seconds["knn"] = time.perf_counter() - start
             if m.ridge_weight > 0:
@@ -98,7 +103,7 @@ class SelfLoop:
             self.neighbours = self.cooc
             self.item_ridge = self._solve(self.neighbours)
             seconds["ridge"] = time.perf_counter() - start
-        graphs = epoch_graphs(self.static, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
+        graphs = epoch_graphs(self.static_on_device, self.corr, m, generator, self.comm.device, self.graphs, self.neighbours,
                               self.sharding, item_ridge=self.item_ridge)
         self.item_ridge = graphs.item_ridge  # solved by epoch_graphs after a resume
         return (graphs if graphs.kg_attention is not None else model.attend(graphs)), seconds
@@ -143,7 +148,7 @@ class SelfLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_z = None if state.get("last_z") is None else state["last_z"].to(self.comm.device)
         corr = state.get("corr")
-        self.corr = None if corr is None else (corr["edge_index"], corr["weight"])
+        self.corr = None if corr is None else to_device((corr["edge_index"], corr["weight"]), self.comm.device)
         self.neighbours = state.get("neighbours")
         self.corr_epoch = state.get("corr_epoch")
         self.ridge_weight = state.get("ridge_weight")
