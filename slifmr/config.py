@@ -193,9 +193,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # what a user with 10^7-10^8 interactions runs (README "Training at scale"): one sampled hop
     # per step over historical embeddings (a step costs its batch, not the graph), the self-loop
-    # whole (the ridge head on, its solves sharded, the blend chosen on validation), S(t)'s
+    # whole (the ridge head on, its solves sharded, the blend chosen on validation) with the
+    # union head (co-occurring items and Z's neighbours: a head from the first epoch, ahead of
+    # Z's neighbours alone on planted data, level on ml-100k; RESULTS.md PLANTED_STUDY), S(t)'s
     # search by faiss IVF-Flat with its recall logged, validation on a seeded 10,000-user sample
-    "scale": {"train.sampling": "history", "model.knn": "approx", "train.eval_users": 10000},
+    "scale": {"train.sampling": "history", "model.knn": "approx", "model.ridge_neighbours": "union",
+              "train.eval_users": 10000},
 }
 
 # variants solved in closed form (for each ridge weight of model.ease_l2 where they have one),

@@ -110,6 +110,7 @@ def test_scale_preset_is_a_layer_under_the_yaml_and_the_variant(tmp_path: Path) 
     cfg = load_config(preset="scale")
     assert (cfg.train.sampling, cfg.model.knn, cfg.train.eval_users) == ("history", "approx", 10000)
     assert cfg.model.ridge_weight > 0 and cfg.model.ridge_blend  # the self-loop whole, head included
+    assert cfg.model.ridge_neighbours == "union"  # a head from the first epoch
     yaml_file = tmp_path / "mine.yaml"
     yaml_file.write_text("train:\n  eval_users: 500\n")
     cfg = load_config(yaml_file, "lightgcn", ["train.fanout=5,5"], preset="scale")
