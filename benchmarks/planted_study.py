@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,8 +39,8 @@ import psutil
 from quality import HERE, RESULTS, write_results_md
 
 METHODS = {  # label: (variant, preset, further config overrides)
-    "slifmr (preset scale)": ("slifmr", "scale", ()),
-    "slifmr (preset scale, union head)": ("slifmr", "scale", ("model.ridge_neighbours=union",)),
+    "slifmr (preset scale)": ("slifmr", "scale", ()),  # the union head, the preset's
+    "slifmr (preset scale, z head)": ("slifmr", "scale", ("model.ridge_neighbours=z",)),
     "lightgcn (history)": ("lightgcn", "scale", ()),
     "mf (history)": ("mf", "scale", ()),
     "cooc_ridge": ("cooc_ridge", None, ()),
@@ -133,7 +134,7 @@ def main() -> int:
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], data: Path) -> str:
     meta = json.loads((data / "meta.json").read_text())
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
     doc = {"command": command, "machine": machine, "dataset": str(data), "users": args.users,
            "budget_seconds": args.budget, "batch_size": args.batch, "lr": args.lr, "runs": rows}

@@ -90,6 +90,20 @@ def test_unchanged_s_reuses_the_graphs_built_from_it(tiny_ds) -> None:  # noqa: 
     assert not torch.equal(dense(g3.train_adj), dense(g2.train_adj))  # pruning is redrawn every epoch
 
 
+def test_graphs_already_on_the_device_are_not_copied(tiny_ds) -> None:  # noqa: ANN001
+    """What the training loop keeps on its device (the static graphs, S(t)) is taken as it is, so
+    the graphs S(t) alone decides are reused; a device named without an index ("cuda") is the
+    current one of its type, as `.to` reads it."""
+    from slifmr.model.graphs import on_device, to_device
+
+    m, static, cfg = _model(tiny_ds, refresh_every=2)
+    assert static.to("cpu") is static and static.to(torch.device("cpu")) is static and static.kg.to("cpu") is static.kg
+    g2 = graphs_at(m, static, cfg, 2, torch.randn(tiny_ds.num_items, 16))
+    assert to_device(g2.corr, "cpu") is g2.corr
+    t = torch.zeros(1)
+    assert on_device(t, "cpu") and not on_device(t, "cuda") and not on_device(t, "cuda:0")
+
+
 def test_switches_keep_graphs_static() -> None:
     ds = tiny()
     m, static, cfg = _model(ds, fuse_ui=False, fuse_mm=False, fuse_kg=False)

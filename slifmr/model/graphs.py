@@ -46,6 +46,13 @@ Graph = tuple[Tensor, Tensor]  # (edge_index (2, E), weight (E,))
 KnnFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]  # (Z (N, d), k) -> (nbrs, sims) for all N rows
 
 
+def on_device(tensor: Tensor, device: torch.device | str) -> bool:
+    """Whether `tensor` is on `device`; a device without an index ("cuda") means the current one
+    of its type, as `.to` reads it (torch.device("cuda") != torch.device("cuda:0"))."""
+    want = torch.device(device)
+    return tensor.device.type == want.type and (want.index is None or tensor.device.index == want.index)
+
+
 def to_csr(edge_index: Tensor, weight: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
     """The (n_rows, n_cols) CSR matrix with weight (E,) at each edge (2, E) (row, col); repeated
     edges add. Edges already listed row by row without repeats (coalesced: PyG's `coalesce`
@@ -151,15 +158,15 @@ def degree_sensitive_dropout(ui_edges: Tensor, num_users: int, num_items: int, d
     """FREEDOM's edge pruning: keep (1 - drop) of the edges, sampled with probability
     proportional to 1 / sqrt(d_u d_i), so edges between hubs go first. `generator` is a CPU
     generator: the draw runs on the CPU (E probabilities there and E' ids back), so every
-    device prunes the same edges."""
+    device prunes the same edges (the probabilities' rsqrt is the CPU's too)."""
     if drop <= 0:
         return ui_edges
     u, i = ui_edges
     du = torch.bincount(u, minlength=num_users).float()
     di = torch.bincount(i, minlength=num_items).float()
-    p = (du[u] * di[i]).rsqrt()
+    p = (du[u] * di[i]).cpu().rsqrt()
     keep = max(1, int(u.numel() * (1.0 - drop)))
-    idx = torch.multinomial(p.cpu(), keep, replacement=False, generator=generator)
+    idx = torch.multinomial(p, keep, replacement=False, generator=generator)
     return ui_edges[:, idx.to(u.device)]
 
 
@@ -188,7 +195,8 @@ def denoise_ui_edges(ui_edges: Tensor, corr: Graph | None, num_items: int, share
     query = u[edge] * num_items + b[slot]
     at = torch.searchsorted(known, query).clamp_max(known.numel() - 1)
     support = torch.zeros(u.numel(), device=dev).index_add_(0, edge, w[slot].float() * (known[at] == query))
-    # the ties' order, drawn on the CPU: the same graph on every device
+    # the ties' order, drawn on the CPU: the same on every device (on a GPU the supports' sums
+    # may differ in their last bits, as atomic float adds do)
     shuffled = torch.randperm(u.numel(), generator=torch.Generator().manual_seed(0)).to(dev)
     by_support = shuffled[torch.argsort(support[shuffled], stable=True)]
     ranked = by_support[torch.argsort(u[by_support], stable=True)]  # per user, least supported first
@@ -328,7 +336,7 @@ class KnowledgeGraph:
 
     def to(self, device: torch.device | str) -> KnowledgeGraph:
         """This KG with its tensors on `device` (itself when they are there already)."""
-        if self.heads.device == torch.device(device):
+        if on_device(self.heads, device):
             return self
         return KnowledgeGraph(self.heads.to(device), self.relations.to(device), self.tails.to(device), self.num_nodes,
                               self.num_relations, self.corr_relation)
@@ -380,18 +388,19 @@ class StaticGraphs:
 
     def to(self, device: torch.device | str) -> StaticGraphs:
         """These graphs with their tensors on `device` (itself when they are there already), so
-        that each epoch's graphs are built there (`epoch_graphs`). The ridge head's Gram
-        entries stay where they are: its solves choose their own device."""
-        if self.ui_edges.device == torch.device(device):
+        that each epoch's graphs are built there (`epoch_graphs`). X and the ridge head's Gram
+        entries stay where they are: the epoch's graphs do not read them (ranking copies X for
+        the head's scores, its solves choose their own device)."""
+        if on_device(self.ui_edges, device):
             return self
         return replace(self, ui_edges=self.ui_edges.to(device), mm=to_device(self.mm, device),
-                       kg=None if self.kg is None else self.kg.to(device), interactions=self.interactions.to(device),
+                       kg=None if self.kg is None else self.kg.to(device),
                        user_item_mean=None if self.user_item_mean is None else self.user_item_mean.to(device))
 
 
 def to_device(graph: Graph | None, device: torch.device | str) -> Graph | None:
     """An edge list (edge_index, weight) on `device`: the same tuple when it is there already."""
-    if graph is None or graph[0].device == torch.device(device):
+    if graph is None or on_device(graph[0], device):
         return graph
     return graph[0].to(device), graph[1].to(device)
 
@@ -429,7 +438,9 @@ class EpochGraphs:
     `SLIFMR.attend`, which reads the model's weights); W(t)^T (N, N) CSR, the ridge head's
     item-item weights (`slifmr.model.ridge`; None when off, and before the first fusion unless
     the head regresses on co-occurring items, model.ridge_neighbours cooc or union).
-    Every tensor is on the model's device, where `epoch_graphs` built it."""
+    The graphs are on the model's device, where `epoch_graphs` built them (the static X and the
+    ridge head's Gram entries stay where `static` keeps them). On a GPU, degrees and supports are
+    sums of atomic float adds, so weights may differ in their last bits from run to run."""
 
     static: StaticGraphs
     corr: Graph | None

@@ -97,7 +97,9 @@ def csc(edge_index: Tensor, num_dst: int) -> tuple[Tensor, Tensor, Tensor | None
     """PyG's CSC of edges (2, E) (source, destination) over `num_dst` destinations, built where
     the edges are: (colptr (num_dst + 1,), sources (E,) by destination, perm (E,) the edges'
     positions in that order, None when they already come by destination, as `to_hetero_data`'s
-    do; then nothing is sorted). Equal to PyG's `to_csc` (a stable sort by destination)."""
+    do; then nothing is sorted). The pointers of PyG's `to_csc` and, per destination, the same
+    sources; PyG sorts unstably, so its order among them may differ (and with it which
+    neighbours a seeded draw takes)."""
     src, dst = edge_index
     perm = None
     if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
@@ -261,9 +263,9 @@ class BatchSubgraphs:
 
     def __init__(self, graph: HeteroData, fanout: dict[EdgeType, list[int]], seed: int, rank: int = 0,
                  seed_sources_only: bool = False, device: torch.device | str = "cpu"):
-        self.sampler = HeteroNeighborSampler(graph, {et: fanout[et] for et in graph.edge_types}, seed_sources_only,
-                                             device)
-        self.graph = graph.to(self.sampler.device)
+        self.graph = graph.to(device)  # once: the sampler's CSC is read off the moved edge lists
+        self.sampler = HeteroNeighborSampler(self.graph, {et: fanout[et] for et in graph.edge_types},
+                                             seed_sources_only, device)
         if seed_sources_only and self.sampler.num_neighbors.num_hops != 1:
             raise ValueError("seed_sources_only samples one hop")
         self.seed, self.rank = seed, rank
