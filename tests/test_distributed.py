@@ -286,22 +286,25 @@ def test_adam_state_saved_unfused_loads_into_fused_adam() -> None:
     assert torch.equal(strategy.optimizer.state[model.weight]["exp_avg"], before.state[model.weight]["exp_avg"])
 
 
-def _ridge_job(comm: Comm, data: str, nbrs: torch.Tensor, gram_block: int) -> torch.Tensor:
+def _ridge_job(comm: Comm, data: str, nbrs: torch.Tensor, gram_block: int) -> tuple[torch.Tensor, torch.Tensor]:
     from slifmr.data.format import read_dataset
     from slifmr.data.graphs import train_edges
     from slifmr.model import ridge
+    from slifmr.model.cooc_ridge import cooccurrence_neighbours
 
     ridge.GRAM_BLOCK = gram_block  # this process only: G dense, or counted per neighbourhood
     ds = read_dataset(data)
-    return ridge.ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 3.0,
-                               sharding=(comm.shard, comm.all_gather_rows)).to_dense()
+    sharding = (comm.shard, comm.all_gather_rows)
+    return (ridge.ridge_weights(train_edges(ds), ds.num_users, ds.num_items, nbrs, 3.0, sharding=sharding).to_dense(),
+            cooccurrence_neighbours(train_edges(ds), ds.num_users, ds.num_items, 6, sharding))
 
 
 @pytest.mark.parametrize("gram_block", [4096, 10])
 def test_sharded_ridge_head_equals_one_process(tmp_path: Path, tiny_path: Path, tiny_ds, gram_block: int,  # noqa: ANN001
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worker solves its block of items (G whole, or each neighbourhood's entries counted
-    from the interactions) and one all-gather gives both the same W as one process."""
+    from the interactions) and one all-gather gives both the same W as one process; so do the
+    co-occurrence lists of the cooc and union heads."""
     from slifmr.data.graphs import train_edges
     from slifmr.model import ridge
 
@@ -311,5 +314,8 @@ def test_sharded_ridge_head_equals_one_process(tmp_path: Path, tiny_path: Path, 
     nbrs = nbrs + (nbrs >= torch.arange(n)[:, None]).long()
     one = ridge.ridge_weights(train_edges(tiny_ds), tiny_ds.num_users, n, nbrs, 3.0).to_dense()
     assert (ridge.item_gram(train_edges(tiny_ds), tiny_ds.num_users, n).dense is None) == (gram_block < n)
-    for w in run_on_two("_ridge_job", tmp_path, str(tiny_path), nbrs, gram_block):
-        assert torch.equal(w, one)
+    from slifmr.model.cooc_ridge import cooccurrence_neighbours
+
+    cooc = cooccurrence_neighbours(train_edges(tiny_ds), tiny_ds.num_users, n, 6)
+    for w, worker_cooc in run_on_two("_ridge_job", tmp_path, str(tiny_path), nbrs, gram_block):
+        assert torch.equal(w, one) and torch.equal(worker_cooc, cooc)

@@ -18,6 +18,8 @@ in choosing l2 on validation from `model.ease_l2` (slifmr's head keeps `ridge_l2
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -27,11 +29,17 @@ from slifmr.data.format import Dataset
 from slifmr.data.graphs import train_edges, training_matrix
 from slifmr.model.ridge import item_gram, ridge_scores, ridge_weights, weights_csr
 
+if TYPE_CHECKING:
+    from slifmr.model.graphs import RowSharding
 
-def cooccurrence_neighbours(ui_edges: Tensor, num_users: int, num_items: int, k: int) -> Tensor:
+
+def cooccurrence_neighbours(ui_edges: Tensor, num_users: int, num_items: int, k: int,
+                            sharding: RowSharding | None = None) -> Tensor:
     """(N, min(k, N - 1)) int32: each item's most co-occurring other items (ties by the smaller
     id; an item with fewer co-occurring items is filled up with the most popular others).
-    ui_edges: (2, E) training (user, item) pairs. Cost: the sum over users of degree^2."""
+    ui_edges: (2, E) training (user, item) pairs. Cost: the sum over users of degree^2, split
+    across workers by `sharding` (each its block of items, one all-gather; the same lists as
+    one process)."""
     from slifmr.model.neighbourhood_gram import top_cooccurring  # numba: compiled on first use
 
     k = min(k, num_items - 1)
@@ -41,9 +49,10 @@ def cooccurrence_neighbours(ui_edges: Tensor, num_users: int, num_items: int, k:
     xc = x.tocsc()
     degree = np.diff(xc.indptr)
     fill = np.lexsort((np.arange(num_items), -degree)).astype(np.int64)  # most popular first
-    nbrs = top_cooccurring(xc.indptr.astype(np.int64), xc.indices.astype(np.int32), x.indptr.astype(np.int64),
-                           x.indices.astype(np.int32), fill, k)
-    return torch.from_numpy(nbrs)
+    start, stop = sharding[0](num_items) if sharding else (0, num_items)
+    nbrs = torch.from_numpy(top_cooccurring(xc.indptr.astype(np.int64), xc.indices.astype(np.int32),
+                                            x.indptr.astype(np.int64), x.indices.astype(np.int32), fill, k, start, stop))
+    return sharding[1](nbrs, num_items) if sharding else nbrs
 
 
 class CoocRidge(nn.Module):

@@ -74,18 +74,22 @@ def neighbourhood_grams(indptr: np.ndarray, users: np.ndarray, slots: np.ndarray
 
 @numba.njit(cache=True, nogil=True)
 def top_cooccurring(item_indptr: np.ndarray, item_users: np.ndarray, user_indptr: np.ndarray,
-                    user_items: np.ndarray, fill: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - compiled
-    """(N, k) int32: each item's k most co-occurring other items (the largest G[j, a], a != j;
-    ties by the smaller id); an item with fewer than k co-occurring items is filled up from
-    `fill` (N,) (item ids, most popular first) in order, skipping itself and those it has.
+                    user_items: np.ndarray, fill: np.ndarray, k: int, start: int, stop: int) -> np.ndarray:  # pragma: no cover - compiled
+    """(stop - start, k) int32: for items start..stop-1, each one's k most co-occurring other
+    items (the largest G[j, a], a != j; ties by the smaller id); an item with fewer than k
+    co-occurring items is filled up from `fill` (N,) (item ids, most popular first) in order,
+    skipping itself and those it has. Each item's row depends on it alone, so workers can
+    split the items.
 
     item_indptr (N + 1,) int64 and item_users (E,) int32: X in CSC form; user_indptr (M + 1,)
-    int64 and user_items (E,) int32: X in CSR form. Cost: sum over users of degree^2."""
+    int64 and user_items (E,) int32: X in CSR form. Cost: the sum over the items' users of
+    their degrees (over all items: the sum over users of degree^2)."""
     n = item_indptr.size - 1
-    out = np.empty((n, k), np.int32)
+    out = np.empty((stop - start, k), np.int32)
     counts = np.zeros(n, np.int64)
     touched = np.empty(n, np.int64)
-    for j in range(n):
+    for j in range(start, stop):
+        row = j - start
         m = 0
         for q in range(item_indptr[j], item_indptr[j + 1]):
             u = item_users[q]
@@ -104,16 +108,16 @@ def top_cooccurring(item_indptr: np.ndarray, item_users: np.ndarray, user_indptr
         order = np.argsort(keys)
         take = min(k, m)
         for t in range(take):
-            out[j, t] = touched[order[t]]
+            out[row, t] = touched[order[t]]
         f = 0
         for t in range(take, k):
             while fill[f] == j or counts[fill[f]] != 0:
                 f += 1
-            out[j, t] = fill[f]
+            out[row, t] = fill[f]
             counts[fill[f]] = -1  # taken: never filled twice
             f += 1
         for t in range(m):
             counts[touched[t]] = 0
         for t in range(take, k):
-            counts[out[j, t]] = 0
+            counts[out[row, t]] = 0
     return out

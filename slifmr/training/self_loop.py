@@ -60,12 +60,13 @@ class SelfLoop:
         self.ridge_weight: float | None = None  # the blend of the last validation (model.ridge_blend)
         self.graphs: EpochGraphs | None = None
         # the most co-occurring items (model.ridge_neighbours cooc / union): set-up, not fusion
-        # work, computed once before training (the training interactions do not change); the
-        # head is part of the self-loop, so without it there is none
+        # work, computed once before training (the training interactions do not change), each
+        # worker its block of items; the head is part of the self-loop, so without it there is none
         self.cooc: Tensor | None = None
         if cfg.self_loop and cfg.ridge_weight > 0 and cfg.ridge_neighbours != "z":
             start = time.perf_counter()
-            self.cooc = cooccurrence_neighbours(static.ui_edges, static.num_users, static.num_items, cfg.ridge_k).int()
+            self.cooc = cooccurrence_neighbours(static.ui_edges, static.num_users, static.num_items, cfg.ridge_k,
+                                                self.sharding).int()
             if comm.is_main:
                 log.info(f"the ridge head's co-occurrence neighbourhoods: {time.perf_counter() - start:.1f} s (once per run)")
 
