@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -100,13 +101,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a dataset folder (slifmr's format)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--compare", nargs=2, type=Path)
-    p.add_argument("--old-label", default="an earlier checkout")
-    args = p.parse_args()
-    if args.compare:
-        compare(*args.compare, args.old_label)
-    else:
-        row = measure(args.data, args.repeat)
-        args.out.write_text(json.dumps(row))
-        print(json.dumps(row))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
+    from quality import old_against_new
+
+    old_against_new(p, lambda args: measure(args.data, args.repeat), compare)

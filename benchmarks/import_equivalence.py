@@ -118,7 +118,8 @@ def digest(ds: object) -> dict[str, str]:
     return out
 
 
-def run(out: Path) -> None:
+def run() -> dict[str, dict[str, str]]:
+    """Each input's digest, or {"error": its error line}."""
     from slifmr.errors import SlifmrError
 
     logging.disable(logging.WARNING)
@@ -130,7 +131,7 @@ def run(out: Path) -> None:
             except SlifmrError as e:
                 results[name] = {"error": str(e).replace(tmp, "TMP")}
             print(f"{name}: {'error' if 'error' in results[name] else 'ok'}", flush=True)
-    out.write_text(json.dumps(results, indent=1))
+    return results
 
 
 def compare(old: Path, new: Path, old_label: str) -> int:
@@ -164,12 +165,8 @@ def compare(old: Path, new: Path, old_label: str) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path)
-    p.add_argument("--compare", nargs=2, type=Path)
-    p.add_argument("--old-label", default="an earlier checkout")
-    a = p.parse_args()
-    if a.compare:
-        compare(*a.compare, a.old_label)
-        sys.exit(0)
-    run(a.out)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
+    from quality import old_against_new
+
+    old_against_new(argparse.ArgumentParser(description=__doc__.splitlines()[0]), lambda args: run(), compare,
+                    echo=False)

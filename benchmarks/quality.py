@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,24 @@ def publish(section: str, name: str, payload: dict[str, Any], lines: list[str]) 
     write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2))
     write_results_md(section, "\n".join(lines))
     print("\n".join(lines))
+
+
+def old_against_new(parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], Any],
+                    compare: Callable[[Path, Path, str], object], echo: bool = True) -> None:
+    """The command line of a benchmark run once in each checkout and then compared (each script's
+    docstring gives the commands): `--out FILE` writes measure(args), a JSON-able result, there
+    (and prints it with `echo`); `--compare OLD NEW [--old-label L]` calls compare(OLD, NEW, L)."""
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--compare", nargs=2, type=Path)
+    parser.add_argument("--old-label", default="an earlier checkout")
+    args = parser.parse_args()
+    if args.compare:
+        compare(*args.compare, args.old_label)
+        return
+    result = json.dumps(measure(args))
+    args.out.write_text(result)
+    if echo:
+        print(result)
 
 
 def write_results_md(section: str, body: str) -> None:

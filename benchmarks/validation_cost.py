@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -80,13 +81,7 @@ if __name__ == "__main__":
     p.add_argument("--users", type=int, default=4096)
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--compare", nargs=2, type=Path)
-    p.add_argument("--old-label", default="an earlier checkout")
-    args = p.parse_args()
-    if args.compare:
-        compare(*args.compare, args.old_label)
-    else:
-        row = measure(args.users, args.items, args.repeat)
-        args.out.write_text(json.dumps(row))
-        print(json.dumps(row))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
+    from quality import old_against_new
+
+    old_against_new(p, lambda args: measure(args.users, args.items, args.repeat), compare)
