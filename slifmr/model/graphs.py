@@ -511,5 +511,5 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
     ridge = item_ridge.to(device) if item_ridge is not None else None
     if ridge is None and cfg.ridge_weight > 0 and neighbours is not None:
         ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2,
-                              static.item_gram, sharding).to(device)
+                              static.item_gram, sharding, device).to(device)  # solved where SelfLoop solves it
     return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean, ridge)
