@@ -55,13 +55,24 @@ class ModelConfig:
     ridge_k: int = 100
     ridge_l2: float = 200.0
     # the head's regressors N_j: z (Z(t-1)'s ridge_k nearest neighbours, the self-loop's), cooc
-    # (the ridge_k most co-occurring items, as variant cooc_ridge) or union (half the
-    # co-occurring ones, then Z's neighbours, then more co-occurring ones, ridge_k in all)
-    ridge_neighbours: str = "z"
+    # (the ridge_k most co-occurring items, as variant cooc_ridge), union (half the
+    # co-occurring ones, then Z's neighbours, then more co-occurring ones, ridge_k in all), full
+    # (every other item: the EASE head), or auto: the run chooses the rule among ridge_rules, k
+    # among ridge_k_choices and l2 among ridge_l2_choices on its validation users
+    # (slifmr/training/ridge_head.py); with a fixed rule, ridge_k and ridge_l2 are used as set
+    ridge_neighbours: str = "auto"
+    ridge_rules: list[str] = field(default_factory=lambda: ["z", "cooc", "union", "full"])
+    ridge_k_choices: list[int] = field(default_factory=list)  # empty = [ridge_k]
+    # empty = ease_l2, the closed-form peers' grid; ridge_l2 is always one of the choices
+    ridge_l2_choices: list[float] = field(default_factory=list)
+    ridge_full_max_items: int = 4096  # the full (EASE) rule where N <= this: a dense N x N solve
+    # a new choice when less than this share of Z(t-1)'s first neighbours are those of the last choice
+    ridge_rechoose_overlap: float = 0.5
     # the blend chosen by the data: at every validation the ranking is scored with each of these
-    # ridge weights and ridge_weight (0 = the embeddings alone) and the best by train.stop_metric
-    # is the epoch's, kept with its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
-    ridge_blend: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    # ridge weights and ridge_weight (0 = the embeddings alone; 1000: the head alone, the
+    # embeddings breaking its ties) and the best by train.stop_metric is the epoch's, kept with
+    # its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
+    ridge_blend: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1000.0])
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
@@ -274,7 +285,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.loss": ("bpr", "softmax"),
     "model.fusion": ("residual", "attention"),
     "model.knn": ("exact", "approx"),
-    "model.ridge_neighbours": ("z", "cooc", "union"),
+    "model.ridge_neighbours": ("auto", "z", "cooc", "union", "full"),
     "train.strategy": ("ddp", "deepspeed"),
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),
@@ -437,6 +448,12 @@ def validate(cfg: Config) -> None:
         (t.epochs > 0 and t.batch_size > 0 and t.patience > 0, "train.epochs, batch_size and patience must be positive"),
         (t.lr > 0, "train.lr must be positive"),
         (all(math.isfinite(v) and v >= 0 for v in m.ridge_blend), "model.ridge_blend must list finite weights >= 0"),
+        (len(m.ridge_rules) > 0 and all(r in ("z", "cooc", "union", "full") for r in m.ridge_rules),
+         "model.ridge_rules must list rules among z, cooc, union, full"),
+        (all(k > 0 for k in m.ridge_k_choices), "model.ridge_k_choices must list positive sizes"),
+        (all(math.isfinite(v) and v > 0 for v in m.ridge_l2_choices), "model.ridge_l2_choices must list positive finite ridge weights"),
+        (m.ridge_full_max_items >= 0, "model.ridge_full_max_items must be >= 0"),
+        (0.0 <= m.ridge_rechoose_overlap <= 1.0, "model.ridge_rechoose_overlap must be in [0, 1]"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),
         (not (cfg.variant in CLOSED_FORM and (t.sampling != "full" or t.strategy != "ddp")),

@@ -66,6 +66,7 @@ def save_ranking(run_dir: Path, reps: Any, meta: dict[str, Any]) -> None:
     head = None
     if reps.item_ridge is not None:
         w = reps.item_ridge.cpu()
+        w = w.to_sparse_csr() if w.layout == torch.strided else w  # the EASE head's dense W^T, stored as the others
         head = {"crow": w.crow_indices(), "col": w.col_indices(), "values": w.values(), "size": torch.tensor(w.shape)}
     state = {"users": reps.users.detach().cpu(), "items": reps.items.detach().cpu(), "cosine": bool(reps.cosine),
              "ridge_weight": float(reps.ridge_weight), "item_ridge": head}

@@ -81,7 +81,7 @@ def test_ranking_score_standardises_both_parts() -> None:
 
 def test_trained_run_keeps_the_neighbours_and_ranks_with_the_head(tiny_path: Path, tmp_path: Path) -> None:
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=3",
-                                 "train.batch_size=256", "model.ridge_k=7"])
+                                 "train.batch_size=256", "model.ridge_k=7", "model.ridge_neighbours=z"])
     cfg.data = str(tiny_path)
     results = train_loop(cfg, tmp_path / "run")
     latest, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
@@ -131,7 +131,8 @@ def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp
 
     monkeypatch.setattr(Evaluator, "candidate_sums", spy)
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=4",
-                                 "train.batch_size=256", "model.ridge_k=7", "model.ridge_blend=0,0.5,3"])
+                                 "train.batch_size=256", "model.ridge_k=7", "model.ridge_blend=0,0.5,3",
+                                 "model.ridge_neighbours=z"])
     cfg.data = str(tiny_path)
     results = train_loop(cfg, tmp_path / "run")
     assert splits[:-1] == [VALID] * (len(splits) - 1) and splits[-1] == TEST  # test once, last
@@ -199,7 +200,7 @@ def test_a_co_occurrence_head_from_the_first_epoch(kind: str, self_loop: bool, t
     latest, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
     epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     if kind == "z" or not self_loop:
-        assert latest["neighbours"] is None and epoch.get("ridge_weight") is None
+        assert latest.get("neighbours") is None and epoch.get("ridge_weight") is None
         return
     ds = read_dataset(tiny_path)
     assert torch.equal(latest["neighbours"], cooccurrence_neighbours(train_edges(ds), ds.num_users, ds.num_items, 6).int())

@@ -29,7 +29,6 @@ from slifmr.data.graphs import (
     train_edges,
     training_matrix,
 )
-from slifmr.model.ridge import ItemGram, item_gram, ridge_weights
 from slifmr.pyg import coalesce
 
 # how layer-wise inference and the ridge head's solves split rows across workers: (shard(n) -> [start, stop),
@@ -357,8 +356,7 @@ class StaticGraphs:
     """What training never changes, built once (`from_dataset`): the training user-item edges
     (2, E), the frozen multimodal item graph A_mm (None without the MM view), the KG without
     S(t) (None without the KG view), the (M, N) sparse COO training matrix X, for
-    `model.user_aux` the (M, N) CSR row-mean over each user's training items, and for the ridge
-    head the Gram entries of X^T X (`ridge.ItemGram`)."""
+    `model.user_aux` the (M, N) CSR row-mean over each user's training items."""
 
     num_users: int
     num_items: int
@@ -367,7 +365,6 @@ class StaticGraphs:
     kg: KnowledgeGraph | None
     interactions: Tensor
     user_item_mean: Tensor | None
-    item_gram: ItemGram | None = None
 
     @staticmethod
     def from_dataset(ds: Dataset, cfg: ModelConfig, search: KnnFn | None = None) -> StaticGraphs:
@@ -382,15 +379,12 @@ class StaticGraphs:
         if cfg.user_aux:
             deg = torch.bincount(ui[0], minlength=ds.num_users).clamp_min(1).float()
             mean = to_csr(ui, 1.0 / deg[ui[0]], ds.num_users, ds.num_items)
-        ridge_on = cfg.ridge_weight > 0 and cfg.self_loop
-        gram = item_gram(ui, ds.num_users, ds.num_items) if ridge_on else None
-        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean, gram)
+        return StaticGraphs(ds.num_users, ds.num_items, ui, mm, kg, x, mean)
 
     def to(self, device: torch.device | str) -> StaticGraphs:
         """These graphs with their tensors on `device` (itself when they are there already), so
-        that each epoch's graphs are built there (`epoch_graphs`). X and the ridge head's Gram
-        entries stay where they are: the epoch's graphs do not read them (ranking copies X for
-        the head's scores, its solves choose their own device)."""
+        that each epoch's graphs are built there (`epoch_graphs`). X stays where it is: the
+        epoch's graphs do not read it (the ridge head copies it for its scores)."""
         if on_device(self.ui_edges, device):
             return self
         return replace(self, ui_edges=self.ui_edges.to(device), mm=to_device(self.mm, device),
@@ -435,11 +429,10 @@ class EpochGraphs:
     """The graphs of epoch t (architecture.md §1): S(t) (None before the first fusion), A(t)
     for the training steps (`train_adj`, after edge pruning) and for ranking (`rank_adj`), both
     (M+N, M+N) CSR; A_mm(t) (N, N) CSR; KG(t) and its attention (set by
-    `SLIFMR.attend`, which reads the model's weights); W(t)^T (N, N) CSR, the ridge head's
-    item-item weights (`slifmr.model.ridge`; None when off, and before the first fusion unless
-    the head regresses on co-occurring items, model.ridge_neighbours cooc or union).
-    The graphs are on the model's device, where `epoch_graphs` built them (the static X and the
-    ridge head's Gram entries stay where `static` keeps them). On a GPU, degrees and supports are
+    `SLIFMR.attend`, which reads the model's weights). The ridge head is not a graph: it is
+    its own component (slifmr/training/ridge_head.py).
+    The graphs are on the model's device, where `epoch_graphs` built them (the static X stays
+    where `static` keeps it). On a GPU, degrees and supports are
     sums of atomic float adds, so weights may differ in their last bits from run to run."""
 
     static: StaticGraphs
@@ -452,7 +445,6 @@ class EpochGraphs:
     kg: KnowledgeGraph | None
     kg_attention: KGAttention | None
     user_item_mean: Tensor | None
-    item_ridge: Tensor | None
 
     @property
     def num_users(self) -> int:
@@ -473,19 +465,13 @@ def fusion_due(cfg: ModelConfig, epoch: int) -> bool:
 
 def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
                  generator: torch.Generator, device: torch.device | str = "cpu",
-                 previous: EpochGraphs | None = None, neighbours: Tensor | None = None,
-                 sharding: RowSharding | None = None, item_ridge: Tensor | None = None) -> EpochGraphs:
+                 previous: EpochGraphs | None = None) -> EpochGraphs:
     """Epoch t's graphs from the static graphs and S(t) (`corr`; None = the static graphs).
-    `neighbours` (N, k): each item's nearest neighbours in Z(t-1), from the same search as S(t),
-    which the ridge head regresses on (model.ridge_weight > 0); `sharding` splits its solves
-    across workers (one all-gather of the weights; the same W(t) on every worker); `item_ridge`:
-    W(t)^T already solved on those neighbours (the training loop times the solve itself).
 
     `generator` (a CPU generator) draws the training graph's edge pruning (FREEDOM's
     degree-sensitive dropout, `edge_dropout`), the only randomness here. Graphs that depend on
-    S(t) alone are taken from `previous` when it was built from the same S(t) object, the ridge
-    head's W(t) included (`previous` must then come from the same fusion, neighbours and all, as
-    in the training loop; the values are immutable, so sharing them is safe).
+    S(t) alone are taken from `previous` when it was built from the same S(t) object (the values
+    are immutable, so sharing them is safe).
 
     Built on `device` (the model's): `static` and `corr` are moved there first, once, unless they
     are there already (the training loop keeps them there: no copy per epoch)."""
@@ -508,8 +494,4 @@ def epoch_graphs(static: StaticGraphs, corr: Graph | None, cfg: ModelConfig,
         mm_adj_t = transpose_csr(mm_adj)
     kg = static.kg.with_correlation(corr if cfg.fuse_kg else None) if static.kg is not None else None
     mean = static.user_item_mean
-    ridge = item_ridge.to(device) if item_ridge is not None else None
-    if ridge is None and cfg.ridge_weight > 0 and neighbours is not None:
-        ridge = ridge_weights(static.ui_edges, static.num_users, static.num_items, neighbours, cfg.ridge_l2,
-                              static.item_gram, sharding, device).to(device)  # solved where SelfLoop solves it
-    return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean, ridge)
+    return EpochGraphs(static, corr, train_adj, train_adj_t, rank_adj, mm_adj, mm_adj_t, kg, None, mean)

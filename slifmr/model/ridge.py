@@ -136,8 +136,11 @@ def _csr(weights: Tensor, nbrs: Tensor, n: int) -> Tensor:
 
 def ridge_scores(interactions: Tensor, weights_t: Tensor, users: Tensor) -> Tensor:
     """x_u W for users (B,): (B, N). interactions: (M, N) sparse COO of training X;
-    weights_t: W^T (N, N) CSR from `ridge_weights`."""
+    weights_t: W^T (N, N), CSR from `ridge_weights` or dense (the EASE head, every item a
+    neighbour of every other)."""
     rows = torch.index_select(interactions, 0, users.to(interactions.device))  # (B, N) sparse
+    if weights_t.layout == torch.strided:
+        return torch.sparse.mm(rows, weights_t.T.to(rows.device))
     # W^T X_B^T with both sparse: the cost is the neighbours of the users' items, where a dense
     # X_B^T made it N x k x B
     product = torch.sparse.mm(weights_t.to(rows.device), rows.t().coalesce().to_sparse_csr())

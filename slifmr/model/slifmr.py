@@ -294,7 +294,4 @@ class SLIFMR(nn.Module):
         """Users and fused items over the ranking graph, detached (`spmm`: torch.sparse.mm by
         default, or e.g. the layer-wise, sharded product of `slifmr.model.propagate.layerwise_spmm`)."""
         users, z, _ = self.encode(FullGraph(graphs, training=False, spmm=spmm))
-        if graphs.item_ridge is None:
-            return Representations(users, z, cosine=self.cfg.loss == "softmax")
-        return Representations(users, z, cosine=self.cfg.loss == "softmax", item_ridge=graphs.item_ridge,
-                               interactions=graphs.static.interactions.to(z.device), ridge_weight=self.cfg.ridge_weight)
+        return Representations(users, z, cosine=self.cfg.loss == "softmax")  # the ridge head attaches itself

@@ -2,8 +2,9 @@
 
     loop.py         `train_loop`: an epoch is the method, Z(t-1) -> S(t) -> graphs -> steps ->
                     Z(t) -> validation -> checkpoint; `GradientJob` composes the parts below
-    self_loop.py    `SelfLoop`: Z(t-1), S(t), the ridge head's neighbourhoods and W(t), the
-                    epoch's graphs, the blend chosen on validation
+    self_loop.py    `SelfLoop`: Z(t-1), S(t) and the epoch's graphs
+    ridge_head.py   `RidgeHead`: the item-item ridge head, its neighbourhoods, solves and blend,
+                    chosen on validation (rule, k, l2, blend)
     batches.py      a batch source per train.sampling (full, neighbor, history)
     run_folder.py   `RunFolder`: create, resume, per-epoch save, results
     closed_form.py  the recipe of variants solved in one go (ease, cooc_ridge, pop)
@@ -16,6 +17,6 @@ The package is `training` (not `train`): `slifmr.train` is the API's function.""
 from slifmr.training.best import final_results, load_best
 from slifmr.training.build import build_model
 from slifmr.training.loop import learning_rate, train_loop
-from slifmr.training.self_loop import choose_blend
+from slifmr.training.ridge_head import choose_blend
 
 __all__ = ["build_model", "choose_blend", "final_results", "learning_rate", "load_best", "train_loop"]

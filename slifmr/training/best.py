@@ -3,7 +3,6 @@ metrics read once."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from slifmr.ranking import check_compatible, save_ranking
 from slifmr.report import read_run
 from slifmr.training.build import build_closed_form, build_model
 from slifmr.training.records import SeedStreams
+from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import RunFolder
-from slifmr.training.self_loop import row_sharding
 
 
 def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | str = "cpu",
@@ -42,12 +41,15 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     model.load_state_dict(ckpt["model"])
     corr = None if ckpt.get("corr") is None else (ckpt["corr"]["edge_index"], ckpt["corr"]["weight"])
     epoch = int(meta["epoch"])
-    sharding = row_sharding(comm or Comm())
-    graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device,
-                          neighbours=ckpt.get("neighbours"), sharding=sharding)
-    reps = model.representations(model.attend(graphs), layerwise_spmm(sharding=sharding))
-    if ckpt.get("ridge_weight") is not None:  # the blend validation chose at that epoch
-        reps = replace(reps, ridge_weight=float(ckpt["ridge_weight"]))
+    comm = comm or Comm()
+    graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device)
+    reps = model.representations(model.attend(graphs), layerwise_spmm(sharding=row_sharding(comm)))
+    head = RidgeHead.build(cfg.model, static, comm)
+    if head is not None:  # the head and blend validation chose at that epoch, solved again
+        head.load_state_dict(ckpt)
+        reps = head.attach(reps)
+        if head.spec is not None:
+            meta = {**meta, "head": {**head.summary(), "choice": head.choice}}
     return reps, meta
 
 
@@ -66,6 +68,8 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
         "seed": cfg.train.seed,
         "dataset": ds.name,
         "best_epoch": int(meta["epoch"]),
+        # the ridge head validation chose (rule, k, l2, blend) and what it was chosen among; None without one
+        "head": meta.get("head"),
         "epochs_run": len(records),
         "eval_users": cfg.train.eval_users,  # 0: valid and test over every user, else over this seeded sample
         "valid": valid,

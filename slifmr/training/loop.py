@@ -1,23 +1,25 @@
 """The one training loop. The in-process path (`--workers 0`) and every Ray Train worker run
 `train_loop`; distribution reaches it only through `Comm` (rank, world size, collectives).
-The loop composes components built from the config: the self-loop (self_loop.py), a batch
-source (batches.py), the optimizer strategy (distributed/strategy.py) and the run folder
-(run_folder.py); closed-form variants take their own recipe (closed_form.py)."""
+The loop composes components built from the config: the self-loop (self_loop.py), the ridge
+head (ridge_head.py), a batch source (batches.py), the optimizer strategy
+(distributed/strategy.py) and the run folder (run_folder.py); closed-form variants take their
+own recipe (closed_form.py)."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from slifmr.config import CLOSED_FORM, Config, TrainConfig
-from slifmr.data.format import Dataset
+from slifmr.data.format import VALID, Dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.strategy import Strategy, make_strategy
@@ -25,7 +27,7 @@ from slifmr.errors import NonFiniteError, SlifmrError
 from slifmr.evaluation import Evaluator
 from slifmr.model.graphs import KnnFn, StaticGraphs
 from slifmr.model.propagate import Spmm, layerwise_spmm
-from slifmr.model.slifmr import SLIFMR, Triples
+from slifmr.model.slifmr import SLIFMR, Representations, Triples
 from slifmr.ranking import resolve_dataset
 from slifmr.sampling.negative import BPRSampler
 from slifmr.tracking import tracking
@@ -34,8 +36,9 @@ from slifmr.training.best import final_results
 from slifmr.training.build import build_evaluator, build_model, set_threads
 from slifmr.training.closed_form import fit_closed_form
 from slifmr.training.records import EpochRecord, Reporter, SeedStreams
+from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import LoopState, RunFolder
-from slifmr.training.self_loop import SelfLoop, row_sharding
+from slifmr.training.self_loop import SelfLoop
 
 
 def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None, resume: bool = False,
@@ -67,7 +70,8 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
                 break
             clock, generator = EpochClock(comm), seeds.epoch_generator(epoch)
             job.strategy.set_lr(learning_rate(t, epoch))
-            graphs, fusion = job.self_loop.graphs_for(job.model, epoch, generator)  # Z(t-1) -> S(t), W(t)
+            graphs, fusion = job.self_loop.graphs_for(job.model, epoch, generator, job.search_k)  # Z(t-1) -> S(t)
+            fusion["ridge"] = job.head.begin_epoch(job.self_loop.z_neighbours) if job.head else 0.0  # W(t)
             clock.lap("fusion")
             job.batches.begin_epoch(job.model, graphs, epoch)
             triples = job.sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
@@ -82,7 +86,7 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
                 raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
                                      f"epoch's steps; {run.stopped_hint(epoch)}")
             job.self_loop.end_epoch(graphs, reps)  # Z(t): the next fusion's input
-            valid = job.self_loop.validate(job.evaluator, reps, t.stop_metric, comm.all_reduce_sum)
+            valid = job.validate(reps, t.stop_metric, comm.all_reduce_sum)  # the head (and its blend) chosen here
             state.epoch, graphs, reps = epoch, None, None
             clock.lap("eval")
             rec = clock.record(epoch, loss, valid, state.stopper.step(valid[t.stop_metric], epoch), steps, fusion, job)
@@ -105,7 +109,8 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
 @dataclass
 class GradientJob:
     """What gradient training composes, built from the config: the model and its static graphs,
-    the optimizer strategy, the BPR sampler, the evaluator, the batch source and the self-loop."""
+    the optimizer strategy, the BPR sampler, the evaluator, the batch source, the self-loop and
+    the ridge head (None without one)."""
 
     model: SLIFMR
     static: StaticGraphs
@@ -115,6 +120,7 @@ class GradientJob:
     evaluator: Evaluator
     batches: BatchSource
     self_loop: SelfLoop
+    head: RidgeHead | None
     spmm: Spmm
 
     @classmethod
@@ -142,7 +148,19 @@ class GradientJob:
                              world_size=comm.world_size)
         return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
                    build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
-                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), spmm)
+                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm), spmm)
+
+    @property
+    def search_k(self) -> int:
+        """How many of Z(t-1)'s neighbours the fusion's search returns for the ridge head."""
+        return self.head.search_k if self.head else 0
+
+    def validate(self, reps: Representations, stop_metric: str,
+                 all_reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """The epoch's validation metrics, ranked with the ridge head when there is one."""
+        if self.head is None:
+            return self.evaluator.evaluate(reps.full_scores, VALID, all_reduce)
+        return self.head.validate(self.evaluator, reps, stop_metric, all_reduce)
 
     def start(self, run: RunFolder, cfg: Config, ds: Dataset, checkpoint: Path | None, resume: bool) -> LoopState:
         """A new run folder, or the state of the checkpoint it resumes (model, optimizer, self-loop)."""
@@ -157,6 +175,8 @@ class GradientJob:
         self.strategy.load_state_dict(ckpt["optimizer"])
         state.load_state_dict(ckpt)
         self.self_loop.load_state_dict(ckpt)
+        if self.head is not None:
+            self.head.load_state_dict(ckpt)
         log.info(f"resuming {run.path} at epoch {state.epoch + 1} (best so far: epoch {state.stopper.best_epoch})")
         if state.stopper.bad_epochs >= cfg.train.patience:
             log.info(f"the run had already stopped early ({state.stopper.bad_epochs} epochs without a better "
@@ -166,9 +186,10 @@ class GradientJob:
     def save_epoch(self, run: RunFolder, state: LoopState, rec: EpochRecord, cfg: Config, ds: Dataset) -> None:
         """The epoch's checkpoint, best/ and metrics line (rank 0; every rank checks finiteness)."""
         optimizer = self.strategy.state_dict()  # a collective under ZeRO: every rank calls it
-        run.save_epoch(rec, self.model.state_dict(), optimizer, {**state.state_dict(), **self.self_loop.state_dict()},
-                       self.self_loop.best_state(), run.meta(cfg, ds, rec.epoch), rec.line(cfg.train.epochs,
-                                                                                          cfg.train.stop_metric))
+        head, head_best = (self.head.state_dict(), self.head.best_state()) if self.head else ({}, {})
+        run.save_epoch(rec, self.model.state_dict(), optimizer, {**state.state_dict(), **self.self_loop.state_dict(), **head},
+                       {**self.self_loop.best_state(), **head_best}, run.meta(cfg, ds, rec.epoch),
+                       rec.line(cfg.train.epochs, cfg.train.stop_metric))
 
 
 def train_steps(job: GradientJob, triples: Iterator[Triples], epoch: int, generator: torch.Generator,
@@ -211,11 +232,12 @@ class EpochClock:
     def record(self, epoch: int, loss: dict[str, float], valid: dict[str, float], is_best: bool, steps: int,
                fusion: dict[str, float], job: GradientJob) -> EpochRecord:
         comm_seconds, grad_bytes = self.comm.take_counters()
-        sl = job.self_loop
+        sl, head = job.self_loop, job.head
         return EpochRecord(
             epoch=epoch, loss=loss, valid=valid, is_best=is_best, epoch_seconds=time.perf_counter() - self.start,
             fusion_seconds=self.seconds["fusion"], knn_seconds=fusion["knn"], ridge_seconds=fusion["ridge"],
-            ridge_weight=sl.ridge_weight, comm_seconds=comm_seconds, train_seconds=self.seconds["train"],
+            ridge_weight=head.blend if head else None, head=head.summary() if head else None,
+            choice_seconds=head.seconds["choice"] if head else 0.0, comm_seconds=comm_seconds, train_seconds=self.seconds["train"],
             sampling_seconds=job.batches.seconds["sampling"], memory_seconds=job.batches.seconds["memory"],
             eval_seconds=self.seconds["eval"], steps=steps, grad_bytes_per_step=grad_bytes / max(steps, 1),
             knn_recall=getattr(sl.knn, "recall", None), epoch_start_unix_seconds=self.started,
