@@ -29,9 +29,11 @@ RESULTS = HERE / "results"
 VARIANTS = ["mf", "lightgcn", "freedom", "ease", "static", "no_sc", "no_kg", "no_mm", "no_ridge", "slifmr"]
 
 
-def run_one(spec: str, seed: int, overrides: list[str], threads: int, run_root: str) -> dict[str, Any]:
-    """Train one (variant, seed); `spec` is a variant, or VARIANT+PRESET (e.g. slifmr+scale: the
-    variant under config preset PRESET), which names its run folder and its row."""
+def run_one(spec: str, seed: int, overrides: list[str], threads: int, run_root: str,
+            data: str | None = None) -> dict[str, Any]:
+    """Train one (variant, seed) on `data` (a dataset folder; None: the embedded ml-100k); `spec`
+    is a variant, or VARIANT+PRESET (e.g. slifmr+scale: the variant under config preset PRESET),
+    which names its run folder and its row."""
     from slifmr import log
     from slifmr.config import load_config
     from slifmr.data.ml100k import prepare_ml100k
@@ -41,7 +43,7 @@ def run_one(spec: str, seed: int, overrides: list[str], threads: int, run_root: 
     variant, _, preset = spec.partition("+")
     cfg = load_config(variant=variant, overrides=[*overrides, f"train.seed={seed}", f"train.threads={threads}"],
                       preset=preset or None)
-    cfg.data = str(prepare_ml100k())
+    cfg.data = data or str(prepare_ml100k())
     return {**train_loop(cfg, Path(run_root) / f"{spec}-seed{seed}"), "variant": spec}
 
 
@@ -96,6 +98,16 @@ def plot(summary: dict[str, dict[str, Any]], out: Path, title: str = "ml-100k, f
     plt.close(fig)
 
 
+def commit() -> str:
+    """The checked-out commit the numbers were measured on (with '+changes' when the tree differs)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--", "../slifmr") else "")
+
+
 def publish(section: str, name: str, payload: dict[str, Any], lines: list[str]) -> None:
     """A benchmark's outputs: results/NAME.json (atomically), the SECTION of RESULTS.md, stdout."""
     from slifmr.atomic import write_text
@@ -141,7 +153,7 @@ def write_results_md(section: str, body: str) -> None:
 def train_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
     runs = []
     with ProcessPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(run_one, v, s, args.set, args.threads, args.runs) for v, s in jobs]
+        futures = [pool.submit(run_one, v, s, args.set, args.threads, args.runs, args.data) for v, s in jobs]
         for (v, s), f in zip(jobs, futures):
             r = f.result()
             runs.append(r)
@@ -159,6 +171,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
     ap.add_argument("--runs", default=str(HERE / "runs" / "quality"))
     ap.add_argument("--tag", default="", help="suffix of the output names: results/quality-TAG.json, its PNG, its RESULTS.md section")
+    ap.add_argument("--data", default=None, help="a prepared dataset folder (default: the embedded ml-100k)")
     ap.add_argument("--collect", action="store_true",
                     help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
@@ -186,15 +199,17 @@ def main() -> int:
         machine += f"; summarised from the finished runs under {os.path.relpath(args.runs)}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "command": command, "machine": machine, "wall_seconds": time.time() - start, "overrides": args.set,
-        "runs": [{k: r[k] for k in ("variant", "seed", "best_epoch", "epochs_run", "valid", "test",
-                                    "seconds_per_epoch", "fusion_seconds_per_epoch")} for r in runs],
+        "command": command, "machine": machine, "commit": commit(), "wall_seconds": time.time() - start,
+        "overrides": args.set,
+        "runs": [{k: r.get(k) for k in ("variant", "seed", "dataset", "best_epoch", "epochs_run", "valid", "test",
+                                        "seconds_per_epoch", "fusion_seconds_per_epoch", "head")} for r in runs],
         "summary": {v: {k: (list(x) if isinstance(x, tuple) else x) for k, x in row.items()} for v, row in summary.items()},
     }
     stem = f"quality-{args.tag}" if args.tag else "quality"
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     plot(summary, RESULTS / f"{stem}.png")
-    title = f"Quality on ml-100k ({args.tag})" if args.tag else "Quality on ml-100k"
+    dataset = runs[0].get("dataset") or "ml-100k"
+    title = f"Quality on {dataset} ({args.tag})" if args.tag else f"Quality on {dataset}"
     body = (f"## {title}{'' if args.tag else ' (issue 3)'}\n\nCommand: {command_md}  \nMachine: {machine}; "
             f"wall time {payload['wall_seconds'] / 60:.1f} min.\n\n{table(summary)}\n\n![quality](results/{stem}.png)\n")
     write_results_md(stem.upper().replace("-", "_"), body)

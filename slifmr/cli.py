@@ -35,9 +35,11 @@ def _sub(subparsers: argparse._SubParsersAction, name: str, help: str, example: 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from slifmr.data.format import read_dataset
     from slifmr.data.info import format_summary, summary
+    from slifmr.data.ml1m import prepare_ml1m
     from slifmr.data.ml100k import prepare_ml100k
 
-    path = prepare_ml100k(args.cache_dir, text=not args.no_text, force=args.force)
+    prepare = prepare_ml1m if args.dataset == "ml-1m" else prepare_ml100k
+    path = prepare(args.cache_dir, text=not args.no_text, force=args.force)
     print(f"dataset ready: {path}")
     print(format_summary(summary(read_dataset(path))))
     return 0
@@ -180,9 +182,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     data = _sub(sub, "data", "prepare, import, generate and inspect datasets", "slifmr data info ~/.cache/slifmr/ml-100k")
     dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
 
-    p = _sub(dsub, "prepare", "build the embedded MovieLens-100K + KG dataset (with the text modality)",
-             "slifmr data prepare ml-100k --cache-dir ~/.cache/slifmr")
-    p.add_argument("dataset", choices=["ml-100k"])
+    p = _sub(dsub, "prepare", "build the embedded MovieLens-100K + KG dataset, or MovieLens-1M with ml-100k's KG "
+             "linked by title and year (both with the text modality; built once, cached)",
+             "slifmr data prepare ml-100k --cache-dir ~/.cache/slifmr\n  slifmr data prepare ml-1m")
+    p.add_argument("dataset", choices=["ml-100k", "ml-1m"])
     p.add_argument("--cache-dir", help="where raw files, embeddings and the dataset go (default $XDG_CACHE_HOME/slifmr)")
     p.add_argument("--no-text", action="store_true", help="skip the all-MiniLM-L6-v2 text modality")
     p.add_argument("--force", action="store_true", help="rebuild even if the cached dataset exists")

