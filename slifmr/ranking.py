@@ -66,8 +66,8 @@ def save_ranking(run_dir: Path, reps: Any, meta: dict[str, Any]) -> None:
     head = None
     if reps.item_ridge is not None:
         w = reps.item_ridge.cpu()
-        if w.layout == torch.strided:  # the EASE head's dense W^T: kept dense, so scores are the same bits
-            head = {"dense": w.contiguous()}
+        if w.layout == torch.strided:  # the EASE head's dense W (row-major): kept dense, so scores are the same bits
+            head = {"dense_w": w.T.contiguous()}
         else:
             head = {"crow": w.crow_indices(), "col": w.col_indices(), "values": w.values(), "size": torch.tensor(w.shape)}
     state = {"users": reps.users.detach().cpu(), "items": reps.items.detach().cpu(), "cosine": bool(reps.cosine),
@@ -93,8 +93,8 @@ def load_ranking(run_dir: Path, cfg: Config, ds: Dataset, device: torch.device |
     from slifmr.model.slifmr import Representations
 
     head, item_ridge, interactions = state["item_ridge"], None, None
-    if head is not None and "dense" in head:
-        item_ridge = head["dense"].to(device)
+    if head is not None and "dense_w" in head:
+        item_ridge = head["dense_w"].to(device).T
     elif head is not None:
         item_ridge = torch.sparse_csr_tensor(head["crow"], head["col"], head["values"],
                                              tuple(head["size"].tolist())).to(device)

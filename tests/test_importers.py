@@ -569,14 +569,15 @@ def test_recbole_text_cols_embed_item_metadata(tmp_path: Path) -> None:
 
 def test_movielens_1m_items_take_ml100k_entities_by_title_and_year() -> None:
     """MovieLens-1M keys items "Title (Year)": ml-100k's links carry over where title and year
-    agree (a year read as a float, '1995.0', still matches), and nowhere else."""
+    agree (a year read as a float, '1995.0', still matches), and nowhere else; a film listed
+    twice keeps the first listed one's entity."""
     import pyarrow as pa
 
     from slifmr.data.ml1m import link_by_title
 
-    old_items = pa.table({"item_id": ["1", "2", "3"], "movie_title": ["Toy Story", "GoldenEye", "Kolya"],
-                          "release_year": ["1995", "1995.0", "1996"]})
-    old_link = pa.table({"item_id": ["2", "1", "3"], "entity_id": ["m.b", "m.a", "m.c"]})
+    old_items = pa.table({"item_id": ["1", "2", "3", "4"], "movie_title": ["Toy Story", "GoldenEye", "Kolya", "Toy Story"],
+                          "release_year": ["1995", "1995.0", "1996", "1995"]})  # 4: a film listed twice
+    old_link = pa.table({"item_id": ["2", "4", "1", "3"], "entity_id": ["m.b", "m.d", "m.a", "m.c"]})
     keys = pa.chunked_array([["Toy Story (1995)", "GoldenEye (1995)", "Kolya (1997)", "Heat (1995)"]])
     link = link_by_title(old_items, old_link, keys)
     assert link.to_pylist() == [{"item_id": "GoldenEye (1995)", "entity_id": "m.b"},

@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -77,10 +78,15 @@ def link_by_title(old_items: pa.Table, old_link: pa.Table, keys: pa.ChunkedArray
     """(item_id, entity_id) for each item key of `keys` ('Title (Year)') that names an item of
     `old_items` (item_id, movie_title, release_year) linked by `old_link` (item_id, entity_id):
     ml-100k's entity links carried to MovieLens-1M's items, sorted by key."""
-    key = pa.table({"item_id": old_items["item_id"], "key": _title_year(old_items["movie_title"], old_items["release_year"])})
-    link = old_link.join(key, "item_id").select(["key", "entity_id"])
-    link = link.filter(pc.is_in(link["key"], value_set=keys.combine_chunks()))
-    return link.rename_columns(["item_id", "entity_id"]).sort_by("item_id")
+    key = pa.table({"item_id": old_items["item_id"], "key": _title_year(old_items["movie_title"], old_items["release_year"]),
+                    "order": pa.array(np.arange(old_items.num_rows))})
+    link = old_link.join(key, "item_id").select(["key", "entity_id", "order"])
+    link = link.filter(pc.is_in(link["key"], value_set=keys.combine_chunks())).sort_by([("key", "ascending"),
+                                                                                        ("order", "ascending")])
+    # ml-100k lists a few films twice (two ids, one title and year): the first listed keeps the link
+    _, first = np.unique(link["key"].to_numpy(zero_copy_only=False), return_index=True)
+    link = link.take(pa.array(first)).select(["key", "entity_id"])
+    return link.rename_columns(["item_id", "entity_id"])
 
 
 def raw_ml1m(root: Path) -> Path:

@@ -38,7 +38,7 @@ def ease_weights(g: Tensor, l2: float) -> Tensor:
     del a
     p.div_(-torch.diagonal(p).clone()[None, :])
     p.fill_diagonal_(0.0)
-    return p.float()
+    return p.float().contiguous()  # LAPACK's inverse may come column-major: products want rows
 
 
 class EASE(nn.Module):

@@ -139,8 +139,8 @@ def ridge_scores(interactions: Tensor, weights_t: Tensor, users: Tensor) -> Tens
     weights_t: W^T (N, N), CSR from `ridge_weights` or dense (the EASE head, every item a
     neighbour of every other)."""
     rows = torch.index_select(interactions, 0, users.to(interactions.device))  # (B, N) sparse
-    if weights_t.layout == torch.strided:
-        return torch.sparse.mm(rows, weights_t.T.to(rows.device))
+    if weights_t.layout == torch.strided:  # W row-major: a sparse x column-major product is ~15x slower
+        return torch.sparse.mm(rows, weights_t.T.to(rows.device).contiguous())
     # W^T X_B^T with both sparse: the cost is the neighbours of the users' items, where a dense
     # X_B^T made it N x k x B
     product = torch.sparse.mm(weights_t.to(rows.device), rows.t().coalesce().to_sparse_csr())
