@@ -103,6 +103,11 @@ class ModelConfig:
     lambda_kg: float = 0.0  # TransR KG loss (off by default)
     # closed-form variants (ease, cooc_ridge; pop has none): the ridge weights tried, the best chosen on validation (Steck 2019)
     ease_l2: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0])
+    # variant ials (implicit's iALS, slifmr/model/ials.py): every (alpha, reg) pair is fitted, the
+    # best chosen on validation; factors = embedding_dim
+    ials_alpha: list[float] = field(default_factory=lambda: [1.0, 5.0, 20.0])
+    ials_reg: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    ials_iterations: int = 15
 
 
 @dataclass
@@ -191,6 +196,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cooc_ridge": {},
     # the most-popular baseline (slifmr/model/popularity.py)
     "pop": {},
+    # implicit's iALS (Hu et al., ICDM 2008; slifmr/model/ials.py), alpha and reg chosen on validation
+    "ials": {},
     "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
@@ -214,7 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # variants solved in closed form (for each ridge weight of model.ease_l2 where they have one),
 # not trained by gradient
-CLOSED_FORM = ("ease", "cooc_ridge", "pop")
+CLOSED_FORM = ("ease", "cooc_ridge", "pop", "ials")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -453,6 +460,9 @@ def validate(cfg: Config) -> None:
         (all(k > 0 for k in m.ridge_k_choices), "model.ridge_k_choices must list positive sizes"),
         (all(math.isfinite(v) and v > 0 for v in m.ridge_l2_choices), "model.ridge_l2_choices must list positive finite ridge weights"),
         (m.ridge_full_max_items >= 0, "model.ridge_full_max_items must be >= 0"),
+        (len(m.ials_alpha) > 0 and len(m.ials_reg) > 0 and all(math.isfinite(v) and v > 0 for v in m.ials_alpha + m.ials_reg)
+         and m.ials_iterations > 0, "model.ials_alpha and model.ials_reg must list positive finite values, "
+         "model.ials_iterations be positive"),
         (0.0 <= m.ridge_rechoose_overlap <= 1.0, "model.ridge_rechoose_overlap must be in [0, 1]"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),

@@ -154,3 +154,34 @@ def test_softmax_loss_trains_and_ranks_by_cosine(tiny_path: Path, tmp_path: Path
     records = [json.loads(x) for x in (tmp_path / "sm" / "metrics.jsonl").read_text().splitlines()]
     assert "softmax" in records[0]["loss"] and "bpr" not in records[0]["loss"]
     assert 0 < r["valid"]["recall@20"] <= 1
+
+
+def test_ials_chooses_alpha_and_reg_on_validation_and_scores_with_implicits_factors(
+        tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Variant ials fits implicit's iALS for every (alpha, reg) pair, keeps the best by validation
+    (one metrics line each) and ranks with U V^T of the kept fit, as implicit itself would."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from slifmr.data.format import read_dataset
+    from slifmr.model.ials import IALS
+
+    run = tmp_path / "ials"
+    assert main(["-q", "train", "--variant", "ials", "--data", str(tiny_path), "--out", str(run),
+                 "--set", "model.ials_alpha=1,10", "--set", "model.ials_reg=0.1,10", "--set", "model.embedding_dim=8"]) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["alpha"], r["l2"]) for r in records] == [(1.0, 0.1), (1.0, 10.0), (10.0, 0.1), (10.0, 10.0)]
+    results = json.loads((run / "results.json").read_text())
+    best = max(records, key=lambda r: r["valid"]["recall@20"])
+    assert results["best_epoch"] == best["epoch"]
+    ds = read_dataset(tiny_path)
+    model = IALS(ds, 8, seed=0)
+    model.fit((best["alpha"], best["l2"]))
+    als = AlternatingLeastSquares(factors=8, regularization=best["l2"], alpha=best["alpha"], random_state=0)
+    als.fit(model._x, show_progress=False)
+    users = torch.arange(ds.num_users)
+    torch.testing.assert_close(model.full_scores(users), torch.from_numpy(als.user_factors @ als.item_factors.T))
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--users", "0", "--k", "5"]) == 0
+    assert capsys.readouterr().out.count(". item") == 5
+    with pytest.raises(ConfigError, match="model.ials_reg"):
+        load_config(variant="ials", overrides=["model.ials_reg=0"])

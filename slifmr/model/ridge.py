@@ -31,7 +31,7 @@ from torch import Tensor
 from slifmr.errors import SlifmrError
 
 if TYPE_CHECKING:
-    from slifmr.model.graphs import RowSharding
+    from slifmr.model.propagate import RowSharding
 
 GRAM_BLOCK = 4096  # catalogues up to this many items keep all of G dense (64 MB at most)
 SOLVE_CHUNK = 128  # items whose k x k systems are gathered and solved together (cache-sized)

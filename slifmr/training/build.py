@@ -4,6 +4,7 @@ the evaluator, and the threads a process may use."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from slifmr.evaluation import Evaluator
 from slifmr.model.cooc_ridge import CoocRidge
 from slifmr.model.ease import EASE
 from slifmr.model.graphs import StaticGraphs
+from slifmr.model.ials import IALS
 from slifmr.model.popularity import Popularity
 from slifmr.model.slifmr import SLIFMR
 from slifmr.training.records import SeedStreams
@@ -64,8 +66,20 @@ def build_evaluator(cfg: Config, ds: Dataset, comm: Comm) -> Evaluator:
     return Evaluator(ds, t.topk, t.eval_chunk, users=user_shard(ds, comm, t.eval_users, SeedStreams.of(t.seed).eval_users))
 
 
-def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity:
+def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity | IALS:
     """The model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
     if cfg.variant == "pop":
         return Popularity(ds)
+    if cfg.variant == "ials":
+        return IALS(ds, cfg.model.embedding_dim, cfg.model.ials_iterations, cfg.train.seed, cfg.train.threads)
     return EASE(ds) if cfg.variant == "ease" else CoocRidge(ds, cfg.model.ridge_k)
+
+
+def closed_form_grid(cfg: Config) -> list[Any]:
+    """What a closed-form variant tries, each one solve and one metrics line, the best kept by
+    validation: pop nothing (one solve), ials every (alpha, reg), ease and cooc_ridge model.ease_l2."""
+    if cfg.variant == "pop":
+        return [None]
+    if cfg.variant == "ials":
+        return [(a, r) for a in cfg.model.ials_alpha for r in cfg.model.ials_reg]
+    return list(cfg.model.ease_l2)

@@ -75,13 +75,14 @@ class EpochRecord:
     knn_recall: float | None = None
     epoch_start_unix_seconds: float = 0.0  # gaps between epochs = time outside the loop
     fused: bool = False
-    l2: float | None = None  # closed-form variants: the ridge weight of this line
+    l2: float | None = None  # closed-form variants: the ridge weight of this line (ials: reg)
+    alpha: float | None = None  # variant ials: the confidence weight of this line
     ridge_weight: float | None = None  # with the ridge head: the blend validation chose (model.ridge_blend)
     head: dict[str, Any] | None = None  # with the ridge head: the head in use (rule, k, l2, blend)
     choice_seconds: float = 0.0  # choosing the head on validation (part of eval_seconds)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("l2", "ridge_weight", "head")}
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("l2", "alpha", "ridge_weight", "head")}
 
     def line(self, epochs: int, stop_metric: str) -> str:
         """The epoch's progress line."""
