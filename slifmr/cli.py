@@ -169,6 +169,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return _write_imported(ds, args.out, args.overwrite)
 
 
+def _cmd_hold_out(args: argparse.Namespace) -> int:
+    from slifmr.data.cold import hold_out_items
+    from slifmr.data.format import read_dataset, refuse_existing
+
+    refuse_existing(args.out, args.overwrite)
+    ds = hold_out_items(read_dataset(args.path), args.share, args.seed)
+    ds.name = f"{ds.name}-cold"
+    print(ds.provenance["cold_protocol"])
+    return _write_imported(ds, args.out, args.overwrite)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from slifmr.data.format import read_dataset
     from slifmr.data.info import format_summary, summary
@@ -253,6 +264,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_synth)
+
+    p = _sub(dsub, "hold-out", "the cold-start protocol: hold a seeded share of items out of training (their "
+             "interactions go to valid/test); runs on the result report metrics on those items alone as 'cold'",
+             "slifmr data hold-out ~/.cache/slifmr/ml-100k --share 0.1 --out data/ml-100k-cold")
+    p.add_argument("path")
+    p.add_argument("--share", type=float, default=0.1, help="share of the items held out (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_hold_out)
 
     p = _sub(dsub, "info", "print counts, density, split, KG and feature coverage", "slifmr data info data/synth-10k")
     p.add_argument("path")

@@ -198,6 +198,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pop": {},
     # implicit's iALS (Hu et al., ICDM 2008; slifmr/model/ials.py), alpha and reg chosen on validation
     "ials": {},
+    # cosine of an item's features to the user's history (slifmr/model/content_knn.py): a content peer
+    "content_knn": {},
     "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
@@ -221,7 +223,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # variants solved in closed form (for each ridge weight of model.ease_l2 where they have one),
 # not trained by gradient
-CLOSED_FORM = ("ease", "cooc_ridge", "pop", "ials")
+CLOSED_FORM = ("ease", "cooc_ridge", "pop", "ials", "content_knn")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,14 +114,23 @@ def long_tail(popularity: Tensor, head_share: float = HEAD_SHARE) -> Tensor:
 
 
 class Evaluator:
-    """Ranks every item for the users of `users` (default all) on the valid or test split."""
+    """Ranks every item for the users of `users` (default all) on the valid or test split.
+    `items` (N,) bool restricts the ground truth to those items' interactions (the cold-start
+    protocol's held-out items): every item is still ranked and the training (and validation)
+    items still masked; users without such an interaction are not counted."""
 
-    def __init__(self, ds: Dataset, ks: list[int], chunk_size: int = 1024, users: Tensor | None = None):
+    def __init__(self, ds: Dataset, ks: list[int], chunk_size: int = 1024, users: Tensor | None = None,
+                 items: np.ndarray | None = None):
         self.ks = sorted(ks)
         self.num_items = ds.num_items
         self.chunk_size = chunk_size
         self.users = torch.arange(ds.num_users) if users is None else users
         self.csr = {s: interactions_csr(*ds.edges(s), ds.num_users) for s in (TRAIN, VALID, TEST)}
+        self.truth = dict(self.csr)
+        if items is not None:
+            for s in (VALID, TEST):
+                u, i = ds.edges(s)
+                self.truth[s] = interactions_csr(u[items[i]], i[items[i]], ds.num_users)
         self.popularity = torch.bincount(torch.from_numpy(ds.edges(TRAIN)[1]), minlength=ds.num_items).double()
         self.tail = long_tail(self.popularity)
 
@@ -143,7 +153,7 @@ class Evaluator:
         for start in range(0, self.users.numel(), self.chunk_size):
             users = self.users[start : start + self.chunk_size]
             hidden = [csr_entries(*self.csr[s], users) for s in masked]
-            r_true, i_true = csr_entries(*self.csr[split], users)
+            r_true, i_true = csr_entries(*self.truth[split], users)
             truth = None
             for total, scores in zip(totals, scores_fn(users), strict=True):
                 # masked in a copy (the scorer's tensor is left as it was), one buffer reused:

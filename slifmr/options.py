@@ -24,6 +24,7 @@ _CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "trai
 CLOSED_FORM_READS: dict[str, tuple[str, ...]] = {
     "ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k"),
     "pop": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"),
+    "content_knn": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"),
     "ials": (*(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"), "model.embedding_dim", "model.ials_alpha",
              "model.ials_reg", "model.ials_iterations")}
 

@@ -10,6 +10,7 @@ import torch
 
 from slifmr import log
 from slifmr.config import CLOSED_FORM, Config
+from slifmr.data.cold import cold_items
 from slifmr.data.format import TEST, VALID, Dataset
 from slifmr.distributed.checkpoint import load_checkpoint
 from slifmr.distributed.collectives import Comm
@@ -19,7 +20,7 @@ from slifmr.model.propagate import layerwise_spmm
 from slifmr.model.slifmr import Representations
 from slifmr.ranking import check_compatible, save_ranking
 from slifmr.report import read_run
-from slifmr.training.build import build_closed_form, build_model
+from slifmr.training.build import build_closed_form, build_evaluator, build_model, places_cold_items
 from slifmr.training.records import SeedStreams
 from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import RunFolder
@@ -62,6 +63,10 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
         save_ranking(run.path, model, meta)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
+    cold = cold_items(ds)
+    cold_test: dict[str, float] | None = None
+    if cold is not None and evaluate_test and places_cold_items(cfg, ds):  # the cold-start protocol's held-out items
+        cold_test = build_evaluator(cfg, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)
     records = read_run(run.path)["records"]
     results = {
         "variant": cfg.variant,
@@ -74,6 +79,9 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
         "eval_users": cfg.train.eval_users,  # 0: valid and test over every user, else over this seeded sample
         "valid": valid,
         "test": test,
+        **({} if cold is None else {"cold": cold_test} if cold_test is not None or not evaluate_test else {
+            "cold": None, "cold_note": f"variant {cfg.variant} scores an item from its training interactions (or ID "
+                                       "embedding) alone: it cannot place an item held out of training"}),
         "seconds_per_epoch": sum(r["epoch_seconds"] for r in records) / max(len(records), 1),
         "fusion_seconds_per_epoch": sum(r["fusion_seconds"] for r in records) / max(len(records), 1),
     }

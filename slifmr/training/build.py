@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from slifmr import log
-from slifmr.config import Config
+from slifmr.config import CLOSED_FORM, Config
 from slifmr.data.format import Dataset
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.evaluation import Evaluator
+from slifmr.model.content_knn import ContentKNN
 from slifmr.model.cooc_ridge import CoocRidge
 from slifmr.model.ease import EASE
 from slifmr.model.graphs import StaticGraphs
@@ -60,16 +61,32 @@ def user_shard(ds: Dataset, comm: Comm, eval_users: int = 0, seed: int = 0) -> t
     return users[start:stop]
 
 
-def build_evaluator(cfg: Config, ds: Dataset, comm: Comm) -> Evaluator:
-    """Full-ranking evaluation at train.topk over this rank's users (train.eval_users: a seeded sample)."""
+def build_evaluator(cfg: Config, ds: Dataset, comm: Comm, items: np.ndarray | None = None) -> Evaluator:
+    """Full-ranking evaluation at train.topk over this rank's users (train.eval_users: a seeded
+    sample); `items` (N,) bool restricts the ground truth to those items (cold-start metrics)."""
     t = cfg.train
-    return Evaluator(ds, t.topk, t.eval_chunk, users=user_shard(ds, comm, t.eval_users, SeedStreams.of(t.seed).eval_users))
+    return Evaluator(ds, t.topk, t.eval_chunk, users=user_shard(ds, comm, t.eval_users, SeedStreams.of(t.seed).eval_users),
+                     items=items)
 
 
-def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity | IALS:
+def places_cold_items(cfg: Config, ds: Dataset) -> bool:
+    """Whether `cfg.variant` can rank an item that has no training interaction: only through
+    content (content_knn, or a trained model with the MM view over features or the KG view over
+    linked items). The other closed forms and ID-only models score such an item from nothing."""
+    if cfg.variant == "content_knn":
+        return True
+    if cfg.variant in CLOSED_FORM:
+        return False
+    m = cfg.model
+    return bool(m.use_mm and ds.features) or bool(m.use_kg and ds.kg.shape[0] > 0 and ds.item_entity.shape[0] > 0)
+
+
+def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity | IALS | ContentKNN:
     """The model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
     if cfg.variant == "pop":
         return Popularity(ds)
+    if cfg.variant == "content_knn":
+        return ContentKNN(ds)
     if cfg.variant == "ials":
         return IALS(ds, cfg.model.embedding_dim, cfg.model.ials_iterations, cfg.train.seed, cfg.train.threads)
     return EASE(ds) if cfg.variant == "ease" else CoocRidge(ds, cfg.model.ridge_k)
@@ -78,7 +95,7 @@ def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity
 def closed_form_grid(cfg: Config) -> list[Any]:
     """What a closed-form variant tries, each one solve and one metrics line, the best kept by
     validation: pop nothing (one solve), ials every (alpha, reg), ease and cooc_ridge model.ease_l2."""
-    if cfg.variant == "pop":
+    if cfg.variant in ("pop", "content_knn"):
         return [None]
     if cfg.variant == "ials":
         return [(a, r) for a in cfg.model.ials_alpha for r in cfg.model.ials_reg]
