@@ -66,8 +66,11 @@ class ModelConfig:
     # empty = ease_l2, the closed-form peers' grid; ridge_l2 is always one of the choices
     ridge_l2_choices: list[float] = field(default_factory=list)
     ridge_full_max_items: int = 4096  # the full (EASE) rule where N <= this: a dense N x N solve
-    # a new choice when less than this share of Z(t-1)'s first neighbours are those of the last choice
+    # l2 tuned again when less than this share of Z(t-1)'s first neighbours are those of the last tuning
     ridge_rechoose_overlap: float = 0.5
+    # the candidates (at their tuned l2) compared again every this many fusions: Z(t-1) keeps
+    # training, so a head that lost early may win later (0 = only when l2 is tuned)
+    ridge_rechoose_every: int = 5
     # the blend chosen by the data: at every validation the ranking is scored with each of these
     # ridge weights and ridge_weight (0 = the embeddings alone; 1000: the head alone, the
     # embeddings breaking its ties) and the best by train.stop_metric is the epoch's, kept with
@@ -466,6 +469,7 @@ def validate(cfg: Config) -> None:
          and m.ials_iterations > 0, "model.ials_alpha and model.ials_reg must list positive finite values, "
          "model.ials_iterations be positive"),
         (0.0 <= m.ridge_rechoose_overlap <= 1.0, "model.ridge_rechoose_overlap must be in [0, 1]"),
+        (m.ridge_rechoose_every >= 0, "model.ridge_rechoose_every must be >= 0"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),
         (not (cfg.variant in CLOSED_FORM and (t.sampling != "full" or t.strategy != "ddp")),

@@ -24,9 +24,11 @@ chooses its lambda (Steck, WWW 2019): with model.ridge_neighbours auto,
 Both stages run at the first validation that has a head to choose, again at the first after
 Z(t-1) exists (the z and union rules join), and whenever Z(t-1)'s neighbourhoods have changed
 much since the last tuning (less than model.ridge_rechoose_overlap of their first neighbours
-shared); the Z-free candidates (cooc, full) are tuned once per run and kept. Between tunings
-each fusion re-solves the head in use on the new neighbourhoods (when its rule reads Z) and
-each validation chooses only its blend, at the cost the fixed head always had. With a fixed
+shared); the Z-free candidates (cooc, full) are tuned once per run and kept. Every
+model.ridge_rechoose_every fusions stage 2 runs again (the candidates that read Z re-solved on
+the new neighbourhoods at their tuned l2): Z(t-1) keeps training, so a head that lost early may
+win later. Otherwise each fusion re-solves the head in use (when its rule reads Z) and each
+validation chooses only its blend, at the cost the fixed head always had. With a fixed
 rule (model.ridge_neighbours z, cooc, union or full) there is one candidate, at ridge_k and
 ridge_l2, and only the blend is chosen. Validation only, never test.
 """
@@ -118,7 +120,9 @@ class RidgeHead:
         self.choice: dict[str, Any] | None = None
         self.z_neighbours: Tensor | None = None  # the latest fusion's (N, search_k) Z(t-1) neighbours
         self.z_at_tuning: Tensor | None = None  # their first columns when l2 was last tuned
-        self.tune_due = False
+        self.tune_due = False  # the candidates' l2 tuned again at the next validation
+        self.choice_due = False  # the candidates compared again (heads x blends) at the next validation
+        self.fusions_since_choice = 0
         self.seconds = {"ridge": 0.0, "choice": 0.0}
 
     @classmethod
@@ -154,18 +158,24 @@ class RidgeHead:
             self.z_neighbours = z_neighbours.cpu().int()
             if self.auto and any(r in Z_RULES for r in self.rules) and self._changed_much():
                 self.tune_due = True
+            self.fusions_since_choice += 1
+            if self.auto and len(self.heads) > 1 and self.fusions_since_choice >= self.cfg.ridge_rechoose_every > 0:
+                self.choice_due = True  # Z(t-1) has trained on: the candidates compared again, at their l2
         for key in self._keys():
             if key not in self.heads:
                 if self.auto:
                     self.tune_due = True
                 else:
                     self.heads[key] = self._solved(HeadSpec(key[0], key[1], self.l2s[0]))
-        if z_neighbours is not None and self.spec is not None and self.spec.rule in Z_RULES and not self.tune_due:
-            # the head in use on the new neighbourhoods (the other candidates wait for the next tuning)
-            key = (self.spec.rule, self.spec.k)
-            self.heads[key] = self._solved(self.spec)
-            self.weights_t = self.heads[key][1]
-            self.neighbours = self._regressors(self.spec.rule, self.spec.k)
+        if z_neighbours is not None and self.spec is not None and not self.tune_due:
+            # the head in use on the new neighbourhoods (the other candidates wait for the next
+            # choice), or every candidate that reads Z when a choice is due
+            for key, (spec, _) in list(self.heads.items()):
+                if spec.rule in Z_RULES and (self.choice_due or spec == self.spec):
+                    self.heads[key] = self._solved(spec)
+            if self.spec.rule in Z_RULES:
+                self.weights_t = self.heads[(self.spec.rule, self.spec.k)][1]
+                self.neighbours = self._regressors(self.spec.rule, self.spec.k)
         self.seconds["ridge"] = time.perf_counter() - start
         return self.seconds["ridge"]
 
@@ -177,9 +187,10 @@ class RidgeHead:
         start = time.perf_counter()
         if self.tune_due:
             self._tune(evaluator, stop_metric, all_reduce)
+        if self.heads and (self.tune_due or self.choice_due or self.spec is None):  # (a fixed rule: its first solve)
             valid = self._choose(evaluator, reps, stop_metric, all_reduce, list(self.heads.values()))
-        elif self.spec is None and self.heads:  # a fixed rule's head, solved for the first time
-            valid = self._choose(evaluator, reps, stop_metric, all_reduce, list(self.heads.values()))
+            self.tune_due = self.choice_due = False
+            self.fusions_since_choice = 0
         elif self.spec is not None:  # between tunings: the blend of the head in use
             valid = self._choose(evaluator, reps, stop_metric, all_reduce, [(self.spec, self.weights_t)])
         else:
@@ -220,7 +231,6 @@ class RidgeHead:
             rows += [{**asdict(s), "valid": sc[stop_metric]} for s, sc in zip(specs, scores, strict=True)]
         self.tuned = rows
         self.z_at_tuning = None if self.z_neighbours is None else self.z_neighbours[:, :OVERLAP_COLUMNS].clone()
-        self.tune_due = False
         if self.comm.is_main:
             best = {}
             for r in rows:
@@ -306,7 +316,8 @@ class RidgeHead:
                 "head": None if self.spec is None else {
                     **asdict(self.spec), "choice": self.choice, "tuned": self.tuned,
                     "candidates": [asdict(s) for s, _ in self.heads.values()],
-                    "z_at_tuning": self.z_at_tuning, "z_neighbours": self.z_neighbours}}
+                    "z_at_tuning": self.z_at_tuning, "z_neighbours": self.z_neighbours,
+                    "fusions_since_choice": self.fusions_since_choice}}
 
     def best_state(self) -> dict[str, Any]:
         """What best/ keeps: the head in use and its blend, not the other candidates."""
@@ -326,6 +337,7 @@ class RidgeHead:
             self.spec = HeadSpec(head["rule"], int(head["k"]), float(head["l2"]))
             self.choice, self.tuned = head.get("choice"), head.get("tuned") or []
             self.z_at_tuning, self.z_neighbours = head.get("z_at_tuning"), head.get("z_neighbours")
+            self.fusions_since_choice = int(head.get("fusions_since_choice") or 0)
             for c in head.get("candidates") or []:
                 spec = HeadSpec(c["rule"], int(c["k"]), float(c["l2"]))
                 if spec != self.spec:
@@ -336,7 +348,7 @@ class RidgeHead:
         if self.spec is not None:  # the head in use, on the neighbourhoods it was solved on
             self.weights_t = self._solve(self.spec, self.neighbours)
             self.heads[(self.spec.rule, self.spec.k)] = (self.spec, self.weights_t)
-        self.tune_due = False
+        self.tune_due = self.choice_due = False
 
 
 def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
