@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default=str(HERE / "runs" / "cold"))
     args = ap.parse_args()
-    start = time.time()
+    start, measured = time.time(), commit()  # the code the runs load: the commit at the start
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(1) as pool:
         for name in args.datasets:
@@ -73,7 +73,7 @@ def main() -> int:
                           f"| test recall@20 {r['test']['recall@20']:.4f}", flush=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, one run at a time"
-    payload = {"command": command, "machine": machine, "commit": commit(), "wall_seconds": time.time() - start,
+    payload = {"command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start,
                "protocol": f"{SHARE:g} of the items held out of training (seed {SPLIT_SEED}), their interactions "
                            "split 50/50 between valid and test; cold = test metrics on their interactions alone",
                "runs": rows}

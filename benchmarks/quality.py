@@ -176,7 +176,7 @@ def main() -> int:
                     help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
 
-    start = time.time()
+    start, measured = time.time(), commit()  # the code the runs load: the commit at the start
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     if args.collect:
         # the folder name says which variant a run stands for (a folder may link to a run trained
@@ -199,7 +199,7 @@ def main() -> int:
         machine += f"; summarised from the finished runs under {os.path.relpath(args.runs)}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "command": command, "machine": machine, "commit": commit(), "wall_seconds": time.time() - start,
+        "command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start,
         "overrides": args.set,
         "runs": [{k: r.get(k) for k in ("variant", "seed", "dataset", "best_epoch", "epochs_run", "valid", "test",
                                         "seconds_per_epoch", "fusion_seconds_per_epoch", "head")} for r in runs],

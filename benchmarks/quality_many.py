@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--runs", default=str(HERE / "runs" / "many"))
     ap.add_argument("--data-root", default=str(HERE / "runs" / "many-data"))
     args = ap.parse_args()
-    start = time.time()
+    start, measured = time.time(), commit()  # the code the runs load: the commit at the start
     jobs = [(d, v, s) for d in args.datasets for v in args.variants for s in args.seeds
             if v not in DETERMINISTIC or s == args.seeds[0]]
     paths = {d: dataset_path(d, Path(args.data_root)) for d in args.datasets}
@@ -77,7 +77,7 @@ def main() -> int:
             print(f"{d} {v} seed {s}: test recall@20 {r['test']['recall@20']:.4f}", flush=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
-    payload = {"command": command, "machine": machine, "commit": commit(), "wall_seconds": time.time() - start, "runs": rows}
+    payload = {"command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start, "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality-many.json").write_text(json.dumps(payload, indent=2))
     means = {(d, v): [r["test"]["recall@20"] for r in rows if r["dataset"] == d and r["variant"] == v]

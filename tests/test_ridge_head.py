@@ -109,3 +109,23 @@ def test_a_resumed_head_is_the_saved_one(tiny_path: Path, tmp_path: Path) -> Non
 def asdictish(spec: HeadSpec | None) -> dict:
     assert spec is not None
     return {"rule": spec.rule, "k": spec.k, "l2": spec.l2}
+
+
+def test_the_candidates_are_compared_again_as_z_trains(tiny_path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 chooses among the Z-free heads (cooc, full); the first fusion adds z and union;
+    then every model.ridge_rechoose_every fusions all four are compared again, and in between
+    only the blend of the head in use is chosen."""
+    compared: list[int] = []
+    choose = RidgeHead._choose
+
+    def spy(self, evaluator, reps, stop_metric, all_reduce, heads):  # noqa: ANN001, ANN202
+        compared.append(len(heads))
+        return choose(self, evaluator, reps, stop_metric, all_reduce, heads)
+
+    monkeypatch.setattr(RidgeHead, "_choose", spy)
+    cfg = load_config(overrides=[*FAST, "train.epochs=6", "model.ridge_rechoose_every=2",
+                                 "model.ridge_rechoose_overlap=0"])  # l2 never tuned again
+    cfg.data = str(tiny_path)
+    train_loop(cfg, tmp_path / "run")
+    assert compared == [2, 4, 1, 4, 1, 4]
