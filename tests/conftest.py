@@ -52,3 +52,19 @@ def graphs_at(model, static, cfg, epoch: int = 1, z: torch.Tensor | None = None,
         corr = correlation_graph(z, cfg.k_corr, cfg.corr_binary)
     graphs = epoch_graphs(static, corr, cfg, torch.Generator().manual_seed(derive_seed(0, epoch)), previous=previous)
     return graphs if graphs.kg_attention is not None else model.attend(graphs)
+
+
+def evaluated_splits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The split of every evaluation from now on (VALID or TEST), in order: what a test reads to
+    show that choices read validation only and test once, at the end."""
+    from slifmr.evaluation import Evaluator
+
+    splits: list[int] = []
+    original = Evaluator.candidate_sums
+
+    def spy(self, scores_fn, count, split):  # noqa: ANN001, ANN202
+        splits.append(split)
+        return original(self, scores_fn, count, split)
+
+    monkeypatch.setattr(Evaluator, "candidate_sums", spy)
+    return splits

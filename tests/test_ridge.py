@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import evaluated_splits, tiny
 
 from slifmr.config import load_config
 from slifmr.data.format import TRAIN
@@ -122,14 +122,7 @@ def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp
     from slifmr.evaluation import Evaluator
     from slifmr.training import choose_blend, load_best
 
-    splits: list[int] = []
-    original = Evaluator.candidate_sums
-
-    def spy(self, scores_fn, count, split):  # noqa: ANN001, ANN202
-        splits.append(split)
-        return original(self, scores_fn, count, split)
-
-    monkeypatch.setattr(Evaluator, "candidate_sums", spy)
+    splits = evaluated_splits(monkeypatch)
     cfg = load_config(overrides=["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.epochs=4",
                                  "train.batch_size=256", "model.ridge_k=7", "model.ridge_blend=0,0.5,3",
                                  "model.ridge_neighbours=z"])

