@@ -76,6 +76,11 @@ class ModelConfig:
     # embeddings breaking its ties) and the best by train.stop_metric is the epoch's, kept with
     # its checkpoint; validation only, never test. Empty = ridge_weight, fixed.
     ridge_blend: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1000.0])
+    # items with no training interaction (the cold-start protocol's held-out items, slifmr/data/cold.py):
+    # on, they are never drawn as BPR negatives (unknown is not disliked) and the ridge head scores
+    # each as the mean of its content neighbours' scores (A_mm's row); auto: on for a dataset made
+    # by `slifmr data hold-out`, off otherwise (the warm protocol as MMRec runs it)
+    place_cold_items: str = "auto"
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
@@ -298,6 +303,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.fusion": ("residual", "attention"),
     "model.knn": ("exact", "approx"),
     "model.ridge_neighbours": ("auto", "z", "cooc", "union", "full"),
+    "model.place_cold_items": ("auto", "on", "off"),
     "train.strategy": ("ddp", "deepspeed"),
     # stage 3 shards the parameters, which full-graph propagation needs whole
     "train.zero_stage": (1, 2),

@@ -89,3 +89,39 @@ def test_a_run_on_held_out_items_reports_them_or_says_why_not(variant: str, plac
         assert set(results["cold"]) >= {"recall@20", "ndcg@20"}
     else:
         assert results["cold"] is None and "cannot place" in results["cold_note"]
+
+
+def test_held_out_items_are_placed_by_content(tmp_path: Path) -> None:
+    """model.place_cold_items (auto: on for a held-out dataset): no item without a training
+    interaction is drawn as a BPR negative, and the ridge head scores it as the mean of its
+    multimodal neighbours' scores."""
+    from slifmr.config import load_config
+    from slifmr.distributed.collectives import Comm
+    from slifmr.model.graphs import StaticGraphs
+    from slifmr.model.ridge import ridge_scores
+    from slifmr.sampling.negative import BPRSampler
+    from slifmr.training.build import cold_placement, trained_items
+    from slifmr.training.ridge_head import HeadSpec, RidgeHead
+
+    ds = hold_out_items(tiny(), 0.2, seed=1)
+    cold = cold_items(ds)
+    cfg = load_config(overrides=["model.k_mm=3", "model.ridge_neighbours=cooc", "model.ridge_k=6"])
+    assert cold_placement(cfg, ds) and not cold_placement(cfg, tiny())
+    u, i = ds.edges(TRAIN)
+    sampler = BPRSampler(torch.from_numpy(u), torch.from_numpy(i), ds.num_items, 64, seed=0,
+                         candidates=trained_items(ds))
+    assert not cold[sampler.negatives(torch.from_numpy(u).repeat(20)).numpy()].any()
+    static = StaticGraphs.from_dataset(ds, cfg.model)
+    head, plain = RidgeHead(cfg.model, static, Comm(), place_cold=True), RidgeHead(cfg.model, static, Comm())
+    spec = HeadSpec("cooc", 6, 10.0)
+    w_t, w0_t = head._solve(spec, head._regressors("cooc", 6)), plain._solve(spec, plain._regressors("cooc", 6))
+    users = torch.arange(ds.num_users)
+    scores, scores0 = ridge_scores(plain.interactions, w_t, users), ridge_scores(plain.interactions, w0_t, users)
+    warm = torch.from_numpy(np.bincount(i, minlength=ds.num_items) > 0)  # items with a training interaction
+    assert not warm[torch.from_numpy(cold)].any()  # every held-out item is among the others
+    torch.testing.assert_close(scores[:, warm], scores0[:, warm])  # warm items as before
+    assert torch.equal(scores0[:, ~warm], torch.zeros_like(scores0[:, ~warm]))  # without: nothing to score with
+    (src, dst), weight = static.mm
+    j = int(torch.nonzero(~warm)[0])
+    nbrs, wts = dst[src == j], weight[src == j]
+    torch.testing.assert_close(scores[:, j], (scores0[:, nbrs] * (wts / wts.sum())).sum(1))

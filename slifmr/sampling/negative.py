@@ -21,8 +21,12 @@ class BPRSampler:
     """
 
     def __init__(self, users: Tensor, items: Tensor, num_items: int, batch_size: int,
-                 seed: int, rank: int = 0, world_size: int = 1, max_tries: int = 20):
+                 seed: int, rank: int = 0, world_size: int = 1, max_tries: int = 20,
+                 candidates: Tensor | None = None):
         self.users, self.items = users, items
+        # the items negatives are drawn from (None: every item); the cold-start protocol leaves
+        # out items with no training interaction: unknown is not disliked
+        self.candidates = candidates
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
@@ -49,14 +53,19 @@ class BPRSampler:
         """(N,) items the users have no training pair with, uniform over the rest (rejection:
         a positive is redrawn, up to max_tries rounds). Each round checks only the draws it
         just made; the others were already negatives."""
-        neg = torch.randint(0, self.num_items, users.shape, generator=self.generator)
+        neg = self._draw(users.numel())
         redrawn = torch.arange(users.numel())
         for _ in range(self.max_tries):
             redrawn = redrawn[self.is_positive(users[redrawn], neg[redrawn])]
             if redrawn.numel() == 0:
                 break
-            neg[redrawn] = torch.randint(0, self.num_items, (redrawn.numel(),), generator=self.generator)
+            neg[redrawn] = self._draw(redrawn.numel())
         return neg
+
+    def _draw(self, n: int) -> Tensor:
+        if self.candidates is None:
+            return torch.randint(0, self.num_items, (n,), generator=self.generator)
+        return self.candidates[torch.randint(0, self.candidates.numel(), (n,), generator=self.generator)]
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """The epoch's batches of (users, positives, negatives), each (batch_size,). The shuffle

@@ -20,7 +20,13 @@ from slifmr.model.propagate import layerwise_spmm
 from slifmr.model.slifmr import Representations
 from slifmr.ranking import check_compatible, save_ranking
 from slifmr.report import read_run
-from slifmr.training.build import build_closed_form, build_evaluator, build_model, places_cold_items
+from slifmr.training.build import (
+    build_closed_form,
+    build_evaluator,
+    build_model,
+    cold_placement,
+    places_cold_items,
+)
 from slifmr.training.records import SeedStreams
 from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import RunFolder
@@ -45,7 +51,7 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     comm = comm or Comm()
     graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device)
     reps = model.representations(model.attend(graphs), layerwise_spmm(sharding=row_sharding(comm)))
-    head = RidgeHead.build(cfg.model, static, comm)
+    head = RidgeHead.build(cfg.model, static, comm, cold_placement(cfg, ds))
     if head is not None:  # the head and blend validation chose at that epoch, solved again
         head.load_state_dict(ckpt)
         reps = head.attach(reps)

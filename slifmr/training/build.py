@@ -11,7 +11,8 @@ import torch
 
 from slifmr import log
 from slifmr.config import CLOSED_FORM, Config
-from slifmr.data.format import Dataset
+from slifmr.data.cold import cold_items
+from slifmr.data.format import TRAIN, Dataset
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.evaluation import Evaluator
@@ -67,6 +68,18 @@ def build_evaluator(cfg: Config, ds: Dataset, comm: Comm, items: np.ndarray | No
     t = cfg.train
     return Evaluator(ds, t.topk, t.eval_chunk, users=user_shard(ds, comm, t.eval_users, SeedStreams.of(t.seed).eval_users),
                      items=items)
+
+
+def cold_placement(cfg: Config, ds: Dataset) -> bool:
+    """Whether items without training interactions are placed by content (model.place_cold_items:
+    on, off, or auto: on for a dataset made by `slifmr data hold-out`)."""
+    mode = cfg.model.place_cold_items
+    return mode == "on" or mode == "auto" and cold_items(ds) is not None
+
+
+def trained_items(ds: Dataset) -> torch.Tensor:
+    """(n,) int64: the items with at least one training interaction."""
+    return torch.nonzero(torch.bincount(torch.from_numpy(ds.edges(TRAIN)[1]), minlength=ds.num_items) > 0).squeeze(1)
 
 
 def places_cold_items(cfg: Config, ds: Dataset) -> bool:

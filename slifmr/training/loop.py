@@ -33,7 +33,13 @@ from slifmr.sampling.negative import BPRSampler
 from slifmr.tracking import tracking
 from slifmr.training.batches import BatchSource, build_batch_source, sparse_tables
 from slifmr.training.best import final_results
-from slifmr.training.build import build_evaluator, build_model, set_threads
+from slifmr.training.build import (
+    build_evaluator,
+    build_model,
+    cold_placement,
+    set_threads,
+    trained_items,
+)
 from slifmr.training.closed_form import fit_closed_form
 from slifmr.training.records import EpochRecord, Reporter, SeedStreams
 from slifmr.training.ridge_head import RidgeHead, row_sharding
@@ -144,11 +150,12 @@ class GradientJob:
             micro_batch=per_worker, row_sparse=model.embedding_tables(), sparse_tables=sparse,
             # full-graph steps give every table row a gradient: auto means dense there
             grad_sync="dense" if t.grad_sync == "auto" and not sparse else t.grad_sync)
+        place_cold = cold_placement(cfg, ds)
         sampler = BPRSampler(users, items, ds.num_items, per_worker, seed=seeds.negatives, rank=comm.rank,
-                             world_size=comm.world_size)
+                             world_size=comm.world_size, candidates=trained_items(ds) if place_cold else None)
         return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
                    build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
-                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm), spmm)
+                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm, place_cold), spmm)
 
     @property
     def search_k(self) -> int:

@@ -77,6 +77,26 @@ class HeadSpec:
         return f"{self.rule} k={self.k} l2={self.l2:g}"
 
 
+def content_map(static: StaticGraphs) -> Tensor | None:
+    """(N, N) CSR M with W'^T = M W^T: identity on the items with training interactions, and on
+    each item without one the row of the multimodal kNN graph A_mm normalised to sum 1, so its
+    head score is the mean of its content neighbours' (x_u W'_i = sum_j a_ij x_u W_j). None
+    without A_mm or without such items."""
+    n = static.num_items
+    degree = torch.bincount(static.ui_edges[1].cpu(), minlength=n)
+    cold = degree == 0
+    if static.mm is None or not bool(cold.any()):
+        return None
+    (src, dst), weight = static.mm[0].cpu(), static.mm[1].cpu().float()
+    keep = cold[src]
+    rows, cols, vals = src[keep], dst[keep], weight[keep]
+    total = torch.zeros(n).index_add_(0, rows, vals)
+    warm = torch.nonzero(~cold).squeeze(1)
+    rows, cols = torch.cat([rows, warm]), torch.cat([cols, warm])
+    vals = torch.cat([vals / total[rows[: vals.numel()]].clamp_min(1e-12), torch.ones(warm.numel())])
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce().to_sparse_csr()
+
+
 def enabled(cfg: ModelConfig) -> bool:
     """Whether the run has a ridge head: it is part of the self-loop (model.ridge_weight > 0)."""
     return cfg.self_loop and cfg.ridge_weight > 0
@@ -89,8 +109,11 @@ class RidgeHead:
     `blend` validation chose and the last choice's record `choice`. `state_dict` is what a
     checkpoint keeps: W is solved again from it (`load_state_dict`)."""
 
-    def __init__(self, cfg: ModelConfig, static: StaticGraphs, comm: Comm):
+    def __init__(self, cfg: ModelConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False):
         self.cfg, self.comm = cfg, comm
+        # items with no training interaction scored as the mean of their content neighbours
+        # (model.place_cold_items): W^T's rows mapped once per solve by this (N, N) CSR
+        self.cold_map = content_map(static) if place_cold else None
         self.ui_edges, self.num_users, self.num_items = static.ui_edges.cpu(), static.num_users, static.num_items
         self.interactions = static.interactions
         self.sharding = row_sharding(comm)
@@ -126,9 +149,10 @@ class RidgeHead:
         self.seconds = {"ridge": 0.0, "choice": 0.0}
 
     @classmethod
-    def build(cls, cfg: ModelConfig, static: StaticGraphs, comm: Comm) -> RidgeHead | None:
-        """The run's head (None without one: model.ridge_weight 0, no self-loop, one item)."""
-        return cls(cfg, static, comm) if enabled(cfg) and static.num_items > 1 else None
+    def build(cls, cfg: ModelConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False) -> RidgeHead | None:
+        """The run's head (None without one: model.ridge_weight 0, no self-loop, one item);
+        `place_cold`: items without training interactions take their content neighbours' scores."""
+        return cls(cfg, static, comm, place_cold) if enabled(cfg) and static.num_items > 1 else None
 
     @property
     def search_k(self) -> int:
@@ -305,9 +329,11 @@ class RidgeHead:
             if self._dense_gram is None:  # once per run
                 x = self.interactions.double()
                 self._dense_gram = (x.t().coalesce() @ x).to_dense()
-            return ease_weights(self._dense_gram, spec.l2).T
-        return ridge_weights(self.ui_edges, self.num_users, self.num_items, neighbours, spec.l2, self.gram,
-                             self.sharding, self.comm.device)
+            w_t = ease_weights(self._dense_gram, spec.l2).T
+            return w_t if self.cold_map is None else (self.cold_map @ w_t).T.contiguous().T  # W row-major, as ease_weights'
+        w_t = ridge_weights(self.ui_edges, self.num_users, self.num_items, neighbours, spec.l2, self.gram,
+                            self.sharding, self.comm.device)
+        return w_t if self.cold_map is None else torch.sparse.mm(self.cold_map, w_t)
 
     # ------------------------------------------------------------------ checkpoint
 
