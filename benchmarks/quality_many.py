@@ -62,26 +62,42 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default=str(HERE / "runs" / "many"))
     ap.add_argument("--data-root", default=str(HERE / "runs" / "many-data"))
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
     start, measured = time.time(), commit()  # the code the runs load: the commit at the start
     jobs = [(d, v, s) for d in args.datasets for v in args.variants for s in args.seeds
             if v not in DETERMINISTIC or s == args.seeds[0]]
-    paths = {d: dataset_path(d, Path(args.data_root)) for d in args.datasets}
     rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.parallel) as pool:
-        futures = [pool.submit(run_one, v, s, [], args.threads, str(Path(args.runs) / d), paths[d]) for d, v, s in jobs]
-        for (d, v, s), f in zip(jobs, futures, strict=True):
-            r = f.result()
-            rows.append({**{k: r.get(k) for k in ("variant", "seed", "best_epoch", "epochs_run", "valid", "test",
-                                                  "seconds_per_epoch", "fusion_seconds_per_epoch", "head")}, "dataset": d})
-            print(f"{d} {v} seed {s}: test recall@20 {r['test']['recall@20']:.4f}", flush=True)
+
+    def keep(d: str, r: dict[str, Any]) -> None:
+        rows.append({**{k: r.get(k) for k in ("variant", "seed", "best_epoch", "epochs_run", "valid", "test",
+                                              "seconds_per_epoch", "fusion_seconds_per_epoch", "head")}, "dataset": d})
+
+    if args.collect:  # the runs an interrupted invocation finished (their folders name them)
+        for d, v, s in jobs:
+            found = Path(args.runs) / d / f"{v}-seed{s}" / "results.json"
+            if found.exists():
+                keep(d, {**json.loads(found.read_text()), "variant": v})
+    else:
+        paths = {d: dataset_path(d, Path(args.data_root)) for d in args.datasets}
+        with ProcessPoolExecutor(args.parallel) as pool:
+            futures = [pool.submit(run_one, v, s, [], args.threads, str(Path(args.runs) / d), paths[d]) for d, v, s in jobs]
+            for (d, v, s), f in zip(jobs, futures, strict=True):
+                r = f.result()
+                keep(d, r)
+                print(f"{d} {v} seed {s}: test recall@20 {r['test']['recall@20']:.4f}", flush=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
     payload = {"command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start, "runs": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality-many.json").write_text(json.dumps(payload, indent=2))
     means = {(d, v): [r["test"]["recall@20"] for r in rows if r["dataset"] == d and r["variant"] == v]
              for d in args.datasets for v in args.variants}
+    args.datasets = [d for d in args.datasets if all(means[(d, v)] for v in args.variants)]  # every variant run
+    if args.collect:
+        payload["note"] = (f"summarised from the finished runs under {os.path.relpath(args.runs)} (trained by the "
+                           "same command without --collect); datasets without every variant left out of the table")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality-many.json").write_text(json.dumps(payload, indent=2))
     head = "| dataset | " + " | ".join(args.variants) + " | slifmr / best of ease, cooc_ridge |"
     lines = [head, "|---" * (len(args.variants) + 2) + "|"]
     for d in args.datasets:
