@@ -69,10 +69,14 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
         save_ranking(run.path, model, meta)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
-    cold = cold_items(ds)
-    cold_test: dict[str, float] | None = None
-    if cold is not None and evaluate_test and places_cold_items(cfg, ds):  # the cold-start protocol's held-out items
-        cold_test = build_evaluator(cfg, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)
+    cold, cold_fields = cold_items(ds), {}  # the cold-start protocol's held-out items
+    if cold is not None and not evaluate_test:
+        cold_fields = {"cold": None}
+    elif cold is not None and places_cold_items(cfg, ds):
+        cold_fields = {"cold": build_evaluator(cfg, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)}
+    elif cold is not None:
+        cold_fields = {"cold": None, "cold_note": f"variant {cfg.variant} scores an item from its training interactions "
+                                                  "(or ID embedding) alone: it cannot place an item held out of training"}
     records = read_run(run.path)["records"]
     results = {
         "variant": cfg.variant,
@@ -85,9 +89,7 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
         "eval_users": cfg.train.eval_users,  # 0: valid and test over every user, else over this seeded sample
         "valid": valid,
         "test": test,
-        **({} if cold is None else {"cold": cold_test} if cold_test is not None or not evaluate_test else {
-            "cold": None, "cold_note": f"variant {cfg.variant} scores an item from its training interactions (or ID "
-                                       "embedding) alone: it cannot place an item held out of training"}),
+        **cold_fields,
         "seconds_per_epoch": sum(r["epoch_seconds"] for r in records) / max(len(records), 1),
         "fusion_seconds_per_epoch": sum(r["fusion_seconds"] for r in records) / max(len(records), 1),
     }
