@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slifmr import log
+from slifmr.arguments import check_int, id_list
 from slifmr.config import Config, ModelConfig, TrainConfig, load_config
 from slifmr.errors import ConfigError, SlifmrError
 
@@ -110,9 +111,8 @@ class Run:
         Raises SlifmrError for an unknown user or k <= 0."""
         from slifmr.recommend import recommend, recommendation_table, resolve_users
 
-        if k <= 0:
-            raise SlifmrError(f"k must be positive, got {k}")
-        ids = resolve_users(self.dataset, [users] if isinstance(users, str) else list(users))
+        k = check_int("k", k)
+        ids = resolve_users(self.dataset, id_list("users", users))
         return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
 
     def export(self, out: str | Path, k: int = 20) -> Path:
@@ -120,13 +120,16 @@ class Run:
         head and a manifest, for serving (slifmr/export.py); `slifmr.export.load_export` reads it."""
         from slifmr.export import export_run
 
-        return export_run(self, out, k)
+        return export_run(self, out, check_int("k", k))
 
-    def recommend_all(self, out: str | Path, k: int = 10) -> tuple[Path, int]:
-        """Every user's top-k as Parquet at `out` (atomic); returns (the file, users given fewer than k)."""
+    def recommend_all(self, out: str | Path, k: int = 10, split: str | None = None) -> tuple[Path, int]:
+        """Every user's top-k as Parquet at `out` (atomic); returns (the file, users given fewer
+        than k). Lists leave out every item the user has in any split; with `split` ("valid" or
+        "test") only what that split's evaluation masks, so `slifmr evaluate-recs` scores them
+        as the run's own metrics."""
         from slifmr.recommend import write_recommendations
 
-        return write_recommendations(self.model, self.dataset, k, Path(out))
+        return write_recommendations(self.model, self.dataset, check_int("k", k), Path(out), for_split=split)
 
     def recommend_all_ray(self, out: str | Path, k: int = 10, workers: int = 1, gpu: bool = False,
                           address: str | None = None) -> str:
@@ -139,6 +142,7 @@ class Run:
 
         from slifmr.inference import recommend_all_ray
 
+        k, workers = check_int("k", k), check_int("workers", workers)
         beside = None
         if "://" not in str(out):
             if Path(out).exists():
@@ -232,6 +236,14 @@ def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Pa
                   from_file=list(flatten_config(read_config_file(config))) if config else [])
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
-    run_dir = Path(out) if out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(out) if out else default_run_dir(cfg)
     refuse_existing_run(run_dir)
     return fit(cfg, run_dir, workers=workers)
+
+
+def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """A new, empty folder `root/<variant>-seed<seed>-<YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ...
+    added when that name is taken (a loop of short runs within one second, two processes)."""
+    from slifmr.atomic import claim_new_folder
+
+    return claim_new_folder(root, f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}")

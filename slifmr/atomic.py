@@ -56,3 +56,19 @@ def atomic_folder(path: str | os.PathLike, previous: str | os.PathLike | None = 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def claim_new_folder(parent: str | os.PathLike, stem: str) -> Path:
+    """Create and return a folder `parent/stem` that did not exist before this call: `stem`,
+    else `stem-2`, `stem-3`, ... `mkdir` is atomic, so two callers (threads, processes, or one
+    loop within one second) never get the same folder."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100_000):
+        path = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free name {stem}-N")

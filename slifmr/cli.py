@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from slifmr import log
+from slifmr.arguments import cli_float, cli_int
 from slifmr.config import CHOICES, PRESETS, VARIANTS
 from slifmr.errors import SlifmrError
 
@@ -134,30 +134,27 @@ def _modalities(spec: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-# each generator's own flags: (default, least value)
-SYNTH_FLAGS = {"clusters": {"entities": (2000, 0), "triples": (10000, 0), "relations": (8, 1)},
-               "planted": {"latent_dim": (16, 1), "cluster_size": (50, 1)}}
+# each generator's own flags and their defaults (their ranges: the parser's types)
+SYNTH_FLAGS = {"clusters": {"entities": 2000, "triples": 10000, "relations": 8},
+               "planted": {"latent_dim": 16, "cluster_size": 50}}
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from slifmr.data.format import refuse_existing
-    from slifmr.data.synth import synthesize
+    from slifmr.data.synth import check_request, synthesize
 
     refuse_existing(args.out, args.overwrite)
-    for flag in ("users", "items", "interactions"):
-        if getattr(args, flag) <= 0:
-            raise SlifmrError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    try:
+        check_request(args.users, args.items, args.interactions)
+    except ValueError as e:
+        raise SlifmrError(str(e)) from None
     own = SYNTH_FLAGS["planted" if args.planted else "clusters"]
     other = SYNTH_FLAGS["clusters" if args.planted else "planted"]
     given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
     if given:
         raise SlifmrError(f"{', '.join(given)} do(es) not apply to the {'planted' if args.planted else 'cluster'} "
                           f"generator{'' if args.planted else ' (add --planted)'}")
-    chosen = {}
-    for name, (default, least) in own.items():
-        chosen[name] = default if getattr(args, name) is None else getattr(args, name)
-        if chosen[name] < least:
-            raise SlifmrError(f"--{name.replace('_', '-')} must be >= {least}, got {chosen[name]}")
+    chosen = {name: default if getattr(args, name) is None else getattr(args, name) for name, default in own.items()}
     common = {"users": args.users, "items": args.items, "interactions": args.interactions,
               "modalities": _modalities(args.modalities), "seed": args.seed}
     if args.planted:
@@ -210,7 +207,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    "recbole/mmrec: the folder holding <name>.inter (and .item/.kg/.link, or image_feat.npy/text_feat.npy)")
     p.add_argument("--out", required=True, help="dataset folder to write (must not exist unless --overwrite)")
     p.add_argument("--name", help="dataset name (recbole: the atomic-file prefix; default: the folder name or the only .inter)")
-    p.add_argument("--split-seed", type=int, help="seed of the per-user 8:1:1 split (default 2026; only for a "
+    p.add_argument("--split-seed", type=cli_int(0), help="seed of the per-user 8:1:1 split (default 2026; only for a "
                    "random split)")
     t = p.add_argument_group("table (slifmr data import table)")
     t.add_argument("--user-col", help="user id column (default user_id)")
@@ -248,19 +245,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = _sub(dsub, "synth", "generate a seeded synthetic dataset (power-law, KG, correlated features)",
              "slifmr data synth --users 10000 --items 2000 --interactions 200000 --out data/synth-10k\n"
              "  slifmr data synth --planted --users 100000 --items 10000 --interactions 1000000 --out data/planted-100k")
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--items", type=int, default=500)
-    p.add_argument("--interactions", type=int, default=20000)
-    p.add_argument("--entities", type=int, help="KG entities (default 2000; cluster generator)")
-    p.add_argument("--triples", type=int, help="KG triples (default 10000; cluster generator)")
-    p.add_argument("--relations", type=int, help="KG relations (default 8; cluster generator)")
+    p.add_argument("--users", type=cli_int(1), default=1000)
+    p.add_argument("--items", type=cli_int(1), default=500)
+    p.add_argument("--interactions", type=cli_int(1), default=20000)
+    p.add_argument("--entities", type=cli_int(0), help="KG entities (default 2000; cluster generator)")
+    p.add_argument("--triples", type=cli_int(0), help="KG triples (default 10000; cluster generator)")
+    p.add_argument("--relations", type=cli_int(1), help="KG relations (default 8; cluster generator)")
     p.add_argument("--planted", action="store_true",
                    help="planted structure: latent user/item factors, item clusters that shape the features and "
                         "the KG, power-law degrees (slifmr.data.synth.synthesize_planted); for accuracy at scale")
-    p.add_argument("--latent-dim", type=int, help="planted: latent factor size (default 16)")
-    p.add_argument("--cluster-size", type=int, help="planted: items per cluster (default 50)")
+    p.add_argument("--latent-dim", type=cli_int(1), help="planted: latent factor size (default 16)")
+    p.add_argument("--cluster-size", type=cli_int(1), help="planted: items per cluster (default 50)")
     p.add_argument("--modalities", default="text:32,image:64", help="name:dim,... ('' for none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli_int(0), default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_synth)
@@ -269,8 +266,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
              "interactions go to valid/test); runs on the result report metrics on those items alone as 'cold'",
              "slifmr data hold-out ~/.cache/slifmr/ml-100k --share 0.1 --out data/ml-100k-cold")
     p.add_argument("path")
-    p.add_argument("--share", type=float, default=0.1, help="share of the items held out (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--share", type=cli_float(0, 1, open_low=True, open_high=True), default=0.1, help="share of the items held out (default 0.1)")
+    p.add_argument("--seed", type=cli_int(0), default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_hold_out)
@@ -308,6 +305,7 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
         flatten_config,
         parse_override,
         read_config_file,
+        resolve_locations,
         set_key,
         validate,
     )
@@ -340,6 +338,7 @@ def _resumed_config(run_dir: Path, args: argparse.Namespace):  # noqa: ANN202
     if changed:
         raise SlifmrError(f"--resume {run_dir}: {', '.join(changed)} would change what is trained; a run resumes "
                           f"with its own config (only {', '.join(RUNTIME_KEYS)} may change): start a new run with --out")
+    resolve_locations(cfg)
     validate(cfg)
     return saved, cfg
 
@@ -362,7 +361,7 @@ def _check_tracking_uri(uri: str | None, tracker: str | None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from slifmr.api import fit, refuse_existing_run
+    from slifmr.api import default_run_dir, fit, refuse_existing_run
     from slifmr.config import load_config
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
 
@@ -384,11 +383,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         saved, cfg = _resumed_config(run_dir, args)
     else:
         cfg = load_config(args.config, args.variant, args.set, settings=_flag_overrides(args), preset=args.preset)
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.variant}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        refuse_existing_run(run_dir)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     _check_train_options(args, cfg)
+    if not args.resume:  # after every check: a refused command leaves no folder
+        run_dir = Path(args.out) if args.out else default_run_dir(cfg)
+        refuse_existing_run(run_dir)
     if saved is not None and saved != cfg:  # train_loop records it once the checkpoint is accepted
         log.info(f"resuming with {', '.join(_changes(saved, cfg))} (recorded in {run_dir / 'config.yaml'})")
     try:
@@ -459,8 +459,6 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         shortfall_note,
     )
 
-    if args.k <= 0:
-        raise SlifmrError(f"--k must be positive, got {args.k}")
     if sum(map(bool, (args.users, args.users_file, args.all))) != 1:
         raise SlifmrError("give one of --users ID,ID,..., --users-file FILE or --all --out FILE.parquet")
     if args.all and not args.out:
@@ -469,8 +467,11 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise SlifmrError("--out applies to --all (with --users the lists are printed)")
     if (args.workers or args.gpu or args.address) and not args.all:
         raise SlifmrError("--workers, --gpu and --address apply to --all (Ray Data batch inference)")
-    if args.workers < 0:
-        raise SlifmrError(f"--workers must be >= 0, got {args.workers}")
+    if args.split and not args.all:
+        raise SlifmrError("--split applies to --all (lists written to be scored by slifmr evaluate-recs)")
+    if args.split and args.workers:
+        raise SlifmrError("--split is not available with --workers yet (the export leaves out every seen item): "
+                          "drop --workers")
     if (args.gpu or args.address) and not args.workers:
         raise SlifmrError("--gpu and --address apply to Ray Data inference: add --workers N (N >= 1)")
     # read before the run loads: a malformed list fails at once
@@ -484,8 +485,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         return 0
     ds, model = run.dataset, run.model
     if args.all:
-        path, short = run.recommend_all(args.out, args.k)
-        print(f"wrote top-{args.k} for {ds.num_users:,} users to {path}")
+        path, short = run.recommend_all(args.out, args.k, args.split)
+        masked = {None: "every item the user has", "valid": "training items", "test": "training and validation items"}
+        print(f"wrote top-{args.k} for {ds.num_users:,} users to {path} (left out: {masked[args.split]})")
         users = ds.num_users
     else:
         user_ids = _resolve_asked(ds, asked, args.users)
@@ -548,21 +550,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a config layer under --config and --variant: scale = history sampling, approximate kNN, "
                         "the ridge head sharded, 10,000 validation users (README 'Training at scale')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=cli_int(1))
+    p.add_argument("--seed", type=cli_int(0))
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: in-process, no Ray)")
+    p.add_argument("--workers", type=cli_int(0), default=0, help="Ray Train workers (0: in-process, no Ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl); with --workers 0, this machine's GPU")
     p.add_argument("--strategy", choices=CHOICES["train.strategy"],
                    help="ddp (gradient all-reduce, the default) or deepspeed (ZeRO); needs --workers >= 1")
-    p.add_argument("--zero-stage", type=int, help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
+    p.add_argument("--zero-stage", type=cli_int(1, 2), help="with --strategy deepspeed: 1 (optimizer state) or 2 (and gradients, the default)")
     p.add_argument("--sampling", choices=CHOICES["train.sampling"],
                    help="full-graph propagation per step (the default), neighbor (two-hop sampled subgraphs) or "
                         "history (one sampled hop per step over historical embeddings: large graphs)")
     p.add_argument("--fanout", help="with --sampling neighbor: neighbours per hop, e.g. 10,5, or per relation: "
                                     "'10,5;kg=5,0' (relations rates, rated_by, correlates, similar, kg; -1 = all); "
                                     "with history the first hop's fan-outs sample every layer")
-    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts Ray may make")
+    p.add_argument("--max-failures", type=cli_int(0), default=0, help="worker-group restarts Ray may make")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     _tracking_flags(p)
     p.set_defaults(func=_cmd_train)
@@ -584,27 +586,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = _sub(sub, "recommend", "top-K items for some users, or for every user into Parquet (on Ray Data with --workers)",
              "slifmr recommend runs/slifmr --users 196,186 --k 10\n"
-             "  slifmr recommend runs/slifmr --all --k 20 --out recs.parquet --workers 2")
+             "  slifmr recommend runs/slifmr --all --k 20 --out recs.parquet --workers 2\n"
+             "  slifmr recommend runs/slifmr --all --k 20 --split test --out test-lists.parquet")
     p.add_argument("run_dir")
     p.add_argument("--users", help="comma-separated user ids as in the source data; an id holding a comma or a "
                    "quote is CSV-quoted: --users '\"Doe, Jane\",196'")
     p.add_argument("--users-file", help="a text file of user ids, one per line, each taken whole (any id that imports)")
     p.add_argument("--all", action="store_true", help="every user (with --out)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=cli_int(1), default=10)
     p.add_argument("--out", help="Parquet file for --all (user, rank, item, score with raw ids); with --workers a "
                    "folder of Parquet parts, each written by the actor that scored it (a local path or a pyarrow "
                    "URI such as s3://bucket/recs)")
-    p.add_argument("--workers", type=int, default=0, help="with --all: Ray Data actors that score batches of users "
+    p.add_argument("--workers", type=cli_int(0), default=0, help="with --all: Ray Data actors that score batches of users "
                    "(0: this process)")
     p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per actor")
     p.add_argument("--address", help="with --workers: Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--split", choices=["valid", "test"], help="with --all: lists to score on this split with "
+                   "evaluate-recs: leave out only what its evaluation masks (train; train and valid), not every "
+                   "seen item")
     p.set_defaults(func=_cmd_recommend)
 
     p = _sub(sub, "export", "export a run for serving: a numpy + faiss scorer (slifmr_scorer.py), embeddings, a faiss index, the ridge head, a "
              "manifest", "slifmr export runs/slifmr --out exports/slifmr")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="export folder (must not exist)")
-    p.add_argument("--k", type=int, default=20, help="K of the index's measured recall@K (default 20)")
+    p.add_argument("--k", type=cli_int(1), default=20, help="K of the index's measured recall@K (default 20)")
     p.set_defaults(func=_cmd_export)
 
     p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs; or re-draw a sweep's table and plot",
@@ -641,8 +647,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
              "  slifmr tune tune_configs/full.yaml --workers-per-trial 2 --address 10.0.0.5:6379 --storage /shared/tune\n"
              "  slifmr tune --resume runs/tune/fusion")
     p.add_argument("spec", nargs="?", help="sweep file (tune_configs/fusion.yaml, full.yaml, static.yaml, smoke.yaml)")
-    p.add_argument("--samples", type=int, help="trials (default: the file's samples)")
-    p.add_argument("--workers-per-trial", type=int, help="0: in the trial process; N: Ray Train with N workers")
+    p.add_argument("--samples", type=cli_int(1), help="trials (default: the file's samples)")
+    p.add_argument("--workers-per-trial", type=cli_int(0), help="0: in the trial process; N: Ray Train with N workers")
     p.add_argument("--data", help="dataset folder (default: the file's data, else the embedded ml-100k)")
     p.add_argument("--name", help="sweep name (default: the file's stem)")
     p.add_argument("--storage", default="runs/tune", help="folder of sweeps (shared storage on a cluster)")

@@ -427,8 +427,20 @@ def load_config(path: str | Path | None = None, variant: str | None = None, over
         set_key(cfg, key, value)
     for key, value in settings or []:
         set_key(cfg, key, value)
+    resolve_locations(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_locations(cfg: Config) -> None:
+    """Make `data` and `train.tracking_uri` absolute where they are relative (slifmr/paths.py):
+    a run records where its data is, not where the shell was, so every later command (evaluate,
+    recommend, export, resume, load_run from a notebook) works from any folder."""
+    from slifmr.paths import absolute_path, absolute_uri
+
+    if cfg.data is not None:
+        cfg.data = absolute_path(cfg.data)
+    cfg.train.tracking_uri = absolute_uri(cfg.train.tracking_uri)
 
 
 def validate(cfg: Config) -> None:

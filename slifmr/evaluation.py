@@ -43,6 +43,31 @@ class Scorer(Protocol):
         """(B, N) scores of every item for users (B,)."""
 
 
+def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices), each (B, min(k, N)): the k best items of each row of `scores` (B, N),
+    best first, under the tie rule every ranking of slifmr follows (evaluate, recommend, the
+    export's scorer, Ray Data inference): equal scores rank in ascending item index. So a
+    top K is the head of every deeper top K, and a metric at K does not depend on the other
+    cut-offs asked for. torch.topk alone leaves tied items in an arbitrary order.
+
+    Cost: torch.topk plus one pass over the row; rows whose boundary score is tied beyond
+    the k-th place (a popularity baseline's counts, users with fewer than k unmasked items)
+    are sorted whole, stably."""
+    k = min(k, scores.shape[1])
+    values, index = torch.topk(scores, k, dim=1)
+    if k == 0:
+        return values, index
+    kth = values[:, -1:]
+    crossing = ((scores > kth) | (scores == kth)).sum(1) > k  # which tied items enter is a choice
+    if crossing.any():
+        rows = crossing.nonzero().squeeze(1)
+        v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        values[rows], index[rows] = v[:, :k], i[:, :k]
+    index, by_index = torch.sort(index, dim=1)  # then order the k: score descending, index ascending
+    values, by_value = torch.sort(values.gather(1, by_index), dim=1, descending=True, stable=True)
+    return values, index.gather(1, by_value)
+
+
 def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor | None = None,
                 tail: Tensor | None = None, n_true: Tensor | None = None) -> dict[str, Tensor]:
     """Per-chunk metric sums. scores: (B, N) with masked items at -inf; truth: (B, N) bool;
@@ -55,7 +80,7 @@ def metric_sums(scores: Tensor, truth: Tensor, ks: list[int], popularity: Tensor
     kmax = min(max(ks), scores.shape[1])
     # every row ranked, then the users with ground truth kept: a copy of the (B, N) scores
     # without those few rows would cost more than ranking them
-    top_values, top = torch.topk(scores, kmax, dim=1)
+    top_values, top = top_k(scores, kmax)
     hits = truth.gather(1, top)[keep].double()
     # float64 sums: they are added over chunks and workers, and must not depend on the order
     top_values, top, n_true = top_values[keep], top[keep], n_true[keep].double()

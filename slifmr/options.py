@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slifmr.arguments import check_int
 from slifmr.config import CLOSED_FORM, Config
 from slifmr.errors import SlifmrError
 
@@ -58,8 +59,7 @@ def check_options(cfg: Config, given: Sequence[str], spelling: Spelling, *, from
     n, v, t = spelling.name, spelling.setting, cfg.train
     if cfg.variant in CLOSED_FORM:
         _check_closed_form(cfg.variant, [*given, *from_file], spelling, workers, gpu, address, max_failures, resume)
-    if workers < 0:
-        raise SlifmrError(f"{n('workers')} must be >= 0, got {workers}")
+    workers = check_int(n("workers"), workers, 0)
     if workers == 0:
         for key, value in (("address", address), ("max_failures", max_failures)):
             if value:

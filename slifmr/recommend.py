@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from slifmr.atomic import atomic_path
-from slifmr.data.format import Dataset
+from slifmr.data.format import TEST, VALID, Dataset
 from slifmr.data.graphs import csr_entries, interactions_csr
+from slifmr.data.ids import normal_id
 from slifmr.errors import SlifmrError
-from slifmr.evaluation import Scorer
+from slifmr.evaluation import Scorer, top_k
 
 
 def parse_user_list(spec: str) -> list[str]:
@@ -45,14 +46,14 @@ def read_user_file(path: str | Path) -> list[str]:
 
 
 def resolve_users(ds: Dataset, users: Sequence[str]) -> Tensor:
-    """Raw user ids (each one whole; surrounding whitespace stripped, as the importers store
-    ids) -> contiguous ids, each user once, in order. Raises SlifmrError for an unknown id or an
+    """Raw user ids (each one whole; stripped and in NFC, as the importers store ids:
+    slifmr/data/ids.py) -> contiguous ids, each user once, in order. Raises SlifmrError for an unknown id or an
     empty list."""
-    raw = list(dict.fromkeys(str(u).strip() for u in users))
+    raw = list(dict.fromkeys(normal_id(u) for u in users))
     if not raw:
         raise SlifmrError("no user ids given")
     if "users" in ds.ids:
-        index = {str(t): i for i, t in enumerate(ds.ids["users"])}
+        index = {normal_id(t): i for i, t in enumerate(ds.ids["users"])}
     else:
         index = {str(i): i for i in range(ds.num_users)}
     missing = [u for u in raw if u not in index]
@@ -61,9 +62,16 @@ def resolve_users(ds: Dataset, users: Sequence[str]) -> Tensor:
     return torch.tensor([index[u] for u in raw])
 
 
-def seen_items(ds: Dataset) -> tuple[Tensor, Tensor]:
-    """CSR of every user's interactions in any split: what is never recommended."""
-    return interactions_csr(ds.user, ds.item, ds.num_users)
+def seen_items(ds: Dataset, for_split: str | None = None) -> tuple[Tensor, Tensor]:
+    """CSR of the interactions a list leaves out. None: every split (a deployed list never
+    repeats what the user has); "valid" / "test": what the evaluation of that split masks
+    (train; train and valid), so the lists can be scored on it (`slifmr evaluate-recs`)."""
+    if for_split is None:
+        return interactions_csr(ds.user, ds.item, ds.num_users)
+    if for_split not in ("valid", "test"):
+        raise SlifmrError(f"split must be 'valid' or 'test', got {for_split!r}")
+    keep = ds.split < (VALID if for_split == "valid" else TEST)
+    return interactions_csr(ds.user[keep], ds.item[keep], ds.num_users)
 
 
 @dataclass
@@ -102,11 +110,11 @@ def top_unseen(scores: Tensor, users: Tensor, seen_rows: Tensor, seen_items: Ten
     """The top-k of each row of finite `scores` (B, N) (modified in place) for `users` (B,),
     leaving out the seen (row, item) pairs `seen_rows`, `seen_items` (S,)."""
     scores[seen_rows.to(scores.device), seen_items.to(scores.device)] = -math.inf
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    keep = top.values > -math.inf  # every real score is finite: -inf marks a seen item
-    rank = torch.arange(1, top.indices.shape[1] + 1, device=scores.device).expand_as(top.indices)
-    users = users.to(scores.device)[:, None].expand_as(top.indices)
-    return Recommendations(users[keep], rank[keep], top.indices[keep], top.values[keep])
+    values, indices = top_k(scores, k)  # equal scores: ascending item index (evaluation.top_k)
+    keep = values > -math.inf  # every real score is finite: -inf marks a seen item
+    rank = torch.arange(1, indices.shape[1] + 1, device=scores.device).expand_as(indices)
+    users = users.to(scores.device)[:, None].expand_as(indices)
+    return Recommendations(users[keep], rank[keep], indices[keep], values[keep])
 
 
 def raw_ids(ds: Dataset, kind: str, ids: np.ndarray) -> np.ndarray:
@@ -163,11 +171,13 @@ def recommendation_table(ds: Dataset, recs: Recommendations) -> pa.Table:
     }).cast(RECOMMENDATION_SCHEMA)
 
 
-def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: int = 1024) -> tuple[Path, int]:
+def write_recommendations(model: Scorer, ds: Dataset, k: int, out: Path, chunk: int = 1024,
+                          for_split: str | None = None) -> tuple[Path, int]:
     """Every user's top-k unseen items as Parquet (user, rank, item, score: raw ids), written
-    atomically; returns (the file, how many users got fewer than k rows)."""
+    atomically; returns (the file, how many users got fewer than k rows). `for_split`: leave
+    out only what that split's evaluation masks (`seen_items`)."""
     parts = []
-    seen = seen_items(ds)
+    seen = seen_items(ds, for_split)
     short = 0
     for start in range(0, ds.num_users, chunk):
         users = torch.arange(start, min(start + chunk, ds.num_users))

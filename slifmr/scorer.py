@@ -42,12 +42,14 @@ user extend x_u (the ridge part responds exactly as the model would to that hist
 excluded from the list; u stays the trained one.
 
 Errors: ValueError for an unknown user id given with `strict_user=True`, for an unknown item id
-in `history` or `allow` unless `ignore_unknown_items=True`, and for k < 1.
+in `history` or `allow` unless `ignore_unknown_items=True`, for k that is not an integer >= 1,
+and for `history`/`allow` that are not ids (a bare string is one id, never its characters).
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -124,11 +126,11 @@ class Scorer:
 
     @cached_property
     def user_rows(self) -> dict[str, int]:
-        return {str(u): r for r, u in enumerate(self.user_ids)}
+        return {_normal_id(u): r for r, u in enumerate(self.user_ids)}
 
     @cached_property
     def item_rows(self) -> dict[str, int]:
-        return {str(i): r for r, i in enumerate(self.item_ids)}
+        return {_normal_id(i): r for r, i in enumerate(self.item_ids)}
 
     @cached_property
     def _moments(self) -> tuple[np.ndarray, np.ndarray]:
@@ -139,10 +141,10 @@ class Scorer:
     def ridge_weight(self) -> float:
         return float(self.manifest["score"]["ridge_weight"]) if self.ridge is not None else 0.0
 
-    def _rows_of(self, ids: Sequence[str], what: str, ignore_unknown: bool) -> np.ndarray:
+    def _rows_of(self, ids: Sequence[str] | str, what: str, ignore_unknown: bool) -> np.ndarray:
         rows = []
-        for raw in ids:
-            r = self.item_rows.get(str(raw).strip())
+        for raw in _id_list(ids, what):
+            r = self.item_rows.get(_normal_id(raw))
             if r is None:
                 if ignore_unknown:
                     continue
@@ -151,8 +153,8 @@ class Scorer:
             rows.append(r)
         return np.unique(np.asarray(rows, np.int64))
 
-    def recommend(self, user: str | None, k: int = 10, history: Sequence[str] = (), exclude_seen: bool = True,
-                  allow: Sequence[str] | None = None, ignore_unknown_items: bool = False,
+    def recommend(self, user: str | None, k: int = 10, history: Sequence[str] | str = (), exclude_seen: bool = True,
+                  allow: Sequence[str] | str | None = None, ignore_unknown_items: bool = False,
                   strict_user: bool = False) -> list[tuple[str, float]]:
         """Top-k (raw item id, score) for one user, best first (fewer when fewer items are left).
 
@@ -160,9 +162,9 @@ class Scorer:
         `strict_user` an unknown id raises ValueError); history: raw item ids of interactions not
         in the export (new since training, or the whole history of a new user); exclude_seen:
         leave out the user's known and given interactions; allow: score only these items."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        row = self.user_rows.get(str(user).strip()) if user is not None else None
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        row = self.user_rows.get(_normal_id(user)) if user is not None else None
         if row is None and user is not None and strict_user:
             raise ValueError(f"unknown user id {user!r} (not in this export)")
         given = self._rows_of(history, "history", ignore_unknown_items)
@@ -239,6 +241,25 @@ class Scorer:
         pool = np.setdiff1d(pool, excluded)
         order = np.argsort(-np.asarray(self.popularity[pool]), kind="stable")[:k]
         return [(str(self.item_ids[pool[i]]), float(self.popularity[pool[i]])) for i in order]
+
+
+def _normal_id(raw: object) -> str:
+    """A raw id as slifmr's importers store it: stripped, in Unicode NFC (slifmr/data/ids.py)."""
+    return unicodedata.normalize("NFC", str(raw).strip())
+
+
+def _id_list(ids: Any, what: str) -> list[str]:
+    """A bare string (or int) is one id, never its characters; an iterable of str/int is a list
+    of ids (the rule of slifmr/arguments.py, restated here: this file imports nothing of slifmr)."""
+    if isinstance(ids, (str, int)) and not isinstance(ids, bool):
+        return [str(ids)]
+    if isinstance(ids, (bytes, dict)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"{what} must be an id or a list of ids, got {type(ids).__name__}")
+    out = list(ids)
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, (str, int, np.integer)):
+            raise ValueError(f"{what} must hold ids (strings), got {type(v).__name__} {v!r:.60}")
+    return [str(v) for v in out]
 
 
 def _values_at(keys: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:

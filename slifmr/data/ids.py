@@ -1,6 +1,8 @@
 """The id stage of the import pipeline (slifmr/data/pipeline.py), and the id rule every importer
-applies: an id is its text with surrounding whitespace stripped ('u1 ' is 'u1'); an id empty
-after stripping or holding a control character is refused.
+applies: an id is its text with surrounding whitespace stripped ('u1 ' is 'u1') in Unicode
+normal form NFC ("Zoe\u0308", as macOS writes it, is "Zo\u00eb"); an id empty after stripping
+or holding a control character is refused. Every lookup of a raw id (recommend, the export's
+scorer, evaluate-recs) applies the same rule (`normal_id`).
 
 Two encodings, one per kind of source: `TokenIds` (any text or integer ids, numbered in order
 of first appearance: tables, RecBole) and `IntegerIds` (non-negative integers numbered in
@@ -8,6 +10,7 @@ numeric order, or kept as they are where they index feature rows: MMRec)."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,9 +25,17 @@ from slifmr.errors import DataError
 CONTROL = r"[\x00-\x1f\x7f]"
 
 
+ID_FORM = "NFC"  # canonically equivalent spellings of one id are one id
+
+
+def normal_id(raw: object) -> str:
+    """One raw id as the importers store it: its text, stripped, in NFC."""
+    return unicodedata.normalize(ID_FORM, str(raw).strip())
+
+
 def stripped_ids(raw: pa.Array | pa.ChunkedArray) -> tuple[pa.Array | pa.ChunkedArray, pa.Array | pa.ChunkedArray]:
-    """(the ids stripped, a boolean mask of the ids the rule refuses)."""
-    text = pc.utf8_trim_whitespace(raw)
+    """(the ids stripped and in NFC, a boolean mask of the ids the rule refuses)."""
+    text = pc.utf8_normalize(pc.utf8_trim_whitespace(raw), ID_FORM)
     return text, pc.or_(pc.equal(pc.utf8_length(text), 0), pc.match_substring_regex(text, CONTROL))
 
 

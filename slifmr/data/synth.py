@@ -1,6 +1,7 @@
 """A seeded synthetic dataset generator for scale and fault tests.
 
-Items belong to latent clusters; each user prefers a few clusters. Interactions are drawn
+Both generators write exactly the interactions asked for (distinct (user, item) pairs) and
+refuse a request the catalogue cannot hold. Items belong to latent clusters; each user prefers a few clusters. Interactions are drawn
 cluster-first, then by item popularity inside the cluster (power-law user activity and item
 popularity). Modality features are noisy views of the item's cluster, and KG tails are
 drawn from a cluster-specific pool, so the auxiliary views carry real signal. Vectorised:
@@ -8,6 +9,8 @@ drawn from a cluster-specific pool, so the auxiliary views carry real signal. Ve
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,6 +62,48 @@ def _distinct_pairs(rng: np.random.Generator, user: np.ndarray, item: np.ndarray
     return user[first], item[first]
 
 
+def check_request(users: int, items: int, interactions: int) -> None:
+    """Refuse a request the catalogue cannot hold (ValueError naming the numbers)."""
+    if min(users, items, interactions) <= 0:
+        raise ValueError(f"users, items and interactions must be positive, got {users}, {items}, {interactions}")
+    if interactions > users * items:
+        raise ValueError(f"--interactions {interactions:,} is more than the {users:,} x {items:,} = "
+                         f"{users * items:,} distinct (user, item) pairs there are")
+
+
+def _honour(rng: np.random.Generator, draw: Callable[[np.ndarray], np.ndarray], per_user: np.ndarray,
+            items: int, interactions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly `interactions` distinct (user, item) pairs (check_request first): `per_user`
+    draws per user, duplicates removed, then draws again for the missing share in proportion
+    (popular items repeat); what the generator's own draws cannot reach (a small catalogue
+    that a few popular items fill) is made up by pairs drawn uniformly among those not yet
+    taken."""
+    users = per_user.size
+    user = np.repeat(np.arange(users, dtype=np.int64), per_user)
+    user, item = _distinct_pairs(rng, user, draw(user), items, interactions)
+    for _ in range(6):
+        if user.size >= interactions:
+            return user, item
+        extra = np.repeat(np.arange(users, dtype=np.int64),
+                          np.ceil(per_user * 1.5 * (interactions - user.size) / user.size).astype(np.int64))
+        user, item = _distinct_pairs(rng, np.r_[user, extra], np.r_[item, draw(extra)], items, interactions)
+    missing = interactions - user.size
+    if missing > 0:
+        taken = user * np.int64(items) + item
+        if users * items <= 1 << 24:  # small: choose among the free pairs themselves
+            free = np.setdiff1d(np.arange(users * np.int64(items)), taken, assume_unique=True)
+            extra = rng.choice(free, missing, replace=False)
+        else:  # large and nearly empty: uniform codes, drawn again until enough are new
+            extra = np.empty(0, np.int64)
+            while extra.size < missing:
+                codes = np.unique(rng.integers(0, users * np.int64(items), 2 * missing + 16))
+                extra = np.union1d(extra, np.setdiff1d(codes, taken))
+            extra = rng.permutation(extra)[:missing]
+        code = np.sort(np.r_[taken, extra])
+        user, item = code // items, code % items
+    return user, item
+
+
 def _activity(rng: np.random.Generator, users: int, items: int, interactions: int) -> np.ndarray:
     """Draws per user: power law (exponent 0.8), at least 1, at most a quarter of the
     catalogue, summing to about 1.25 x `interactions` (duplicates are removed afterwards)."""
@@ -85,25 +130,26 @@ def synthesize(
     noise: float = 1.0,
     seed: int = 0,
 ) -> Dataset:
-    """Generate a dataset; `modalities` is ((name, dim), ...)."""
-    if min(users, items, interactions) <= 0:
-        raise ValueError("users, items and interactions must be positive")
+    """Generate a dataset of exactly `interactions` distinct (user, item) pairs; `modalities` is
+    ((name, dim), ...). Raises ValueError when the catalogue cannot hold that many pairs."""
+    check_request(users, items, interactions)
     rng = np.random.default_rng(seed)
     item_cluster = rng.integers(0, clusters, items)
     # user preferences: a main cluster and a second one
     user_main = rng.integers(0, clusters, users)
     user_second = rng.integers(0, clusters, users)
-
-    user = np.repeat(np.arange(users, dtype=np.int64), _activity(rng, users, items, interactions))
-    n = user.size
-
+    per_user = _activity(rng, users, items, interactions)
     by_popularity = _PopularityInCluster(item_cluster, _power_law(rng, items, 0.9), clusters)
-    cluster = np.where(rng.random(n) < 0.7, user_main[user], user_second[user])
-    cluster = np.where(rng.random(n) < 0.15, rng.integers(0, clusters, n), cluster)  # exploration
-    cluster = np.where(by_popularity.empty[cluster], item_cluster[rng.integers(0, items, n)], cluster)
-    item = by_popularity.draw(cluster, rng.random(n))
 
-    user, item = _distinct_pairs(rng, user, item, items, interactions)
+    def draw(user: np.ndarray) -> np.ndarray:
+        """One item per row of `user`: a cluster of the user's (or exploration), then popularity."""
+        n = user.size
+        cluster = np.where(rng.random(n) < 0.7, user_main[user], user_second[user])
+        cluster = np.where(rng.random(n) < 0.15, rng.integers(0, clusters, n), cluster)  # exploration
+        cluster = np.where(by_popularity.empty[cluster], item_cluster[rng.integers(0, items, n)], cluster)
+        return by_popularity.draw(cluster, rng.random(n))
+
+    user, item = _honour(rng, draw, per_user, items, interactions)
 
     features = {}
     for name, dim in modalities:
@@ -168,8 +214,9 @@ def synthesize_planted(
     ("in_cluster") and to the entities of the signs of its first 8 latent dimensions
     ("has_trait"), so items with similar factors share KG neighbours. Vectorised; every
     interaction draw is one row of numpy arrays."""
-    if min(users, items, interactions, latent_dim, cluster_size, candidates) <= 0:
-        raise ValueError("users, items, interactions, latent_dim, cluster_size and candidates must be positive")
+    check_request(users, items, interactions)
+    if min(latent_dim, cluster_size, candidates) <= 0:
+        raise ValueError("latent_dim, cluster_size and candidates must be positive")
     rng = np.random.default_rng(seed)
     clusters = max(1, items // cluster_size)
     item_cluster = rng.integers(0, clusters, items)
@@ -198,15 +245,7 @@ def synthesize_planted(
             item[a:b] = cand[np.arange(b - a), pick]
         return item
 
-    per_user = _activity(rng, users, items, interactions)
-    user = np.repeat(np.arange(users, dtype=np.int64), per_user)
-    user, item = _distinct_pairs(rng, user, draw(user), items, interactions)
-    for _ in range(4):  # popular candidates repeat: draw again for the missing share, in proportion
-        if user.size >= interactions:
-            break
-        extra = np.repeat(np.arange(users, dtype=np.int64),
-                          np.ceil(per_user * 1.5 * (interactions - user.size) / user.size).astype(np.int64))
-        user, item = _distinct_pairs(rng, np.r_[user, extra], np.r_[item, draw(extra)], items, interactions)
+    user, item = _honour(rng, draw, _activity(rng, users, items, interactions), items, interactions)
 
     features = {}
     for name, dim in modalities:

@@ -59,6 +59,7 @@ from slifmr.data.ids import IdChunk, TokenIds, check_ids, lookup, raw_ids
 from slifmr.data.ids import show as _show
 from slifmr.data.pipeline import InteractionColumns, Split, emit, read_interactions
 from slifmr.errors import DataError, SlifmrError
+from slifmr.paths import absolute_path
 
 BATCH_ROWS = 1 << 20
 TABLE_SUFFIXES = (".npy", ".parquet", ".pq", ".csv", ".tsv", ".gz")
@@ -580,7 +581,7 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
     inter = read_interactions([table], cols, Split(split, split_seed, hint=" (give more interactions, or a split "
                                                    "column: --split column --split-col COLUMN)"))
     n = len(inter.items)
-    ds = inter.to_dataset(name or Path(interactions.rstrip("/")).stem, {"importer": "table", "source": interactions},
+    ds = inter.to_dataset(name or Path(interactions.rstrip("/")).stem, {"importer": "table", "source": absolute_path(interactions)},
                           split_seed=split_seed if split == "random" else None)
     key = item_key or cols.item
     order = None
@@ -598,7 +599,7 @@ def import_table(interactions: str, *, columns: InteractionColumns | None = None
         else:
             ft = open_table(f.path, [key])
             x, present, _ = features_from_table(ft, key, inter.items, f.column)
-        attach_features(ds, f.name, x, present, f.path)
+        attach_features(ds, f.name, x, present, absolute_path(f.path))
     if kg is not None and kg_links is not None:
         triples = open_table(kg, ["head", "relation", "tail"])
         links = open_table(kg_links, [key, "entity"])
@@ -643,6 +644,6 @@ def add_features(path: str | Path, name: str, source: FeatureSource | str, key: 
     tokens = pa.array(np.asarray(ds.ids["items"]).astype(str))
     table = open_table(src.path, [key])
     x, present, _ = features_from_table(table, key, tokens, src.column)
-    attach_features(ds, name, x, present, src.path)
+    attach_features(ds, name, x, present, absolute_path(src.path))
     ds.digest = None  # a new modality: a new fingerprint
     return ds

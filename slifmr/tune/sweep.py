@@ -148,6 +148,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
     trial is one entry in TensorBoard (its run folder) or MLflow (experiment: the sweep's name;
     default store: sqlite at the sweep folder's mlflow.db)."""
     from slifmr.launch import check_resources, connect
+    from slifmr.paths import absolute_path, absolute_uri
 
     if resume is not None:
         sweep_dir = Path(resume).resolve()
@@ -169,7 +170,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
             spec.set["train.tracker"] = tracker
             spec.set["train.tracking_experiment"] = sweep_dir.name
             if tracker == "mlflow":
-                spec.set["train.tracking_uri"] = tracking_uri or f"sqlite:///{sweep_dir / 'mlflow.db'}"
+                spec.set["train.tracking_uri"] = absolute_uri(tracking_uri) if tracking_uri else f"sqlite:///{sweep_dir / 'mlflow.db'}"
         spec = spec_from_dict(spec.to_dict(), spec.source)  # re-check the overridden values
         if (sweep_dir / SPEC_FILE).exists():
             raise SlifmrError(f"{sweep_dir} already holds a sweep: continue it with --resume {sweep_dir}, "
@@ -188,7 +189,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
             from slifmr.data.ml100k import prepare_ml100k
 
             spec.data = str(prepare_ml100k())
-        spec.data = str(Path(spec.data).resolve())
+        spec.data = absolute_path(spec.data)
         if not Path(spec.data).exists():
             raise SlifmrError(f"dataset folder {spec.data} does not exist")
         # Tune warns when per-epoch trial checkpoints snapshot its state often: that is the design
