@@ -673,7 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, status 2) or --help: a status, as every other error
+        return e.code if isinstance(e.code, int) else 2
     log.setup(level=30 if args.quiet else 20)
     try:
         return int(args.func(args) or 0)

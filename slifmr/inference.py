@@ -67,7 +67,7 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
 
     import ray
 
-    from slifmr.launch import connect
+    from slifmr.launch import ray_session
 
     out = str(out)
     if workers < 1:
@@ -76,7 +76,6 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     users = json.loads((Path(export_dir) / "manifest.json").read_text())["users"]
-    connect(address)
     # user rows as in-memory blocks of one batch each (no read tasks; every actor gets blocks)
     blocks = [np.arange(a, min(a + batch_size, users), dtype=np.int64) for a in range(0, users, batch_size)]
 
@@ -92,9 +91,10 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
         if scored != users:  # every user's batch wrote its part, or the output is incomplete
             raise SlifmrError(f"Ray Data inference wrote the lists of {scored:,} of {users:,} users under {target}")
 
-    if "://" in out:
-        score(out)
-    else:
-        with atomic_folder(out) as tmp:
-            score(str(tmp))
+    with ray_session(address):
+        if "://" in out:
+            score(out)
+        else:
+            with atomic_folder(out) as tmp:
+                score(str(tmp))
     return out

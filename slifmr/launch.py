@@ -17,6 +17,9 @@ import json
 import logging
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +166,61 @@ def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_f
     validate(cfg)  # a programmatic caller may have changed the config since it was loaded
     if workers < 1:
         raise SlifmrError("--workers must be >= 1 for Ray Train (0 runs in-process)")
-    connect(address)
     import ray
 
-    check_resources(workers, gpu, ray.cluster_resources())
-    trainer = make_trainer(cfg, run_dir, workers, gpu, max_failures)
-    try:
-        trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        raise _user_error(e) or SlifmrError(
-            f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
+    with ray_session(address):
+        check_resources(workers, gpu, ray.cluster_resources())
+        trainer = make_trainer(cfg, run_dir, workers, gpu, max_failures)
+        try:
+            fit_interruptibly(trainer)
+        except ray.train.TrainingFailedError as e:
+            raise _user_error(e) or SlifmrError(
+                f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
     return json.loads((Path(run_dir).resolve() / "results.json").read_text())
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray connected for a block (`connect`); a Ray instance this block started is shut down
+    when it ends, Ctrl-C included, so no command leaves Ray to its exit hooks (seen to crash
+    at interpreter exit). An instance already running (a notebook's, a test session's) stays."""
+    import ray
+
+    started = not ray.is_initialized()
+    connect(address)
+    try:
+        yield
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def fit_interruptibly(trainer: Any) -> Any:
+    """`trainer.fit()` in a helper thread, so that Ctrl-C reaches this thread as
+    KeyboardInterrupt. (Ray Train registers its own SIGINT handler when fit() runs on the main
+    thread; it aborts the run and the process ends with status 1 and no word.) On Ctrl-C the
+    Ray connection is shut down: the run's actors, its workers among them, end with the driver
+    that owns them, and the last complete epoch's checkpoint stays on disk (swapped in
+    atomically); then KeyboardInterrupt is raised again for the caller to say how to resume."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        import ray
+
+        ray.shutdown()
+        thread.join(30)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")

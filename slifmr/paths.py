@@ -12,11 +12,12 @@ from pathlib import Path
 
 
 def absolute_path(value: str | os.PathLike[str]) -> str:
-    """`value` as an absolute, normalised local path (`~` expanded); URLs ("scheme://...") as given."""
+    """`value` as an absolute, normalised local path (`~` expanded; symbolic links kept, as the
+    user named them); URLs ("scheme://...") as given."""
     text = os.fspath(value)
     if "://" in text:
         return text
-    return str(Path(text).expanduser().resolve())
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def absolute_uri(uri: str) -> str:

@@ -40,7 +40,7 @@ def test_users_left_without_history_leave_with_their_raw_ids() -> None:
     from: they leave, the others keep their order and raw ids."""
     ds = tiny()
     ds.ids = {**ds.ids, "user": np.array([f"u{j}" for j in range(ds.num_users)])}
-    out = hold_out_items(ds, 0.5, seed=2)
+    out = hold_out_items(ds, 0.6, seed=0)
     cold = cold_items(out)
     warm_train = (ds.split == TRAIN) & ~cold[ds.item]
     stays = np.isin(np.arange(ds.num_users), ds.user[warm_train])

@@ -102,7 +102,7 @@ def test_fresh_history_unseen_users_popularity_and_allow_lists(exported: tuple[s
     assert scorer.recommend("0", history=["zzz"], ignore_unknown_items=True) == scorer.recommend("0")
     with pytest.raises(ValueError, match="unknown user id 'nobody'"):
         scorer.recommend("nobody", strict_user=True)
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
         scorer.recommend("0", k=0)
     # without excluding seen items, the list may hold them and is the model's plain top k
     assert items(scorer.recommend("3", k=10, exclude_seen=False)) == _brute_force(

@@ -96,7 +96,8 @@ def _threads(spec: SweepSpec) -> int:
 
 def _tuner(spec: SweepSpec, sweep_dir: Path, restore: bool) -> Any:
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from slifmr.tune.asha import ResumableASHA
 
     spec_dict = spec.to_dict()
     threads = _threads(spec)
@@ -128,7 +129,7 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, restore: bool) -> Any:
             metric=spec.metric, mode=spec.mode, num_samples=spec.samples,
             # the random generator limits concurrency itself (Tune ignores the setting for it)
             max_concurrent_trials=spec.concurrency if spec.search == "optuna" else None,
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
+            scheduler=ResumableASHA(str(sweep_dir), time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
                                     reduction_factor=s.reduction_factor),
             search_alg=search,
         ),
@@ -147,7 +148,7 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
     """Run (or, with `resume`, continue) a sweep; returns best.json's contents. `tracker`: every
     trial is one entry in TensorBoard (its run folder) or MLflow (experiment: the sweep's name;
     default store: sqlite at the sweep folder's mlflow.db)."""
-    from slifmr.launch import check_resources, connect
+    from slifmr.launch import check_resources, ray_session
     from slifmr.paths import absolute_path, absolute_uri
 
     if resume is not None:
@@ -194,25 +195,25 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
             raise SlifmrError(f"dataset folder {spec.data} does not exist")
         # Tune warns when per-epoch trial checkpoints snapshot its state often: that is the design
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        connect(address)
         import ray
 
-        check_resources(max(spec.workers_per_trial, 1), spec.gpu, ray.cluster_resources(), "workers_per_trial")
-        if resume is None:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            write_text(sweep_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
-                 f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
-        start = time.time()
-        signal.signal(signal.SIGINT, _sigint)
-        try:
-            grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
-        finally:
-            seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
-        if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
-            raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
-                                   f"slifmr tune --resume {sweep_dir}")
-        return finish_sweep(spec, sweep_dir, grid, seconds)
+        with ray_session(address):
+            check_resources(max(spec.workers_per_trial, 1), spec.gpu, ray.cluster_resources(), "workers_per_trial")
+            if resume is None:
+                sweep_dir.mkdir(parents=True, exist_ok=True)
+                write_text(sweep_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
+                     f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
+            start = time.time()
+            signal.signal(signal.SIGINT, _sigint)
+            try:
+                grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
+            finally:
+                seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
+            if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
+                raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
+                                       f"slifmr tune --resume {sweep_dir}")
+            return finish_sweep(spec, sweep_dir, grid, seconds)
     finally:
         lock.release()
 
