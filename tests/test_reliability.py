@@ -258,9 +258,11 @@ def test_asha_rungs_are_rebuilt_from_the_trials_metrics(tmp_path: Path) -> None:
 
     record("t0", [0.5, 0.6, 0.7, 0.8])
     record("t1", [0.6, 0.7, 0.75])  # epoch 3 written, but Tune had only its first two results
+    record("t3", [0.9])  # written as Ctrl-C came: Tune has no result of it
     resumed = scheduler()
     resumed.on_trial_add(None, Trial("t0", 4))
     resumed.on_trial_add(None, Trial("t1", 2))
+    resumed.on_trial_add(None, Trial("t3", None))
     rungs = {milestone: dict(recorded) for milestone, recorded in resumed._trial_info["t0"]._rungs}
     assert rungs[1] == {"t0": 0.5, "t1": 0.6} and rungs[2] == {"t0": 0.6, "t1": 0.7} and rungs[4] == {"t0": 0.8}
     # a new trial below the rebuilt rung-1 cutoff is stopped, as in the uninterrupted sweep

@@ -34,13 +34,13 @@ class ResumableASHA(ASHAScheduler):
         path = Path(self.sweep_dir) / "runs" / trial.trial_id / "metrics.jsonl"
         if not path.exists():  # a new trial
             return
-        last = (trial.last_result or {}).get(self._time_attr)
+        last = (trial.last_result or {}).get(self._time_attr, 0)  # none: Tune had no result of it
         bracket = self._trial_info[trial.trial_id]
         for line in path.read_text().splitlines():
             if not line.strip():
                 continue
             result = flat_metrics(json.loads(line))
-            if last is not None and result[self._time_attr] > last:
+            if result[self._time_attr] > last:
                 break  # not reported to Tune before the interrupt: the trial trains it again
             if result.get(self._metric) is not None:
                 bracket.on_result(trial, result[self._time_attr], self._metric_op * result[self._metric])
