@@ -505,9 +505,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = load_run(args.run_dir).export(args.out, args.k)
     manifest = json.loads((path / "manifest.json").read_text())
-    print(f"wrote {path}: {manifest['users']:,} users, {manifest['items']:,} items, {manifest['dim']}-d, "
-          f"{manifest['index']['kind']} recall@{args.k} {manifest['index'][f'recall@{args.k}']:.4f}")
+    index = manifest["index"]
+    served = (f"{manifest['dim']}-d, {index['kind']} recall@{args.k} {index[f'recall@{args.k}']:.4f}" if index
+              else f"score {manifest['score']['type']} (no embeddings, no index)")
+    print(f"wrote {path}: {manifest['users']:,} users, {manifest['items']:,} items, {served}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from slifmr.export import load_export
+    from slifmr.scorer import serve
+
+    load_export(args.export)  # one line for a folder that is not an export
+    return serve(args.export, args.host, args.port, args.replicas)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -612,6 +622,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="export folder (must not exist)")
     p.add_argument("--k", type=cli_int(1), default=20, help="K of the index's measured recall@K (default 20)")
     p.set_defaults(func=_cmd_export)
+
+    p = _sub(sub, "serve", "serve an export over HTTP: POST /recommend, GET /health (numpy + faiss; the same server "
+             "as `python EXPORT/slifmr_scorer.py`)",
+             "slifmr serve exports/slifmr --port 8000\n"
+             "  curl -s localhost:8000/recommend -d '{\"user\": \"196\", \"k\": 10}'")
+    p.add_argument("export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=cli_int(0, 65535), default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--replicas", type=cli_int(1), default=1, help="server processes sharing the port (default 1)")
+    p.set_defaults(func=_cmd_serve)
 
     p = _sub(sub, "report", "learning curves (PNG) and a comparison table of runs; or re-draw a sweep's table and plot",
              "slifmr report runs/lightgcn runs/slifmr --out report/\n  slifmr report runs/tune/fusion")

@@ -80,19 +80,89 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
     docstring. Raises SlifmrError for the closed-form variants (an item-item matrix, no embeddings)."""
     if Path(out).exists():
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
-    if run.config.variant in CLOSED_FORM:
-        raise SlifmrError(f"variant {run.config.variant} scores without embeddings (an item-item matrix or item "
-                          "counts): there is nothing to index (serve it with slifmr recommend --all)")
     about = {"run": str(run.path.resolve()), "variant": run.config.variant, "best_epoch": run.best_epoch,
              "valid": run.results.get("valid") if (run.path / "results.json").exists() else None}
+    if run.config.variant in CLOSED_FORM:
+        kind, part = closed_form_scores(run.model, run.dataset)
+        if kind != "dot":
+            return export_item_scores(run.dataset, kind, part, out, about)
+        return export_representations(run.dataset, part, out, about, k, exact_limit)
     return export_representations(run.dataset, run.model, out, about, k, exact_limit)
+
+
+def closed_form_scores(model: Any, ds: Dataset) -> tuple[str, Any]:
+    """What a closed form's export holds, by the form of its score:
+    ("dot", Representations) for `ials` (s = u . v) and `content_knn` (u = the mean of the
+    training history's features, v = the features); ("item_item", W^T (N, N), dense or CSR) for
+    `ease` and `cooc_ridge` (s = x_u W); ("popularity", counts (N,)) for `pop`."""
+    from slifmr.model.content_knn import ContentKNN
+    from slifmr.model.cooc_ridge import CoocRidge
+    from slifmr.model.ease import EASE
+    from slifmr.model.ials import IALS
+    from slifmr.model.popularity import Popularity
+    from slifmr.model.ridge import weights_csr
+    from slifmr.model.slifmr import Representations
+
+    if isinstance(model, IALS):
+        return "dot", Representations(model.user_factors, model.item_factors)
+    if isinstance(model, ContentKNN):
+        x = model.interactions.to_sparse_csr()
+        count = torch.sparse.sum(model.interactions, 1).to_dense().clamp_min(1.0)[:, None]
+        return "dot", Representations(torch.sparse.mm(x, model.features) / count, model.features)
+    if isinstance(model, EASE):
+        return "item_item", model.weights.T
+    if isinstance(model, CoocRidge):
+        return "item_item", weights_csr(model.weights, model.neighbours)
+    if isinstance(model, Popularity):
+        return "popularity", model.counts
+    raise SlifmrError(f"no export for a {type(model).__name__} model")
+
+
+def export_item_scores(ds: Dataset, kind: str, part: Any, out: str | Path, about: dict[str, Any]) -> Path:
+    """The export of a closed form scored without embeddings (`closed_form_scores`): "item_item"
+    (W^T, served as s = x_u W) or "popularity" (counts): the same folder as an embedding export
+    without the embeddings and the index (arrays/ with users and items of width 0)."""
+    from slifmr.recommend import raw_ids
+
+    out = Path(out)
+    if out.exists():
+        raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
+    w_t = None
+    if kind == "item_item":
+        w_t = (part.to_sparse_coo() if part.layout != torch.strided else part.to_sparse()).coalesce()
+    manifest = {"slifmr_version": slifmr.__version__, "dataset": ds.fingerprint(), **about, "dim": 0,
+                "users": ds.num_users, "items": ds.num_items,
+                "score": {"type": kind, "ridge_weight": 1.0 if kind == "item_item" else 0.0,
+                          "formula": "x_u W (the training history times the item-item weights)" if kind == "item_item"
+                          else "training interactions of the item, the same for every user"},
+                "index": None}
+    empty_users, empty_items = np.zeros((ds.num_users, 0), np.float32), np.zeros((ds.num_items, 0), np.float32)
+    with atomic_folder(out) as tmp:
+        _write_history(tmp, ds)
+        if w_t is not None:
+            i, j = w_t.indices().numpy()
+            pq.write_table(pa.table({"item": raw_ids(ds, "items", i), "neighbour": raw_ids(ds, "items", j),
+                                     "item_row": i.astype(np.int64), "neighbour_row": j.astype(np.int64),
+                                     "weight": w_t.values().numpy().astype(np.float32)}), tmp / "ridge.parquet")
+        _write_arrays(tmp / ARRAYS, ds, empty_users, empty_items, w_t)
+        shutil.copyfile(Path(__file__).with_name("scorer.py"), tmp / "slifmr_scorer.py")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def _write_history(folder: Path, ds: Dataset) -> None:
+    from slifmr.data.format import TRAIN
+    from slifmr.recommend import raw_ids
+
+    pq.write_table(pa.table({"user": raw_ids(ds, "users", ds.user), "item": raw_ids(ds, "items", ds.item),
+                             "user_row": ds.user, "item_row": ds.item, "train": ds.split == TRAIN}),
+                   folder / "history.parquet")
 
 
 def export_representations(ds: Dataset, reps: Representations, out: str | Path, about: dict[str, Any],
                            k: int = 20, exact_limit: int = EXACT_LIMIT) -> Path:
     """Write the export of representations `reps` of dataset `ds` to the folder `out` (must not
     exist); `about` joins the manifest (run, variant, best epoch, validation metrics)."""
-    from slifmr.data.format import TRAIN
     from slifmr.recommend import raw_ids
 
     out = Path(out)
@@ -124,13 +194,11 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
     with atomic_folder(out) as tmp:
         pq.write_table(_vectors(raw_ids(ds, "users", np.arange(ds.num_users)), users_np, "user"), tmp / "users.parquet")
         pq.write_table(_vectors(raw_ids(ds, "items", np.arange(ds.num_items)), items_np, "item"), tmp / "items.parquet")
-        pq.write_table(pa.table({"user": raw_ids(ds, "users", ds.user), "item": raw_ids(ds, "items", ds.item),
-                                 "user_row": ds.user, "item_row": ds.item, "train": ds.split == TRAIN}),
-                       tmp / "history.parquet")
+        _write_history(tmp, ds)
         if ridge is not None:
             pq.write_table(ridge, tmp / "ridge.parquet")
         ann.faiss_module("export").write_index(index, str(tmp / "items.faiss"))
-        _write_arrays(tmp / ARRAYS, ds, users_np, items_np, reps if ridge is not None else None)
+        _write_arrays(tmp / ARRAYS, ds, users_np, items_np, reps.item_ridge if ridge is not None else None)
         shutil.copyfile(Path(__file__).with_name("scorer.py"), tmp / "slifmr_scorer.py")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
@@ -147,7 +215,7 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, data: np.ndarray | Non
 
 
 def _write_arrays(folder: Path, ds: Dataset, users: np.ndarray, items: np.ndarray,
-                  reps: Representations | None) -> None:
+                  item_ridge: torch.Tensor | None) -> None:
     """What the numpy + faiss scorer reads (slifmr/scorer.py), one .npy per array: embeddings,
     raw ids, every user's history (seen: any split; train), the head's W by history item, and
     training popularity."""
@@ -162,12 +230,35 @@ def _write_arrays(folder: Path, ds: Dataset, users: np.ndarray, items: np.ndarra
         "item_ids": raw_ids(ds, "items", np.arange(ds.num_items)).astype(str)}
     for name, mask in (("seen", slice(None)), ("train", train)):
         arrays.update({f"{name}_{k}": v for k, v in _csr(ds.user[mask], ds.item[mask], ds.num_users).items()})
-    if reps is not None:  # item_ridge is W^T: (scored item i, history item j) -> W[j, i], stored by j
-        w = reps.item_ridge.to_sparse_coo().coalesce()
+    if item_ridge is not None:  # W^T: (scored item i, history item j) -> W[j, i], stored by j
+        w = item_ridge.to_sparse_coo().coalesce()
         i, j = w.indices().numpy()
         arrays.update({f"ridge_{k}": v for k, v in _csr(j, i, ds.num_items, w.values().numpy()).items()})
     for name, a in arrays.items():
         np.save(folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+
+
+@dataclass
+class ItemItemScores:
+    """s = x_u W for users (B,) -> (B, N): X (M, N) sparse COO training interactions, W^T CSR."""
+
+    interactions: torch.Tensor
+    weights_t: torch.Tensor
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        from slifmr.model.ridge import ridge_scores
+
+        return ridge_scores(self.interactions, self.weights_t, users)
+
+
+@dataclass
+class PopularityScores:
+    """s = the item's training interactions (N,), the same for every user -> (B, N)."""
+
+    counts: torch.Tensor
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        return self.counts.expand(users.numel(), -1).clone()
 
 
 @dataclass
@@ -207,9 +298,10 @@ class Export:
     def seen(self) -> Any:
         return _scipy(self.scorer.seen, self.scorer.items.shape[0])
 
-    def representations(self, device: str = "cpu") -> Representations:
+    def representations(self, device: str = "cpu") -> Representations | ItemItemScores | PopularityScores:
         """The trained model's scorer rebuilt from the export, on `device` (built once per device):
-        its `full_scores` is the model's score, ridge head included."""
+        its `full_scores` is the model's score, ridge head included (a closed form's: x_u W, or
+        the popularity counts)."""
         if device not in self._scorers:
             from slifmr.model.slifmr import Representations
 
@@ -221,6 +313,14 @@ class Export:
 
             s, n = self.scorer, self.scorer.items.shape[0]
             head = s.ridge is not None
+            kind = s.manifest["score"]["type"]
+            if kind == "popularity":
+                self._scorers[device] = PopularityScores(torch.from_numpy(np.array(s.popularity)).float().to(device))
+                return self._scorers[device]
+            if kind == "item_item":
+                self._scorers[device] = ItemItemScores(sparse(_scipy(s.train, n), csr=False),
+                                                       sparse(_scipy(s.ridge, n).T, csr=True))
+                return self._scorers[device]
             self._scorers[device] = Representations(
                 torch.from_numpy(np.array(s.users)).to(device), torch.from_numpy(np.array(s.items)).to(device),
                 item_ridge=sparse(_scipy(s.ridge, n).T, csr=True) if head else None,  # W^T

@@ -120,8 +120,9 @@ class Scorer:
         ridge = None
         if (root / ARRAYS / "ridge_indptr.npy").exists():
             ridge = Csr(array("ridge_indptr"), array("ridge_indices"), array("ridge_data"))
+        index = faiss.read_index(str(root / "items.faiss")) if (root / "items.faiss").exists() else None
         return cls(manifest, array("user_ids"), array("item_ids"), array("users"), array("items"),
-                   faiss.read_index(str(root / "items.faiss")), Csr(array("seen_indptr"), array("seen_indices")),
+                   index, Csr(array("seen_indptr"), array("seen_indices")),
                    Csr(array("train_indptr"), array("train_indices")), ridge, array("popularity"))
 
     @cached_property
@@ -175,6 +176,11 @@ class Scorer:
             excluded = np.empty(0, np.int64)
         allowed = self._rows_of(allow, "allow", ignore_unknown_items) if allow is not None else None
 
+        kind = self.manifest["score"]["type"]
+        if kind == "popularity" or (kind == "item_item" and not x_u.size):
+            return self._popular(k, excluded, allowed)
+        if kind == "item_item":
+            return self._item_item(x_u, k, excluded, allowed)
         if row is not None:
             q = np.asarray(self.users[row], np.float32)
         elif x_u.size:
@@ -203,6 +209,16 @@ class Scorer:
             scores = self._fused(q, scores, candidates, ridge_items, ridge_values)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(str(self.item_ids[candidates[i]]), float(scores[i])) for i in order]
+
+    def _item_item(self, x_u: np.ndarray, k: int, excluded: np.ndarray,
+                   allowed: np.ndarray | None) -> list[tuple[str, float]]:
+        """A closed form's s = x_u W over every item (or the allow-list), excluded items removed."""
+        n = self.items.shape[0]
+        cols, vals = self.ridge.rows(x_u)
+        scores = np.bincount(cols, weights=vals, minlength=n).astype(np.float32)
+        pool = np.setdiff1d(allowed if allowed is not None else np.arange(n), excluded)
+        order = np.argsort(-scores[pool], kind="stable")[:k]
+        return [(str(self.item_ids[pool[i]]), float(scores[pool[i]])) for i in order]
 
     def _candidates(self, q: np.ndarray, k: int, excluded: np.ndarray, ridge_items: np.ndarray | None,
                     ridge_values: np.ndarray | None) -> np.ndarray:
@@ -270,3 +286,153 @@ def _values_at(keys: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarr
     hit[hit] = keys[pos[hit]] == at[hit]
     out[hit] = values[pos[hit]]
     return out
+
+
+# ----------------------------------------------------------------------------- HTTP serving
+#
+# `python slifmr_scorer.py EXPORT --port 8000 [--replicas 2]` (what `slifmr serve` runs): the
+# standard library's threading HTTP server in front of `Scorer`, so the serving host still needs
+# only numpy and faiss. Replicas are processes sharing the port (SO_REUSEPORT: the kernel spreads
+# connections over them), each with its own memory-mapped copy of the arrays.
+#
+#   GET  /health      200 {"status": "ok", "variant", "users", "items", "score"}
+#   POST /recommend   {"user": "196" | null, "k": 10, "history": [...], "allow": [...],
+#                      "exclude_seen": true, "strict_user": false}
+#                     200 {"user": ..., "items": [{"item": "50", "score": 1.23}, ...]}
+#   bad JSON, a missing or ill-typed field, k < 1, an unknown id: 400 {"error": "..."};
+#   another path: 404; another method: 405.
+
+REQUEST_FIELDS = {"user", "k", "history", "allow", "exclude_seen", "strict_user", "ignore_unknown_items"}
+
+
+def answer(scorer: Scorer, body: bytes) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of one POST /recommend request body."""
+    try:
+        request = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        return 400, {"error": f"the body is not JSON: {e}"}
+    if not isinstance(request, dict):
+        return 400, {"error": 'the body must be a JSON object such as {"user": "196", "k": 10}'}
+    unknown = set(request) - REQUEST_FIELDS
+    if unknown:
+        return 400, {"error": f"unknown field(s) {', '.join(sorted(unknown))} (fields: {', '.join(sorted(REQUEST_FIELDS))})"}
+    user = request.get("user")
+    if user is not None and not isinstance(user, (str, int)) or isinstance(user, bool):
+        return 400, {"error": f"user must be a string id or null, got {user!r:.60}"}
+    for flag in ("exclude_seen", "strict_user", "ignore_unknown_items"):
+        if flag in request and not isinstance(request[flag], bool):
+            return 400, {"error": f"{flag} must be true or false, got {request[flag]!r:.60}"}
+    try:
+        items = scorer.recommend(None if user is None else str(user), k=request.get("k", 10),
+                                 history=request.get("history") or (), allow=request.get("allow"),
+                                 exclude_seen=request.get("exclude_seen", True),
+                                 ignore_unknown_items=request.get("ignore_unknown_items", False),
+                                 strict_user=request.get("strict_user", False))
+    except ValueError as e:
+        return 400, {"error": str(e)}
+    return 200, {"user": user, "items": [{"item": i, "score": s} for i, s in items]}
+
+
+def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 8000, reuse_port: bool = False) -> Any:
+    """A ThreadingHTTPServer answering /health and /recommend from `scorer` (not yet serving:
+    call serve_forever). Port 0 picks a free port (server.server_address[1])."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    health = {"status": "ok", "variant": scorer.manifest.get("variant"), "users": int(scorer.user_ids.size),
+              "items": int(scorer.item_ids.size), "score": scorer.manifest["score"]["type"]}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/health":
+                self._send(200, health)
+            elif self.path == "/recommend":
+                self._send(405, {"error": "POST /recommend with a JSON body"})
+            else:
+                self._send(404, {"error": f"no endpoint {self.path} (GET /health, POST /recommend)"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+            if self.path != "/recommend":
+                self._send(404 if self.path != "/health" else 405, {"error": f"no POST endpoint {self.path}"})
+                return
+            self._send(*answer(scorer, body))
+
+        def log_message(self, format: str, *args: Any) -> None:  # one line per request is noise at 10^3/s
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_port = reuse_port
+
+        def server_bind(self) -> None:
+            import socket
+
+            if reuse_port:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    return Server((host, port), Handler)
+
+
+def _replica(folder: str, host: str, port: int, reuse_port: bool) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the replicas
+    make_server(Scorer.load(folder), host, port, reuse_port).serve_forever()
+
+
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> int:
+    """Serve the export in `folder` on host:port with `replicas` processes until Ctrl-C (returns
+    130) or SIGTERM (returns 0)."""
+    import multiprocessing
+    import signal
+
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
+    Scorer.load(folder)  # a bad folder fails here, once, not in every replica
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_replica, args=(str(folder), host, port, replicas > 1), daemon=True)
+             for _ in range(replicas)]
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
+    for p in procs:
+        p.start()
+    print(f"serving {folder} on http://{host}:{port} ({replicas} replica(s)): GET /health, POST /recommend", flush=True)
+    try:
+        while all(p.is_alive() for p in procs):
+            procs[0].join(0.5)
+        return 1  # a replica died
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(5)
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Serve a slifmr export over HTTP (numpy + faiss only).")
+    parser.add_argument("export", nargs="?", default=str(Path(__file__).parent))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--replicas", type=int, default=1)
+    a = parser.parse_args()
+    sys.exit(serve(a.export, a.host, a.port, a.replicas))

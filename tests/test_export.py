@@ -37,8 +37,9 @@ def test_export_answers_the_runs_top_k(variant: str, tiny_path: Path, tmp_path: 
         run.export(tmp_path / "exp")
 
 
-def test_ease_has_nothing_to_index(tiny_path: Path, tmp_path: Path) -> None:
+def test_ease_exports_its_weights_without_an_index(tiny_path: Path, tmp_path: Path) -> None:
+    """A closed form scored by item-item weights exports them (tests/test_serve.py: its lists)."""
     run = slifmr.train(data=tiny_path, variant="ease", out=tmp_path / "run")
-    with pytest.raises(SlifmrError, match="without embeddings"):
-        run.export(tmp_path / "exp")
-    assert not (tmp_path / "exp").exists()
+    manifest = json.loads((run.export(tmp_path / "exp") / "manifest.json").read_text())
+    assert manifest["score"]["type"] == "item_item" and manifest["index"] is None and manifest["dim"] == 0
+    assert not (tmp_path / "exp" / "items.faiss").exists() and (tmp_path / "exp" / "ridge.parquet").exists()
