@@ -105,15 +105,58 @@ class Run:
         ev = Evaluator(self.dataset, ks, self.config.train.eval_chunk)
         return ev.evaluate(self.model.full_scores, VALID if split == "valid" else TEST)
 
-    def recommend(self, users: Sequence[str] | str, k: int = 10) -> pa.Table:
+    def recommend(self, users: Sequence[str] | str, k: int = 10, history: Sequence[str] | str | None = None,
+                  allow: Sequence[str] | str | None = None, exclude_seen: bool = True) -> pa.Table:
         """Top-k unseen items of each user (raw ids, as in the source data, each taken whole: a
         single string is one id, commas included): a Table of user, rank (1-based), item, score.
-        Raises SlifmrError for an unknown user or k <= 0."""
-        from slifmr.recommend import recommend, recommendation_table, resolve_users
+
+        The export's serving options, with the same lists (answered by the run's export,
+        `Run.scorer`): `history`, raw item ids of interactions since training (a user unknown to
+        the run is folded in from them); `allow`, recommend only from these items;
+        `exclude_seen=False` keeps the user's known items. Raises SlifmrError for an unknown user
+        (without `history`), an unknown item id, or k <= 0."""
+        import pyarrow as pa
+
+        from slifmr.recommend import (
+            RECOMMENDATION_SCHEMA,
+            recommend,
+            recommendation_table,
+            resolve_users,
+        )
 
         k = check_int("k", k)
-        ids = resolve_users(self.dataset, id_list("users", users))
-        return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
+        asked = id_list("users", users)
+        if history is None and allow is None and exclude_seen:
+            ids = resolve_users(self.dataset, asked)
+            return recommendation_table(self.dataset, recommend(self.model, self.dataset, ids, k))
+        if not isinstance(exclude_seen, bool):
+            raise SlifmrError(f"exclude_seen must be True or False, got {exclude_seen!r}")
+        given, allowed = id_list("history", history or []), None if allow is None else id_list("allow", allow)
+        if not given:
+            resolve_users(self.dataset, asked)  # a user the run does not know needs a history
+        rows: dict[str, list] = {"user": [], "rank": [], "item": [], "score": []}
+        for user in dict.fromkeys(asked):
+            try:
+                items = self.scorer.recommend(user, k, history=given, allow=allowed, exclude_seen=exclude_seen)
+            except ValueError as e:
+                raise SlifmrError(str(e)) from None
+            for rank, (item, score) in enumerate(items, start=1):
+                rows["user"].append(user), rows["rank"].append(rank), rows["item"].append(item), rows["score"].append(score)
+        return pa.table(rows).cast(RECOMMENDATION_SCHEMA)
+
+    @cached_property
+    def scorer(self) -> Any:
+        """The run's export (slifmr/scorer.py's Scorer), written once to a temporary folder that
+        is removed when this process exits: what `recommend` with serving options answers from."""
+        import atexit
+        import shutil
+        import tempfile
+
+        from slifmr.scorer import Scorer
+
+        folder = Path(tempfile.mkdtemp(prefix="slifmr-run-export-"))
+        atexit.register(shutil.rmtree, folder, True)
+        return Scorer.load(self.export(folder / "export"))
 
     def export(self, out: str | Path, k: int = 20) -> Path:
         """Embeddings as Parquet with raw ids, a faiss index (its recall@k measured), the ridge
@@ -216,9 +259,11 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, workers: int = 0, g
     return Run(run_dir, cfg)
 
 
-def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Path | None = None,
+def train(data: str | Path | Any | None = None, variant: str = "slifmr", out: str | Path | None = None,
           config: str | Path | None = None, workers: int = 0, preset: str | None = None, **overrides: Any) -> Run:
-    """Train a variant on a dataset folder (default: the embedded ml-100k) and return its Run.
+    """Train a variant on a dataset and return its Run. `data`: a dataset folder (default: the
+    embedded ml-100k), or an interactions table in memory (a pandas DataFrame or an Arrow table
+    with user_id and item_id columns), imported first into RUN/data as `import_table` does.
 
     `overrides` set config keys: bare names where unambiguous (epochs=5, k_corr=20, lr=1e-3),
     or model__k_corr / train__lr. `out`: the run folder (default runs/<variant>-seed<seed>-<time>).
@@ -227,8 +272,9 @@ def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Pa
     from slifmr.config import flatten_config, read_config_file
     from slifmr.options import PYTHON, check_options
 
+    table = _in_memory_table(data, "data")
     settings: list[tuple[str, Any]] = [(config_key(k), v) for k, v in overrides.items()]
-    if data is not None:
+    if data is not None and table is None:
         settings.append(("data", str(data)))
     cfg = load_config(config, variant, settings=settings, preset=preset)
     # the command line's rules, spelled as keyword arguments
@@ -238,7 +284,92 @@ def train(data: str | Path | None = None, variant: str = "slifmr", out: str | Pa
         raise SlifmrError(f"dataset folder {cfg.data} does not exist")
     run_dir = Path(out) if out else default_run_dir(cfg)
     refuse_existing_run(run_dir)
+    if table is not None:
+        cfg.data = str(import_table(table, run_dir / "data").resolve())
     return fit(cfg, run_dir, workers=workers)
+
+
+def _in_memory_table(data: Any, name: str) -> pa.Table | None:
+    """`data` as an Arrow table when it is one or a pandas DataFrame; None for a path."""
+    import os
+
+    import pyarrow as pa
+
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return None
+    if isinstance(data, pa.Table):
+        return data
+    if type(data).__name__ == "DataFrame" and hasattr(data, "to_numpy"):  # pandas (not imported unless given)
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise SlifmrError(f"{name} must be a path, a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
+
+
+def import_table(interactions: str | Path | Any, out: str | Path, *, user_col: str = "user_id",
+                 item_col: str = "item_id", time_col: str | None = None, split: str = "random",
+                 split_col: str | None = None, split_seed: int = 2026, name: str | None = None,
+                 **options: Any) -> Path:
+    """`slifmr data import table` from Python: the interactions (a Parquet or CSV path, a folder
+    of them, a pandas DataFrame or an Arrow table) and the options of
+    `slifmr.data.table.import_table` (items, item_key, text_columns, features, kg, kg_links,
+    cache_dir) imported into the dataset folder `out`, which is returned. Raises DataError
+    (file, row, column, value) on bad input, SlifmrError on bad options."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from slifmr.data.format import write_dataset
+    from slifmr.data.pipeline import InteractionColumns
+    from slifmr.data.table import import_table as import_tables
+
+    columns = InteractionColumns(user_col, item_col, time_col, split_col)
+    table = _in_memory_table(interactions, "interactions")
+    with tempfile.TemporaryDirectory(prefix="slifmr-import-") as tmp:
+        source = str(interactions)
+        if table is not None:
+            source = str(Path(tmp) / "interactions.parquet")
+            pq.write_table(table, source)
+            name = name or "table"
+        ds = import_tables(source, columns=columns, split=split, split_seed=split_seed, name=name, **options)
+        if table is not None:
+            ds.provenance["import"]["source"] = f"an in-memory {type(interactions).__name__} of {table.num_rows:,} rows"
+    return Path(write_dataset(ds, out))
+
+
+def evaluate_recs(recommendations: str | Path | Any, data: str | Path, k: int | Sequence[int] = (10, 20),
+                  split: str = "test") -> dict[str, Any]:
+    """`slifmr evaluate-recs` from Python: another system's lists (a table path, a DataFrame or an
+    Arrow table with user, item and rank or score columns, raw ids) scored on the dataset
+    `data`'s `split` at each K, as a run is scored. Returns what the command prints."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from slifmr.data.format import read_dataset
+    from slifmr.evaluate_recs import evaluate_recommendations
+    from slifmr.evaluation import cutoffs
+
+    table = _in_memory_table(recommendations, "recommendations")
+    with tempfile.TemporaryDirectory(prefix="slifmr-recs-") as tmp:
+        path = recommendations
+        if table is not None:
+            path = Path(tmp) / "recommendations.parquet"
+            pq.write_table(table, path)
+        return evaluate_recommendations(path, read_dataset(data), cutoffs(k), split)
+
+
+def tune(spec: str | Path | None = None, *, data: str | Path | None = None, storage: str | Path = "runs/tune",
+         name: str | None = None, samples: int | None = None, workers_per_trial: int | None = None,
+         resume: str | Path | None = None, address: str | None = None) -> dict[str, Any]:
+    """`slifmr tune` from Python: a Ray Tune sweep (ASHA) of the search space in `spec`
+    (tune_configs/*.yaml), or `resume` an interrupted one. Returns best.json's contents (the
+    best trial by validation, its test metrics). Raises KeyboardInterrupt's SweepInterrupted
+    (a SlifmrError naming the --resume) on Ctrl-C."""
+    from slifmr.tune.sweep import run_sweep
+
+    if (spec is None) == (resume is None):
+        raise SlifmrError("give either a sweep file (tune_configs/*.yaml) or resume=SWEEP_DIR")
+    return run_sweep(spec, storage, name, samples, workers_per_trial, address, resume,
+                     str(data) if data is not None else None)
 
 
 def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:

@@ -177,6 +177,15 @@ def _cmd_hold_out(args: argparse.Namespace) -> int:
     return _write_imported(ds, args.out, args.overwrite)
 
 
+def _cmd_export_split(args: argparse.Namespace) -> int:
+    from slifmr.data.export_split import export_split
+    from slifmr.data.format import read_dataset
+
+    rows = export_split(read_dataset(args.path), args.out, args.format)
+    print(f"wrote {args.out}: " + ", ".join(f"{name} {n:,} rows" for name, n in rows.items()))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from slifmr.data.format import read_dataset
     from slifmr.data.info import format_summary, summary
@@ -271,6 +280,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_hold_out)
+
+    p = _sub(dsub, "export-split", "write a dataset's train/valid/test in raw ids (Parquet or CSV) for another system "
+             "to train on; score its lists with evaluate-recs under the same split",
+             "slifmr data export-split data/mine --out splits/mine --format csv")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="folder for train, valid and test (must not exist)")
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.set_defaults(func=_cmd_export_split)
 
     p = _sub(dsub, "info", "print counts, density, split, KG and feature coverage", "slifmr data info data/synth-10k")
     p.add_argument("path")
@@ -453,12 +470,17 @@ def _resolve_asked(ds, asked: list[str], spec: str | None):  # noqa: ANN001, ANN
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from slifmr.recommend import (
         format_recommendations,
+        format_table,
         parse_user_list,
         read_user_file,
         recommend,
         shortfall_note,
     )
 
+    serving = args.history is not None or args.allow is not None or not args.exclude_seen
+    if serving and args.all:
+        raise SlifmrError("--history, --allow and --no-exclude-seen apply to --users / --users-file (one request "
+                          "per user, as the export's scorer answers it)")
     if sum(map(bool, (args.users, args.users_file, args.all))) != 1:
         raise SlifmrError("give one of --users ID,ID,..., --users-file FILE or --all --out FILE.parquet")
     if args.all and not args.out:
@@ -489,6 +511,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         masked = {None: "every item the user has", "valid": "training items", "test": "training and validation items"}
         print(f"wrote top-{args.k} for {ds.num_users:,} users to {path} (left out: {masked[args.split]})")
         users = ds.num_users
+    elif serving:
+        history = parse_user_list(args.history, "--history") if args.history is not None else None
+        allow = parse_user_list(args.allow, "--allow") if args.allow is not None else None
+        table = run.recommend(asked, args.k, history=history, allow=allow, exclude_seen=args.exclude_seen)
+        print(format_table(ds, asked, table))
+        per_user = table.group_by("user").aggregate([("rank", "count")]).column("rank_count").to_pylist()
+        users, short = len(set(asked)), len(set(asked)) - sum(c >= args.k for c in per_user)
     else:
         user_ids = _resolve_asked(ds, asked, args.users)
         recs = recommend(model, ds, user_ids, args.k)
@@ -597,7 +626,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "recommend", "top-K items for some users, or for every user into Parquet (on Ray Data with --workers)",
              "slifmr recommend runs/slifmr --users 196,186 --k 10\n"
              "  slifmr recommend runs/slifmr --all --k 20 --out recs.parquet --workers 2\n"
-             "  slifmr recommend runs/slifmr --all --k 20 --split test --out test-lists.parquet")
+             "  slifmr recommend runs/slifmr --all --k 20 --split test --out test-lists.parquet\n"
+             "  slifmr recommend runs/slifmr --users 196 --history 50,181 --allow 1,2,3,4,5 --k 3")
     p.add_argument("run_dir")
     p.add_argument("--users", help="comma-separated user ids as in the source data; an id holding a comma or a "
                    "quote is CSV-quoted: --users '\"Doe, Jane\",196'")
@@ -611,6 +641,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "(0: this process)")
     p.add_argument("--gpu", action="store_true", help="with --workers: one GPU per actor")
     p.add_argument("--address", help="with --workers: Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--history", metavar="ID,ID", help="items the user interacted with since training (a user the run "
+                   "does not know is folded in from them): scored and left out as the export's scorer does")
+    p.add_argument("--allow", metavar="ID,ID", help="recommend only from these items")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave out the items the user has (default); --no-exclude-seen keeps them")
     p.add_argument("--split", choices=["valid", "test"], help="with --all: lists to score on this split with "
                    "evaluate-recs: leave out only what its evaluation masks (train; train and valid), not every "
                    "seen item")

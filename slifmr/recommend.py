@@ -22,16 +22,16 @@ from slifmr.errors import SlifmrError
 from slifmr.evaluation import Scorer, top_k
 
 
-def parse_user_list(spec: str) -> list[str]:
-    """`--users` as written on a command line: ids separated by commas, CSV-quoted where an id
-    holds a comma or a quote ('196,186' or '"Doe, Jane",Roe'); spaces around an unquoted id
-    are dropped. Raises SlifmrError for unbalanced quotes."""
+def parse_user_list(spec: str, option: str = "--users") -> list[str]:
+    """An id list as written on a command line (`--users`, `--history`, `--allow`): ids separated
+    by commas, CSV-quoted where an id holds a comma or a quote ('196,186' or '"Doe, Jane",Roe');
+    spaces around an unquoted id are dropped. Raises SlifmrError for unbalanced quotes."""
     import csv
 
     try:
         rows = list(csv.reader([spec], skipinitialspace=True, strict=True))
     except csv.Error as e:
-        raise SlifmrError(f"--users {spec!r}: {e} (quote an id holding a comma as \"Doe, Jane\")") from None
+        raise SlifmrError(f"{option} {spec!r}: {e} (quote an id holding a comma as \"Doe, Jane\")") from None
     return [u.strip() for u in (rows[0] if rows else []) if u.strip()]
 
 
@@ -131,6 +131,24 @@ def _titles(ds: Dataset) -> dict[int, str]:
     if ds.items is None or "title" not in ds.items.column_names:
         return {}
     return dict(zip(ds.items.column("item").to_pylist(), ds.items.column("title").to_pylist()))
+
+
+def format_table(ds: Dataset, users: Sequence[str], table: pa.Table) -> str:
+    """A recommendations table (user, rank, item, score: raw ids) as `format_recommendations` prints lists."""
+    titles = _titles(ds)
+    by_raw = {str(raw): i for i, raw in enumerate(raw_ids(ds, "items", np.arange(ds.num_items)))}
+    lines = []
+    rows = table.to_pylist()
+    for u in dict.fromkeys(users):
+        lines.append(f"user {u}:")
+        mine = [r for r in rows if r["user"] == u]
+        for r in mine:
+            i = by_raw.get(r["item"])
+            title = f"  {titles[i]}" if i in titles and titles[i] else ""
+            lines.append(f"  {r['rank']:2d}. item {r['item']:>6}  score {r['score']:7.3f}{title}")
+        if not mine:
+            lines.append("  (no item left)")
+    return "\n".join(lines)
 
 
 def format_recommendations(ds: Dataset, users: Tensor, recs: Recommendations) -> str:
