@@ -175,12 +175,13 @@ class Run:
         return write_recommendations(self.model, self.dataset, check_int("k", k), Path(out), for_split=split)
 
     def recommend_all_ray(self, out: str | Path, k: int = 10, workers: int = 1, gpu: bool = False,
-                          address: str | None = None) -> str:
+                          address: str | None = None) -> tuple[str, int]:
         """`recommend_all` on Ray Data (slifmr/inference.py): the run is exported to a temporary
         folder (beside a local `out`, which actors on other nodes then read from the same shared
-        storage; in the local temporary folder for a URI), scored by `workers` actors (one GPU
-        each with `gpu`) that write a folder of Parquet parts at `out`, and the export removed.
-        Returns `out`. Raises SlifmrError when `out` exists or workers < 1."""
+        storage; in the local temporary folder for a URI), scored by up to `workers` actors (one
+        GPU each with `gpu`; no more actors than batches) that write a folder of Parquet parts at
+        `out`, and the export removed. Returns (`out`, the actors that wrote parts). Raises
+        SlifmrError when `out` exists or workers < 1."""
         import tempfile
 
         from slifmr.inference import recommend_all_ray

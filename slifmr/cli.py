@@ -502,8 +502,10 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir)
     if args.all and args.workers:
-        path = run.recommend_all_ray(args.out, args.k, args.workers, args.gpu, args.address)
-        print(f"wrote top-{args.k} for every user to {path}/ (Parquet parts written by {args.workers} Ray Data actor(s))")
+        path, actors = run.recommend_all_ray(args.out, args.k, args.workers, args.gpu, args.address)
+        fewer = f" of the {args.workers} asked for: one batch of users per actor at least" if actors < args.workers else ""
+        print(f"wrote top-{args.k} for every user to {path}/ (Parquet parts written by {actors} Ray Data "
+              f"actor(s){fewer})")
         return 0
     ds, model = run.dataset, run.model
     if args.all:

@@ -18,6 +18,7 @@ empty part with the same schema (`slifmr.recommend.RECOMMENDATION_SCHEMA`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,18 @@ class ExportRecommender:
         lists = pa.table(self.export.recommend_batch(rows, self.k, self.device)).cast(RECOMMENDATION_SCHEMA)
         part = f"{self.out_dir}/part-{int(rows[0]) if rows.size else 0:010d}.parquet"
         pq.write_table(lists, part, filesystem=self.fs)
-        return {"users": np.array([rows.size], np.int64), "rows": np.array([lists.num_rows], np.int64)}
+        return {"users": np.array([rows.size], np.int64), "rows": np.array([lists.num_rows], np.int64),
+                "actor": np.array([os.getpid()], np.int64)}
 
 
 def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: int, gpu: bool = False,
-                      address: str | None = None, batch_size: int = 4096) -> str:
+                      address: str | None = None, batch_size: int = 4096) -> tuple[str, int]:
     """Every user's top-k unseen items from the export in `export_dir`, scored by `workers`
     actors (one GPU each with `gpu`), written as a folder of Parquet parts at `out` (a local
-    path or a pyarrow URI). Returns `out`. Raises SlifmrError when `out` exists or workers < 1."""
+    path or a pyarrow URI). Batches hold at most `batch_size` users and at least one per actor
+    (a small job is split evenly over the actors, and never gets more actors than batches).
+    Returns (`out`, how many actors wrote parts). Raises SlifmrError when `out` exists or
+    workers < 1."""
     import json
 
     import ray
@@ -77,7 +82,10 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     users = json.loads((Path(export_dir) / "manifest.json").read_text())["users"]
     # user rows as in-memory blocks of one batch each (no read tasks; every actor gets blocks)
+    batch_size = max(1, min(batch_size, -(-users // workers)))
     blocks = [np.arange(a, min(a + batch_size, users), dtype=np.int64) for a in range(0, users, batch_size)]
+    workers = max(1, min(workers, len(blocks)))
+    writers: set[int] = set()
 
     def score(target: str) -> None:
         fs.create_dir(_filesystem(target)[1], recursive=True)
@@ -88,6 +96,7 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
                               num_gpus=1 if gpu else 0)
                  .take_all())
         scored = sum(int(p["users"]) for p in parts)
+        writers.update(int(p["actor"]) for p in parts)
         if scored != users:  # every user's batch wrote its part, or the output is incomplete
             raise SlifmrError(f"Ray Data inference wrote the lists of {scored:,} of {users:,} users under {target}")
 
@@ -97,4 +106,4 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
         else:
             with atomic_folder(out) as tmp:
                 score(str(tmp))
-    return out
+    return out, len(writers)

@@ -46,6 +46,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -283,12 +284,58 @@ class MLflowTracker:
             if (self.run_dir / name).exists():
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         self.client.log_artifact(self.run_id, str(_curves(self.run_dir)))
+        if "test" in results:  # a finished run, not a sweep's trial: its model and its data
+            self._log_model()
         self.close(FINISHED)
+
+    def _log_model(self) -> None:
+        """The run's export as an MLflow pyfunc model (slifmr/mlflow_pyfunc.py: models from code,
+        loadable without slifmr) with its signature and an input example, and the dataset as
+        the run's training input (its folder and fingerprint, not its rows)."""
+        import tempfile
+
+        import mlflow
+        import pandas as pd
+        from mlflow.data import dataset_source_registry
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.models import infer_signature
+
+        from slifmr.api import load_run
+
+        run = load_run(self.run_dir)
+        with tempfile.TemporaryDirectory(prefix="slifmr-mlflow-") as tmp:
+            export = run.export(Path(tmp) / "export")
+            example = pd.DataFrame({"user": _first_users(run, 2), "k": 3})
+            from slifmr.mlflow_pyfunc import ExportModel
+
+            model = ExportModel()
+            model.load_context(SimpleNamespace(artifacts={"export": str(export)}))
+            signature = infer_signature(example, model.predict(None, example))
+            before = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.client.tracking_uri)
+            try:
+                with mlflow.start_run(run_id=self.run_id):
+                    mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
+                                            artifacts={"export": str(export)}, signature=signature,
+                                            input_example=example)
+                    source = dataset_source_registry.resolve_dataset_source(str(run.config.data or run.dataset.name))
+                    mlflow.log_input(MetaDataset(source, name=run.dataset.name, digest=run.dataset.fingerprint()["digest"][:32]),
+                                     context="training")
+            finally:
+                mlflow.set_tracking_uri(before)
 
     def close(self, status: str) -> None:
         if not self.ended:
             self.ended = True
             self.client.set_terminated(self.run_id, status=status)
+
+
+def _first_users(run: Any, n: int) -> list[str]:
+    import numpy as np
+
+    from slifmr.recommend import raw_ids
+
+    return list(raw_ids(run.dataset, "users", np.arange(min(n, run.dataset.num_users))))
 
 
 class WandbTracker:

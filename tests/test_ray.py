@@ -197,7 +197,8 @@ def test_ray_data_batch_inference_equals_the_single_process_file(ray_local, tiny
     from slifmr.inference import recommend_all_ray
 
     export = load_run(run).export(tmp_path / "export")
-    recommend_all_ray(export, tmp_path / "parts", 5, workers=2, batch_size=16)
+    _, actors = recommend_all_ray(export, tmp_path / "parts", 5, workers=2, batch_size=16)
+    assert 1 <= actors <= 2  # the actors that wrote parts, as the summary says
     parts = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert parts == [f"part-{row:010d}.parquet" for row in (0, 16, 32, 48)]
     assert pq.read_table(tmp_path / "parts").column("item").to_pylist() == \

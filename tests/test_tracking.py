@@ -47,6 +47,43 @@ def test_mlflow_file_store_holds_params_epochs_and_final_metrics(tiny_path: Path
     assert entry.data.metrics["test/recall_at_20"] == pytest.approx(results["test"]["recall@20"], rel=1e-6)
 
 
+def test_a_tracked_run_logs_its_export_as_a_pyfunc_model_and_its_dataset(tiny_path: Path, tmp_path: Path) -> None:
+    """`mlflow.pyfunc.load_model(...).predict(...)` gives the export's lists; the dataset is the
+    run's training input."""
+    import mlflow
+    import pandas as pd
+
+    from slifmr.export import load_export
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(tiny_path), "--out", str(run), "--variant", "mf", "--tracker", "mlflow",
+                 "--tracking-uri", uri, *ARGS]) == 0
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow_run_id"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    entry = client.get_run(run_id)
+    assert entry.info.status == "FINISHED" and [d.dataset.name for d in entry.inputs.dataset_inputs] == ["synth-u60-i40-s0"]
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        models = mlflow.search_logged_models(experiment_ids=[entry.info.experiment_id], output_format="list")
+        assert [m.source_run_id for m in models] == [run_id]
+        model = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert model.metadata.get_input_schema().input_names() == ["user", "k"]
+    got = model.predict(pd.DataFrame({"user": ["5", "7"], "k": [3, 2]}))
+    export = load_export(slifmr_export(run, tmp_path / "exp"))
+    expected = [("5", i) for i, _ in export.recommend("5", 3)] + [("7", i) for i, _ in export.recommend("7", 2)]
+    assert list(zip(got["user"], got["item"])) == expected
+
+
+def slifmr_export(run: Path, out: Path) -> Path:
+    import slifmr
+
+    return slifmr.load_run(run).export(out)
+
+
 def test_wandb_offline_run_file_holds_epochs_and_final_metrics(tiny_path: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
