@@ -284,7 +284,7 @@ class MLflowTracker:
             if (self.run_dir / name).exists():
                 self.client.log_artifact(self.run_id, str(self.run_dir / name))
         self.client.log_artifact(self.run_id, str(_curves(self.run_dir)))
-        if "test" in results:  # a finished run, not a sweep's trial: its model and its data
+        if results.get("test") is not None:  # a finished run, not a sweep's trial: its model and its data
             self._log_model()
         self.close(FINISHED)
 
@@ -336,6 +336,39 @@ def _first_users(run: Any, n: int) -> list[str]:
     from slifmr.recommend import raw_ids
 
     return list(raw_ids(run.dataset, "users", np.arange(min(n, run.dataset.num_users))))
+
+
+def start_sweep_run(uri: str, experiment: str, sweep_dir: Path) -> str:
+    """The MLflow parent run of a sweep (named after it, in its experiment), created once and
+    kept in SWEEP_DIR/tracking.json; a resumed sweep continues it. Trials become its children
+    when the sweep settles them (`settle_sweep_runs`)."""
+    run_id = _saved_run_id(sweep_dir, "mlflow_run_id", True)
+    with _store_lock(uri):
+        client = _client(uri)
+        if run_id is None:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+            run_id = client.create_run(experiment_id, run_name=sweep_dir.name, tags={"slifmr.sweep": str(sweep_dir)}).info.run_id
+            _save_run_id(sweep_dir, mlflow_run_id=run_id)
+        else:
+            client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def settle_sweep_runs(uri: str, sweep_dir: Path, parent: str, trials: dict[str, str], interrupted: bool) -> None:
+    """Each trial's MLflow run as a child of the sweep's `parent`, with the status Tune ended it
+    with (`trials`: trial id -> Tune's TERMINATED or ERROR): FINISHED, FAILED, or KILLED for a
+    trial an interrupted sweep left unfinished; a trial ASHA stopped early is FINISHED (it
+    ended as the scheduler asked). Then the parent ends FINISHED, or KILLED when interrupted."""
+    client = _client(uri)
+    for trial, status in trials.items():
+        run_id = _saved_run_id(sweep_dir / "runs" / trial, "mlflow_run_id", True)
+        if run_id is None:
+            continue
+        client.set_tag(run_id, "mlflow.parentRunId", parent)
+        ended = FAILED if status == "ERROR" else KILLED if interrupted and status != "TERMINATED" else FINISHED
+        client.set_terminated(run_id, status=ended)
+    client.set_terminated(parent, status=KILLED if interrupted else FINISHED)
 
 
 class WandbTracker:

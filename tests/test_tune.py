@@ -52,7 +52,8 @@ def _finished_trials(sweep: Path) -> dict[str, str]:
 
 def test_sweep_interrupted_then_resumed(sweep_data: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "tune" / "smoke"
-    args = ["tune", str(SMOKE), "--data", str(sweep_data), "--storage", str(tmp_path / "tune"), "--samples", "8"]
+    args = ["tune", str(SMOKE), "--data", str(sweep_data), "--storage", str(tmp_path / "tune"), "--samples", "8",
+            "--tracker", "mlflow"]
     proc = subprocess.Popen(_slifmr(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not _finished_trials(sweep):
@@ -79,6 +80,15 @@ def test_sweep_interrupted_then_resumed(sweep_data: Path, tmp_path: Path) -> Non
         # the sweep does, once, for the chosen trial
         results = sweep / "runs" / r["trial"] / "results.json"
         assert not results.exists() or json.loads(results.read_text())["test"] is None
+    # MLflow: one parent run for the sweep, one child per trial, each ended as Tune ended it
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    parent = json.loads((sweep / "tracking.json").read_text())["mlflow_run_id"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    for r in rows:
+        child = client.get_run(json.loads((sweep / "runs" / r["trial"] / "tracking.json").read_text())["mlflow_run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent and child.info.status == "FINISHED"
     assert best["trial"] == max(rows, key=lambda r: r["valid_recall@20"])["trial"]
     assert set(best["test"]) >= {"recall@20", "ndcg@20"}
     assert abs(best["valid"]["recall@20"] - rows[0]["valid_recall@20"]) < 1e-9  # same model as the trial's best

@@ -68,6 +68,22 @@ def trial_fn(params: dict[str, Any], spec: dict[str, Any], sweep_dir: str, threa
                      callbacks=[TuneReportCallback()], evaluate_test=False).fit()
 
 
+def _mlflow_parent(spec: SweepSpec, sweep_dir: Path) -> str | None:
+    """The sweep's MLflow parent run id when its trials log to MLflow (tracking.start_sweep_run)."""
+    if spec.set.get("train.tracker") != "mlflow":
+        return None
+    from slifmr.tracking import start_sweep_run
+
+    return start_sweep_run(spec.set["train.tracking_uri"], spec.set["train.tracking_experiment"], sweep_dir)
+
+
+def _trial_finished(run_dir: Path, spec: SweepSpec) -> bool:
+    """Did the trial end on its own or by ASHA's decision, not by the interrupt? Its last epoch
+    is max_t, or ASHA's: no checkpoint newer than its last reported epoch is left to resume."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    return len([x for x in lines if x.strip()]) >= spec.scheduler.max_t
+
+
 def _add_time(sweep_dir: Path, seconds: float) -> float:
     """Record one invocation's wall time in timing.json; returns the sweep's total so far."""
     path = sweep_dir / "timing.json"
@@ -205,12 +221,29 @@ def run_sweep(spec_path: str | Path | None = None, storage: str | Path = "runs/t
             log.info(f"sweep folder: {sweep_dir} ({spec.samples} trials, {spec.concurrency} at once, "
                      f"{spec.workers_per_trial or 'in-process'} worker(s) per trial, ASHA up to {spec.scheduler.max_t} epochs)")
             start = time.time()
+            parent = _mlflow_parent(spec, sweep_dir)
             signal.signal(signal.SIGINT, _sigint)
             try:
                 grid = _tuner(spec, sweep_dir, restore=resume is not None).fit()
             finally:
                 seconds = _add_time(sweep_dir, time.time() - start)  # a resumed sweep's time adds up
-            if _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid):
+            interrupted = _interrupted() or len(grid) < spec.samples or any(r.config is None for r in grid)
+            if parent is not None:
+                from slifmr.tracking import settle_sweep_runs
+
+                statuses = {}
+                for result in grid:
+                    trial = (result.metrics or {}).get("trial_id")
+                    if trial is None:  # never started
+                        continue
+                    # Tune reports every trial of an interrupted sweep TERMINATED: only those that ran to the end are
+                    done = not interrupted or _trial_finished(sweep_dir / "runs" / trial, spec)
+                    statuses[trial] = "ERROR" if result.error is not None else "TERMINATED" if done else "RUNNING"
+                try:
+                    settle_sweep_runs(spec.set["train.tracking_uri"], sweep_dir, parent, statuses, interrupted)
+                except Exception as e:  # noqa: BLE001 - the tracker's bookkeeping never decides the sweep's outcome
+                    log.warning(f"could not set the sweep's MLflow run statuses: {str(e).splitlines()[0][:200]}")
+            if interrupted:
                 raise SweepInterrupted(f"sweep interrupted; Tune saved its state: continue it with "
                                        f"slifmr tune --resume {sweep_dir}")
             return finish_sweep(spec, sweep_dir, grid, seconds)
