@@ -16,6 +16,12 @@ through `ray job submit` to the head's dashboard, as users submit theirs. Faults
     head-sweep    SIGKILL every process of the head during `slifmr tune` (2 trials at once);
                   the cluster is started again and `slifmr tune --resume` finishes the sweep:
                   every trial ends, each epoch of each trial logged once.
+    double-node   a training worker's node killed mid-epoch, the other worker node killed while
+                  the group restarts, a replacement for the first joining later: the job ends
+                  recovered (with the uninterrupted run's metrics) or failed in one line.
+    storage-outage  the run folder's storage read-only on every node for STORAGE_OUTAGE_S s
+                  (bind mounts in each node's mount namespace): the job ends recovered or
+                  failed in one line, and the folder stays a run that --resume finishes.
 
     python benchmarks/cluster_faults.py --out benchmarks/runs/cluster_faults     # all three
     python benchmarks/cluster_faults.py --faults worker-node --out /tmp/cf
@@ -29,6 +35,7 @@ on exit, however it exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -50,6 +57,9 @@ NODES = {"head": 1, "w1": 2, "w2": 3}  # node name -> last byte of its address
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
 LINK_CUT_S = 90  # longer than Ray's node timeout (GCS health checks: 5 x 3 s periods, 10 s timeout)
 JOB_LIMIT_S = 600  # a job still running this long after a fault counts as hung
+DOUBLE_GAP_S = 20  # the second node dies this long after the first: Ray has noticed the first, the group restarts
+REPLACE_AFTER_S = 30  # then a replacement for the first node joins
+STORAGE_OUTAGE_S = 45  # the shared storage refuses writes this long
 TRAIN = ["--set", "model.embedding_dim=16", "--set", "model.k_corr=3", "--set", "model.k_mm=3",
          "--set", "train.batch_size=256", "--set", "train.patience=100", "--set", "train.threads=1"]
 SWEEP = """variant: slifmr
@@ -154,6 +164,35 @@ class NetnsCluster:
     def up(self) -> None:
         self.network()
         self.start()
+
+    def start_node(self, node: str) -> None:
+        """Start Ray again on a non-head node (a replacement node joining) and wait until the head sees it."""
+        self.run_in(node, str(BIN / "ray"), "start", "--address", f"{address('head')}:{GCS_PORT}",
+                    "--node-ip-address", address(node), "--num-cpus", "1", "--disable-usage-stats")
+
+    def mount_namespaces(self) -> dict[str, int]:
+        """One process per distinct mount namespace of the nodes' processes (`ip netns exec`
+        gives each `ray start` its own): where a storage fault must be mounted to be seen."""
+        found: dict[str, int] = {}
+        for node in NODES:
+            for pid in sh("ip", "netns", "pids", ns(node), check=False).stdout.split():
+                with contextlib.suppress(OSError):  # the process ended meanwhile
+                    found.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), int(pid))
+        return found
+
+    def storage_read_only(self, folder: Path, on: bool) -> int:
+        """The shared storage under `folder` read-only (a bind mount over it) in every node's
+        mount namespace, or back to normal; returns how many namespaces it changed."""
+        changed = 0
+        for pid in self.mount_namespaces().values():
+            enter = ["nsenter", "-t", str(pid), "-m"]
+            if on:
+                ok = sh(*enter, "mount", "--bind", str(folder), str(folder), check=False).returncode == 0
+                ok = ok and sh(*enter, "mount", "-o", "remount,bind,ro", str(folder), check=False).returncode == 0
+            else:
+                ok = sh(*enter, "umount", str(folder), check=False).returncode == 0
+            changed += ok
+        return changed
 
     def kill(self, name: str) -> int:
         """SIGKILL every process of a namespace (a node losing power); returns how many."""
@@ -343,7 +382,106 @@ def fault_head_sweep(cluster: NetnsCluster, data: Path, work: Path) -> dict[str,
             "passed": status == "SUCCEEDED" and summary.get("trials") == 4 and summary.get("errored") == 0 and once}
 
 
-FAULTS = ("worker-node", "link-cut", "head-sweep")
+def _reference(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> Path:
+    """The uninterrupted 2-worker run the recovered runs are compared with (made once)."""
+    ref = work / "reference"
+    if not (ref / "results.json").exists():
+        status, _ = cluster.wait_job(cluster.submit("reference", *_train_cmd(data, ref, epochs)), JOB_LIMIT_S,
+                                     work / "reference.log")
+        if status != "SUCCEEDED":
+            raise RuntimeError(f"the reference run ended {status}: {(work / 'reference.log').read_text()[-3000:]}")
+    return ref
+
+
+def _difference(a: Path, b: Path) -> float:
+    x, y = (json.loads((r / "results.json").read_text())["test"] for r in (a, b))
+    return max(abs(x[k] - y[k]) for k in x)
+
+
+def _last_line(log: Path) -> str:
+    lines = [x for x in log.read_text().splitlines() if x.startswith("error:")] if log.exists() else []
+    return lines[-1][:300] if lines else ""
+
+
+def fault_double_node(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
+    """A worker's node killed mid-epoch, the other worker node killed while the group restarts
+    (DOUBLE_GAP_S later), and a replacement for the first joining REPLACE_AFTER_S after that:
+    the job must end within JOB_LIMIT_S, recovered (then with the reference's metrics) or
+    failed with one line; never hang."""
+    ref = _reference(cluster, data, work, epochs)
+    run = work / "double"
+    job = cluster.submit("double", *_train_cmd(data, run, epochs))
+    first, at_epoch = _mid_training(cluster, run)
+    second = next(n for n in NODES if n not in ("head", first))
+    t0 = time.monotonic()
+    cluster.kill(ns(first))
+    time.sleep(DOUBLE_GAP_S)
+    cluster.kill(ns(second))
+    time.sleep(REPLACE_AFTER_S)
+    cluster.start_node(first)
+    status, _ = cluster.wait_job(job, JOB_LIMIT_S, work / "double.log")
+    seconds = time.monotonic() - t0
+    if status is None:
+        cluster.ray_cli("job", "stop", job)
+    epochs_logged = _epochs(run)
+    same = _difference(ref, run) if status == "SUCCEEDED" else None
+    outcome = {"SUCCEEDED": "recovered", None: f"hung (stopped after {JOB_LIMIT_S} s)"}.get(
+        status, f"job {status}: {_last_line(work / 'double.log')}")
+    return {"fault": "double-node", "injected": f"SIGKILL to node {first} ({address(first)}) during epoch {at_epoch} "
+            f"of {epochs}, to node {second} {DOUBLE_GAP_S} s later (the group restarting), node {first} replaced "
+            f"{REPLACE_AFTER_S} s after that", "outcome": outcome, "seconds_after_fault": round(seconds, 1),
+            "epochs_logged": epochs_logged, "each_epoch_once": len(epochs_logged) == len(set(epochs_logged)),
+            "max_test_metric_difference": same,
+            "passed": status is not None and len(epochs_logged) == len(set(epochs_logged))
+            and (status != "SUCCEEDED" or (epochs_logged == list(range(1, epochs + 1)) and same <= 1e-6))
+            and (status == "SUCCEEDED" or bool(_last_line(work / "double.log")))}
+
+
+def fault_storage_outage(cluster: NetnsCluster, data: Path, work: Path, epochs: int) -> dict[str, Any]:
+    """The shared storage read-only (writes fail, as on an NFS soft mount that lost its server)
+    for STORAGE_OUTAGE_S s mid-epoch, on every node: the job ends recovered or failed with one
+    line, and the run folder is intact (`slifmr train --resume` finishes it, with the reference's
+    metrics, when the job failed)."""
+    ref = _reference(cluster, data, work, epochs)
+    storage = work / "storage"
+    storage.mkdir(exist_ok=True)
+    run = storage / "run"
+    job = cluster.submit("storage", *_train_cmd(data, run, epochs))
+    _, at_epoch = _mid_training(cluster, run)
+    t0 = time.monotonic()
+    mounted = cluster.storage_read_only(storage, on=True)
+    try:
+        status, _ = cluster.wait_job(job, STORAGE_OUTAGE_S)
+    finally:
+        cluster.storage_read_only(storage, on=False)
+    if status is None:
+        status, _ = cluster.wait_job(job, JOB_LIMIT_S)
+    cluster.wait_job(job, 0, work / "storage.log")
+    seconds = time.monotonic() - t0
+    if status is None:
+        cluster.ray_cli("job", "stop", job)
+    line = _last_line(work / "storage.log")
+    resumed = None
+    if status == "FAILED":  # the folder must still be a resumable run
+        again, _ = cluster.wait_job(cluster.submit("storage-resume", sys.executable, "-m", "slifmr", "-q", "train",
+                                                   "--resume", str(run), "--workers", "2", "--max-failures", "2"),
+                                    JOB_LIMIT_S, work / "storage-resume.log")
+        resumed = again
+    epochs_logged = _epochs(run)
+    ended = status == "SUCCEEDED" or resumed == "SUCCEEDED"
+    same = _difference(ref, run) if ended else None
+    outcome = {"SUCCEEDED": "recovered", None: f"hung (stopped after {JOB_LIMIT_S} s)"}.get(
+        status, f"job {status}: {line}; then --resume {resumed}")
+    return {"fault": "storage-outage", "injected": f"the run folder's storage read-only in {mounted} node mount "
+            f"namespace(s) for {STORAGE_OUTAGE_S} s from epoch {at_epoch} of {epochs}", "outcome": outcome,
+            "seconds_after_fault": round(seconds, 1), "epochs_logged": epochs_logged,
+            "each_epoch_once": epochs_logged == list(range(1, len(epochs_logged) + 1)),
+            "max_test_metric_difference": same,
+            "passed": status is not None and ended and epochs_logged == list(range(1, epochs + 1)) and same <= 1e-6
+            and (status == "SUCCEEDED" or bool(line))}
+
+
+FAULTS = ("worker-node", "link-cut", "head-sweep", "double-node", "storage-outage")
 
 
 def write_results(rows: list[dict[str, Any]], command: str) -> None:
@@ -401,6 +539,10 @@ def main() -> int:
                 row = fault_worker_node(cluster, data, work, args.epochs)
             elif fault == "link-cut":
                 row = fault_link_cut(cluster, data, work, args.epochs)
+            elif fault == "double-node":
+                row = fault_double_node(cluster, data, work, args.epochs)
+            elif fault == "storage-outage":
+                row = fault_storage_outage(cluster, data, work, args.epochs)
             else:
                 row = fault_head_sweep(cluster, data, work)
             rows.append(row)

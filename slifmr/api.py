@@ -336,7 +336,7 @@ def import_table(interactions: str | Path | Any, out: str | Path, *, user_col: s
     return Path(write_dataset(ds, out))
 
 
-def evaluate_recs(recommendations: str | Path | Any, data: str | Path, k: int | Sequence[int] = (10, 20),
+def evaluate_recommendations(recommendations: str | Path | Any, data: str | Path, k: int | Sequence[int] = (10, 20),
                   split: str = "test") -> dict[str, Any]:
     """`slifmr evaluate-recs` from Python: another system's lists (a table path, a DataFrame or an
     Arrow table with user, item and rank or score columns, raw ids) scored on the dataset
@@ -346,7 +346,7 @@ def evaluate_recs(recommendations: str | Path | Any, data: str | Path, k: int | 
     import pyarrow.parquet as pq
 
     from slifmr.data.format import read_dataset
-    from slifmr.evaluate_recs import evaluate_recommendations
+    from slifmr.evaluate_recs import evaluate_recommendations as score_lists
     from slifmr.evaluation import cutoffs
 
     table = _in_memory_table(recommendations, "recommendations")
@@ -355,7 +355,7 @@ def evaluate_recs(recommendations: str | Path | Any, data: str | Path, k: int | 
         if table is not None:
             path = Path(tmp) / "recommendations.parquet"
             pq.write_table(table, path)
-        return evaluate_recommendations(path, read_dataset(data), cutoffs(k), split)
+        return score_lists(path, read_dataset(data), cutoffs(k), split)
 
 
 def tune(spec: str | Path | None = None, *, data: str | Path | None = None, storage: str | Path = "runs/tune",

@@ -132,6 +132,31 @@ def check_resources(workers: int, gpu: bool, resources: dict[str, float], option
         raise SlifmrError(f"{option} {workers} is more than the {have} {kind}s of the Ray cluster")
 
 
+# A worker group that cannot start (a second node lost during recovery, too few CPUs left) is
+# retried this many times, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) each, then the run fails
+# with one line: Ray's default retries forever, and the job would hang.
+GROUP_START_RETRIES = 3
+
+
+def _failure_config(cls: Any, max_failures: int) -> Any:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if "controller_failure_limit" in fields:
+        return cls(max_failures=max_failures, controller_failure_limit=GROUP_START_RETRIES)
+    return cls(max_failures=max_failures)
+
+
+def _cluster_error(e: Exception, workers: int, run_dir: Path) -> SlifmrError | None:
+    """A worker group that could not start, as one line saying what to do."""
+    text = f"{type(e).__name__}: {e}"
+    if "WorkerGroupStartup" not in text and "InsufficientClusterResources" not in text:
+        return None
+    return SlifmrError(f"the Ray cluster could not start the {workers}-worker group ({GROUP_START_RETRIES + 1} tries; "
+                       f"a node lost and not back?): the last complete epoch's checkpoint is kept, continue with "
+                       f"slifmr train --resume {run_dir} --workers {workers} when the cluster has room")
+
+
 def make_trainer(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_failures: int = 0,
                  name: str = RAY_RUN_NAME, callbacks: list | None = None, evaluate_test: bool = True) -> Any:
     """The TorchTrainer running `worker_fn` on `workers` workers, writing the run folder
@@ -152,7 +177,7 @@ def make_trainer(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, ma
             storage_path=str(run_dir / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=f"valid_{cfg.train.stop_metric}",
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=_failure_config(FailureConfig, max_failures),
             logging_config=ray.LoggingConfig(log_level="WARNING"),  # the epoch lines are the progress
             callbacks=callbacks or [],
         ),
@@ -174,7 +199,7 @@ def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_f
         try:
             fit_interruptibly(trainer)
         except ray.train.TrainingFailedError as e:
-            raise _user_error(e) or SlifmrError(
+            raise _user_error(e) or _cluster_error(e, workers, run_dir) or SlifmrError(
                 f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
     return json.loads((Path(run_dir).resolve() / "results.json").read_text())
 

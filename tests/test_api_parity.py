@@ -61,7 +61,7 @@ def test_tables_in_memory_train_import_and_evaluate(tiny_path: Path, tmp_path: P
     assert trained.config.data == str((tmp_path / "run" / "data").resolve())
     assert slifmr.load_run(tmp_path / "run").recommend("u0", k=3).num_rows == 3
     lists = trained.recommend([f"u{u}" for u in range(5)], k=10).to_pandas()
-    got = slifmr.evaluate_recs(lists, trained.config.data, k=[10])
+    got = slifmr.evaluate_recommendations(lists, trained.config.data, k=[10])
     assert got["rows"] == 50 and "recall@10" in got["metrics"]
     with pytest.raises(SlifmrError, match="must be a path, a pandas DataFrame or a pyarrow Table"):
         slifmr.train(data=[1, 2, 3], variant="pop", out=tmp_path / "bad")

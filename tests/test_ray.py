@@ -190,7 +190,8 @@ def test_ray_data_batch_inference_equals_the_single_process_file(ray_local, tiny
     one = pq.read_table(tmp_path / "one.parquet").sort_by([("user", "ascending"), ("rank", "ascending")])
     ray_out = pq.read_table(tmp_path / "ray").sort_by([("user", "ascending"), ("rank", "ascending")])
     assert ray_out.column("item").to_pylist() == one.column("item").to_pylist()
-    assert ray_out.column("score").to_pylist() == pytest.approx(one.column("score").to_pylist(), abs=1e-4)
+    # float32 sums over other batches of users: equal to a few ulps
+    assert ray_out.column("score").to_pylist() == pytest.approx(one.column("score").to_pylist(), rel=1e-5, abs=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary export is gone
     # small batches: each actor writes the part of each batch it scored, in user order, no rows via the driver
     from slifmr.api import load_run
