@@ -485,13 +485,22 @@ FAULTS = ("worker-node", "link-cut", "head-sweep", "double-node", "storage-outag
 
 
 def write_results(rows: list[dict[str, Any]], command: str) -> None:
+    """results/cluster_faults.json and the RESULTS.md section: the faults of this invocation
+    replace their earlier rows; the other faults' rows stay, each with the command that made it."""
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB"
     out = ROOT / "benchmarks" / "results" / "cluster_faults.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": machine, "nodes": {n: address(n) for n in NODES},
-                               "cpus_per_node": 1, "link_cut_seconds": LINK_CUT_S, "rows": rows}, indent=2))
+    earlier = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    rows = [{**r, "command": command, "commit": _commit()} for r in rows]
+    kept = [{"command": earlier.get("command"), **r} for r in earlier["rows"] if r["fault"] not in {x["fault"] for x in rows}]
+    rows = sorted(kept + rows, key=lambda r: FAULTS.index(r["fault"]))
+    out.write_text(json.dumps({"machine": machine, "nodes": {n: address(n) for n in NODES}, "cpus_per_node": 1,
+                               "link_cut_seconds": LINK_CUT_S, "double_gap_seconds": DOUBLE_GAP_S,
+                               "replace_after_seconds": REPLACE_AFTER_S, "storage_outage_seconds": STORAGE_OUTAGE_S,
+                               "rows": rows}, indent=2))
     lines = ["<!-- CLUSTER_FAULTS START -->", "## Faults on a multi-node cluster in network namespaces (issue 31)", "",
-             f"Command: `{command}`  ", f"Machine: {machine}; 3 Ray nodes (1 CPU each) in their own network namespaces "
+             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows)) + "  ",
+             f"Machine: {machine}; 3 Ray nodes (1 CPU each) in their own network namespaces "
              "(10.77.0.1-3, veth pairs to a bridge namespace), jobs through `ray job submit`, the local disk as shared "
              "storage.", "", "| fault | injected | outcome | seconds after the fault | epochs logged | passed |",
              "|---|---|---|---|---|---|"]
@@ -511,6 +520,12 @@ def write_results(rows: list[dict[str, Any]], command: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     results.write_text(text)
+
+
+def _commit() -> str:
+    head = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout.strip()
+    dirty = sh("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip()
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> int:

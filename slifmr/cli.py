@@ -503,9 +503,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     if args.all and args.workers:
         path, actors = run.recommend_all_ray(args.out, args.k, args.workers, args.gpu, args.address)
-        fewer = f" of the {args.workers} asked for: one batch of users per actor at least" if actors < args.workers else ""
-        print(f"wrote top-{args.k} for every user to {path}/ (Parquet parts written by {actors} Ray Data "
-              f"actor(s){fewer})")
+        if actors == 0:
+            how = "one Parquet part written in this process: the users fit one batch, Ray's start-up would cost more"
+        else:
+            fewer = f" of the {args.workers} asked for: one batch of users per actor at least" if actors < args.workers else ""
+            how = f"Parquet parts written by {actors} Ray Data actor(s){fewer}"
+        print(f"wrote top-{args.k} for every user to {path}/ ({how})")
         return 0
     ds, model = run.dataset, run.model
     if args.all:

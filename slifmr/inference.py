@@ -19,6 +19,7 @@ empty part with the same schema (`slifmr.recommend.RECOMMENDATION_SCHEMA`).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,9 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
     actors (one GPU each with `gpu`), written as a folder of Parquet parts at `out` (a local
     path or a pyarrow URI). Batches hold at most `batch_size` users and at least one per actor
     (a small job is split evenly over the actors, and never gets more actors than batches).
-    Returns (`out`, how many actors wrote parts). Raises SlifmrError when `out` exists or
-    workers < 1."""
+    A job of one batch on a local Ray (no `address`, no GPU) is scored in this process, in the
+    same layout: Ray's start-up would cost more than the scoring. Returns (`out`, how many
+    actors wrote parts: 0 in-process). Raises SlifmrError when `out` exists or workers < 1."""
     import json
 
     import ray
@@ -81,6 +83,18 @@ def recommend_all_ray(export_dir: str | Path, out: str | Path, k: int, workers: 
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     users = json.loads((Path(export_dir) / "manifest.json").read_text())["users"]
+    if users <= batch_size and not gpu and address is None and not os.environ.get("RAY_ADDRESS"):
+        # one batch on this machine: Ray's start-up (seconds) would cost more than the scoring
+        import torch
+
+        threads = torch.get_num_threads()  # the actor's constructor takes one thread: not this process's
+        try:
+            with atomic_folder(out) if "://" not in out else nullcontext(out) as target:
+                fs.create_dir(_filesystem(str(target))[1], recursive=True)
+                ExportRecommender(str(Path(export_dir).resolve()), k, str(target))({"data": np.arange(users)})
+        finally:
+            torch.set_num_threads(threads)
+        return out, 0
     # user rows as in-memory blocks of one batch each (no read tasks; every actor gets blocks)
     batch_size = max(1, min(batch_size, -(-users // workers)))
     blocks = [np.arange(a, min(a + batch_size, users), dtype=np.int64) for a in range(0, users, batch_size)]

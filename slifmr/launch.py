@@ -121,6 +121,17 @@ def _user_error(e: Exception) -> SlifmrError | None:
     return None
 
 
+def _first_cause(e: Exception) -> str:
+    """The first worker's error as one line ("rank 0: OSError: [Errno 30] Read-only file system: ..."),
+    else the first line of Ray's own message."""
+    for rank, failure in sorted(getattr(e, "worker_failures", {}).items()):
+        cause = getattr(failure, "cause", None) or failure
+        text = str(cause).strip().splitlines()
+        last = next((line for line in reversed(text) if line.strip() and not line.startswith(" ")), "")
+        return f"rank {rank}: {type(cause).__name__}: {last[:200]}" if last else f"rank {rank}: {type(cause).__name__}"
+    return str(e).splitlines()[0][:200]
+
+
 def check_resources(workers: int, gpu: bool, resources: dict[str, float], option: str = "--workers") -> None:
     """Refuse a request for more workers (one CPU, or with `gpu` one GPU, each) than the Ray
     cluster's `resources` hold, before any work starts; `option` names the request."""
@@ -200,7 +211,8 @@ def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_f
             fit_interruptibly(trainer)
         except ray.train.TrainingFailedError as e:
             raise _user_error(e) or _cluster_error(e, workers, run_dir) or SlifmrError(
-                f"training failed after {max_failures} restart(s): {str(e).splitlines()[0][:200]}") from e
+                f"training failed after {max_failures} restart(s): {_first_cause(e)}; the last complete epoch's "
+                f"checkpoint is kept: continue with slifmr train --resume {run_dir} --workers {workers}") from e
     return json.loads((Path(run_dir).resolve() / "results.json").read_text())
 
 

@@ -317,7 +317,7 @@ def answer(scorer: Scorer, body: bytes) -> tuple[int, dict[str, Any]]:
     if unknown:
         return 400, {"error": f"unknown field(s) {', '.join(sorted(unknown))} (fields: {', '.join(sorted(REQUEST_FIELDS))})"}
     user = request.get("user")
-    if user is not None and not isinstance(user, (str, int)) or isinstance(user, bool):
+    if isinstance(user, bool) or (user is not None and not isinstance(user, (str, int))):
         return 400, {"error": f"user must be a string id or null, got {user!r:.60}"}
     for flag in ("exclude_seen", "strict_user", "ignore_unknown_items"):
         if flag in request and not isinstance(request[flag], bool):
@@ -401,6 +401,10 @@ def _replica(folder: str, host: str, port: int, reuse_port: bool) -> None:
     make_server(Scorer.load(folder), host, port, reuse_port).serve_forever()
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(0)  # SIGTERM (a service manager stopping us): the replicas go in `finally`
+
+
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> int:
     """Serve the export in `folder` on host:port with `replicas` processes until Ctrl-C (returns
     130) or SIGTERM (returns 0)."""
@@ -415,7 +419,7 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, replica
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_replica, args=(str(folder), host, port, replicas > 1), daemon=True)
              for _ in range(replicas)]
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
+    signal.signal(signal.SIGTERM, _terminated)
     for p in procs:
         p.start()
     print(f"serving {folder} on http://{host}:{port} ({replicas} replica(s)): GET /health, POST /recommend", flush=True)
