@@ -299,3 +299,31 @@ def test_ctrl_c_during_a_ray_train_fit_reaches_the_caller(monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt):
         fit_interruptibly(Trainer())
     assert calls == [False, "shutdown"]  # fit ran off the main thread; Ray was shut down
+
+
+# ----------------------------------------------------------------------------- 11: the cluster beyond one fault
+
+
+def test_a_worker_group_that_cannot_start_ends_the_run_in_one_line() -> None:
+    """Ray Train retries a worker group that cannot start forever by default (a second node lost
+    during recovery would hang the job); slifmr bounds it and names what to do."""
+    from ray.train import FailureConfig
+
+    from slifmr.launch import GROUP_START_RETRIES, _cluster_error, _failure_config, _first_cause
+
+    config = _failure_config(FailureConfig, 2)
+    assert config.max_failures == 2 and getattr(config, "controller_failure_limit", GROUP_START_RETRIES) == GROUP_START_RETRIES
+
+    class WorkerGroupStartupTimeoutError(Exception):
+        pass
+
+    line = str(_cluster_error(WorkerGroupStartupTimeoutError("timed out after 60 s"), 2, Path("runs/x")))
+    assert "could not start the 2-worker group" in line and "slifmr train --resume runs/x --workers 2" in line
+    assert _cluster_error(ValueError("other"), 2, Path("runs/x")) is None
+
+    class Failed(Exception):
+        worker_failures = {1: RuntimeError("late"), 0: OSError(30, "Read-only file system")}
+
+    assert _first_cause(Failed("Training failed due to worker errors:\n...")) == \
+        "rank 0: OSError: [Errno 30] Read-only file system"
+    assert _first_cause(RuntimeError("Ray's own\nsecond line")) == "Ray's own"
