@@ -153,7 +153,8 @@ def main() -> None:
     payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
                "commit": measured, "wall_seconds": time.time() - started, "rows": rows}
-    lines = ["Command: `python benchmarks/http_serving.py --run " + str(args.run) + "`  ",
+    lines = ["## Serving over HTTP and every variant's export (issue 41)", "",
+             f"Command (in {Path.cwd().name}/): `{payload['command']}`  ",
              f"Machine: {payload['machine']}; commit {measured}.", "",
              "Every variant's export against `slifmr recommend` (ml-100k, every user, top 20):", "",
              "| variant | users | numpy scorer lists differing | torch batch lists differing |", "|---|---|---|---|"]
