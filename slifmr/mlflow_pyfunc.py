@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 
 class ExportModel(mlflow.pyfunc.PythonModel):
@@ -29,8 +30,7 @@ class ExportModel(mlflow.pyfunc.PythonModel):
 
         self.scorer = Scorer.load(folder)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a schema
-        import pandas as pd
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
 
         rows: dict[str, list] = {"user": [], "rank": [], "item": [], "score": []}
         for request in model_input.to_dict("records"):

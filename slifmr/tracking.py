@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import netrc
 import os
 import signal
@@ -43,6 +44,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -292,6 +294,20 @@ class MLflowTracker:
         """The run's export as an MLflow pyfunc model (slifmr/mlflow_pyfunc.py: models from code,
         loadable without slifmr) with its signature and an input example, and the dataset as
         the run's training input (its folder and fingerprint, not its rows)."""
+        from slifmr.api import load_run
+
+        run = load_run(self.run_dir)
+        # MLflow's hints (integer columns), INFO lines and artifact progress bars are not the user's business here
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow_logger = logging.getLogger("mlflow")
+        level = mlflow_logger.level
+        mlflow_logger.setLevel(logging.WARNING)
+        try:
+            self._log_model_quietly(run)
+        finally:
+            mlflow_logger.setLevel(level)
+
+    def _log_model_quietly(self, run: Any) -> None:
         import tempfile
 
         import mlflow
@@ -300,10 +316,8 @@ class MLflowTracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.models import infer_signature
 
-        from slifmr.api import load_run
-
-        run = load_run(self.run_dir)
-        with tempfile.TemporaryDirectory(prefix="slifmr-mlflow-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="slifmr-mlflow-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             export = run.export(Path(tmp) / "export")
             example = pd.DataFrame({"user": _first_users(run, 2), "k": 3})
             from slifmr.mlflow_pyfunc import ExportModel
