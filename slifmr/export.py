@@ -122,7 +122,6 @@ def export_item_scores(ds: Dataset, kind: str, part: Any, out: str | Path, about
     """The export of a closed form scored without embeddings (`closed_form_scores`): "item_item"
     (W^T, served as s = x_u W) or "popularity" (counts): the same folder as an embedding export
     without the embeddings and the index (arrays/ with users and items of width 0)."""
-    from slifmr.recommend import raw_ids
 
     out = Path(out)
     if out.exists():
@@ -140,14 +139,22 @@ def export_item_scores(ds: Dataset, kind: str, part: Any, out: str | Path, about
     with atomic_folder(out) as tmp:
         _write_history(tmp, ds)
         if w_t is not None:
-            i, j = w_t.indices().numpy()
-            pq.write_table(pa.table({"item": raw_ids(ds, "items", i), "neighbour": raw_ids(ds, "items", j),
-                                     "item_row": i.astype(np.int64), "neighbour_row": j.astype(np.int64),
-                                     "weight": w_t.values().numpy().astype(np.float32)}), tmp / "ridge.parquet")
+            pq.write_table(_ridge_table(ds, w_t), tmp / "ridge.parquet")
         _write_arrays(tmp / ARRAYS, ds, empty_users, empty_items, w_t)
         shutil.copyfile(Path(__file__).with_name("scorer.py"), tmp / "slifmr_scorer.py")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def _ridge_table(ds: Dataset, item_ridge: torch.Tensor) -> pa.Table:
+    """ridge.parquet: W^T's entries (scored item, history item as its neighbour, weight), raw ids and rows."""
+    from slifmr.recommend import raw_ids
+
+    w = item_ridge.to_sparse_coo().coalesce()
+    i, j = w.indices().numpy()
+    return pa.table({"item": raw_ids(ds, "items", i), "neighbour": raw_ids(ds, "items", j),
+                     "item_row": i.astype(np.int64), "neighbour_row": j.astype(np.int64),
+                     "weight": w.values().numpy().astype(np.float32)})
 
 
 def _write_history(folder: Path, ds: Dataset) -> None:
@@ -176,11 +183,7 @@ def export_representations(ds: Dataset, reps: Representations, out: str | Path, 
     score: dict[str, Any] = {"type": "cosine" if reps.cosine else "dot", "ridge_weight": 0.0}
     ridge = None
     if reps.item_ridge is not None and reps.ridge_weight > 0:
-        w = reps.item_ridge.to_sparse_coo().coalesce()
-        j, i = w.indices().numpy()
-        ridge = pa.table({"item": raw_ids(ds, "items", j), "neighbour": raw_ids(ds, "items", i),
-                          "item_row": j.astype(np.int64), "neighbour_row": i.astype(np.int64),
-                          "weight": w.values().numpy().astype(np.float32)})
+        ridge = _ridge_table(ds, reps.item_ridge)
         centred = items - items.mean(0)
         score.update({"ridge_weight": float(reps.ridge_weight), "item_mean": items.mean(0).tolist(),
                       "item_cov": (centred.T @ centred / max(items.shape[0] - 1, 1)).tolist(),
