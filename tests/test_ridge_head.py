@@ -84,7 +84,7 @@ def test_auto_chooses_on_validation_only_and_includes_the_peers(tiny_path: Path,
 
 def test_a_resumed_head_is_the_saved_one(tiny_path: Path, tmp_path: Path) -> None:
     """The checkpoint keeps the head in use, its candidates and the search's neighbours: a
-    resumed run solves the same W and continues with the same candidates."""
+    resumed run solves the same W and continues with the same candidates, in the same order."""
     cfg = load_config(overrides=[*FAST, "train.epochs=2"])
     cfg.data = str(tiny_path)
     train_loop(cfg, tmp_path / "run")
@@ -93,7 +93,14 @@ def test_a_resumed_head_is_the_saved_one(tiny_path: Path, tmp_path: Path) -> Non
     again = head_for(ds)
     again.load_state_dict(ckpt)
     assert asdictish(again.spec) == {k: ckpt["head"][k] for k in ("rule", "k", "l2")}
-    assert {(c["rule"], c["k"]) for c in ckpt["head"]["candidates"]} == set(again.heads)
+    assert [(c["rule"], c["k"]) for c in ckpt["head"]["candidates"]] == list(again.heads)
+    # in the saved order, whichever place the head in use has: the choice breaks ties by it
+    # (cooc at k = N - 1 and full can tie), so a resumed run must see them as the first run did
+    in_use = next(c for c in ckpt["head"]["candidates"] if asdictish(again.spec) == c)
+    for order in (lambda cs: [in_use, *[c for c in cs if c != in_use]], lambda cs: [*[c for c in cs if c != in_use], in_use]):
+        moved = {**ckpt, "head": {**ckpt["head"], "candidates": order(ckpt["head"]["candidates"])}}
+        again.load_state_dict(moved)
+        assert [(c["rule"], c["k"]) for c in moved["head"]["candidates"]] == list(again.heads)
     best, _ = load_checkpoint(tmp_path / "run" / "best")
     assert best["head"]["candidates"] == [] and best["head"]["z_neighbours"] is None  # best/ keeps the head in use
 

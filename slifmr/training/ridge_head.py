@@ -359,22 +359,24 @@ class RidgeHead:
         head = state.get("head")
         self.neighbours, self.blend = state.get("neighbours"), state.get("ridge_weight")
         self.heads, self.spec, self.weights_t = {}, None, None
+        self.tune_due = self.choice_due = False
         if head is not None:
             self.spec = HeadSpec(head["rule"], int(head["k"]), float(head["l2"]))
             self.choice, self.tuned = head.get("choice"), head.get("tuned") or []
             self.z_at_tuning, self.z_neighbours = head.get("z_at_tuning"), head.get("z_neighbours")
             self.fusions_since_choice = int(head.get("fusions_since_choice") or 0)
-            for c in head.get("candidates") or []:
-                spec = HeadSpec(c["rule"], int(c["k"]), float(c["l2"]))
-                if spec != self.spec:
-                    self.heads[(spec.rule, spec.k)] = self._solved(spec)
         elif self.neighbours is not None:
             rule = "z" if self.auto else self.cfg.ridge_neighbours
             self.spec = HeadSpec(rule, int(self.neighbours.shape[1]), self.cfg.ridge_l2)
-        if self.spec is not None:  # the head in use, on the neighbourhoods it was solved on
-            self.weights_t = self._solve(self.spec, self.neighbours)
-            self.heads[(self.spec.rule, self.spec.k)] = (self.spec, self.weights_t)
-        self.tune_due = self.choice_due = False
+        if self.spec is None:
+            return
+        # the candidates in their saved order: the choice breaks ties by it, so a resumed run
+        # must see them as the uninterrupted one did; the head in use on the neighbourhoods it
+        # was solved on
+        self.weights_t = self._solve(self.spec, self.neighbours)
+        candidates = [HeadSpec(c["rule"], int(c["k"]), float(c["l2"])) for c in (head or {}).get("candidates") or []]
+        for spec in candidates if self.spec in candidates else [*candidates, self.spec]:
+            self.heads[(spec.rule, spec.k)] = (spec, self.weights_t) if spec == self.spec else self._solved(spec)
 
 
 def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
