@@ -23,6 +23,7 @@ from slifmr import log
 from slifmr.arguments import check_int, id_list
 from slifmr.config import Config, ModelConfig, TrainConfig, load_config
 from slifmr.errors import ConfigError, SlifmrError
+from slifmr.run_layout import RunLayout
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -80,7 +81,7 @@ class Run:
     @property
     def results(self) -> dict[str, Any]:
         """results.json: best epoch, its validation metrics and the test metrics (read once, at the end)."""
-        path = self.path / "results.json"
+        path = RunLayout(self.path).results
         if not path.exists():
             raise SlifmrError(f"{self.path} has no results.json (the run has not finished)")
         return json.loads(path.read_text())
@@ -88,7 +89,7 @@ class Run:
     @property
     def history(self) -> list[dict[str, Any]]:
         """metrics.jsonl: one dict per epoch (losses, validation metrics, timings)."""
-        path = self.path / "metrics.jsonl"
+        path = RunLayout(self.path).metrics
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def evaluate(self, split: str = "test", k: int | Sequence[int] | None = None) -> dict[str, float]:
@@ -204,16 +205,17 @@ def load_run(path: str | Path) -> Run:
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise SlifmrError(f"run folder {run_dir} does not exist")
-    if not (run_dir / "config.yaml").exists():
-        raise SlifmrError(f"{run_dir} is not a run folder (no config.yaml)")
-    return Run(run_dir, saved_config(read_config_file(run_dir / "config.yaml"), str(run_dir / "config.yaml")))
+    config = RunLayout(run_dir).config
+    if not config.exists():
+        raise SlifmrError(f"{run_dir} is not a run folder (no {config.name})")
+    return Run(run_dir, saved_config(read_config_file(config), str(config)))
 
 
 def refuse_existing_run(run_dir: Path) -> None:
     """A new run never writes into a folder that holds one."""
     from slifmr.distributed.checkpoint import exists as checkpoint_exists
 
-    if checkpoint_exists(run_dir / "checkpoint"):
+    if checkpoint_exists(RunLayout(run_dir).checkpoint):
         raise SlifmrError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
 
 

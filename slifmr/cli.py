@@ -12,6 +12,7 @@ from slifmr import log
 from slifmr.arguments import cli_float, cli_int
 from slifmr.config import CHOICES, PRESETS, VARIANTS
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 
 
 class _Parser(argparse.ArgumentParser):
@@ -394,7 +395,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if (run_dir / LOCK_FILE).exists():  # a live writer is named first: its first checkpoint may not exist yet
             with RunLock(run_dir):  # the lock file is there already: the probe writes nothing new
                 pass
-        if not checkpoint_exists(run_dir / "checkpoint"):
+        if not checkpoint_exists(RunLayout(run_dir).checkpoint):
             _run_config(run_dir)  # names a missing or non-run folder first
             raise SlifmrError(f"{run_dir} holds no checkpoint to resume from")
         saved, cfg = _resumed_config(run_dir, args)

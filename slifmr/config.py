@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from slifmr.atomic import write_text
+from slifmr.closed_forms import CLOSED_FORMS
 from slifmr.errors import ConfigError
 
 # what train.stop_metric may select (slifmr/evaluation.py; higher is better, so not arp@K,
@@ -199,15 +200,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 # MMRec's FREEDOM: learning rate 0.001, a BPR loss without embedding L2, up to
                 # 1000 epochs (at lr 0.001 it is still improving at our default 200)
                 "train.lr": 0.001, "model.lambda_reg": 0.0, "train.epochs": 1000},
-    "ease": {},
-    # EASE restricted to each item's model.ridge_k most co-occurring items (slifmr/model/cooc_ridge.py)
-    "cooc_ridge": {},
-    # the most-popular baseline (slifmr/model/popularity.py)
-    "pop": {},
-    # implicit's iALS (Hu et al., ICDM 2008; slifmr/model/ials.py), alpha and reg chosen on validation
-    "ials": {},
-    # cosine of an item's features to the user's history (slifmr/model/content_knn.py): a content peer
-    "content_knn": {},
+    # the closed forms (slifmr/closed_forms.py: ease, cooc_ridge, pop, ials, content_knn): solved, not trained
+    **{name: {} for name in CLOSED_FORMS},
     "static": {"model.self_loop": False, "model.ridge_weight": 0.0},
     "no_ridge": {"model.ridge_weight": 0.0},
     "no_sc": {"model.lambda_sc": 0.0},
@@ -229,9 +223,6 @@ PRESETS: dict[str, dict[str, Any]] = {
               "train.eval_users": 10000},
 }
 
-# variants solved in closed form (for each ridge weight of model.ease_l2 where they have one),
-# not trained by gradient
-CLOSED_FORM = ("ease", "cooc_ridge", "pop", "ials", "content_knn")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -249,6 +240,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one value (--set model.ease_l2=800, ease_l2=800): a list of one
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, inner, key) for v in value]
@@ -413,7 +406,7 @@ def load_config(path: str | Path | None = None, variant: str | None = None, over
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-        if (variant or d.get("variant")) in CLOSED_FORM:
+        if (variant or d.get("variant")) in CLOSED_FORMS:
             raise ConfigError(f"preset {preset} sets how gradient training samples and searches; variant "
                               f"{variant or d.get('variant')} is a closed form: run it without --preset")
         d = {**PRESETS[preset], **flatten_config(d)}
@@ -490,7 +483,7 @@ def validate(cfg: Config) -> None:
         (m.ridge_rechoose_every >= 0, "model.ridge_rechoose_every must be >= 0"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),
-        (not (cfg.variant in CLOSED_FORM and (t.sampling != "full" or t.strategy != "ddp")),
+        (not (cfg.variant in CLOSED_FORMS and (t.sampling != "full" or t.strategy != "ddp")),
          f"variant {cfg.variant} is a closed form solved in one process: no train.sampling or train.strategy applies"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (t.seed >= 0, "train.seed must be >= 0"),

@@ -40,8 +40,9 @@ import torch
 import slifmr
 from slifmr import ann
 from slifmr.atomic import atomic_folder
-from slifmr.config import CLOSED_FORM
+from slifmr.closed_forms import CLOSED_FORMS
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 from slifmr.scorer import ARRAYS, MANIFEST, Scorer
 
 if TYPE_CHECKING:
@@ -81,45 +82,17 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
     if Path(out).exists():
         raise SlifmrError(f"{out} already exists (choose another --out or remove it)")
     about = {"run": str(run.path.resolve()), "variant": run.config.variant, "best_epoch": run.best_epoch,
-             "valid": run.results.get("valid") if (run.path / "results.json").exists() else None}
-    if run.config.variant in CLOSED_FORM:
-        kind, part = closed_form_scores(run.model, run.dataset)
+             "valid": run.results.get("valid") if RunLayout(run.path).results.exists() else None}
+    if run.config.variant in CLOSED_FORMS:
+        kind, part = run.model.export_scores()  # the closed form's own: "dot", "item_item" or "popularity"
         if kind != "dot":
             return export_item_scores(run.dataset, kind, part, out, about)
         return export_representations(run.dataset, part, out, about, k, exact_limit)
     return export_representations(run.dataset, run.model, out, about, k, exact_limit)
 
 
-def closed_form_scores(model: Any, ds: Dataset) -> tuple[str, Any]:
-    """What a closed form's export holds, by the form of its score:
-    ("dot", Representations) for `ials` (s = u . v) and `content_knn` (u = the mean of the
-    training history's features, v = the features); ("item_item", W^T (N, N), dense or CSR) for
-    `ease` and `cooc_ridge` (s = x_u W); ("popularity", counts (N,)) for `pop`."""
-    from slifmr.model.content_knn import ContentKNN
-    from slifmr.model.cooc_ridge import CoocRidge
-    from slifmr.model.ease import EASE
-    from slifmr.model.ials import IALS
-    from slifmr.model.popularity import Popularity
-    from slifmr.model.ridge import weights_csr
-    from slifmr.model.slifmr import Representations
-
-    if isinstance(model, IALS):
-        return "dot", Representations(model.user_factors, model.item_factors)
-    if isinstance(model, ContentKNN):
-        x = model.interactions.to_sparse_csr()
-        count = torch.sparse.sum(model.interactions, 1).to_dense().clamp_min(1.0)[:, None]
-        return "dot", Representations(torch.sparse.mm(x, model.features) / count, model.features)
-    if isinstance(model, EASE):
-        return "item_item", model.weights.T
-    if isinstance(model, CoocRidge):
-        return "item_item", weights_csr(model.weights, model.neighbours)
-    if isinstance(model, Popularity):
-        return "popularity", model.counts
-    raise SlifmrError(f"no export for a {type(model).__name__} model")
-
-
 def export_item_scores(ds: Dataset, kind: str, part: Any, out: str | Path, about: dict[str, Any]) -> Path:
-    """The export of a closed form scored without embeddings (`closed_form_scores`): "item_item"
+    """The export of a closed form scored without embeddings (its `export_scores()`): "item_item"
     (W^T, served as s = x_u W) or "popularity" (counts): the same folder as an embedding export
     without the embeddings and the index (arrays/ with users and items of width 0)."""
 

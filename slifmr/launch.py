@@ -27,6 +27,7 @@ from slifmr import log
 from slifmr.config import Config, from_dict, validate
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 from slifmr.training import train_loop
 
 RAY_RUN_NAME = "train"
@@ -213,7 +214,7 @@ def ray_train(cfg: Config, run_dir: Path, workers: int, gpu: bool = False, max_f
             raise _user_error(e) or _cluster_error(e, workers, run_dir) or SlifmrError(
                 f"training failed after {max_failures} restart(s): {_first_cause(e)}; the last complete epoch's "
                 f"checkpoint is kept: continue with slifmr train --resume {run_dir} --workers {workers}") from e
-    return json.loads((Path(run_dir).resolve() / "results.json").read_text())
+    return json.loads(RunLayout(Path(run_dir).resolve()).results.read_text())
 
 
 @contextmanager

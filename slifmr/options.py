@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from slifmr.arguments import check_int
-from slifmr.config import CLOSED_FORM, Config
+from slifmr.closed_forms import CLOSED_FORMS
+from slifmr.config import Config
 from slifmr.errors import SlifmrError
 
 # the command line's flags for config keys and launch options (every other key: --set KEY=VALUE)
@@ -19,17 +20,6 @@ FLAGS = {"data": "--data", "train.epochs": "--epochs", "train.seed": "--seed", "
          "train.zero_stage": "--zero-stage", "train.sampling": "--sampling", "train.fanout": "--fanout",
          "train.tracker": "--tracker", "train.tracking_uri": "--tracking-uri", "workers": "--workers", "gpu": "--gpu",
          "address": "--address", "max_failures": "--max-failures"}
-# the keys each closed form reads (train.seed draws the train.eval_users sample)
-_CLOSED_FORM_COMMON = ("model.ease_l2", "train.topk", "train.stop_metric", "train.eval_chunk", "train.eval_users",
-                       "train.seed", "train.threads", "train.tracker", "train.tracking_uri", "train.tracking_experiment")
-CLOSED_FORM_READS: dict[str, tuple[str, ...]] = {
-    "ease": _CLOSED_FORM_COMMON, "cooc_ridge": (*_CLOSED_FORM_COMMON, "model.ridge_k"),
-    "pop": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"),
-    "content_knn": tuple(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"),
-    "ials": (*(k for k in _CLOSED_FORM_COMMON if k != "model.ease_l2"), "model.embedding_dim", "model.ials_alpha",
-             "model.ials_reg", "model.ials_iterations")}
-
-
 @dataclass(frozen=True)
 class Spelling:
     """How the caller writes options: "flag" (`--fanout`, `--tracker mlflow`) or "keyword"
@@ -57,7 +47,7 @@ def check_options(cfg: Config, given: Sequence[str], spelling: Spelling, *, from
     file (checked against a closed form's keys only: a saved config names every key). Raises
     SlifmrError naming the options."""
     n, v, t = spelling.name, spelling.setting, cfg.train
-    if cfg.variant in CLOSED_FORM:
+    if cfg.variant in CLOSED_FORMS:
         _check_closed_form(cfg.variant, [*given, *from_file], spelling, workers, gpu, address, max_failures, resume)
     workers = check_int(n("workers"), workers, 0)
     if workers == 0:
@@ -79,12 +69,12 @@ def check_options(cfg: Config, given: Sequence[str], spelling: Spelling, *, from
 
 def _check_closed_form(variant: str, keys: Sequence[str], spelling: Spelling, workers: int, gpu: bool,
                        address: str | None, max_failures: int, resume: bool) -> None:
-    """A closed-form variant (ease, cooc_ridge, pop): the options of gradient training do not apply."""
+    """A closed-form variant (slifmr/closed_forms.py): the options of gradient training do not apply."""
     if resume:
         raise SlifmrError(f"variant {variant} is solved in one go: there is nothing to resume (train it again with --out)")
     ignored = [spelling.name(k) for k, value in (("workers", workers), ("gpu", gpu), ("max_failures", max_failures),
                                                  ("address", address)) if value]
-    reads = CLOSED_FORM_READS[variant]
+    reads = CLOSED_FORMS[variant].config_reads
     for key in dict.fromkeys(keys):
         if key == "train.seed" and "train.eval_users" not in keys:
             ignored.append(f"{spelling.name(key)} (it draws the train.eval_users sample only)")

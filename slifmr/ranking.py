@@ -23,8 +23,7 @@ from slifmr.config import RUNTIME_KEYS, Config, saved_config
 from slifmr.data.format import Dataset, read_dataset
 from slifmr.distributed.checkpoint import META, CheckpointError, load_checkpoint, save_checkpoint
 from slifmr.errors import SlifmrError
-
-RANKING = "ranking"
+from slifmr.run_layout import RunLayout
 
 
 def resolve_dataset(cfg: Config) -> Dataset:
@@ -72,13 +71,14 @@ def save_ranking(run_dir: Path, reps: Any, meta: dict[str, Any]) -> None:
             head = {"crow": w.crow_indices(), "col": w.col_indices(), "values": w.values(), "size": torch.tensor(w.shape)}
     state = {"users": reps.users.detach().cpu(), "items": reps.items.detach().cpu(), "cosine": bool(reps.cosine),
              "ridge_weight": float(reps.ridge_weight), "item_ridge": head}
-    save_checkpoint(run_dir / RANKING, state, meta)
+    save_checkpoint(RunLayout(run_dir).ranking, state, meta)
 
 
 def load_ranking(run_dir: Path, cfg: Config, ds: Dataset, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]] | None:
     """(Representations, meta) saved for the run's current best epoch, on `device`; None when
     there is none for it. Raises SlifmrError when it was made for another dataset or config."""
-    folder, best_meta = Path(run_dir) / RANKING, Path(run_dir) / "best" / META
+    layout = RunLayout(run_dir)
+    folder, best_meta = layout.ranking, layout.best / META
     if not folder.exists() or not best_meta.exists():
         return None
     try:

@@ -8,12 +8,14 @@ from typing import Any
 
 from slifmr.atomic import atomic_path
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """{'name', 'records' (metrics.jsonl lines), 'results' (results.json or None), 'metric' (the
     run's train.stop_metric from its config.yaml; recall@K at its largest K without one)}."""
-    metrics = run_dir / "metrics.jsonl"
+    layout = RunLayout(run_dir)
+    metrics = layout.metrics
     if not metrics.exists():
         raise SlifmrError(f"{run_dir} is not a run folder (no metrics.jsonl)")
     records = []
@@ -23,13 +25,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 raise SlifmrError(f"{metrics}, line {n}: not valid JSON") from None
-    results_path = run_dir / "results.json"
+    results_path = layout.results
     results = json.loads(results_path.read_text()) if results_path.exists() else None
     return {"name": run_dir.name, "records": records, "results": results, "metric": _stop_metric(run_dir, records)}
 
 
 def _stop_metric(run_dir: Path, records: list[dict[str, Any]]) -> str:
-    config = run_dir / "config.yaml"
+    config = RunLayout(run_dir).config
     if config.exists():
         import yaml
 

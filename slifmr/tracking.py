@@ -56,6 +56,7 @@ from slifmr import log
 from slifmr.atomic import write_text
 from slifmr.config import Config, flatten_config
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 from slifmr.runlock import exclusive
 
 # how long an MLflow server may take to answer the check before a run starts
@@ -282,9 +283,10 @@ class MLflowTracker:
     def finish(self, results: dict[str, Any]) -> None:
         # at the last epoch's step: a run resumed for more epochs logs its new results later, not over them
         self._log(final_scalars(results), int(results.get("epochs_run", 0)))
-        for name in ("config.yaml", "results.json"):
-            if (self.run_dir / name).exists():
-                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        layout = RunLayout(self.run_dir)
+        for path in (layout.config, layout.results):
+            if path.exists():
+                self.client.log_artifact(self.run_id, str(path))
         self.client.log_artifact(self.run_id, str(_curves(self.run_dir)))
         if results.get("test") is not None:  # a finished run, not a sweep's trial: its model and its data
             self._log_model()

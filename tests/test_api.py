@@ -68,7 +68,8 @@ def test_ranking_saved_at_the_end_is_what_the_rebuilt_best_epoch_ranks(tiny_path
 
     import torch
 
-    from slifmr.ranking import RANKING, load_ranking
+    from slifmr.ranking import load_ranking
+    from slifmr.run_layout import RANKING
     from slifmr.training import load_best
 
     run = slifmr.train(data=tiny_path, out=tmp_path / "run", epochs=2, embedding_dim=8, k_corr=3, model__k_mm=3,

@@ -175,7 +175,7 @@ def test_ials_chooses_alpha_and_reg_on_validation_and_scores_with_implicits_fact
     assert results["best_epoch"] == best["epoch"]
     ds = read_dataset(tiny_path)
     model = IALS(ds, 8, seed=0)
-    model.fit((best["alpha"], best["l2"]))
+    model.fit(alpha=best["alpha"], reg=best["l2"])
     als = AlternatingLeastSquares(factors=8, regularization=best["l2"], alpha=best["alpha"], random_state=0)
     als.fit(model._x, show_progress=False)
     users = torch.arange(ds.num_users)

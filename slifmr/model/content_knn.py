@@ -12,6 +12,8 @@ protocol, slifmr/data/cold.py); it has nothing to choose on validation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,8 +36,8 @@ class ContentKNN(nn.Module):
         self.register_buffer("features", torch.zeros(ds.num_items, sum(x.shape[1] for x in ds.features.values())))
         self._ds = ds
 
-    def fit(self, _: None = None) -> None:
-        """Normalise and concatenate the modalities (nothing to choose: the argument is unused)."""
+    def fit(self) -> None:
+        """Normalise and concatenate the modalities (nothing to choose)."""
         parts = [F.normalize(torch.from_numpy(x).float(), dim=1) for x in self._ds.features.values()]
         self.features.copy_(torch.cat(parts, 1) / len(parts) ** 0.5)
 
@@ -48,3 +50,12 @@ class ContentKNN(nn.Module):
         profile = torch.sparse.mm(rows, self.features)  # (B, D): the sum of the history's features
         count = torch.sparse.sum(rows, 1).to_dense().clamp_min(1.0)[:, None]
         return (profile / count) @ self.features.T
+
+    def export_scores(self) -> tuple[str, Any]:
+        """What its export holds (slifmr/export.py): ("dot", u = the mean of the training
+        history's features, v = the features)."""
+        from slifmr.model.slifmr import Representations
+
+        x = self.interactions.to_sparse_csr()
+        count = torch.sparse.sum(self.interactions, 1).to_dense().clamp_min(1.0)[:, None]
+        return "dot", Representations(torch.sparse.mm(x, self.features) / count, self.features)

@@ -93,3 +93,7 @@ class CoocRidge(nn.Module):
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.weights).all())
+
+    def export_scores(self) -> tuple[str, Tensor]:
+        """What its export holds (slifmr/export.py): ("item_item", W^T (N, N) CSR), s = x_u W."""
+        return "item_item", weights_csr(self.weights, self.neighbours)

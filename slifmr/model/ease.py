@@ -69,3 +69,7 @@ class EASE(nn.Module):
         """(B, N) scores of every item for the given users (B,)."""
         rows = torch.index_select(self.interactions, 0, users.to(self.weights.device))
         return torch.sparse.mm(rows, self.weights)
+
+    def export_scores(self) -> tuple[str, Tensor]:
+        """What its export holds (slifmr/export.py): ("item_item", W^T (N, N)), s = x_u W."""
+        return "item_item", self.weights.T

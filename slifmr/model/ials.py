@@ -13,6 +13,8 @@ Scores (B, N) = U[users] V^T. The optional extra `peers` brings `implicit`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -27,7 +29,7 @@ class IALS(nn.Module):
     """iALS with `factors` latent dimensions, `iterations` ALS sweeps, seeded by `seed`.
 
     Buffers `user_factors` (M, f) and `item_factors` (N, f) float32, saved with the run;
-    `fit((alpha, reg))` fits them. Raises SlifmrError when `implicit` is not installed."""
+    `fit(alpha, reg)` fits them. Raises SlifmrError when `implicit` is not installed."""
 
     def __init__(self, ds: Dataset, factors: int, iterations: int = 15, seed: int = 0, threads: int = 0):
         super().__init__()
@@ -39,13 +41,12 @@ class IALS(nn.Module):
         self.register_buffer("user_factors", torch.zeros(ds.num_users, factors))
         self.register_buffer("item_factors", torch.zeros(ds.num_items, factors))
 
-    def fit(self, params: tuple[float, float]) -> None:
-        """Fit U and V for confidence weight alpha and regularisation reg (`params` = (alpha, reg))."""
+    def fit(self, alpha: float, reg: float) -> None:
+        """Fit U and V for confidence weight `alpha` and regularisation `reg`."""
         try:
             from implicit.cpu.als import AlternatingLeastSquares
         except ImportError as e:
             raise SlifmrError("variant ials needs the implicit library: pip install 'slifmr[peers]'") from e
-        alpha, reg = params
         als = AlternatingLeastSquares(factors=self._factors, regularization=reg, alpha=alpha,
                                       iterations=self._iterations, random_state=self._seed, num_threads=self._threads)
         als.fit(self._x, show_progress=False)
@@ -58,3 +59,9 @@ class IALS(nn.Module):
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
         return self.user_factors[users.to(self.user_factors.device)] @ self.item_factors.T
+
+    def export_scores(self) -> tuple[str, Any]:
+        """What its export holds (slifmr/export.py): ("dot", the factors), s = u . v."""
+        from slifmr.model.slifmr import Representations
+
+        return "dot", Representations(self.user_factors, self.item_factors)

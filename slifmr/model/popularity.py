@@ -21,8 +21,8 @@ class Popularity(nn.Module):
         self._items, self._num_items = train_edges(ds)[1], ds.num_items
         self.register_buffer("counts", torch.zeros(ds.num_items))
 
-    def fit(self, l2: float | None = None) -> None:
-        """Count each item's training interactions (`l2`: unused, a closed form's common signature)."""
+    def fit(self) -> None:
+        """Count each item's training interactions."""
         self.counts = torch.bincount(self._items.long(), minlength=self._num_items).float().to(self.counts.device)
 
     def finite(self) -> bool:
@@ -31,3 +31,7 @@ class Popularity(nn.Module):
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) the item counts for users (B,)."""
         return self.counts.expand(users.numel(), -1)
+
+    def export_scores(self) -> tuple[str, Tensor]:
+        """What its export holds (slifmr/export.py): ("popularity", counts (N,))."""
+        return "popularity", self.counts

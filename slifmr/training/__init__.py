@@ -1,14 +1,17 @@
 """Training: one loop composing components, each built from its part of the config.
 
-    loop.py         `train_loop`: an epoch is the method, Z(t-1) -> S(t) -> graphs -> steps ->
-                    Z(t) -> validation -> checkpoint; `GradientJob` composes the parts below
+    loop.py         `train_loop`: the run's one lifecycle (start or resume, epochs, tracker,
+                    test); `GradientJob` composes the parts below, an epoch is the method,
+                    Z(t-1) -> S(t) -> graphs -> steps -> Z(t) -> validation -> checkpoint
     self_loop.py    `SelfLoop`: Z(t-1), S(t) and the epoch's graphs
     ridge_head.py   `RidgeHead`: the item-item ridge head, its neighbourhoods, solves and blend,
                     chosen on validation (rule, k, l2, blend)
     batches.py      a batch source per train.sampling (full, neighbor, history)
-    run_folder.py   `RunFolder`: create, resume, per-epoch save, results
-    closed_form.py  the recipe of variants solved in one go (ease, cooc_ridge, pop)
-    build.py        the model and static graphs, a closed form, the evaluator, threads
+    run_folder.py   `RunFolder`: create, resume, per-epoch save, results (its layout:
+                    slifmr/run_layout.py)
+    closed_form.py  `ClosedFormJob`: the recipe of the variants registered in
+                    slifmr/closed_forms.py (ease, cooc_ridge, pop, ials, content_knn)
+    build.py        the model and static graphs, the evaluator, threads
     best.py         the best epoch's scorer and the test metrics
     records.py      seed streams, early stopping, metrics.jsonl records
 

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from slifmr import log
-from slifmr.config import CLOSED_FORM, Config
+from slifmr.closed_forms import CLOSED_FORMS
+from slifmr.config import Config
 from slifmr.data.cold import cold_items
 from slifmr.data.format import TEST, VALID, Dataset
 from slifmr.distributed.checkpoint import load_checkpoint
@@ -20,8 +21,8 @@ from slifmr.model.propagate import layerwise_spmm
 from slifmr.model.slifmr import Representations
 from slifmr.ranking import check_compatible, save_ranking
 from slifmr.report import read_run
+from slifmr.run_layout import RunLayout
 from slifmr.training.build import (
-    build_closed_form,
     build_evaluator,
     build_model,
     cold_placement,
@@ -37,10 +38,10 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     """What the best validation epoch ranks with, on `device`: its representations over that
     epoch's graphs (the layer-wise inference split over `comm`'s workers, who must then all call
     this together), or a closed form's solved weights. Returns it and the checkpoint's meta."""
-    ckpt, meta = load_checkpoint(run_dir / "best")
+    ckpt, meta = load_checkpoint(RunLayout(run_dir).best)
     check_compatible(meta, cfg, ds, run_dir)
-    if cfg.variant in CLOSED_FORM:
-        solved = build_closed_form(cfg, ds).to(device)
+    if cfg.variant in CLOSED_FORMS:
+        solved = CLOSED_FORMS[cfg.variant].build(cfg, ds).to(device)
         solved.load_state_dict(ckpt["model"])
         return solved, meta
     model, static = build_model(cfg, ds, comm=comm, static=static)

@@ -1,27 +1,23 @@
-"""The parts of a run built from its config: the model and its static graphs, a closed form,
-the evaluator, and the threads a process may use."""
+"""The parts of a run built from its config: the model and its static graphs, the evaluator,
+and the threads a process may use (a closed form is built by its registry entry,
+slifmr/closed_forms.py)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
 
 from slifmr import log
-from slifmr.config import CLOSED_FORM, Config
+from slifmr.closed_forms import CLOSED_FORMS
+from slifmr.config import Config
 from slifmr.data.cold import cold_items
 from slifmr.data.format import TRAIN, Dataset
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.evaluation import Evaluator
-from slifmr.model.content_knn import ContentKNN
-from slifmr.model.cooc_ridge import CoocRidge
-from slifmr.model.ease import EASE
 from slifmr.model.graphs import StaticGraphs
-from slifmr.model.ials import IALS
-from slifmr.model.popularity import Popularity
 from slifmr.model.slifmr import SLIFMR
 from slifmr.training.records import SeedStreams
 
@@ -84,32 +80,10 @@ def trained_items(ds: Dataset) -> torch.Tensor:
 
 def places_cold_items(cfg: Config, ds: Dataset) -> bool:
     """Whether `cfg.variant` can rank an item that has no training interaction: only through
-    content (content_knn, or a trained model with the MM view over features or the KG view over
-    linked items). The other closed forms and ID-only models score such an item from nothing."""
-    if cfg.variant == "content_knn":
-        return True
-    if cfg.variant in CLOSED_FORM:
-        return False
+    content (a closed form registered with places_cold, or a trained model with the MM view over
+    features or the KG view over linked items). The other closed forms and ID-only models score
+    such an item from nothing."""
+    if cfg.variant in CLOSED_FORMS:
+        return CLOSED_FORMS[cfg.variant].places_cold
     m = cfg.model
     return bool(m.use_mm and ds.features) or bool(m.use_kg and ds.kg.shape[0] > 0 and ds.item_entity.shape[0] > 0)
-
-
-def build_closed_form(cfg: Config, ds: Dataset) -> EASE | CoocRidge | Popularity | IALS | ContentKNN:
-    """The model of a closed-form variant (config.CLOSED_FORM), not yet solved."""
-    if cfg.variant == "pop":
-        return Popularity(ds)
-    if cfg.variant == "content_knn":
-        return ContentKNN(ds)
-    if cfg.variant == "ials":
-        return IALS(ds, cfg.model.embedding_dim, cfg.model.ials_iterations, cfg.train.seed, cfg.train.threads)
-    return EASE(ds) if cfg.variant == "ease" else CoocRidge(ds, cfg.model.ridge_k)
-
-
-def closed_form_grid(cfg: Config) -> list[Any]:
-    """What a closed-form variant tries, each one solve and one metrics line, the best kept by
-    validation: pop nothing (one solve), ials every (alpha, reg), ease and cooc_ridge model.ease_l2."""
-    if cfg.variant in ("pop", "content_knn"):
-        return [None]
-    if cfg.variant == "ials":
-        return [(a, r) for a in cfg.model.ials_alpha for r in cfg.model.ials_reg]
-    return list(cfg.model.ease_l2)

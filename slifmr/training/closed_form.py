@@ -1,67 +1,83 @@
-"""The closed-form recipe: variants solved in one go (config.CLOSED_FORM: ease, cooc_ridge, pop,
-ials) instead of trained by gradient steps. Each value of the variant's grid (`closed_form_grid`:
-model.ease_l2's ridge weights, iALS's (alpha, reg) pairs) is one solve and one metrics.jsonl line
-(as if an epoch); the best by validation is kept; the run folder is the gradient recipe's."""
+"""The closed-form recipe: a variant registered in slifmr/closed_forms.py, solved in one go
+instead of trained by gradient steps. Each point of its grid (model.ease_l2's ridge weights,
+iALS's (alpha, reg) pairs, one point without a grid) is one solve and one metrics.jsonl line,
+as if an epoch; the best by validation is kept. The run's lifecycle (run folder, tracker,
+reporter, test metrics) is the training loop's (loop.py: `train_loop`)."""
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slifmr import log
+from slifmr.closed_forms import CLOSED_FORMS, ClosedForm
 from slifmr.config import Config
 from slifmr.data.format import VALID, Dataset
 from slifmr.distributed.checkpoint import save_checkpoint
 from slifmr.distributed.collectives import Comm
 from slifmr.errors import NonFiniteError, SlifmrError
-from slifmr.tracking import tracking
-from slifmr.training.best import final_results
-from slifmr.training.build import build_closed_form, build_evaluator, closed_form_grid
-from slifmr.training.records import EarlyStopping, EpochRecord, Reporter
-from slifmr.training.run_folder import RunFolder
+from slifmr.evaluation import Evaluator
+from slifmr.training.build import build_evaluator
+from slifmr.training.records import EpochRecord
+from slifmr.training.run_folder import LoopState, RunFolder
 
 
-def fit_closed_form(cfg: Config, run: RunFolder, ds: Dataset, comm: Comm, reporter: Reporter | None = None,
-                    evaluate_test: bool = True) -> dict[str, Any]:
-    """Solve `cfg.variant` for every value of its grid (`closed_form_grid`), keep the best by validation,
-    then the test metrics (results.json's contents). Raises SlifmrError on more than one worker,
-    NonFiniteError when a solve is not finite."""
-    if comm.world_size > 1:
-        raise SlifmrError(f"variant {cfg.variant} is a closed form solved in one process: run it with --workers 0")
-    run.create(cfg)
-    evaluator = build_evaluator(cfg, ds, comm)
-    with tracking(cfg, run.path, enabled=comm.is_main) as tracker:
-        model = build_closed_form(cfg, ds)
-        stopper = EarlyStopping()
-        for step, value in enumerate(closed_form_grid(cfg), start=1):
+@dataclass
+class ClosedFormJob:
+    """A closed form's run: its registry entry `form`, its model (not yet solved) and the evaluator."""
+
+    form: ClosedForm
+    model: Any
+    evaluator: Evaluator
+    static: None = None  # no graphs to hand to the test evaluation
+
+    @classmethod
+    def build(cls, cfg: Config, ds: Dataset, comm: Comm) -> ClosedFormJob:
+        """Raises SlifmrError on more than one worker."""
+        if comm.world_size > 1:
+            raise SlifmrError(f"variant {cfg.variant} is a closed form solved in one process: run it with --workers 0")
+        form = CLOSED_FORMS[cfg.variant]
+        return cls(form, form.build(cfg, ds), build_evaluator(cfg, ds, comm))
+
+    def start(self, run: RunFolder, cfg: Config, ds: Dataset, checkpoint: Path | None, resume: bool) -> LoopState:
+        """A new run folder (a closed form has nothing to resume: options.py refuses --resume)."""
+        if resume:
+            raise SlifmrError(f"variant {cfg.variant} is solved in one go: there is nothing to resume")
+        run.create(cfg)
+        return LoopState()
+
+    def reported(self, run: RunFolder) -> Path:
+        """The folder a sweep's reporter hands Ray with each line: the best solve so far."""
+        return run.best
+
+    def epochs(self, run: RunFolder, state: LoopState, cfg: Config, ds: Dataset) -> Iterator[EpochRecord]:
+        """Each grid point solved, validated and recorded (best/ when best); raises
+        NonFiniteError when a solve is not finite. checkpoint/ is best/ at the end: it marks
+        the folder as a run."""
+        for step, point in enumerate(self.form.points(cfg), start=1):
             t0, started = time.perf_counter(), time.time()
-            model.fit(value)
-            if not model.finite():
-                raise NonFiniteError(f"{cfg.variant} with {_named(value)}: the solved weights are not finite")
-            valid = evaluator.evaluate(model.full_scores, VALID)
-            alpha, l2 = value if isinstance(value, tuple) else (None, value)  # iALS: (alpha, reg)
-            rec = EpochRecord(epoch=step, l2=l2, alpha=alpha, loss={"loss": 0.0}, valid=valid,
-                              is_best=stopper.step(valid[cfg.train.stop_metric], step),
+            self.model.fit(**point)
+            if not self.model.finite():
+                raise NonFiniteError(f"{cfg.variant} with {_named(self.form, point)}: the solved weights are not finite")
+            valid = self.evaluator.evaluate(self.model.full_scores, VALID)
+            rec = EpochRecord(epoch=step, l2=point.get("l2", point.get("reg")), alpha=point.get("alpha"), grid=point or None,
+                              loss={"loss": 0.0}, valid=valid,
+                              is_best=state.stopper.step(valid[cfg.train.stop_metric], step),
                               epoch_seconds=time.perf_counter() - t0, epoch_start_unix_seconds=started)
+            state.epoch = step
             run.append(rec)
             if rec.is_best:
-                save_checkpoint(run.path / "best", {"model": model.state_dict()}, run.meta(cfg, ds, step))
-            log.info(f"{cfg.variant}" + (f" alpha {alpha:g}" if alpha is not None else "") + (f" l2 {l2:g}" if l2 is not None else "") + f" | valid {cfg.train.stop_metric} "
-                     f"{valid[cfg.train.stop_metric]:.4f}" + (" *" if rec.is_best else ""))
-            if tracker is not None:
-                tracker.log_epoch(rec.to_json())
-            if reporter is not None:
-                reporter(rec.to_json(), run.path / "best")
-        shutil.copytree(run.path / "best", run.path / "checkpoint", dirs_exist_ok=True)  # marks the folder as a run
-        results = final_results(cfg, ds, run, evaluator, comm, evaluate_test)
-        if tracker is not None:
-            tracker.finish(results)
-    return results
+                save_checkpoint(run.best, {"model": self.model.state_dict()}, run.meta(cfg, ds, step))
+            log.info(" ".join([cfg.variant, *(f"{k} {v:g}" for k, v in point.items())]) +
+                     f" | valid {cfg.train.stop_metric} {valid[cfg.train.stop_metric]:.4f}" + (" *" if rec.is_best else ""))
+            yield rec
+        shutil.copytree(run.best, run.checkpoint, dirs_exist_ok=True)
 
 
-def _named(value: object) -> str:
+def _named(form: ClosedForm, point: dict[str, Any]) -> str:
     """The config keys and values of one grid point, for an error line."""
-    if isinstance(value, tuple):
-        return f"model.ials_alpha {value[0]} and model.ials_reg {value[1]}"
-    return f"model.ease_l2 {value}"
+    return " and ".join(f"{form.grid[k]} {v}" for k, v in point.items()) or "its one solve"

@@ -1,9 +1,9 @@
 """The one training loop. The in-process path (`--workers 0`) and every Ray Train worker run
 `train_loop`; distribution reaches it only through `Comm` (rank, world size, collectives).
-The loop composes components built from the config: the self-loop (self_loop.py), the ridge
-head (ridge_head.py), a batch source (batches.py), the optimizer strategy
-(distributed/strategy.py) and the run folder (run_folder.py); closed-form variants take their
-own recipe (closed_form.py)."""
+The loop is the run's lifecycle; the recipe it runs composes components built from the config:
+gradient training the self-loop (self_loop.py), the ridge head (ridge_head.py), a batch source
+(batches.py) and the optimizer strategy (distributed/strategy.py); the closed forms their
+registered model (closed_form.py). Both write through the run folder (run_folder.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slifmr.config import CLOSED_FORM, Config, TrainConfig
+from slifmr.closed_forms import CLOSED_FORMS
+from slifmr.config import Config, TrainConfig
 from slifmr.data.format import VALID, Dataset
 from slifmr.data.graphs import training_pairs
 from slifmr.distributed.collectives import Comm
@@ -40,7 +41,7 @@ from slifmr.training.build import (
     set_threads,
     trained_items,
 )
-from slifmr.training.closed_form import fit_closed_form
+from slifmr.training.closed_form import ClosedFormJob
 from slifmr.training.records import EpochRecord, Reporter, SeedStreams
 from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import LoopState, RunFolder
@@ -57,50 +58,25 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
     `evaluate_test=False` (sweep trials) never touches the test split: results.json then has
     "test": null, and the sweep evaluates only its chosen trial on test, once.
 
-    Each epoch is the method (architecture.md §4): Z(t-1) -> S(t) -> the epoch's graphs ->
-    steps -> Z(t) -> validation -> checkpoint."""
+    One lifecycle for every variant: the recipe (`GradientJob`, or `ClosedFormJob` for a
+    variant of slifmr/closed_forms.py) starts or resumes the run folder and yields each epoch's
+    record once saved; the tracker and the reporter see each; the best epoch's test metrics end it."""
     comm = comm or Comm.current()
     set_threads(cfg, comm)
     ds = ds if ds is not None else resolve_dataset(cfg)
-    run, t, seeds = RunFolder(Path(run_dir), comm.is_main), cfg.train, SeedStreams.of(cfg.train.seed)
-    if cfg.variant in CLOSED_FORM:
-        return fit_closed_form(cfg, run, ds, comm, reporter, evaluate_test)
-    job = GradientJob.build(cfg, ds, comm, knn_fn)
+    run = RunFolder(Path(run_dir), comm.is_main)
+    job: GradientJob | ClosedFormJob | None = (
+        ClosedFormJob.build(cfg, ds, comm) if cfg.variant in CLOSED_FORMS else GradientJob.build(cfg, ds, comm, knn_fn))
     resumed = resume or resume_from is not None
     state = job.start(run, cfg, ds, resume_from if resumed else None, resumed)
     # the tracker's run ends on every exit (FAILED, KILLED on Ctrl-C), so a later run in this
     # process starts its own
     with tracking(cfg, run.path, resume=resumed, enabled=comm.is_main) as tracker:
-        for epoch in range(state.epoch + 1, t.epochs + 1):
-            if state.stopper.bad_epochs >= t.patience:
-                break
-            clock, generator = EpochClock(comm), seeds.epoch_generator(epoch)
-            job.strategy.set_lr(learning_rate(t, epoch))
-            graphs, fusion = job.self_loop.graphs_for(job.model, epoch, generator, job.search_k)  # Z(t-1) -> S(t)
-            fusion["ridge"] = job.head.begin_epoch(job.self_loop.z_neighbours) if job.head else 0.0  # W(t)
-            clock.lap("fusion")
-            job.batches.begin_epoch(job.model, graphs, epoch)
-            triples = job.sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
-            clock.lap("prepare")
-            loss, steps = train_steps(job, triples, epoch, generator, run)
-            clock.lap("train")
-            job.batches.end_epoch()
-            graphs = job.model.attend(graphs)  # KGAT: attention from the epoch's trained weights
-            clock.lap("attend")
-            reps = job.model.representations(graphs, job.spmm)
-            if not reps.finite():  # equal on every rank
-                raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
-                                     f"epoch's steps; {run.stopped_hint(epoch)}")
-            job.self_loop.end_epoch(graphs, reps)  # Z(t): the next fusion's input
-            valid = job.validate(reps, t.stop_metric, comm.all_reduce_sum)  # the head (and its blend) chosen here
-            state.epoch, graphs, reps = epoch, None, None
-            clock.lap("eval")
-            rec = clock.record(epoch, loss, valid, state.stopper.step(valid[t.stop_metric], epoch), steps, fusion, job)
-            job.save_epoch(run, state, rec, cfg, ds)
+        for rec in job.epochs(run, state, cfg, ds):
             if tracker is not None:
                 tracker.log_epoch(rec.to_json())
             if reporter is not None:
-                reporter(rec.to_json(), run.path / "checkpoint" if comm.is_main else None)
+                reporter(rec.to_json(), job.reported(run) if comm.is_main else None)
         comm.barrier()  # rank 0 has written best/ before anyone loads it
         # the best epoch is read back from disk: the training replica, its optimizer state and the
         # last epoch's graphs go first, so the two never share memory (OOM at 10^6 users, 2 workers)
@@ -116,7 +92,7 @@ def train_loop(cfg: Config, run_dir: str | os.PathLike, comm: Comm | None = None
 class GradientJob:
     """What gradient training composes, built from the config: the model and its static graphs,
     the optimizer strategy, the BPR sampler, the evaluator, the batch source, the self-loop and
-    the ridge head (None without one)."""
+    the ridge head (None without one), over `comm`'s workers."""
 
     model: SLIFMR
     static: StaticGraphs
@@ -128,6 +104,7 @@ class GradientJob:
     self_loop: SelfLoop
     head: RidgeHead | None
     spmm: Spmm
+    comm: Comm
 
     @classmethod
     def build(cls, cfg: Config, ds: Dataset, comm: Comm, knn_fn: KnnFn | None = None) -> GradientJob:
@@ -155,7 +132,7 @@ class GradientJob:
                              world_size=comm.world_size, candidates=trained_items(ds) if place_cold else None)
         return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
                    build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
-                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm, place_cold), spmm)
+                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm, place_cold), spmm, comm)
 
     @property
     def search_k(self) -> int:
@@ -189,6 +166,43 @@ class GradientJob:
             log.info(f"the run had already stopped early ({state.stopper.bad_epochs} epochs without a better "
                      f"{cfg.train.stop_metric}, patience {cfg.train.patience}): nothing more to train")
         return state
+
+    def reported(self, run: RunFolder) -> Path:
+        """The folder a sweep's or Ray Train's reporter hands Ray with each line: the latest checkpoint."""
+        return run.checkpoint
+
+    def epochs(self, run: RunFolder, state: LoopState, cfg: Config, ds: Dataset) -> Iterator[EpochRecord]:
+        """Each epoch is the method (architecture.md §4): Z(t-1) -> S(t) -> the epoch's graphs ->
+        steps -> Z(t) -> validation -> checkpoint; yields its record once saved, until early
+        stopping or train.epochs."""
+        t, seeds, comm = cfg.train, SeedStreams.of(cfg.train.seed), self.comm
+        for epoch in range(state.epoch + 1, t.epochs + 1):
+            if state.stopper.bad_epochs >= t.patience:
+                break
+            clock, generator = EpochClock(comm), seeds.epoch_generator(epoch)
+            self.strategy.set_lr(learning_rate(t, epoch))
+            graphs, fusion = self.self_loop.graphs_for(self.model, epoch, generator, self.search_k)  # Z(t-1) -> S(t)
+            fusion["ridge"] = self.head.begin_epoch(self.self_loop.z_neighbours) if self.head else 0.0  # W(t)
+            clock.lap("fusion")
+            self.batches.begin_epoch(self.model, graphs, epoch)
+            triples = self.sampler.epoch(epoch)  # the epoch's shuffle and negatives: outside the steps' time
+            clock.lap("prepare")
+            loss, steps = train_steps(self, triples, epoch, generator, run)
+            clock.lap("train")
+            self.batches.end_epoch()
+            graphs = self.model.attend(graphs)  # KGAT: attention from the epoch's trained weights
+            clock.lap("attend")
+            reps = self.model.representations(graphs, self.spmm)
+            if not reps.finite():  # equal on every rank
+                raise NonFiniteError(f"epoch {epoch}: the user or item representations are not finite after the "
+                                     f"epoch's steps; {run.stopped_hint(epoch)}")
+            self.self_loop.end_epoch(graphs, reps)  # Z(t): the next fusion's input
+            valid = self.validate(reps, t.stop_metric, comm.all_reduce_sum)  # the head (and its blend) chosen here
+            state.epoch, graphs, reps = epoch, None, None
+            clock.lap("eval")
+            rec = clock.record(epoch, loss, valid, state.stopper.step(valid[t.stop_metric], epoch), steps, fusion, self)
+            self.save_epoch(run, state, rec, cfg, ds)
+            yield rec
 
     def save_epoch(self, run: RunFolder, state: LoopState, rec: EpochRecord, cfg: Config, ds: Dataset) -> None:
         """The epoch's checkpoint, best/ and metrics line (rank 0; every rank checks finiteness)."""

@@ -80,9 +80,10 @@ class EpochRecord:
     ridge_weight: float | None = None  # with the ridge head: the blend validation chose (model.ridge_blend)
     head: dict[str, Any] | None = None  # with the ridge head: the head in use (rule, k, l2, blend)
     choice_seconds: float = 0.0  # choosing the head on validation (part of eval_seconds)
+    grid: dict[str, float] | None = None  # closed forms: this line's grid point (fit's keyword arguments)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("l2", "alpha", "ridge_weight", "head")}
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("l2", "alpha", "ridge_weight", "head", "grid")}
 
     def line(self, epochs: int, stop_metric: str) -> str:
         """The epoch's progress line."""

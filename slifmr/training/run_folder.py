@@ -1,14 +1,6 @@
-"""A run folder, written by rank 0 alone (one writer: slifmr/runlock.py holds the folder):
-
-    config.yaml          the resolved configuration
-    metrics.jsonl        one line per epoch: losses, validation metrics, timings
-    checkpoint/          latest: model, optimizer, epoch, early stopping, RNG, the self-loop's
-                         Z(t-1), S(t) and the ridge head's neighbours
-    best/                the model at the best validation epoch, its S(t) and neighbours
-    ranking/             the best epoch's representations, what `recommend` and co. load
-    results.json         best epoch, its validation metrics, the test metrics (read once)
-
-Nothing of an epoch is written when a parameter or optimizer state is not finite."""
+"""A run folder, written by rank 0 alone (one writer: slifmr/runlock.py holds the folder); its
+layout (which file holds what) is slifmr/run_layout.py's. Nothing of an epoch is written when a
+parameter or optimizer state is not finite."""
 
 from __future__ import annotations
 
@@ -26,6 +18,7 @@ from slifmr.data.format import Dataset
 from slifmr.distributed.checkpoint import first_nonfinite, load_checkpoint, save_checkpoint
 from slifmr.errors import NonFiniteError
 from slifmr.ranking import check_compatible
+from slifmr.run_layout import RunLayout
 from slifmr.training.records import EarlyStopping, EpochRecord
 
 
@@ -48,15 +41,10 @@ class LoopState:
 
 
 @dataclass
-class RunFolder:
+class RunFolder(RunLayout):
     """The run folder `path`; `writer` is rank 0 (every other rank reads only)."""
 
-    path: Path
     writer: bool = True
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
 
     def meta(self, cfg: Config, ds: Dataset, epoch: int) -> dict[str, Any]:
         """What every checkpoint's meta says: its epoch, config, dataset fingerprint and version."""
@@ -66,16 +54,16 @@ class RunFolder:
         """A new run: the folder, its config and an empty metrics file."""
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.path / "config.yaml")
+            save_config(cfg, self.config)
             self.metrics.write_text("")
 
     def resume(self, cfg: Config, ds: Dataset, checkpoint: Path | None) -> dict[str, Any]:
         """The checkpoint to continue from (`checkpoint`, else the folder's own), checked against
         `cfg` and `ds`; metrics lines written after it are dropped."""
-        ckpt, meta = load_checkpoint(checkpoint or self.path / "checkpoint")
+        ckpt, meta = load_checkpoint(checkpoint or self.checkpoint)
         check_compatible(meta, cfg, ds, self.path)
         if self.writer:  # changed runtime keys (epochs, threads, ...): the folder says so
-            save_config(cfg, self.path / "config.yaml")
+            save_config(cfg, self.config)
             if self.metrics.exists():
                 lines = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= ckpt["epoch"]]
                 write_text(self.metrics, "".join(ln + "\n" for ln in lines))
@@ -93,9 +81,9 @@ class RunFolder:
         if not self.writer:
             return
         if rec.is_best:
-            save_checkpoint(self.path / "best", {"model": model, **best}, meta)
+            save_checkpoint(self.best, {"model": model, **best}, meta)
         self.append(rec)
-        save_checkpoint(self.path / "checkpoint", {"model": model, "optimizer": optimizer, **state}, meta)
+        save_checkpoint(self.checkpoint, {"model": model, "optimizer": optimizer, **state}, meta)
         log.info(progress)
 
     def append(self, rec: EpochRecord) -> None:
@@ -104,12 +92,12 @@ class RunFolder:
 
     def write_results(self, results: dict[str, Any]) -> None:
         if self.writer:
-            write_text(self.path / "results.json", json.dumps(results, indent=2))
+            write_text(self.results, json.dumps(results, indent=2))
 
     def stopped_hint(self, epoch: int) -> str:
         """What the one-line non-finite error says about the folder: nothing of this epoch was
         saved, the last good checkpoint is kept."""
-        if epoch <= 1 or not (self.path / "checkpoint").exists():
+        if epoch <= 1 or not self.checkpoint.exists():
             return f"training stopped; no checkpoint was written (lower train.lr or check the features of {self.path})"
         return (f"training stopped; the last good checkpoint (epoch {epoch - 1}) is kept in {self.path}: continue with "
                 f"`slifmr train --resume {self.path}` once the cause is fixed, or start a new run with a smaller train.lr")

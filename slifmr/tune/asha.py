@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 
 from slifmr.launch import flat_metrics
+from slifmr.run_layout import RunLayout
 
 
 class ResumableASHA(ASHAScheduler):
@@ -31,7 +32,7 @@ class ResumableASHA(ASHAScheduler):
         self._replay(trial)
 
     def _replay(self, trial: Any) -> None:
-        path = Path(self.sweep_dir) / "runs" / trial.trial_id / "metrics.jsonl"
+        path = RunLayout(Path(self.sweep_dir) / "runs" / trial.trial_id).metrics
         if not path.exists():  # a new trial
             return
         last = (trial.last_result or {}).get(self._time_attr, 0)  # none: Tune had no result of it

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from slifmr.atomic import atomic_path
 from slifmr.errors import SlifmrError
 from slifmr.report import read_run
+from slifmr.run_layout import RunLayout
 
 TABLE, BEST, SUMMARY, PNG, MARKDOWN = "trials.parquet", "best.json", "sweep.json", "sweep.png", "trials.md"
 
@@ -29,7 +30,7 @@ def trial_rows(grid: Any, spec: Any, sweep_dir: Path) -> list[dict[str, Any]]:
         metrics = result.metrics or {}
         trial = metrics.get("trial_id") or Path(result.path).name
         run_dir = Path(sweep_dir) / "runs" / trial if metrics.get("trial_id") else None
-        records = read_run(run_dir)["records"] if run_dir is not None and (run_dir / "metrics.jsonl").exists() else []
+        records = read_run(run_dir)["records"] if run_dir is not None and RunLayout(run_dir).metrics.exists() else []
         row: dict[str, Any] = {"trial": trial, "status": "ERROR" if result.error is not None else "TERMINATED",
                                "epochs": len(records)}
         best = max(records, key=lambda r: r["valid"][spec.metric.removeprefix("valid_")], default=None)

@@ -28,6 +28,7 @@ from slifmr import log
 from slifmr.atomic import write_text
 from slifmr.config import TrainConfig, save_config
 from slifmr.errors import SlifmrError
+from slifmr.run_layout import RunLayout
 from slifmr.runlock import RunLock
 from slifmr.tune.results import best_test_line, select_best, trial_rows, write_sweep_outputs
 from slifmr.tune.space import SweepSpec, load_spec, param_space, spec_from_dict
@@ -80,7 +81,8 @@ def _mlflow_parent(spec: SweepSpec, sweep_dir: Path) -> str | None:
 def _trial_finished(run_dir: Path, spec: SweepSpec) -> bool:
     """Did the trial end on its own or by ASHA's decision, not by the interrupt? Its last epoch
     is max_t, or ASHA's: no checkpoint newer than its last reported epoch is left to resume."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    metrics = RunLayout(run_dir).metrics
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
     return len([x for x in lines if x.strip()]) >= spec.scheduler.max_t
 
 
