@@ -118,6 +118,37 @@ class ModelConfig:
     ials_reg: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
     ials_iterations: int = 15
 
+    @property
+    def head(self) -> HeadConfig:
+        """The ridge head's section (slifmr/training/ridge_head.py), read from its model.ridge_*
+        keys (flat in YAML and on the command line, as they have always been written)."""
+        return HeadConfig(enabled=self.self_loop and self.ridge_weight > 0, weight=self.ridge_weight, k=self.ridge_k,
+                          l2=self.ridge_l2, neighbours=self.ridge_neighbours, rules=tuple(self.ridge_rules),
+                          k_choices=tuple(self.ridge_k_choices), l2_choices=tuple(self.ridge_l2_choices or self.ease_l2),
+                          full_max_items=self.ridge_full_max_items, rechoose_overlap=self.ridge_rechoose_overlap,
+                          rechoose_every=self.ridge_rechoose_every, blend=tuple(self.ridge_blend))
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What the ridge head reads, and nothing else (`ModelConfig.head`): whether the run has one
+    (the self-loop on, model.ridge_weight > 0), its fixed weight, k, l2 and rule, the choices
+    under rule auto (rules, k_choices, l2_choices: model.ridge_l2_choices, else the closed forms'
+    model.ease_l2), the EASE head's catalogue limit, when to choose again, and the blend grid."""
+
+    enabled: bool
+    weight: float
+    k: int
+    l2: float
+    neighbours: str
+    rules: tuple[str, ...]
+    k_choices: tuple[int, ...]
+    l2_choices: tuple[float, ...]
+    full_max_items: int
+    rechoose_overlap: float
+    rechoose_every: int
+    blend: tuple[float, ...]
+
 
 @dataclass
 class TrainConfig:

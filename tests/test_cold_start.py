@@ -112,7 +112,7 @@ def test_held_out_items_are_placed_by_content(tmp_path: Path) -> None:
                          candidates=trained_items(ds))
     assert not cold[sampler.negatives(torch.from_numpy(u).repeat(20)).numpy()].any()
     static = StaticGraphs.from_dataset(ds, cfg.model)
-    head, plain = RidgeHead(cfg.model, static, Comm(), place_cold=True), RidgeHead(cfg.model, static, Comm())
+    head, plain = RidgeHead(cfg.model.head, static, Comm(), place_cold=True), RidgeHead(cfg.model.head, static, Comm())
     spec = HeadSpec("cooc", 6, 10.0)
     w_t, w0_t = head._solve(spec, head._regressors("cooc", 6)), plain._solve(spec, plain._regressors("cooc", 6))
     users = torch.arange(ds.num_users)

@@ -139,7 +139,7 @@ def test_blend_is_chosen_on_validation_and_never_reads_test(tiny_path: Path, tmp
     assert results["best_epoch"] > 1  # a fused epoch (the first has no head yet)
     assert reps.ridge_weight == best["ridge_weight"]
     evaluator = Evaluator(ds, cfg.train.topk)
-    weight, valid = choose_blend(evaluator, reps, cfg.model, "recall@20")
+    weight, valid = choose_blend(evaluator, reps, cfg.model.head, "recall@20")
     assert weight == best["ridge_weight"] and valid == pytest.approx(best["valid"])
     each = [evaluator.evaluate(replace(reps, ridge_weight=w).full_scores, VALID)["recall@20"] for w in (0.5, 3.0)]
     alone = evaluator.evaluate(replace(reps, item_ridge=None).full_scores, VALID)["recall@20"]

@@ -25,7 +25,7 @@ FAST = ["model.embedding_dim=8", "model.k_corr=3", "model.k_mm=3", "train.batch_
 
 def head_for(ds: Dataset, *overrides: str) -> RidgeHead:
     cfg = load_config(overrides=[*FAST, *overrides])
-    head = RidgeHead.build(cfg.model, StaticGraphs.from_dataset(ds, cfg.model), Comm())
+    head = RidgeHead.build(cfg.model.head, StaticGraphs.from_dataset(ds, cfg.model), Comm())
     assert head is not None
     return head
 

@@ -52,7 +52,7 @@ def load_best(cfg: Config, ds: Dataset, run_dir: Path, device: torch.device | st
     comm = comm or Comm()
     graphs = epoch_graphs(static, corr, cfg.model, SeedStreams.of(cfg.train.seed).epoch_generator(epoch), device)
     reps = model.representations(model.attend(graphs), layerwise_spmm(sharding=row_sharding(comm)))
-    head = RidgeHead.build(cfg.model, static, comm, cold_placement(cfg, ds))
+    head = RidgeHead.build(cfg.model.head, static, comm, cold_placement(cfg, ds))
     if head is not None:  # the head and blend validation chose at that epoch, solved again
         head.load_state_dict(ckpt)
         reps = head.attach(reps)
@@ -74,7 +74,7 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
     if cold is not None and not evaluate_test:
         cold_fields = {"cold": None}
     elif cold is not None and places_cold_items(cfg, ds):
-        cold_fields = {"cold": build_evaluator(cfg, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)}
+        cold_fields = {"cold": build_evaluator(cfg.train, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)}
     elif cold is not None:
         cold_fields = {"cold": None, "cold_note": f"variant {cfg.variant} scores an item from its training interactions "
                                                   "(or ID embedding) alone: it cannot place an item held out of training"}

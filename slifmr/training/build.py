@@ -11,7 +11,7 @@ import torch
 
 from slifmr import log
 from slifmr.closed_forms import CLOSED_FORMS
-from slifmr.config import Config
+from slifmr.config import Config, TrainConfig
 from slifmr.data.cold import cold_items
 from slifmr.data.format import TRAIN, Dataset
 from slifmr.distributed.collectives import Comm
@@ -58,10 +58,10 @@ def user_shard(ds: Dataset, comm: Comm, eval_users: int = 0, seed: int = 0) -> t
     return users[start:stop]
 
 
-def build_evaluator(cfg: Config, ds: Dataset, comm: Comm, items: np.ndarray | None = None) -> Evaluator:
+def build_evaluator(t: TrainConfig, ds: Dataset, comm: Comm, items: np.ndarray | None = None) -> Evaluator:
     """Full-ranking evaluation at train.topk over this rank's users (train.eval_users: a seeded
-    sample); `items` (N,) bool restricts the ground truth to those items (cold-start metrics)."""
-    t = cfg.train
+    sample drawn by train.seed); `items` (N,) bool restricts the ground truth to those items
+    (cold-start metrics)."""
     return Evaluator(ds, t.topk, t.eval_chunk, users=user_shard(ds, comm, t.eval_users, SeedStreams.of(t.seed).eval_users),
                      items=items)
 

@@ -41,7 +41,7 @@ class ClosedFormJob:
         if comm.world_size > 1:
             raise SlifmrError(f"variant {cfg.variant} is a closed form solved in one process: run it with --workers 0")
         form = CLOSED_FORMS[cfg.variant]
-        return cls(form, form.build(cfg, ds), build_evaluator(cfg, ds, comm))
+        return cls(form, form.build(cfg, ds), build_evaluator(cfg.train, ds, comm))
 
     def start(self, run: RunFolder, cfg: Config, ds: Dataset, checkpoint: Path | None, resume: bool) -> LoopState:
         """A new run folder (a closed form has nothing to resume: options.py refuses --resume)."""

@@ -131,8 +131,8 @@ class GradientJob:
         sampler = BPRSampler(users, items, ds.num_items, per_worker, seed=seeds.negatives, rank=comm.rank,
                              world_size=comm.world_size, candidates=trained_items(ds) if place_cold else None)
         return cls(model, static, strategy, sampler, min(len(sampler), t.steps_per_epoch or len(sampler)),
-                   build_evaluator(cfg, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
-                   SelfLoop.build(cfg, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model, static, comm, place_cold), spmm, comm)
+                   build_evaluator(t, ds, comm), build_batch_source(t, model.view_layers, comm, seeds.neighbors, spmm),
+                   SelfLoop.build(cfg.model, static, comm, seeds.knn, knn_fn), RidgeHead.build(cfg.model.head, static, comm, place_cold), spmm, comm)
 
     @property
     def search_k(self) -> int:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from slifmr import log
-from slifmr.config import ModelConfig
+from slifmr.config import HeadConfig
 from slifmr.data.format import VALID
 from slifmr.distributed.collectives import Comm
 from slifmr.evaluation import Evaluator
@@ -97,11 +97,6 @@ def content_map(static: StaticGraphs) -> Tensor | None:
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce().to_sparse_csr()
 
 
-def enabled(cfg: ModelConfig) -> bool:
-    """Whether the run has a ridge head: it is part of the self-loop (model.ridge_weight > 0)."""
-    return cfg.self_loop and cfg.ridge_weight > 0
-
-
 class RidgeHead:
     """The ridge head of one run. It keeps one candidate head per (rule, k) (`heads`: spec, W^T,
     with the l2 its last tuning chose), the head in use (`spec`, its regressors `neighbours`
@@ -109,7 +104,7 @@ class RidgeHead:
     `blend` validation chose and the last choice's record `choice`. `state_dict` is what a
     checkpoint keeps: W is solved again from it (`load_state_dict`)."""
 
-    def __init__(self, cfg: ModelConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False):
+    def __init__(self, cfg: HeadConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False):
         self.cfg, self.comm = cfg, comm
         # items with no training interaction scored as the mean of their content neighbours
         # (model.place_cold_items): W^T's rows mapped once per solve by this (N, N) CSR
@@ -118,14 +113,14 @@ class RidgeHead:
         self.interactions = static.interactions
         self.sharding = row_sharding(comm)
         n = self.num_items
-        self.auto = cfg.ridge_neighbours == "auto"
+        self.auto = cfg.neighbours == "auto"
         if self.auto:
-            self.rules = [r for r in cfg.ridge_rules if r != "full" or 1 < n <= cfg.ridge_full_max_items]
-            self.ks = sorted({min(k, n - 1) for k in (cfg.ridge_k_choices or [cfg.ridge_k])})
-            self.l2s = sorted(set(cfg.ridge_l2_choices or cfg.ease_l2) | {cfg.ridge_l2})
+            self.rules = [r for r in cfg.rules if r != "full" or 1 < n <= cfg.full_max_items]
+            self.ks = sorted({min(k, n - 1) for k in (cfg.k_choices or [cfg.k])})
+            self.l2s = sorted(set(cfg.l2_choices) | {cfg.l2})
         else:
-            self.rules, self.ks, self.l2s = [cfg.ridge_neighbours], [min(cfg.ridge_k, n - 1)], [cfg.ridge_l2]
-        self.blends = list(cfg.ridge_blend) + ([cfg.ridge_weight] if cfg.ridge_weight not in cfg.ridge_blend else [])
+            self.rules, self.ks, self.l2s = [cfg.neighbours], [min(cfg.k, n - 1)], [cfg.l2]
+        self.blends = list(cfg.blend) + ([cfg.weight] if cfg.weight not in cfg.blend else [])
         self.gram: ItemGram = item_gram(self.ui_edges, self.num_users, n)  # once per run: X never changes
         self._dense_gram: Tensor | None = None  # X^T X (N, N) float64 for the full rule
         self.cooc: Tensor | None = None  # (N, max k): the most co-occurring items, once per run
@@ -149,10 +144,11 @@ class RidgeHead:
         self.seconds = {"ridge": 0.0, "choice": 0.0}
 
     @classmethod
-    def build(cls, cfg: ModelConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False) -> RidgeHead | None:
-        """The run's head (None without one: model.ridge_weight 0, no self-loop, one item);
+    def build(cls, cfg: HeadConfig, static: StaticGraphs, comm: Comm, place_cold: bool = False) -> RidgeHead | None:
+        """The run's head from its config section (`ModelConfig.head`; None without one:
+        model.ridge_weight 0, no self-loop, one item);
         `place_cold`: items without training interactions take their content neighbours' scores."""
-        return cls(cfg, static, comm, place_cold) if enabled(cfg) and static.num_items > 1 else None
+        return cls(cfg, static, comm, place_cold) if cfg.enabled and static.num_items > 1 else None
 
     @property
     def search_k(self) -> int:
@@ -183,7 +179,7 @@ class RidgeHead:
             if self.auto and any(r in Z_RULES for r in self.rules) and self._changed_much():
                 self.tune_due = True
             self.fusions_since_choice += 1
-            if self.auto and len(self.heads) > 1 and self.fusions_since_choice >= self.cfg.ridge_rechoose_every > 0:
+            if self.auto and len(self.heads) > 1 and self.fusions_since_choice >= self.cfg.rechoose_every > 0:
                 self.choice_due = True  # Z(t-1) has trained on: the candidates compared again, at their l2
         for key in self._keys():
             if key not in self.heads:
@@ -226,7 +222,7 @@ class RidgeHead:
         """`reps` ranked with the head in use and its blend."""
         if self.weights_t is None:
             return reps
-        weight = self.blend if self.blend is not None else self.cfg.ridge_weight
+        weight = self.blend if self.blend is not None else self.cfg.weight
         return replace(reps, item_ridge=self.weights_t.to(reps.items.device),
                        interactions=self.interactions.to(reps.items.device), ridge_weight=weight)
 
@@ -301,7 +297,7 @@ class RidgeHead:
             return True
         now = self.z_neighbours[:, : self.z_at_tuning.shape[1]]
         shared = (now[:, :, None] == self.z_at_tuning[:, None, :]).any(2).float().mean()
-        return float(shared) < self.cfg.ridge_rechoose_overlap
+        return float(shared) < self.cfg.rechoose_overlap
 
     # ------------------------------------------------------------------ solves
 
@@ -366,8 +362,8 @@ class RidgeHead:
             self.z_at_tuning, self.z_neighbours = head.get("z_at_tuning"), head.get("z_neighbours")
             self.fusions_since_choice = int(head.get("fusions_since_choice") or 0)
         elif self.neighbours is not None:
-            rule = "z" if self.auto else self.cfg.ridge_neighbours
-            self.spec = HeadSpec(rule, int(self.neighbours.shape[1]), self.cfg.ridge_l2)
+            rule = "z" if self.auto else self.cfg.neighbours
+            self.spec = HeadSpec(rule, int(self.neighbours.shape[1]), self.cfg.l2)
         if self.spec is None:
             return
         # the candidates in their saved order: the choice breaks ties by it, so a resumed run
@@ -379,15 +375,15 @@ class RidgeHead:
             self.heads[(spec.rule, spec.k)] = (spec, self.weights_t) if spec == self.spec else self._solved(spec)
 
 
-def choose_blend(evaluator: Evaluator, reps: Representations, cfg: ModelConfig, stop_metric: str,
+def choose_blend(evaluator: Evaluator, reps: Representations, cfg: HeadConfig, stop_metric: str,
                  all_reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
     """The ridge head's blend chosen on validation: the validation metrics of the ranking with
-    each weight of `cfg.ridge_blend` and `cfg.ridge_weight`, and the weight whose `stop_metric`
+    each weight of the blend grid `cfg.blend` and the representations' own, and the weight whose `stop_metric`
     is highest (the first of equals). Returns (that weight, its validation metrics); (None, the
     metrics of `reps` as they are) without the head or a blend grid. Reads the validation split only."""
-    if not reps.has_head or reps.ridge_weight <= 0 or not cfg.ridge_blend:
+    if not reps.has_head or reps.ridge_weight <= 0 or not cfg.blend:
         return None, evaluator.evaluate(reps.full_scores, VALID, all_reduce)
-    weights = list(cfg.ridge_blend) + ([reps.ridge_weight] if reps.ridge_weight not in cfg.ridge_blend else [])
+    weights = list(cfg.blend) + ([reps.ridge_weight] if reps.ridge_weight not in cfg.blend else [])
     scores = evaluator.evaluate_candidates(lambda users: reps.blends(users, weights), len(weights), VALID, all_reduce)
     best = max(range(len(weights)), key=lambda i: (scores[i][stop_metric], -i))
     return weights[best], scores[best]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slifmr.config import Config, ModelConfig
+from slifmr.config import ModelConfig
 from slifmr.distributed.collectives import Comm
 from slifmr.distributed.knn import KnnSearch
 from slifmr.model.graphs import (
@@ -49,10 +49,11 @@ class SelfLoop:
         self.graphs: EpochGraphs | None = None
 
     @classmethod
-    def build(cls, cfg: Config, static: StaticGraphs, comm: Comm, seed: int, knn: KnnFn | None = None) -> SelfLoop:
-        """The self-loop of `cfg.model`, its kNN search model.knn over `comm`'s workers (`knn`
-        replaces it; `seed` draws the approximate search's recall check)."""
-        return cls(static, cfg.model, knn or KnnSearch(comm, cfg.model.knn, seed=seed), comm)
+    def build(cls, cfg: ModelConfig, static: StaticGraphs, comm: Comm, seed: int, knn: KnnFn | None = None) -> SelfLoop:
+        """The self-loop of the model section `cfg` (its fusion keys: k_corr, gamma, beta,
+        refresh_every, ...), its kNN search model.knn over `comm`'s workers (`knn` replaces it;
+        `seed` draws the approximate search's recall check)."""
+        return cls(static, cfg, knn or KnnSearch(comm, cfg.knn, seed=seed), comm)
 
     def graphs_for(self, model: SLIFMR, epoch: int, generator: torch.Generator,
                    search_k: int = 0) -> tuple[EpochGraphs, dict[str, float]]:
