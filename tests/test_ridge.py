@@ -198,3 +198,32 @@ def test_a_co_occurrence_head_from_the_first_epoch(kind: str, self_loop: bool, t
     ds = read_dataset(tiny_path)
     assert torch.equal(latest["neighbours"], cooccurrence_neighbours(train_edges(ds), ds.num_users, ds.num_items, 6).int())
     assert epoch["ridge_weight"] in cfg.model.ridge_blend + [cfg.model.ridge_weight]
+
+
+def test_csr_product_equals_torch_and_keeps_no_memory() -> None:
+    """The head's sparse x sparse products go through `csr_product`: the same values as
+    torch.sparse.mm, without torch's CPU leak (pytorch/pytorch#109445: about 3.3 MB per product
+    of this size in torch 2.13, 10 MB per epoch of a run on ml-100k)."""
+    import ctypes
+    import gc
+
+    import psutil
+
+    from slifmr.model.ridge import csr_product
+
+    gen = torch.Generator().manual_seed(0)
+    n, b, k = 1682, 256, 100
+    cols = torch.stack([torch.randperm(n, generator=gen)[:k].sort().values for _ in range(n)])
+    w = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k), cols.flatten(), torch.rand(n * k, generator=gen), (n, n))
+    x = ((torch.rand(b, n, generator=gen) < 0.06).float()).t().to_sparse_csr()
+    assert torch.equal(csr_product(w, x).to_dense(), torch.sparse.mm(w, x).to_dense())
+    libc, proc = ctypes.CDLL("libc.so.6"), psutil.Process()
+    csr_product(w, x)
+    gc.collect()
+    libc.malloc_trim(0)
+    before = proc.memory_info().rss
+    for _ in range(30):  # torch's own product: about 100 MB more here
+        csr_product(w, x)
+    gc.collect()
+    libc.malloc_trim(0)
+    assert proc.memory_info().rss - before < 30 * 2**20

@@ -52,7 +52,14 @@ from slifmr.model.cooc_ridge import cooccurrence_neighbours
 from slifmr.model.ease import ease_weights
 from slifmr.model.graphs import StaticGraphs
 from slifmr.model.propagate import RowSharding
-from slifmr.model.ridge import ItemGram, first_distinct, item_gram, ridge_scores, ridge_weights
+from slifmr.model.ridge import (
+    ItemGram,
+    csr_product,
+    first_distinct,
+    item_gram,
+    ridge_scores,
+    ridge_weights,
+)
 from slifmr.model.slifmr import Representations
 
 Z_RULES = ("z", "union")  # rules that read Z(t-1)'s neighbours
@@ -329,7 +336,7 @@ class RidgeHead:
             return w_t if self.cold_map is None else (self.cold_map @ w_t).T.contiguous().T  # W row-major, as ease_weights'
         w_t = ridge_weights(self.ui_edges, self.num_users, self.num_items, neighbours, spec.l2, self.gram,
                             self.sharding, self.comm.device)
-        return w_t if self.cold_map is None else torch.sparse.mm(self.cold_map, w_t)
+        return w_t if self.cold_map is None else csr_product(self.cold_map, w_t)
 
     # ------------------------------------------------------------------ checkpoint
 
