@@ -61,13 +61,19 @@ class Run:
     @cached_property
     def _best(self) -> tuple[Any, dict[str, Any]]:
         from slifmr.ranking import load_ranking
+        from slifmr.training.cold_placement import placed
 
         saved = load_ranking(self.path, self.config, self.dataset)  # saved at the end of training
-        if saved is not None:
-            return saved
-        from slifmr.training import load_best  # rebuilt from best/: the epoch's graphs, propagation
+        if saved is None:
+            from slifmr.training import (
+                load_best,  # rebuilt from best/: the epoch's graphs, propagation
+            )
 
-        return load_best(self.config, self.dataset, self.path)
+            saved = load_best(self.config, self.dataset, self.path)
+        results = RunLayout(self.path).results
+        # the held-out items' placement the run chose at its end, applied as its test metrics saw it
+        record = json.loads(results.read_text()).get("cold_placement") if results.exists() else None
+        return placed(saved[0], self.dataset, record), saved[1]
 
     @property
     def model(self) -> Any:

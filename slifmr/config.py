@@ -82,6 +82,11 @@ class ModelConfig:
     # each as the mean of its content neighbours' scores (A_mm's row); auto: on for a dataset made
     # by `slifmr data hold-out`, off otherwise (the warm protocol as MMRec runs it)
     place_cold_items: str = "auto"
+    # with cold items placed: at the end of training the run mixes content into their scores
+    # (content_knn's cosine, weight lambda) and lifts them (offset delta), choosing (lambda,
+    # delta) on validation to place the most held-out items while giving up at most this share
+    # of the validation train.stop_metric on all items (slifmr/training/cold_placement.py)
+    cold_tolerance: float = 0.02
     # multimodal item graph
     k_mm: int = 10
     mm_propagate_ids: bool = True  # FREEDOM: item ID embeddings propagated over A_mm
@@ -511,6 +516,7 @@ def validate(cfg: Config) -> None:
          and m.ials_iterations > 0, "model.ials_alpha and model.ials_reg must list positive finite values, "
          "model.ials_iterations be positive"),
         (0.0 <= m.ridge_rechoose_overlap <= 1.0, "model.ridge_rechoose_overlap must be in [0, 1]"),
+        (0.0 <= m.cold_tolerance < 1.0, "model.cold_tolerance must be in [0, 1)"),
         (m.ridge_rechoose_every >= 0, "model.ridge_rechoose_every must be >= 0"),
         (len(m.ease_l2) > 0 and all(math.isfinite(v) and v > 0 for v in m.ease_l2),
          "model.ease_l2 must list positive finite ridge weights"),

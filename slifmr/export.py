@@ -88,7 +88,12 @@ def export_run(run: slifmr.Run, out: str | Path, k: int = 20, exact_limit: int =
         if kind != "dot":
             return export_item_scores(run.dataset, kind, part, out, about)
         return export_representations(run.dataset, part, out, about, k, exact_limit)
-    return export_representations(run.dataset, run.model, out, about, k, exact_limit)
+    model = run.model
+    if hasattr(model, "base"):  # a held-out dataset's run: the scorer serves the trained ranking
+        about["cold_placement"] = ("not exported: the export ranks with the trained representations; "
+                                   "`slifmr recommend` on the run places the held-out items by content")
+        model = model.base
+    return export_representations(run.dataset, model, out, about, k, exact_limit)
 
 
 def export_item_scores(ds: Dataset, kind: str, part: Any, out: str | Path, about: dict[str, Any]) -> Path:

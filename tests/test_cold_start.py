@@ -125,3 +125,28 @@ def test_held_out_items_are_placed_by_content(tmp_path: Path) -> None:
     j = int(torch.nonzero(~warm)[0])
     nbrs, wts = dst[src == j], weight[src == j]
     torch.testing.assert_close(scores[:, j], (scores0[:, nbrs] * (wts / wts.sum())).sum(1))
+
+
+def test_a_trained_run_places_held_out_items_chosen_on_validation(tmp_path: Path) -> None:
+    """At its end a run on a held-out dataset chooses (lambda, delta) on validation alone: the
+    chosen point's all-item validation metric is within model.cold_tolerance of the best point's
+    and no allowed point places more held-out items; `recommend` (the API's scorer) ranks as
+    the test metrics did; with tolerance 0 the chosen point costs nothing on all items."""
+    import slifmr
+    from slifmr.training.cold_placement import ColdPlaced
+
+    data = write_dataset(hold_out_items(tiny(), 0.2, seed=1), tmp_path / "cold")
+    small = dict(embedding_dim=8, k_corr=3, k_mm=3, epochs=2)
+    run = slifmr.train(data=str(data), out=str(tmp_path / "run"), **small)
+    choice = run.results["cold_placement"]
+    best = max(p["valid"] for p in choice["points"])
+    allowed = [p for p in choice["points"] if p["valid"] >= (1 - choice["tolerance"]) * best]
+    assert choice["valid"] >= (1 - choice["tolerance"]) * best
+    assert choice["valid_cold"] == max(p["valid_cold"] for p in allowed)
+    assert isinstance(run.model, ColdPlaced) and (run.model.lam, run.model.delta) == (choice["lambda"], choice["delta"])
+    assert run.evaluate("test")["recall@20"] == pytest.approx(run.results["test"]["recall@20"], abs=1e-12)
+    strict = slifmr.train(data=str(data), out=str(tmp_path / "strict"), cold_tolerance=0.0, **small)
+    choice = strict.results["cold_placement"]
+    assert choice["valid"] == max(p["valid"] for p in choice["points"])
+    warm = slifmr.train(data=str(tmp_path / "cold"), out=str(tmp_path / "off"), place_cold_items="off", **small)
+    assert "cold_placement" not in warm.results or warm.results["cold_placement"] is None

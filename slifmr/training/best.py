@@ -28,6 +28,8 @@ from slifmr.training.build import (
     cold_placement,
     places_cold_items,
 )
+from slifmr.training.cold_placement import applies as cold_placement_applies
+from slifmr.training.cold_placement import choose as choose_cold_placement
 from slifmr.training.records import SeedStreams
 from slifmr.training.ridge_head import RidgeHead, row_sharding
 from slifmr.training.run_folder import RunFolder
@@ -68,13 +70,17 @@ def final_results(cfg: Config, ds: Dataset, run: RunFolder, evaluator: Evaluator
     model, meta = load_best(cfg, ds, run.path, comm.device, comm, static)
     if run.writer and isinstance(model, Representations):  # what `recommend` and co. load (ranking.py)
         save_ranking(run.path, model, meta)
+    placement = None
+    if evaluate_test and cold_placement_applies(cfg, ds):  # items without training interactions placed by content
+        model, placement = choose_cold_placement(model, cfg, ds, comm)
     valid = evaluator.evaluate(model.full_scores, VALID, comm.all_reduce_sum)
     test = evaluator.evaluate(model.full_scores, TEST, comm.all_reduce_sum) if evaluate_test else None
     cold, cold_fields = cold_items(ds), {}  # the cold-start protocol's held-out items
     if cold is not None and not evaluate_test:
         cold_fields = {"cold": None}
     elif cold is not None and places_cold_items(cfg, ds):
-        cold_fields = {"cold": build_evaluator(cfg.train, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum)}
+        cold_fields = {"cold": build_evaluator(cfg.train, ds, comm, items=cold).evaluate(model.full_scores, TEST, comm.all_reduce_sum),
+                       "cold_placement": placement}
     elif cold is not None:
         cold_fields = {"cold": None, "cold_note": f"variant {cfg.variant} scores an item from its training interactions "
                                                   "(or ID embedding) alone: it cannot place an item held out of training"}
