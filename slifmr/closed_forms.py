@@ -34,7 +34,8 @@ class ClosedForm:
     arguments -> the config key listing the values tried; every combination (in the keys'
     order, the last varying fastest) is one solve and one metrics.jsonl line, the best by
     validation kept (Steck 2019 chooses EASE's lambda so). `reads`: the config keys it reads
-    besides COMMON_READS and the grid's. `places_cold`: whether it can rank an item without
+    besides COMMON_READS and the grid's (train.seed here when the solve itself is seeded; else
+    it only draws the train.eval_users sample). `places_cold`: whether it can rank an item without
     training interactions (through content)."""
 
     model: str
@@ -73,7 +74,7 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
                              about="EASE restricted to each item's model.ridge_k most co-occurring items"),
     "pop": ClosedForm("slifmr.model.popularity:Popularity", about="the most-popular baseline"),
     "ials": ClosedForm("slifmr.model.ials:IALS", grid={"alpha": "model.ials_alpha", "reg": "model.ials_reg"},
-                       reads=("model.embedding_dim", "model.ials_iterations"),
+                       reads=("model.embedding_dim", "model.ials_iterations", "train.seed"),  # seeds the factors
                        arguments=lambda cfg: {"factors": cfg.model.embedding_dim,
                                               "iterations": cfg.model.ials_iterations,
                                               "seed": cfg.train.seed, "threads": cfg.train.threads},

@@ -76,7 +76,7 @@ def _check_closed_form(variant: str, keys: Sequence[str], spelling: Spelling, wo
                                                  ("address", address)) if value]
     reads = CLOSED_FORMS[variant].config_reads
     for key in dict.fromkeys(keys):
-        if key == "train.seed" and "train.eval_users" not in keys:
+        if key == "train.seed" and "train.seed" not in CLOSED_FORMS[variant].reads and "train.eval_users" not in keys:
             ignored.append(f"{spelling.name(key)} (it draws the train.eval_users sample only)")
         elif key not in (*reads, "variant", "data"):
             ignored.append(spelling.name(key))

@@ -190,4 +190,9 @@ def test_an_option_a_closed_form_does_not_read_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(SlifmrError, match=r"epochs do\(es\) not apply to variant pop.*it reads train.topk"):
         slifmr.train(variant="pop", data=str(tmp_path), epochs=3)
+    with pytest.raises(SlifmrError, match=r"seed \(it draws the train.eval_users sample only\)"):
+        slifmr.train(variant="ease", data=str(tmp_path), seed=1)
+    # iALS's factors are seeded: its seed is an option it reads (it was refused as for ease)
+    with pytest.raises(SlifmrError, match="does not exist"):
+        slifmr.train(variant="ials", data=str(tmp_path / "absent"), seed=1)
 
