@@ -1,6 +1,6 @@
 """The GPU path in one short script (run it where a CUDA device exists):
 
-    python benchmarks/gpu_check.py --data ~/.cache/slifmr/ml-100k --epochs 5
+    python benchmarks/gpu_check.py --data ~/.cache/slifmr/ml-100k --epochs 5 --json $OUT/gpu.json
 
 1. training on the dataset in-process on cuda:0 with `--sampling history` (the default
    seeds-only one hop over the epoch's historical embeddings; sparse table gradients and
@@ -10,34 +10,60 @@
    random 64-d items, k = 10;
 3. cost against size on the GPU: `slifmr train --workers 0 --gpu` in history mode (its
    subgraphs drawn on the GPU, the default, and on the CPU: train.sample_device=cpu) and the
-   BPR-MF floor (mode mf) on benchmarks/scale.py's synthetic graphs of --scale-users users,
+   BPR-MF floor (mode mf) on benchmarks/scale/scale.py's synthetic graphs of --scale-users users,
    capped at --scale-steps steps of batch 8192 (epoch 2 reported, exact CUDA kNN).
 
 Each part is guarded: one that fails is recorded with its error and the others still run.
 The JSON (default benchmarks/results/gpu.json) is rewritten after every row, so a run cut
-short keeps what it measured. `--render PATH` reads such a JSON (e.g. one brought back from
-the GPU machine) and writes benchmarks/results/gpu.json and the GPU section of RESULTS.md.
+short keeps what it measured; it starts with the results library's metadata keys (command,
+machine, commit, dirty, written). `--render PATH` reads such a JSON (e.g. one brought back from
+the GPU machine) and writes benchmarks/results/gpu.json and the GPU block of RESULTS.md.
+
+This file stays at the top of benchmarks/ and runs as a file (the device tool's
+`python benchmarks/gpu_check.py`): it imports slifmr only, and loads the results library
+(benchmarks/lib/results.py, which imports nothing of this package) by its path. Its synthetic
+graphs and `slifmr train` measurement are benchmarks.scale.scale's (`dataset`, `measure`),
+restated here in the few lines the GPU rows need.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
-from quality import RESULTS, write_results_md
 
 from slifmr.atomic import write_text
+
+
+def _results_library() -> ModuleType:
+    """benchmarks/lib/results.py, imported by its path (this file runs outside the package too)."""
+    if __package__:
+        from benchmarks.lib import results
+
+        return results
+    spec = importlib.util.spec_from_file_location("benchmarks_results", Path(__file__).resolve().parent / "lib" / "results.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results = _results_library()
 
 
 def cuda_knn(n: int, d: int = 64, k: int = 10, chunk: int = 8192) -> dict[str, Any]:
@@ -73,16 +99,56 @@ def train(data: str, epochs: int, ray_workers: int, run_dir: Path, sampling: str
             "interactions_per_second": n_train / per_epoch, "valid_recall@20": results["valid"]["recall@20"]}
 
 
-def scale_row(users: int, mode: str, steps: int, runs: Path, sample_device: str = "model") -> dict[str, Any]:
-    """benchmarks/scale.py's measurement of one configuration, on this machine's GPU
-    (`sample_device`: train.sample_device, where the steps' subgraphs are drawn)."""
-    import scale
+def dataset(users: int, root: Path) -> tuple[Path, int]:
+    """benchmarks.scale.scale's synthetic graph at `users` users (cached under root) and its
+    training interactions."""
+    from slifmr.data.format import TRAIN, read_dataset, write_dataset
+    from slifmr.data.synth import synthesize
 
-    data, n_train = scale.dataset(users, runs / "data")
+    path = root / f"u{users}"
+    if not (path / "meta.json").exists():
+        ds = synthesize(users=users, items=users // 10, interactions=13 * users, entities=users // 5, triples=users,
+                        relations=8, modalities=(("text", 64),), clusters=50, seed=0)
+        write_dataset(ds, path, overwrite=True)
+    return path, int((read_dataset(path).split == TRAIN).sum())
+
+
+def measure(data: Path, n_train: int, mode: str, steps: int, out: Path, batch: int, threads: int,
+            extra: tuple[str, ...]) -> dict[str, Any]:
+    """One in-process `slifmr train` run (2 epochs of `steps` steps, history sampling; mode mf:
+    variant mf) and its epoch 2, as benchmarks.scale.scale's `measure` reports it."""
+    cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
+           "--workers", "0", "--sampling", "history", "--fanout", "10,5", "--set", "train.eval_users=2000",
+           "--set", "train.patience=100", "--set", f"train.batch_size={batch}", "--set", f"train.threads={threads}",
+           "--set", f"train.steps_per_epoch={steps}", *(["--variant", "mf"] if mode == "mf" else []), *extra]
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"{out.name}.log"
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    row: dict[str, Any] = {"mode": mode, "workers": 0, "threads": threads, "batch_size": batch, "train_interactions": n_train,
+                           "exit_status": rc, "command": " ".join(["slifmr", *cmd[3:]])}
+    if rc != 0:
+        row["error"] = log.read_text()[-2000:]
+        return row
+    r = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    per_step = r["train_seconds"] / r["steps"]
+    outside = r["epoch_seconds"] - r["train_seconds"]
+    row.update({"steps": r["steps"], "seconds_per_step": per_step,
+                "interactions_per_second": r["steps"] * batch / r["train_seconds"],
+                "sampling_seconds_per_step": r["sampling_seconds"] / r["steps"], "fusion_seconds": r["fusion_seconds"],
+                "knn_seconds": r["knn_seconds"], "ridge_seconds": r.get("ridge_seconds", 0.0),
+                "outside_steps_seconds": outside, "epoch_seconds_estimated": per_step * -(-n_train // batch) + outside})
+    return row
+
+
+def scale_row(users: int, mode: str, steps: int, runs: Path, sample_device: str = "model") -> dict[str, Any]:
+    """benchmarks.scale.scale's measurement of one configuration, on this machine's GPU
+    (`sample_device`: train.sample_device, where the steps' subgraphs are drawn)."""
+    data, n_train = dataset(users, runs / "data")
     extra = ("--gpu", "--set", "model.knn=exact", "--set", "model.ridge_weight=0",
              "--set", f"train.sample_device={sample_device}")
-    row = scale.measure(data, n_train, mode, 0, "auto", steps, runs / f"u{users}-{mode}-{sample_device}", 8192,
-                        threads=4, extra=extra)
+    row = measure(data, n_train, mode, steps, runs / f"u{users}-{mode}-{sample_device}", 8192, 4, extra)
     row["users"], row["sample_device"] = users, sample_device
     if row["exit_status"] != 0:
         raise RuntimeError(row.get("error", "")[-1500:])
@@ -92,12 +158,9 @@ def scale_row(users: int, mode: str, steps: int, runs: Path, sample_device: str 
 def preset_row(users: int, steps: int, runs: Path) -> dict[str, Any]:
     """A scale-preset run (history sampling, the ridge head on, exact kNN on the GPU) at `users`:
     epoch 2's fusion (kNN k = 100, the head's solves, the graphs) and its estimated epoch."""
-    import scale
-
-    data, n_train = scale.dataset(users, runs / "data")
+    data, n_train = dataset(users, runs / "data")
     extra = ("--gpu", "--preset", "scale", "--set", "model.knn=exact", "--set", "train.eval_users=2000")
-    row = scale.measure(data, n_train, "history", 0, "auto", steps, runs / f"u{users}-preset", 32768, threads=4,
-                        extra=extra)
+    row = measure(data, n_train, "history", steps, runs / f"u{users}-preset", 32768, 4, extra)
     row["users"] = users
     if row["exit_status"] != 0:
         raise RuntimeError(row.get("error", "")[-1500:])
@@ -119,12 +182,13 @@ def guarded(label: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[s
 
 
 def save(doc: dict[str, Any], path: Path) -> None:
+    """The check's JSON so far (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(doc, indent=2))
 
 
 def render(doc: dict[str, Any]) -> str:
-    """The GPU section of RESULTS.md from the check's JSON."""
+    """The GPU block of RESULTS.md from the check's JSON."""
     def failed(r: dict[str, Any]) -> str:
         return f"failed: `{r['error'].splitlines()[-1][:200]}`"
 
@@ -148,7 +212,7 @@ def render(doc: dict[str, Any]) -> str:
         where = "GPU" if r.get("sample_device", "cpu") == "model" else "CPU"
         scale_lines.append(f"| {r['users']:,} | {r['mode']} | {where} | {r['seconds_per_step']:.4f} | {r['sampling_seconds_per_step']:.4f} | "
                            f"{r['interactions_per_second']:,.0f} | {ratio} | {r['epoch_seconds_estimated']:,.1f} |")
-    body = (f"## GPU path (issues 4, 14)\n\nCommand (on the lent GPU machine): `{doc['command']}`  \n"
+    body = (f"### GPU path (issues 4, 14)\n\nCommand (on the lent GPU machine): `{doc['command']}`  \n"
             f"Card: {doc['card']}, torch {doc['torch']}, {doc.get('cpus', '?')} CPU cores.\n\n"
             "| path | interactions/s | s/epoch | valid Recall@20 |\n|---|---|---|---|\n" + "\n".join(lines)
             + "\n\nThe GPU machine is offline: the dataset and Ray (its cp312 wheel and the few dependencies the machine "
@@ -160,7 +224,7 @@ def render(doc: dict[str, Any]) -> str:
                       f"estimated {r['epoch_seconds_estimated']:.0f} s epoch ({100 * r['fusion_share']:.1f}%).\n"
                       if "error" not in r else f"\n{r['part']}: {failed(r)}\n" for r in doc.get("preset", [])))
     if scale_lines:
-        body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale.py's synthetic graphs, "
+        body += ("\nCost against size on one GPU (`slifmr train --workers 0 --gpu`, benchmarks/scale/scale.py's synthetic graphs, "
                  "batch 8192, epoch 2 of capped runs, exact CUDA kNN; x MF: over the BPR-MF floor at the same size):\n\n"
                  "| users | mode | sampled on | s/step | of which sampling | interactions/s | x MF | epoch s (est.) |\n"
                  "|---|---|---|---|---|---|---|---|\n"
@@ -196,13 +260,18 @@ def main() -> int:
     ap.add_argument("--preset-users", type=int, nargs="*", default=[1_000_000],
                     help="sizes of the scale-preset row (the fusion with the ridge head on)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train row")
-    ap.add_argument("--json", default=str(RESULTS / "gpu.json"), help="where the results go (rewritten after each row)")
-    ap.add_argument("--render", metavar="JSON", help="only write RESULTS.md's GPU section and gpu.json from this JSON")
+    ap.add_argument("--json", default=str(results.results_path("gpu")), help="where the results go (rewritten after each row)")
+    ap.add_argument("--render", metavar="JSON", help="only write RESULTS.md's GPU block and results/gpu.json from this JSON")
     args = ap.parse_args()
     if args.render:
         doc = json.loads(Path(args.render).read_text())
-        save(doc, RESULTS / "gpu.json")
-        write_results_md("GPU", render(doc))
+        # the device's metadata where the JSON has it; its commit is unknown there without git: this checkout's
+        measured = {"commit": doc["commit"], "dirty": doc.get("dirty", False)} if doc.get("commit") else None
+        payload = {k: v for k, v in doc.items() if k not in results.META}
+        device = doc["machine"] if isinstance(doc.get("machine"), dict) else {
+            "gpu": doc.get("card"), "torch": doc.get("torch"), "cpus": doc.get("cpus"), "note": "from the check's JSON"}
+        results.write_results("gpu", payload, command=doc.get("command"), measured=measured, machine_info=device)
+        results.write_section("GPU", render(doc))
         print(render(doc))
         return 0
     if not args.data:
@@ -211,8 +280,8 @@ def main() -> int:
         print("error: no CUDA device visible to torch", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    doc: dict[str, Any] = {"command": command, "card": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    doc: dict[str, Any] = {**results.metadata(note="the GPU check: one CUDA device"),
+                           "card": torch.cuda.get_device_name(0), "torch": torch.__version__,
                            "cpus": os.cpu_count(), "training": [], "knn": [], "scale": []}
     out = Path(args.json)
     with tempfile.TemporaryDirectory() as tmp:

@@ -158,7 +158,7 @@ class HeadConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, "SLIF-MR against the
+    # slifmr's default, chosen on validation (benchmarks/RESULTS.md, "Accuracy on ml-100k: slifmr against the
     # peers, final defaults"): a step propagates the whole graph whatever its batch, so 4,096
     # halves the steps of an epoch; the learning rate doubles with it (the linear scaling rule,
     # Goyal et al. 2017). The peers (mf, lightgcn, freedom) keep MMRec's 2,048.
@@ -188,7 +188,7 @@ class TrainConfig:
     # history: seeds (GAS, Fey et al., ICML 2021): only the batch's own rows are read and
     # updated, every other node enters at its historical embedding; or sampled (LTGNN): the
     # sampled neighbours' current rows too, and gradients reach them (dearer per step, as
-    # accurate on ml-100k: benchmarks/RESULTS.md, HISTORY_ACCURACY)
+    # accurate on ml-100k: benchmarks/RESULTS.md, "Scale: sampled and history training")
     history_grad: str = "seeds"
     # history: optimiser steps between refreshes of the historical embeddings within an epoch
     # (0: once per epoch, at its start); each refresh is one layer-wise forward over the graph
@@ -253,7 +253,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # per step over historical embeddings (a step costs its batch, not the graph), the self-loop
     # whole (the ridge head on, its solves sharded, the blend chosen on validation) with the
     # union head (co-occurring items and Z's neighbours: a head from the first epoch, ahead of
-    # Z's neighbours alone on planted data, level on ml-100k; RESULTS.md PLANTED_STUDY), S(t)'s
+    # Z's neighbours alone on planted data, level on ml-100k; RESULTS.md, "Scale: sampled and history training"), S(t)'s
     # search by faiss IVF-Flat with its recall logged, validation on a seeded 10,000-user sample
     "scale": {"train.sampling": "history", "model.knn": "approx", "model.ridge_neighbours": "union",
               "train.eval_users": 10000},

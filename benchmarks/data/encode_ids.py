@@ -1,10 +1,10 @@
 """String ids -> codes: Arrow's one hash table against `encode_strings`' partitions, side by side
 on the same rows (what slifmr/data/encode.py's rule for partitioning rests on).
 
-    python benchmarks/encode_ids.py /tmp/slifmr-import-scale/interactions-10000000.parquet --column user_id
-    python benchmarks/encode_ids.py /tmp/slifmr-import-scale/interactions-100000000.parquet --column item_id --row-groups 30
+    python -m benchmarks.data.encode_ids /tmp/slifmr-import-scale/interactions-10000000.parquet --column user_id
+    python -m benchmarks.data.encode_ids /tmp/slifmr-import-scale/interactions-100000000.parquet --column item_id --row-groups 30
 
-(the inputs `import_scale.py` writes). Per repeat: seconds of `pc.dictionary_encode` over the
+(the inputs benchmarks.data.import_scale writes). Prints only: nothing goes to benchmarks/results. Per repeat: seconds of `pc.dictionary_encode` over the
 chunked column and of `encode_strings` with partitioning forced, and whether they agree.
 """
 

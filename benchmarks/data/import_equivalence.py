@@ -1,11 +1,15 @@
 """Do two versions of slifmr's importers give the same datasets? Imports a fixed set of inputs
 (ml-100k's RecBole files, and seeded RecBole, MMRec and table folders covering pre-splits,
 repeated pairs, thresholds, labels, timestamps, features and KGs) and writes, per input, a
-digest of every array the Dataset holds (or the error line it gave).
+digest of every array the Dataset holds (or the error line it gave). The measuring part imports
+slifmr only, so run in another checkout it digests that checkout's importers:
 
-    python benchmarks/import_equivalence.py --out /tmp/imp-new.json
-    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--out', '/tmp/imp-old.json']; runpy.run_path('/path/to/import_equivalence.py', run_name='__main__')")
-    python benchmarks/import_equivalence.py --compare /tmp/imp-old.json /tmp/imp-new.json
+    python -m benchmarks.data.import_equivalence --out /tmp/imp-new.json
+    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--out', '/tmp/imp-old.json']; runpy.run_path('/path/to/this/checkout/benchmarks/data/import_equivalence.py', run_name='__main__')")
+    python -m benchmarks.data.import_equivalence --compare /tmp/imp-old.json /tmp/imp-new.json --old-label 'commit X'
+
+--compare writes results/import-equivalence.json and the IMPORT_EQUIVALENCE block of RESULTS.md
+(exit status: the number of inputs that differ).
 """
 
 from __future__ import annotations
@@ -136,10 +140,10 @@ def run() -> dict[str, dict[str, str]]:
 
 def compare(old: Path, new: Path, old_label: str) -> int:
     """Each input's fields that differ; writes results/import-equivalence.json and the
-    IMPORT_EQUIVALENCE section of RESULTS.md."""
+    IMPORT_EQUIVALENCE block of RESULTS.md."""
     import platform
 
-    from quality import publish
+    from benchmarks.lib import results  # the comparing checkout's library (never imported by --out)
 
     a, b = json.loads(old.read_text()), json.loads(new.read_text())
     rows = []
@@ -150,8 +154,8 @@ def compare(old: Path, new: Path, old_label: str) -> int:
                      "same_content_by_raw_id": not fields or renumbered,
                      "old_error": a[name].get("error"), "new_error": b.get(name, {}).get("error")})
     same = sum(r["identical"] for r in rows)
-    command = f"python benchmarks/import_equivalence.py --compare {old} {new} --old-label '{old_label}'"
-    lines = ["## The importers' datasets, this checkout against an earlier one", "",
+    command = results.this_command()
+    lines = ["### The importers' datasets, this checkout against an earlier one", "",
              f"Command: `{command}` (the two --out files written by each checkout, as the script's docstring says)  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores. Old: {old_label}. Each input's arrays (users, items, "
              "split, timestamps, KG, links, features) and id maps compared by sha256, and again keyed by raw id "
@@ -160,13 +164,24 @@ def compare(old: Path, new: Path, old_label: str) -> int:
     lines += [f"| {r['input']} | {'identical' if r['identical'] else 'differs in ' + ', '.join(r['differs_in'])} | "
               f"{'yes' if r['same_content_by_raw_id'] else 'no'} |" for r in rows]
     lines += ["", f"{same} of {len(rows)} inputs give identical datasets."]
-    publish("IMPORT_EQUIVALENCE", "import-equivalence", {"command": command, "old": old_label, "rows": rows}, lines)
+    results.publish("IMPORT_EQUIVALENCE", "import-equivalence", {"old": old_label, "rows": rows}, lines)
     return len(rows) - same
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
-    from quality import old_against_new
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="write this checkout's digests here")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two --out files")
+    p.add_argument("--old-label", default="an earlier checkout")
+    args = p.parse_args()
+    if args.compare:
+        return compare(*args.compare, args.old_label)
+    if not args.out:
+        p.error("give --out (digest) or --compare OLD NEW")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(run()))
+    return 0
 
-    old_against_new(argparse.ArgumentParser(description=__doc__.splitlines()[0]), lambda args: run(), compare,
-                    echo=False)
+
+if __name__ == "__main__":
+    sys.exit(main())

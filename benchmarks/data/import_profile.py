@@ -1,9 +1,9 @@
 """Where `slifmr data import table` spends its time and memory: the command runs in this process
 while a thread samples the main thread's stack and the resident memory every 50 ms.
 
-    python benchmarks/import_profile.py /tmp/slifmr-import-scale/interactions-100000000.parquet
+    python -m benchmarks.data.import_profile /tmp/slifmr-import-scale/interactions-100000000.parquet
 
-(the inputs `import_scale.py` writes). Prints, per slifmr source line (with its two callers),
+(the inputs benchmarks.data.import_scale writes). Prints only: nothing goes to benchmarks/results. Prints, per slifmr source line (with its two callers),
 the seconds spent there and the peak resident memory seen there, largest first. The imported
 dataset goes to a temporary folder and is removed.
 """

@@ -1,14 +1,18 @@
 """Importing your own data at scale (issue 16): synthetic interactions with string ids written as
 Parquet, then `slifmr data import table` on them, one size at a time in a fresh process.
 
-    python benchmarks/import_scale.py --rows 10000000 100000000
+    python -m benchmarks.data.import_scale --rows 10000000 100000000
 
 Per size (the median of --repeat imports): rows/s of the whole command (read, encode, split, validate, write), its peak resident
 memory (the child process's ru_maxrss), the size of the Parquet input and of the written
 dataset folder, and the ratio peak memory / written dataset. Input: ~10 interactions per user,
 users 'user-<n>', items 'item-<n>' over rows/100 items (Zipf-like popularity), a float rating;
 the 1e8-row input is written in row groups of 2^20 rows and never held whole in memory.
-Writes benchmarks/results/import-scale.json, its PNG and the IMPORT_SCALE section of RESULTS.md.
+Writes benchmarks/results/import-scale.json, its PNG and the IMPORT_SCALE block of RESULTS.md;
+with --old-tree, import-scale-side-by-side.json and the IMPORT_SIDE_BY_SIDE block.
+
+Each import runs this file as a fresh child process (`python .../import_scale.py --child SRC OUT`,
+PYTHONPATH naming the checkout measured): the child imports slifmr only, never this package.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from quality import RESULTS, write_results_md
 
 ROW_GROUP = 1 << 20
 
@@ -101,12 +103,10 @@ def measure(rows: int, work: Path, repeat: int, tree: Path | None = None) -> dic
     return row
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def plot(rows: list[dict]) -> None:
+    from benchmarks.lib import results
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = results.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     x = [r["rows"] for r in rows]
     a.plot(x, [r["rows_per_second"] / 1e6 for r in rows], "o-", label="import table")
@@ -118,7 +118,7 @@ def plot(rows: list[dict], path: Path) -> None:
     b.set(xscale="log", xlabel="input rows", ylabel="peak RSS / written dataset", title="memory")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    results.save_figure(fig, "import-scale")
 
 
 def main() -> int:
@@ -136,16 +136,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.old_tree:
         return side_by_side(args, work)
-    rows = [measure(n, work, args.repeat) for n in args.rows]
-    command = "python benchmarks/import_scale.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    from slifmr.atomic import write_text
+    from benchmarks.lib import results  # not at the top: the --child process imports slifmr only
 
-    write_text(RESULTS / "import-scale.json", json.dumps({"command": command, "machine": f"{platform.machine()}, "
-                                                          f"{os.cpu_count()} cores", "rows": rows}, indent=2))
-    plot(rows, RESULTS / "import-scale.png")
+    rows = [measure(n, work, args.repeat) for n in args.rows]
+    command = results.this_command()
+    results.write_results("import-scale", {"rows": rows}, note="nothing else running")
+    plot(rows)
     gb = 1 << 30
-    lines = ["## Importing your own data at scale (issue 16)", "", f"Command: `{command}`  ",
+    lines = ["### Importing your own data at scale (issue 16)", "", f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, nothing else running. Input: Parquet with string ids "
              "(~10 interactions per user, rows/100 items), `--threshold rating=3`; the whole "
              "`slifmr data import table` command (read, encode, deduplicate, split, validate, write) in a fresh process; "
@@ -157,7 +155,7 @@ def main() -> int:
               f"{r['dataset_bytes'] / gb:.2f} | {r['peak_over_dataset']:.1f}x | "
               f"{', '.join(f'{x:.1f}' for x in r['runs_seconds'])} |" for r in rows]
     lines += ["", "![import scale](results/import-scale.png)"]
-    write_results_md("IMPORT_SCALE", "\n".join(lines))
+    results.write_section("IMPORT_SCALE", "\n".join(lines))
     print("\n".join(lines))
     return 0
 
@@ -173,11 +171,11 @@ def side_by_side(args: argparse.Namespace, work: Path) -> int:
         for which, rs in runs.items():
             r = sorted(rs, key=lambda run: run["seconds"])[len(rs) // 2]
             rows.append({**r, "runs_seconds": [x["seconds"] for x in rs], "version": which})
-    command = "python benchmarks/import_scale.py " + " ".join(sys.argv[1:])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
-    from quality import publish
+    from benchmarks.lib import results
 
-    lines = ["## Importing at scale, this checkout against an earlier one", "", f"Command: `{command}`  ",
+    command = results.this_command()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
+    lines = ["### Importing at scale, this checkout against an earlier one", "", f"Command: `{command}`  ",
              f"Machine: {machine}. The IMPORT_SCALE input and command; each repeat imports with the old tree, then "
              "with this checkout; the median run of each.", "",
              "| input rows | version | seconds | rows/s | peak RSS GiB | runs (s) | new / old time |", "|---|---|---|---|---|---|---|"]
@@ -188,7 +186,7 @@ def side_by_side(args: argparse.Namespace, work: Path) -> int:
             lines.append(f"| {n:,} | {r['version']} ({r['code']}) | {r['seconds']:.1f} | {r['rows_per_second'] / 1e6:.2f}M | "
                          f"{r['peak_rss_bytes'] / (1 << 30):.2f} | {', '.join(f'{x:.1f}' for x in r['runs_seconds'])} | "
                          + (f"{new['seconds'] / old['seconds']:.2f}" if r is new else "-") + " |")
-    publish("IMPORT_SIDE_BY_SIDE", "import-scale-side-by-side", {"command": command, "machine": machine, "rows": rows}, lines)
+    results.publish("IMPORT_SIDE_BY_SIDE", "import-scale-side-by-side", {"rows": rows}, lines, note=machine)
     return 0
 
 

@@ -2,16 +2,19 @@
 with its own ridge head and with a full EASE head (a trained `ease` run), weights chosen on
 validation, then test Recall@20 of the chosen blend.
 
-    python benchmarks/blend_probe.py SLIFMR_RUN EASE_RUN
+    python -m benchmarks.experiments.blend_probe SLIFMR_RUN EASE_RUN
 
 Each part is standardised per user over the N items (as slifmr's score is): the embeddings'
 u . z, the head's x_u W, EASE's x_u B. The grid: head weight 0 or 0.5, EASE weight 0, 0.5, 1,
 2, 4 (embeddings 1). Prints each validation Recall@20, the chosen blend's test Recall@20, and
-the run's own and EASE's test Recall@20 for comparison.
+the run's own and EASE's test Recall@20 for comparison (prints only). An archived probe
+(benchmarks/experiments/README.md says what it found); it reads slifmr's private `_standardise`
+and `_embedding_scores`, so it may need adapting to today's code.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 
@@ -25,7 +28,11 @@ def main() -> int:
     from slifmr.model.ridge import ridge_scores
     from slifmr.model.slifmr import _standardise
 
-    run, ease = slifmr.load_run(sys.argv[1]), slifmr.load_run(sys.argv[2]).model
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("slifmr_run", help="a trained slifmr run folder")
+    ap.add_argument("ease_run", help="a trained ease run folder on the same dataset")
+    args = ap.parse_args()
+    run, ease = slifmr.load_run(args.slifmr_run), slifmr.load_run(args.ease_run).model
     reps = run.model
     ev = Evaluator(run.dataset, [20], 512)
 

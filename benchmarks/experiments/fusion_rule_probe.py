@@ -3,20 +3,21 @@ x_u W, each rule's weight chosen on validation (never test), then test Recall@20
 blend. Also one weight per user-degree bucket (quantiles of training history length), chosen on
 validation bucket by bucket, against the one global weight slifmr uses.
 
-    python benchmarks/fusion_rule_probe.py RUN [RUN ...]
+    python -m benchmarks.experiments.fusion_rule_probe RUN [RUN ...]
 
 Rules (each part normalised per user over the N items): zscore (slifmr's), z-score by the
 moments of the part's own top 20 or top 100, min-max, division by the largest absolute score, and
 reciprocal-rank fusion 1 / (c + rank) with c = 10, 60. Writes results/fusion-rule-probe.json and
-the FUSION_RULE_PROBE section of RESULTS.md (mean over the runs given).
+prints its table (mean over the runs given). An archived probe (benchmarks/experiments/README.md
+says what it found); it reads slifmr's private `_standardise` and `_embedding_scores`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
-import sys
 from collections.abc import Callable
 
 import torch
@@ -88,14 +89,16 @@ def probe(run_dir: str) -> dict[str, dict[str, float]]:
 
 
 def main() -> int:
-    sys.path.insert(0, os.path.dirname(__file__))
-    from quality import publish
+    from benchmarks.lib import results
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="trained slifmr run folders")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    per_run = {r: probe(r) for r in sys.argv[1:]}
+    per_run = {r: probe(r) for r in args.runs}
     names = list(next(iter(per_run.values())))
-    command = "python benchmarks/fusion_rule_probe.py " + " ".join(sys.argv[1:])
-    lines = ["## Fusing the embeddings and the ridge head: the rule and per-degree weights, chosen on validation", "",
+    command = results.this_command()
+    lines = ["### Fusing the embeddings and the ridge head: the rule and per-degree weights, chosen on validation", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, one torch thread. Each rule's weight (and each "
              f"bucket's) chosen on validation from {GRID}; means over the {len(per_run)} trained runs.", "",
@@ -105,7 +108,8 @@ def main() -> int:
         valid = statistics.mean(r[n]["valid"] for r in per_run.values())
         test = statistics.mean(r[n]["test"] for r in per_run.values())
         lines.append(f"| {n} | {valid:.4f} | {test:.4f} | {test - base:+.4f} |")
-    publish("FUSION_RULE_PROBE", "fusion-rule-probe", {"command": command, "runs": per_run}, lines)
+    results.write_results("fusion-rule-probe", {"runs": per_run}, note="one torch thread")
+    print("\n".join(lines))
     return 0
 
 

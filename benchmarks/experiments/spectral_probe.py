@@ -5,19 +5,20 @@ r_u D_I^-1/2 V_k V_k^T D_I^1/2 over R~'s top-k right singular vectors), each sta
 user over the N items; k, alpha and the blend weight (0 included) chosen on validation, never
 test.
 
-    python benchmarks/spectral_probe.py RUN [RUN ...]
+    python -m benchmarks.experiments.spectral_probe RUN [RUN ...]
 
 Two blends: the ideal low-pass part alone, and GF-CF whole. Dense: a probe for ml-100k-sized
-catalogues (an SVD of the M x N training matrix). Writes results/spectral-probe.json and the
-SPECTRAL_PROBE section of RESULTS.md (mean and sd over the runs given).
+catalogues (an SVD of the M x N training matrix). Writes results/spectral-probe.json and prints
+its table (mean and sd over the runs given). An archived probe (benchmarks/experiments/README.md
+says what it found); it reads slifmr's private `_standardise`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
-import sys
 
 import torch
 
@@ -66,14 +67,16 @@ def probe(run_dir: str) -> dict[str, dict[str, float]]:
 
 
 def main() -> int:
-    sys.path.insert(0, os.path.dirname(__file__))
-    from quality import publish
+    from benchmarks.lib import results
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="trained slifmr run folders")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    per_run = {r: probe(r) for r in sys.argv[1:]}
+    per_run = {r: probe(r) for r in args.runs}
     names = list(next(iter(per_run.values())))
-    command = "python benchmarks/spectral_probe.py " + " ".join(sys.argv[1:])
-    lines = ["## A global low-rank score blended with slifmr (GF-CF's filters), chosen on validation", "",
+    command = results.this_command()
+    lines = ["### A global low-rank score blended with slifmr (GF-CF's filters), chosen on validation", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, one torch thread. Ranks {RANKS}, alphas "
              f"{ALPHAS}, blend weights {WEIGHTS}, chosen per run on validation; mean (sd) over the "
@@ -86,7 +89,8 @@ def main() -> int:
                             ) if "rank" in next(iter(per_run.values()))[n] else ""
         lines.append(f"| {n} | {statistics.mean(r[n]['valid'] for r in per_run.values()):.4f} | "
                      f"{statistics.mean(tests):.4f} ± {sd:.4f} | {choices} |")
-    publish("SPECTRAL_PROBE", "spectral-probe", {"command": command, "runs": per_run}, lines)
+    results.write_results("spectral-probe", {"runs": per_run}, note="one torch thread")
+    print("\n".join(lines))
     return 0
 
 

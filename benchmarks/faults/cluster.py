@@ -23,12 +23,12 @@ through `ray job submit` to the head's dashboard, as users submit theirs. Faults
                   (bind mounts in each node's mount namespace): the job ends recovered or
                   failed in one line, and the folder stays a run that --resume finishes.
 
-    python benchmarks/cluster_faults.py --out benchmarks/runs/cluster_faults     # all three
-    python benchmarks/cluster_faults.py --faults worker-node --out /tmp/cf
+    python -m benchmarks.faults.cluster --out benchmarks/runs/cluster_faults     # every fault
+    python -m benchmarks.faults.cluster --faults worker-node --out /tmp/cf
 
 Needs root (ip netns, veth, bridge). Writes benchmarks/results/cluster_faults.json (one row
 per fault: what was injected, when, what happened, seconds to recover, pass) and the
-CLUSTER_FAULTS section of benchmarks/RESULTS.md. Every namespace and process it made is removed
+CLUSTER_FAULTS block of benchmarks/RESULTS.md. Every namespace and process it made is removed
 on exit, however it exits.
 """
 
@@ -49,7 +49,8 @@ from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.lib import results
+
 BIN = Path(sys.executable).parent
 PREFIX = "slc"  # every namespace, link and temp folder this script makes starts with it
 SUBNET = "10.77.0"
@@ -488,17 +489,17 @@ def write_results(rows: list[dict[str, Any]], command: str) -> None:
     """results/cluster_faults.json and the RESULTS.md section: the faults of this invocation
     replace their earlier rows; the other faults' rows stay, each with the command that made it."""
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB"
-    out = ROOT / "benchmarks" / "results" / "cluster_faults.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results.results_path("cluster_faults")
     earlier = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    rows = [{**r, "command": command, "commit": _commit()} for r in rows]
+    measured = results.commit()
+    rows = [{**r, "command": command, "commit": measured["commit"], "dirty": measured["dirty"]} for r in rows]
     kept = [{"command": earlier.get("command"), **r} for r in earlier["rows"] if r["fault"] not in {x["fault"] for x in rows}]
     rows = sorted(kept + rows, key=lambda r: FAULTS.index(r["fault"]))
-    out.write_text(json.dumps({"machine": machine, "nodes": {n: address(n) for n in NODES}, "cpus_per_node": 1,
-                               "link_cut_seconds": LINK_CUT_S, "double_gap_seconds": DOUBLE_GAP_S,
-                               "replace_after_seconds": REPLACE_AFTER_S, "storage_outage_seconds": STORAGE_OUTAGE_S,
-                               "rows": rows}, indent=2))
-    lines = ["<!-- CLUSTER_FAULTS START -->", "## Faults on a multi-node cluster in network namespaces (issue 31)", "",
+    results.write_results("cluster_faults", {
+        "nodes": {n: address(n) for n in NODES}, "cpus_per_node": 1, "link_cut_seconds": LINK_CUT_S,
+        "double_gap_seconds": DOUBLE_GAP_S, "replace_after_seconds": REPLACE_AFTER_S,
+        "storage_outage_seconds": STORAGE_OUTAGE_S, "rows": rows}, note=machine, command=command, measured=measured)
+    lines = ["### Faults on a multi-node cluster in network namespaces (issue 31)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows)) + "  ",
              f"Machine: {machine}; 3 Ray nodes (1 CPU each) in their own network namespaces "
              "(10.77.0.1-3, veth pairs to a bridge namespace), jobs through `ray job submit`, the local disk as shared "
@@ -510,22 +511,7 @@ def write_results(rows: list[dict[str, Any]], command: str) -> None:
             outcome += f"; test metrics vs an uninterrupted run: max difference {r['max_test_metric_difference']:.1e}"
         lines.append(f"| {r['fault']} | {r['injected']} | {outcome} | {r['seconds_after_fault']} | {r['epochs_logged']} | "
                      f"{'yes' if r['passed'] else 'NO'} |")
-    lines.append("<!-- CLUSTER_FAULTS END -->")
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    text = results.read_text()
-    block = "\n".join(lines)
-    if "<!-- CLUSTER_FAULTS START -->" in text:
-        head, rest = text.split("<!-- CLUSTER_FAULTS START -->", 1)
-        text = head + block + rest.split("<!-- CLUSTER_FAULTS END -->", 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    results.write_text(text)
-
-
-def _commit() -> str:
-    head = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout.strip()
-    dirty = sh("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip()
-    return head + ("+changes" if dirty else "")
+    results.write_section("CLUSTER_FAULTS", "\n".join(lines))
 
 
 def main() -> int:
@@ -567,7 +553,7 @@ def main() -> int:
                 cluster.up()
     finally:
         cluster.down()
-    write_results(rows, "python benchmarks/cluster_faults.py " + " ".join(sys.argv[1:]))
+    write_results(rows, results.this_command())
     return 0 if rows and all(r["passed"] for r in rows) else 1
 
 

@@ -1,6 +1,6 @@
 """Where content must win: the cold-start item protocol (docs/architecture.md §3; slifmr/data/cold.py).
 
-    python benchmarks/cold_start.py --datasets ml-100k ml-1m --seeds 0
+    python -m benchmarks.quality.cold_start --datasets ml-100k ml-1m --seeds 0
 
 For each dataset a seeded 10% of the items is held out of training (`slifmr data hold-out`,
 share 0.1, seed 0: their interactions go to valid/test), then every variant is trained on it by
@@ -10,25 +10,22 @@ a cold item and says so), `freedom` (ml-100k only: at its learning rate it train
 of epochs) and slifmr. Writes
   benchmarks/results/cold-start.json   a row per (dataset, variant, seed): cold and test metrics
   benchmarks/results/cold-start.png    cold Recall@20 per dataset and variant
-  benchmarks/RESULTS.md                the table, section COLD_START
+  benchmarks/RESULTS.md                the table, block COLD_START
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from quality import RESULTS, commit, run_one, write_results_md  # noqa: E402
+from benchmarks.lib import results
+from benchmarks.lib.runs import run_one
 
 VARIANTS = {"ml-100k": ["pop", "content_knn", "ease", "freedom", "slifmr"], "ml-1m": ["pop", "content_knn", "ease", "slifmr"]}
 SHARE, SPLIT_SEED = 0.1, 0
@@ -54,9 +51,9 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", default=str(HERE / "runs" / "cold"))
+    ap.add_argument("--runs", default=str(results.RUNS / "cold"))
     args = ap.parse_args()
-    start, measured = time.time(), commit()  # the code the runs load: the commit at the start
+    start, measured = time.time(), results.commit()  # the code the runs load: the commit at the start
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(1) as pool:
         for name in args.datasets:
@@ -71,14 +68,14 @@ def main() -> int:
                     print(f"{name} {v} seed {seed}: cold recall@20 "
                           f"{cold['recall@20']:.4f}" if cold else f"{name} {v} seed {seed}: {r.get('cold_note')}",
                           f"| test recall@20 {r['test']['recall@20']:.4f}", flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, one run at a time"
-    payload = {"command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start,
+    command = results.this_command()
+    note = f"torch threads per run {args.threads}, one run at a time"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {note}"
+    payload = {"wall_seconds": time.time() - start,
                "protocol": f"{SHARE:g} of the items held out of training (seed {SPLIT_SEED}), their interactions "
                            "split 50/50 between valid and test; cold = test metrics on their interactions alone",
                "runs": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cold-start.json").write_text(json.dumps(payload, indent=2))
+    results.write_results("cold-start", payload, note=note, measured=measured)
     lines = ["| dataset | variant | seeds | cold Recall@20 | cold NDCG@20 | test Recall@20 (all items) |", "|---|---|---|---|---|---|"]
     means: dict[tuple[str, str], float] = {}
     for name in args.datasets:
@@ -93,21 +90,17 @@ def main() -> int:
             means[(name, v)] = statistics.mean(rec)
             sd = statistics.stdev(rec) if len(rec) > 1 else 0.0
             lines.append(f"| {name} | {v} | {len(rs)} | {statistics.mean(rec):.4f} ± {sd:.4f} | {statistics.mean(nd):.4f} | {test:.4f} |")
-    plot(means, RESULTS / "cold-start.png")
-    body = (f"## Cold-start items: where content must win\n\nCommand: `{command}`  \nMachine: {machine}; commit "
-            f"{payload['commit']}; wall time {payload['wall_seconds'] / 60:.1f} min.  \nProtocol: {payload['protocol']}.\n\n"
+    plot(means)
+    body = (f"### Cold-start items: where content must win\n\nCommand: `{command}`  \nMachine: {machine}; commit "
+            f"{(measured['commit'] or '?')[:7]}; wall time {payload['wall_seconds'] / 60:.1f} min.  \nProtocol: {payload['protocol']}.\n\n"
             + "\n".join(lines) + "\n\n![cold start](results/cold-start.png)\n")
-    write_results_md("COLD_START", body)
+    results.write_section("COLD_START", body)
     print("\n".join(lines))
     return 0
 
 
-def plot(means: dict[tuple[str, str], float], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(means: dict[tuple[str, str], float]) -> None:
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     labels = [f"{d}\n{v}" for d, v in means]
     ax.bar(range(len(means)), list(means.values()))
@@ -115,8 +108,7 @@ def plot(means: dict[tuple[str, str], float], out: Path) -> None:
     ax.set_ylabel("cold-item test Recall@20")
     ax.set_title("items held out of training: ranked by content alone")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    results.save_figure(fig, "cold-start", dpi=110)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Accuracy of one-hop history sampling against full-graph training (issue 14).
 
-    python benchmarks/history_accuracy.py --users 100000 --epochs 3 \
+    python -m benchmarks.quality.history_accuracy --users 100000 --epochs 3 \
         --ml100k benchmarks/runs/quality_history_gas --ml100k-reference benchmarks/runs/quality_v3
 
-1. Synthetic set (benchmarks/scale.py's generator, --users users): `slifmr train` with
+1. Synthetic set (benchmarks/scale/scale.py's generator, --users users): `slifmr train` with
    --sampling full and --sampling history, the same seed, batch, epochs and (exact) kNN,
    validation Recall@20 over every user after each epoch; the relative gap at equal epochs.
-2. ml-100k (optional): test Recall@20 per seed of finished runs (`benchmarks/quality.py
+2. ml-100k (optional): test Recall@20 per seed of finished runs (`benchmarks.quality.quality
    --set train.sampling=history ... --runs DIR`) against the full-graph runs of the same seeds.
 
-Writes benchmarks/results/history-accuracy.json, history-accuracy.png and the HISTORY_ACCURACY
-section of RESULTS.md.
+Writes benchmarks/results/history-accuracy[-TAG].json, its PNG and the HISTORY_ACCURACY[_TAG]
+block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import psutil
-from quality import HERE, RESULTS, write_results_md
-from scale import dataset, run
+
+from benchmarks.lib import results
+from benchmarks.scale.scale import dataset, run
 
 
 def train(data: Path, mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -81,28 +82,28 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides (KEY=VALUE) for both modes")
     ap.add_argument("--history-set", nargs="*", default=[], help="config overrides for the history run only")
-    ap.add_argument("--ml100k", type=Path, help="finished history-mode quality runs (benchmarks/quality.py --runs)")
-    ap.add_argument("--ml100k-reference", type=Path, default=HERE / "runs" / "quality_v3")
-    ap.add_argument("--runs", type=Path, default=HERE / "runs" / "history_accuracy")
+    ap.add_argument("--ml100k", type=Path, help="finished history-mode quality runs (benchmarks.quality.quality --runs)")
+    ap.add_argument("--ml100k-reference", type=Path, default=results.RUNS / "quality_v3")
+    ap.add_argument("--runs", type=Path, default=results.RUNS / "history_accuracy")
+    ap.add_argument("--data-root", type=Path, default=results.RUNS / "scale" / "data",
+                    help="where the synthetic set is cached (benchmarks.scale.scale's)")
     ap.add_argument("--tag", help="suffix of the outputs (results/history-accuracy-TAG.json, its PNG and "
                                   "RESULTS.md section) and of the history run's folder")
     args = ap.parse_args()
 
-    data, n_train = dataset(args.users, HERE / "runs" / "scale" / "data")
+    data, n_train = dataset(args.users, args.data_root)
     suffix = f"-{args.tag}" if args.tag else ""
     synthetic = {mode: train(data, mode, args, args.runs / f"u{args.users}-{mode}{suffix if mode == 'history' else ''}")
                  for mode in ("full", "history")}
-    doc = {"command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+    doc = {"command": results.this_command(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
            "users": args.users, "train_interactions": n_train, "epochs": args.epochs, "batch_size": args.batch,
            "synthetic": synthetic, "ml100k": ml100k(args.ml100k, args.ml100k_reference) if args.ml100k else []}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / f"history-accuracy{suffix}.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / f"history-accuracy{suffix}.json")
-    plot(doc, RESULTS / f"history-accuracy{suffix}.png")
+    results.write_results(f"history-accuracy{suffix}", {k: v for k, v in doc.items() if k not in results.META},
+                          note=doc["machine"])
+    plot(doc, f"history-accuracy{suffix}")
     text = section(doc, suffix)
-    write_results_md("HISTORY_ACCURACY" + suffix.upper().replace("-", "_"), text)
+    results.write_section("HISTORY_ACCURACY" + suffix.upper().replace("-", "_"), text)
     print(text)
     return 0
 
@@ -114,7 +115,7 @@ def section(doc: dict[str, Any], suffix: str = "") -> str:
         lines.append(f"| {e} | {f:.4f} | {h:.4f} | {(h - f) / f:+.2%} |")
     speed = (f"Steps took {sum(full['train_seconds']):.0f} s (full) and {sum(hist['train_seconds']):.0f} s (history) "
              f"over {doc['epochs']} epochs.")
-    body = (f"## History sampling{' (' + suffix[1:] + ')' if suffix else ''} against full-graph training (issue 14)\n\n"
+    body = (f"### History sampling{' (' + suffix[1:] + ')' if suffix else ''} against full-graph training (issue 14)\n\n"
             f"Command: `{doc['command']}`  \n"
             f"Machine: {doc['machine']}.\n\nSynthetic set, {doc['users']:,} users, {doc['train_interactions']:,} "
             f"training interactions, global batch {doc['batch_size']:,}, validation over every user "
@@ -135,12 +136,8 @@ def section(doc: dict[str, Any], suffix: str = "") -> str:
     return body + f"\n![history accuracy](results/history-accuracy{suffix}.png)\n"
 
 
-def plot(doc: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(doc: dict[str, Any], name: str) -> None:
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for mode, style in (("full", "--s"), ("history", "-^")):
         values = doc["synthetic"][mode]["valid_recall@20"]
@@ -151,9 +148,7 @@ def plot(doc: dict[str, Any], out: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(out)
+    results.save_figure(fig, name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Many datasets, one table (issue 40): slifmr against the peers users pick, on datasets of
 different shape, same protocol (per-user random 8:1:1, full ranking, train+valid masked).
 
-    python benchmarks/quality_many.py --datasets planted sparse dense --seeds 0 1 2 --parallel 2 --threads 1
+    python -m benchmarks.quality.many --datasets planted sparse dense --seeds 0 1 2 --parallel 2 --threads 1
 
 Datasets (built once under --data-root by `slifmr data synth --planted`, seeded):
   planted  4,000 users x 1,500 items, 150,000 interactions (3% dense)
@@ -12,7 +12,7 @@ Variants: ease, cooc_ridge, ials (implicit's iALS), lightgcn, slifmr; the closed
 (seed 0: they are deterministic given the split, iALS seeded). Writes
   benchmarks/results/quality-many.json   a row per (dataset, variant, seed)
   benchmarks/results/quality-many.png    test Recall@20 per dataset and variant
-  benchmarks/RESULTS.md                  section QUALITY_MANY: slifmr / the best of ease and cooc_ridge
+  benchmarks/RESULTS.md                  block QUALITY_MANY: slifmr / the best of ease and cooc_ridge
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from quality import RESULTS, commit, run_one, write_results_md  # noqa: E402
+from benchmarks.lib import results
+from benchmarks.lib.runs import run_one
 
 SYNTH = {"planted": ["--users", "4000", "--items", "1500", "--interactions", "150000"],
          "sparse": ["--users", "8000", "--items", "4000", "--interactions", "80000"],
@@ -48,7 +47,7 @@ def dataset_path(name: str, root: Path) -> str:
         return str(prepare_ml1m() if name == "ml-1m" else prepare_ml100k())
     out = root / name
     if not (out / "meta.json").exists():
-        subprocess.run(["slifmr", "data", "synth", "--planted", *SYNTH[name], "--seed", "0", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "slifmr", "data", "synth", "--planted", *SYNTH[name], "--seed", "0", "--out", str(out),
                         "--overwrite"], check=True, capture_output=True)
     return str(out)
 
@@ -60,12 +59,12 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", default=str(HERE / "runs" / "many"))
-    ap.add_argument("--data-root", default=str(HERE / "runs" / "many-data"))
+    ap.add_argument("--runs", default=str(results.RUNS / "many"))
+    ap.add_argument("--data-root", default=str(results.RUNS / "many-data"))
     ap.add_argument("--collect", action="store_true",
                     help="train nothing: summarise the finished runs (results.json) already under --runs")
     args = ap.parse_args()
-    start, measured = time.time(), commit()  # the code the runs load: the commit at the start
+    start, measured = time.time(), results.commit()  # the code the runs load: the commit at the start
     jobs = [(d, v, s) for d in args.datasets for v in args.variants for s in args.seeds
             if v not in DETERMINISTIC or s == args.seeds[0]]
     rows: list[dict[str, Any]] = []
@@ -87,17 +86,17 @@ def main() -> int:
                 r = f.result()
                 keep(d, r)
                 print(f"{d} {v} seed {s}: test recall@20 {r['test']['recall@20']:.4f}", flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads per run {args.threads}, {args.parallel} runs in parallel"
-    payload = {"command": command, "machine": machine, "commit": measured, "wall_seconds": time.time() - start, "runs": rows}
+    command = results.this_command()
+    note = f"torch threads per run {args.threads}, {args.parallel} runs in parallel"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {note}"
+    payload: dict[str, Any] = {"wall_seconds": time.time() - start, "runs": rows}
     means = {(d, v): [r["test"]["recall@20"] for r in rows if r["dataset"] == d and r["variant"] == v]
              for d in args.datasets for v in args.variants}
     args.datasets = [d for d in args.datasets if all(means[(d, v)] for v in args.variants)]  # every variant run
     if args.collect:
         payload["note"] = (f"summarised from the finished runs under {os.path.relpath(args.runs)} (trained by the "
                            "same command without --collect); datasets without every variant left out of the table")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality-many.json").write_text(json.dumps(payload, indent=2))
+    results.write_results("quality-many", payload, note=note, measured=measured)
     head = "| dataset | " + " | ".join(args.variants) + " | slifmr / best of ease, cooc_ridge |"
     lines = [head, "|---" * (len(args.variants) + 2) + "|"]
     for d in args.datasets:
@@ -108,21 +107,19 @@ def main() -> int:
             cells.append(f"{statistics.mean(xs):.4f}{sd}")
         ratio = statistics.mean(means[(d, "slifmr")]) / max(statistics.mean(means[(d, v)]) for v in ("ease", "cooc_ridge"))
         lines.append(f"| {d} | " + " | ".join(cells) + f" | {ratio:.3f}x |")
-    plot(means, args.datasets, args.variants, RESULTS / "quality-many.png")
-    body = (f"## Many datasets, one table\n\nCommand: `{command}`  \nMachine: {machine}; commit {payload['commit']}; "
+    plot(means, args.datasets, args.variants)
+    body = (f"### Many datasets, one table\n\nCommand: `{command}`  \nMachine: {machine}; commit {(measured['commit'] or '?')[:7]}; "
             f"wall time {payload['wall_seconds'] / 60:.1f} min. Test Recall@20, mean ± std over seeds (closed forms: "
             "one run).\n\n" + "\n".join(lines) + "\n\n![many datasets](results/quality-many.png)\n")
-    write_results_md("QUALITY_MANY", body)
+    results.write_section("QUALITY_MANY", body)
     print("\n".join(lines))
     return 0
 
 
-def plot(means: dict[tuple[str, str], list[float]], datasets: list[str], variants: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(means: dict[tuple[str, str], list[float]], datasets: list[str], variants: list[str]) -> None:
     import numpy as np
+
+    plt = results.pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(variants)
@@ -132,8 +129,7 @@ def plot(means: dict[tuple[str, str], list[float]], datasets: list[str], variant
     ax.set_ylabel("test Recall@20")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    results.save_figure(fig, "quality-many", dpi=110)
 
 
 if __name__ == "__main__":

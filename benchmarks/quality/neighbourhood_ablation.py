@@ -1,7 +1,7 @@
 """Do the self-loop's neighbourhoods beat plain co-occurrence ones? The ridge head of one trained
 slifmr run rebuilt on each kind of neighbourhood, everything else held equal.
 
-    python benchmarks/neighbourhood_ablation.py --run benchmarks/runs/quality_scale_preset/slifmr-seed0
+    python -m benchmarks.quality.neighbourhood_ablation --run benchmarks/runs/quality_scale_preset/slifmr-seed0
 
 From the run's best epoch: its representations (users, Z), and for each neighbourhood kind and
 ridge l2, the head W solved on it (`ridge_weights`) and the blend chosen on validation from
@@ -10,7 +10,7 @@ fused representations, k = 100, 200), cooc (each item's most co-occurring items,
 `cooccurrence_neighbours`) and their union (alternating, first k distinct). Reports validation
 Recall@20 (which chooses) and test Recall@20 at that choice.
 
-Writes benchmarks/results/neighbourhood-ablation.json and the NEIGHBOURHOOD_ABLATION section of
+Writes benchmarks/results/neighbourhood-ablation.json and the NEIGHBOURHOOD_ABLATION block of
 RESULTS.md.
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from quality import RESULTS, write_results_md
+
+from benchmarks.lib import results
 
 BLEND = [0.25, 0.5, 1.0, 2.0, 4.0]
 
@@ -77,18 +77,17 @@ def main() -> int:
             rows.append({"neighbourhood": name, "l2": l2, "blend": BLEND[best],
                          "valid_recall@20": valid[best]["recall@20"], "test_recall@20": test})
             print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/neighbourhood_ablation.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "neighbourhood-ablation.json").write_text(json.dumps(
-        {"command": command, "run": str(args.run), "best_epoch": int(meta["epoch"]), "rows": rows}, indent=2))
-    lines = ["## The ridge head's neighbourhoods: the self-loop's against co-occurrence (issue 28)", "",
+    command = results.this_command()
+    results.write_results("neighbourhood-ablation", {"run": str(args.run), "best_epoch": int(meta["epoch"]), "rows": rows},
+                          note="1 torch thread")
+    lines = ["### The ridge head's neighbourhoods: the self-loop's against co-occurrence (issue 28)", "",
              f"Command: `{command}`  ",
              f"Machine: x86_64, 2 cores, 1 torch thread. One trained slifmr run (best epoch {meta['epoch']}); its "
              "head rebuilt on each neighbourhood from its final Z, the blend chosen on validation; everything "
              "else equal.", "", "| neighbourhood | l2 | blend | valid Recall@20 | test Recall@20 |", "|---|---|---|---|---|"]
     lines += [f"| {r['neighbourhood']} | {r['l2']:g} | {r['blend']:g} | {r['valid_recall@20']:.4f} | "
               f"{r['test_recall@20']:.4f} |" for r in rows]
-    write_results_md("NEIGHBOURHOOD_ABLATION", "\n".join(lines))
+    results.write_section("NEIGHBOURHOOD_ABLATION", "\n".join(lines))
     return 0
 
 

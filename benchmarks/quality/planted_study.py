@@ -2,8 +2,8 @@
 history-sampled LightGCN, BPR-MF and the co-occurrence ridge peer, same machine, same workers,
 same time budget.
 
-    python benchmarks/planted_study.py --users 1000000 --budget 600 --workers 2
-    python benchmarks/planted_study.py --users 1000000 --budget 600 --methods "slifmr (preset scale)"  # re-run one
+    python -m benchmarks.quality.planted_study --users 1000000 --budget 600 --workers 2
+    python -m benchmarks.quality.planted_study --users 1000000 --budget 600 --methods "slifmr (preset scale)"  # re-run one
 
 The dataset is `slifmr data synth --planted` (users U, items U/10, 10 U interactions, seed 0;
 cached under --runs/data): latent factors, item clusters shaping features and KG, power-law
@@ -17,7 +17,7 @@ closed form that finishes writes them as any run does). slifmr's validation line
 its `model.ridge_blend` weights on these users, as its run selects it. Rows of methods
 not named by --methods are kept from the last results at the same size, budget and batch.
 
-Writes benchmarks/results/planted-study.json, planted-study.png and the PLANTED_STUDY section
+Writes benchmarks/results/planted-study.json, planted-study.png and the PLANTED_STUDY block
 of RESULTS.md.
 """
 
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import signal
 import subprocess
 import sys
@@ -36,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from quality import HERE, RESULTS, write_results_md
+
+from benchmarks.lib import results
 
 METHODS = {  # label: (variant, preset, further config overrides)
     "slifmr (preset scale)": ("slifmr", "scale", ()),  # the union head, the preset's
@@ -111,14 +111,14 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32768)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--runs", default=str(HERE / "runs" / "planted"))
+    ap.add_argument("--runs", default=str(results.RUNS / "planted"))
     args = ap.parse_args()
     runs = Path(args.runs)
     t0 = time.time()
     data = dataset(args.users, runs / "data")
     print(f"dataset {data} ready in {time.time() - t0:.0f} s", flush=True)
     rows = []
-    earlier = RESULTS / "planted-study.json"
+    earlier = results.results_path("planted-study")
     if earlier.exists():  # methods measured before at this size and budget, and not re-run now
         doc = json.loads(earlier.read_text())
         if (doc["users"], doc["budget_seconds"], doc["batch_size"]) == (args.users, args.budget, args.batch):
@@ -134,17 +134,14 @@ def main() -> int:
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], data: Path) -> str:
     meta = json.loads((data / "meta.json").read_text())
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
-    doc = {"command": command, "machine": machine, "dataset": str(data), "users": args.users,
+    doc = {"dataset": str(data), "users": args.users,
            "budget_seconds": args.budget, "batch_size": args.batch, "lr": args.lr, "runs": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "planted-study.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / "planted-study.json")
-    plot(rows, args.budget, RESULTS / "planted-study.png")
+    results.write_results("planted-study", doc, note=machine)
+    plot(rows, args.budget)
     marks = [args.budget / 4, args.budget / 2, args.budget]
-    lines = ["## Accuracy against wall-clock on planted data (scale preset and peers)", "",
+    lines = ["### Accuracy against wall-clock on planted data (scale preset and peers)", "",
              f"Command: `{command}`  ",
              f"Machine: {machine}. Dataset: planted, {meta['num_users']:,} users, {meta['num_items']:,} items, "
              f"{meta['num_interactions']:,} interactions; global batch {args.batch:,}, lr {args.lr:g} for every "
@@ -159,16 +156,12 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], data: Path) -> s
         lines.append(f"| {r['method']} | {shape} | {len(r['points'])} | " + " | ".join(cells) + f" | `{r['command']}` |")
     lines += ["", "![accuracy against wall-clock](results/planted-study.png)"]
     body = "\n".join(lines)
-    write_results_md("PLANTED_STUDY", body)
+    results.write_section("PLANTED_STUDY", body)
     return body
 
 
-def plot(rows: list[dict[str, Any]], budget: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(rows: list[dict[str, Any]], budget: float) -> None:
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         pts = r["points"]
@@ -179,8 +172,7 @@ def plot(rows: list[dict[str, Any]], budget: float, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, "planted-study")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ head existed), builds the head from its best epoch's fused item representations 
 score (test is never read). The embeddings do not depend on the head (it has no gradient), so
 one trained model scores every setting.
 
-    python benchmarks/ridge_search.py --run benchmarks/runs/quality_peers/slifmr-seed0
+    python -m benchmarks.quality.ridge_search --run benchmarks/runs/quality_peers/slifmr-seed0
 
-Writes benchmarks/results/ridge-search.json and the RIDGE_SEARCH section of RESULTS.md.
+Writes benchmarks/results/ridge-search.json and the RIDGE_SEARCH block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import torch
-from quality import RESULTS, write_results_md
 
-from slifmr.atomic import write_text
+from benchmarks.lib import results
 
 
 def main() -> int:
@@ -60,19 +59,18 @@ def main() -> int:
                 rows.append({"k": k, "l2": l2, "weight": weight,
                              "valid_recall@20": evaluator.evaluate(scorer.full_scores, VALID)["recall@20"]})
                 print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/ridge_search.py " + " ".join(sys.argv[1:])
-    doc = {"command": command, "run": str(args.run), "best_epoch": int(meta["epoch"]), "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "ridge-search.json", json.dumps(doc, indent=2))
+    command = results.this_command()
+    doc = {"run": str(args.run), "best_epoch": int(meta["epoch"]), "rows": rows}
+    results.write_results("ridge-search", doc, note=f"{args.threads} torch thread(s)")
     best = sorted(rows[1:], key=lambda r: -r["valid_recall@20"])[:8]
-    lines = ["## The ridge head's settings, chosen on validation (issue 15)", "",
+    lines = ["### The ridge head's settings, chosen on validation (issue 15)", "",
              f"Command: `{command}`  ",
              f"Machine: x86_64, 2 cores, {args.threads} torch thread(s). One slifmr model trained without the head "
              f"(best epoch {meta['epoch']}); the head built from its Z for each setting; validation Recall@20 of the "
              f"fused score. Without the head: {rows[0]['valid_recall@20']:.4f}. The best settings:", "",
              "| ridge_k | ridge_l2 | ridge_weight | valid Recall@20 |", "|---|---|---|---|"]
     lines += [f"| {r['k']} | {r['l2']:g} | {r['weight']:g} | {r['valid_recall@20']:.4f} |" for r in best]
-    write_results_md("RIDGE_SEARCH", "\n".join(lines))
+    results.write_section("RIDGE_SEARCH", "\n".join(lines))
     return 0
 
 

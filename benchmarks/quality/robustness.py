@@ -1,7 +1,7 @@
 """The paper's robustness claim, measured: slifmr against the frozen-graph `static` on ml-100k
 with its TRAINING information corrupted (validation and test untouched).
 
-    python benchmarks/robustness.py --seeds 0 1 2 --parallel 2 --reuse-clean
+    python -m benchmarks.quality.robustness --seeds 0 1 2 --parallel 2 --reuse-clean
 
 Conditions: clean; 10% and 20% fake training interactions; 10% and 20% of KG triples rewired
 to random tails; Gaussian noise of 1 std on every modality feature (slifmr.data.corrupt, with
@@ -9,7 +9,7 @@ corruption seed 0). Each (condition, variant, seed) trains under the full protoc
 patience 20, in-process, 1 thread per run); a run whose results.json exists under --runs is
 read instead of trained again, so an interrupted study continues. `--reuse-clean` takes the clean runs from
 benchmarks/results/quality.json (same protocol and code path) instead of training them again.
-Writes benchmarks/results/robustness.json, robustness.png and the ROBUSTNESS section of RESULTS.md:
+Writes benchmarks/results/robustness[-TAG].json, its PNG and the ROBUSTNESS[_TAG] block of RESULTS.md:
 test Recall@20 per condition and variant, and its relative drop against clean.
 """
 
@@ -25,9 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from quality import HERE, RESULTS, write_results_md
-
-from slifmr.atomic import write_text
+from benchmarks.lib import results
 
 CONDITIONS = {
     "clean": None,
@@ -77,11 +75,11 @@ def main() -> int:
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS))
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--reuse-clean", action="store_true", help="clean runs from --clean-from")
-    ap.add_argument("--clean-from", default=str(RESULTS / "quality.json"),
-                    help="a quality.py results file whose runs are the clean condition (with --reuse-clean)")
+    ap.add_argument("--clean-from", default=str(results.results_path("quality")),
+                    help="a benchmarks.quality.quality results JSON whose runs are the clean condition (with --reuse-clean)")
     ap.add_argument("--tag", default="", help="suffix of the outputs: results/robustness-TAG.json, its PNG, the "
-                    "ROBUSTNESS_TAG section of RESULTS.md")
-    ap.add_argument("--runs", default=str(HERE / "runs" / "robustness"))
+                    "ROBUSTNESS_TAG block of RESULTS.md")
+    ap.add_argument("--runs", default=str(results.RUNS / "robustness"))
     args = ap.parse_args()
     bad = [c for c in args.conditions if c not in CONDITIONS]
     if bad:
@@ -91,7 +89,7 @@ def main() -> int:
     if args.reuse_clean and "clean" in args.conditions:
         quality = json.loads(Path(args.clean_from).read_text())
         runs += [{"condition": "clean", "variant": r["variant"], "seed": r["seed"], "best_epoch": r["best_epoch"],
-                  "valid": r["valid"], "test": r["test"], "source": os.path.relpath(args.clean_from, HERE)}
+                  "valid": r["valid"], "test": r["test"], "source": os.path.relpath(args.clean_from, results.BENCH)}
                  for r in quality["runs"] if r["variant"] in args.variants and r["seed"] in args.seeds]
     todo = [c for c in args.conditions if not (c == "clean" and args.reuse_clean)]
     data = {c: corrupted_dataset(c, Path(args.runs) / "data") for c in todo}
@@ -115,13 +113,12 @@ def main() -> int:
             clean = table.get("clean", {}).get(v)
             cell["relative_drop"] = (clean["mean"] - cell["mean"]) / clean["mean"] if clean else None
 
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run, {args.parallel} runs in parallel"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = results.this_command()
+    note = f"1 torch thread per run, {args.parallel} runs in parallel"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {note}"
     name = "robustness" + (f"-{args.tag}" if args.tag else "")
-    write_text(RESULTS / f"{name}.json", json.dumps({"command": command, "machine": machine, "runs": runs, "table": table},
-                                                     indent=2))
-    plot(table, args.variants, RESULTS / f"{name}.png")
+    results.write_results(name, {"runs": runs, "table": table}, note=note)
+    plot(table, args.variants, name)
     lines = ["| condition | " + " | ".join(f"{v} test Recall@20 | {v} drop" for v in args.variants) + " |",
              "|---|" + "---|---|" * len(args.variants)]
     for c, row in table.items():
@@ -131,22 +128,19 @@ def main() -> int:
             cells += ["", ""] if cell is None else [f"{cell['mean']:.4f} ± {cell['std']:.4f}",
                                                     "" if cell["relative_drop"] is None else f"{cell['relative_drop']:+.1%}"]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    body = (f"## Robustness to corrupted training data{' (' + args.tag + ')' if args.tag else ''}\n\nCommand: `{command}`  \nMachine: {machine}. "
+    body = (f"### Robustness to corrupted training data{' (' + args.tag + ')' if args.tag else ''}\n\nCommand: `{command}`  \nMachine: {machine}. "
             "ml-100k, full protocol, mean ± std over seeds " + ", ".join(map(str, args.seeds))
             + "; drop = relative fall of test Recall@20 against the clean dataset (positive: worse).\n\n"
             + "\n".join(lines) + f"\n\n![robustness](results/{name}.png)\n")
-    write_results_md("ROBUSTNESS" + (f"_{args.tag.upper()}" if args.tag else ""), body)
+    results.write_section("ROBUSTNESS" + (f"_{args.tag.upper()}" if args.tag else ""), body)
     print(body)
     return 0
 
 
-def plot(table: dict[str, dict[str, Any]], variants: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(table: dict[str, dict[str, Any]], variants: list[str], name: str) -> None:
     import numpy as np
 
+    plt = results.pyplot()
     conds = [c for c in table if c != "clean"]
     x = np.arange(len(conds))
     width = 0.8 / max(len(variants), 1)
@@ -160,8 +154,7 @@ def plot(table: dict[str, dict[str, Any]], variants: list[str], out: Path) -> No
     ax.set_title("ml-100k: corrupted training data (lower is more robust)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    results.save_figure(fig, name, dpi=110)
 
 
 if __name__ == "__main__":

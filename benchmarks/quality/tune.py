@@ -2,13 +2,13 @@
 
     slifmr tune tune_configs/fusion.yaml --storage benchmarks/runs/tune    # tuned slifmr
     slifmr tune tune_configs/static.yaml --storage benchmarks/runs/tune    # tuned static, same budget
-    python benchmarks/tune.py --sweeps benchmarks/runs/tune/fusion benchmarks/runs/tune/static --seeds 0 1 2
+    python -m benchmarks.quality.tune --sweeps benchmarks/runs/tune/fusion benchmarks/runs/tune/static --seeds 0 1 2
 
 Reads each sweep folder (sweep.json: time, trials, how many ASHA stopped; best.json: the chosen
 trial's validation and its one test evaluation; best.yaml), re-trains every best.yaml with each
 seed (200 epochs, patience 20, in-process, 1 thread per run, 2 runs at a time), and compares the
 test metrics with the default slifmr of benchmarks/results/quality.json (same protocol, 3 seeds).
-Writes benchmarks/results/tune.json, tune.png and the TUNE section of RESULTS.md.
+Writes benchmarks/results/tune.json, tune.png and the TUNE block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
-from quality import HERE, RESULTS, plot, write_results_md
+
+from benchmarks.lib import results
+from benchmarks.lib.runs import plot
 
 
 def run_one(config: str, seed: int, run_dir: str) -> dict[str, Any]:
@@ -46,7 +47,9 @@ def main() -> int:
     ap.add_argument("--sweeps", nargs="+", required=True, help="finished sweep folders")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--runs", default=str(HERE / "runs" / "tuned"))
+    ap.add_argument("--runs", default=str(results.RUNS / "tuned"))
+    ap.add_argument("--defaults", default="quality", help="the results JSON (name in results/) of the default "
+                    "slifmr under the same protocol")
     args = ap.parse_args()
 
     sweeps = {}
@@ -63,20 +66,19 @@ def main() -> int:
     for (name, seed), r in reruns.items():
         print(f"{name} seed {seed}: test recall@20 {r['test']['recall@20']:.4f} (best epoch {r['best_epoch']})", flush=True)
 
-    default = json.loads((RESULTS / "quality.json").read_text())
+    default = results.read_results(args.defaults)
     rows = {"slifmr (defaults)": {m: tuple(default["summary"]["slifmr"][m]) for m in ("recall@20", "ndcg@20")}}
     for name, sweep in sweeps.items():
         rs = [reruns[(name, s)] for s in args.seeds]
         rows[f"{sweep['variant']} (tuned: {name}.yaml)"] = {m: mean_std([r["test"][m] for r in rs]) for m in ("recall@20", "ndcg@20")}
         sweep["reruns"] = [{"seed": r["seed"], "best_epoch": r["best_epoch"], "valid": r["valid"], "test": r["test"]} for r in rs]
 
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tune.json").write_text(json.dumps({"command": command, "machine": machine, "sweeps": sweeps,
-                                                    "comparison": {k: {m: list(v) for m, v in r.items()} for k, r in rows.items()},
-                                                    "default_source": "benchmarks/results/quality.json"}, indent=2))
-    plot(rows, RESULTS / "tune.png", title="ml-100k: defaults vs tuned (mean ± std over seeds)", bottom=0.85, fontsize=8)
+    results.write_results("tune", {"sweeps": sweeps,
+                                   "comparison": {k: {m: list(v) for m, v in r.items()} for k, r in rows.items()},
+                                   "default_source": f"benchmarks/results/{args.defaults}.json"})
+    plot(rows, "tune", title="ml-100k: defaults vs tuned (mean ± std over seeds)", bottom=0.85, fontsize=8)
     sweep_lines = ["| sweep | trials | stopped early by ASHA | errored | wall time | best trial: valid Recall@20 | its test Recall@20 (one evaluation) |",
                    "|---|---|---|---|---|---|---|"]
     for name, s in sweeps.items():
@@ -86,13 +88,14 @@ def main() -> int:
     cmp_lines = ["| config | test Recall@20 | test NDCG@20 |", "|---|---|---|"]
     for k, r in rows.items():
         cmp_lines.append(f"| {k} | {r['recall@20'][0]:.4f} ± {r['recall@20'][1]:.4f} | {r['ndcg@20'][0]:.4f} ± {r['ndcg@20'][1]:.4f} |")
-    body = (f"## Ray Tune sweeps (issue 6)\n\nSweeps: `slifmr tune tune_configs/<name>.yaml --storage benchmarks/runs/tune` "
+    body = (f"### Ray Tune sweeps (issue 6)\n\nSweeps: `slifmr tune tune_configs/<name>.yaml --storage benchmarks/runs/tune` "
             f"(16 trials, random search, ASHA grace 6 / max_t 50 / reduction factor 3, 2 trials at once, each in-process "
             f"with 1 thread). Re-runs: `{command}`. Machine: {machine}.\n\n" + "\n".join(sweep_lines)
             + "\n\nBest configs re-trained under the full protocol (200 epochs, patience 20), mean ± std over seeds "
-            + ", ".join(map(str, args.seeds)) + "; the defaults row is benchmarks/results/quality.json (same protocol):\n\n"
+            + ", ".join(map(str, args.seeds)) + "; the defaults row is "
+            f"benchmarks/results/{args.defaults}.json (same protocol):\n\n"
             + "\n".join(cmp_lines) + "\n\n![tune](results/tune.png)\n")
-    write_results_md("TUNE", body)
+    results.write_section("TUNE", body)
     print(body)
     return 0
 

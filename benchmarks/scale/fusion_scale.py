@@ -1,9 +1,9 @@
 """The self-loop's fusion at scale, ridge head on: its parts and its share of the epoch against
 the catalogue, on Ray Train workers.
 
-    python benchmarks/fusion_scale.py --users 100000 300000 1000000 --workers 2 --whole-epoch 1000000
+    python -m benchmarks.scale.fusion_scale --users 100000 300000 1000000 --workers 2 --whole-epoch 1000000
 
-Each size is scale.py's synthetic set (users U, items U/10, about 9.3 U training
+Each size is benchmarks/scale/scale.py's synthetic set (users U, items U/10, about 9.3 U training
 interactions). Each configuration runs `slifmr train` (scale.measure: 2 epochs of --steps
 history-sampled steps at global batch --batch, approximate kNN, 2,000 validation users) with
 the ridge head on (model.ridge_weight 0.5, model.ridge_k --ridge-k, the blend chosen on
@@ -14,7 +14,7 @@ estimated whole epoch (seconds per step x the steps of a full pass + everything 
 steps, the fusion included) and the fusion's share of it; the fitted exponent of fusion seconds
 against items. --whole-epoch U trains 2 uncapped epochs at U users: epoch 2 measured whole.
 
-Writes benchmarks/results/fusion-scale.json, fusion-scale.png and the FUSION_SCALE section of
+Writes benchmarks/results/fusion-scale[-TAG].json, its PNG and the FUSION_SCALE[_TAG] block of
 RESULTS.md.
 """
 
@@ -24,14 +24,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
-from quality import HERE, RESULTS, write_results_md
-from scale import dataset, measure
+
+from benchmarks.lib import results
+from benchmarks.scale.scale import dataset, measure
 
 
 def main() -> int:
@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--ridge-k", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
+    ap.add_argument("--runs", default=str(results.RUNS / "scale"))
     ap.add_argument("--whole-epoch", type=int, help="also train 2 uncapped epochs at this many users on the first "
                     "--workers count: epoch 2's measured seconds and its fusion's share")
     ap.add_argument("--rows", help="JSON lines this script printed before: those sizes are read, not re-run")
@@ -85,17 +85,13 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
                if r["workers"] == workers and r["exit_status"] == 0 and r["epoch_seconds_measured"] is None]
         if len(pts) >= 2:
             fits[f"w{workers}"] = float(np.polyfit(np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts]), 1)[0])
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
-    doc = {"command": command, "machine": machine, "batch_size": args.batch, "steps_per_run": args.steps,
-           "runs": rows, "fitted_exponent": fits}
+    doc = {"batch_size": args.batch, "steps_per_run": args.steps, "runs": rows, "fitted_exponent": fits}
     name = "fusion-scale" + (f"-{args.tag}" if args.tag else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / f"{name}.json")
-    plot(rows, RESULTS / f"{name}.png")
-    lines = [f"## The self-loop's fusion at scale, ridge head on{f' ({args.tag})' if args.tag else ''}", "",
+    results.write_results(name, doc, note=machine)
+    plot(rows, name)
+    lines = [f"### The self-loop's fusion at scale, ridge head on{f' ({args.tag})' if args.tag else ''}", "",
              f"Command: `{command}`  ", f"Machine: {machine}; each worker {args.threads} torch thread(s). "
              "Epoch 2 of a history-sampled run (global batch "
              f"{args.batch:,}, {args.steps} steps measured): its fusion (kNN + the head's solves + graph builds) "
@@ -116,7 +112,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
               + (", ".join(f"{k}: {v:.2f}" for k, v in fits.items()) or "(needs two sizes)") + ".", "",
               f"![fusion at scale](results/{name}.png)"]
     body = "\n".join(lines)
-    write_results_md("FUSION_SCALE" + (f"_{args.tag.upper()}" if args.tag else ""), body)
+    results.write_section("FUSION_SCALE" + (f"_{args.tag.upper()}" if args.tag else ""), body)
     return body
 
 
@@ -126,12 +122,8 @@ def epoch_cell(r: dict[str, Any]) -> str:
     return f"{r['epoch_seconds_estimated']:.0f} (est.)"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(rows: list[dict[str, Any]], name: str) -> None:
+    plt = results.pyplot()
     ok = [r for r in rows if r["exit_status"] == 0 and r["epoch_seconds_measured"] is None]
     if not ok:
         return
@@ -149,8 +141,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7)
     share.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Batch inference at scale (issue 17, part 2): every user's top K from an export, in one process
 and on Ray Data actors, side by side in one run.
 
-    python benchmarks/inference_scale.py --users 1000000 --items 20000 --workers 2
+    python -m benchmarks.scale.inference_scale --users 1000000 --items 20000 --workers 2
 
 The export is a synthetic slifmr one: a seeded synthetic dataset (~10 interactions per user),
 random 64-d user and item embeddings and the ridge head solved on random 100-item
@@ -9,7 +9,8 @@ neighbourhoods, so the score is the full fused one (standardise(u.z) + eta stand
 Rows: one process with 1 torch thread and with `workers` threads, and Ray Data with 1 and with
 `workers` actors of one thread each (`slifmr.inference.recommend_all_ray`, the path of
 `slifmr recommend --all --workers N`); each writes a folder of Parquet parts, one per batch.
-Writes benchmarks/results/inference-scale.json and the INFERENCE_SCALE section of RESULTS.md.
+Writes benchmarks/results/inference-scale.json and the INFERENCE_SCALE block of RESULTS.md.
+`make_export` is the synthetic export benchmarks.serving.export_scorer serves too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quality import publish
+
+from benchmarks.lib import results
 
 
 def make_export(users: int, items: int, work: Path, exact_limit: int | None = None) -> Path:
@@ -50,7 +52,7 @@ def make_export(users: int, items: int, work: Path, exact_limit: int | None = No
     reps = Representations(torch.randn(users, 64, generator=g), torch.randn(items, 64, generator=g),
                            item_ridge=ridge_weights(static.ui_edges, users, items, neighbours, 200.0),
                            interactions=static.interactions, ridge_weight=0.5)
-    about = {"variant": "synthetic (benchmarks/inference_scale.py)"}
+    about = {"variant": "synthetic (benchmarks/scale/inference_scale.py)"}
     if exact_limit is None:
         return export_representations(ds, reps, out, about)
     return export_representations(ds, reps, out, about, exact_limit=exact_limit)
@@ -120,11 +122,11 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(out, ignore_errors=True)
-    command = "python benchmarks/inference_scale.py " + " ".join(sys.argv[1:])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
     base = rows[0]["users_per_second"]
     one_actor = next(r["users_per_second"] for r in rows if r["mode"] != "one process")
-    lines = ["## Batch inference at scale (issues 17 and 30)", "", f"Command: `{command}`  ",
+    lines = ["### Batch inference at scale (issues 17 and 30)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. A synthetic export ({args.users:,} users, {args.items:,} items, 64-d, the ridge "
              f"head over 100 neighbours), top {args.k} of every user with seen items masked. Every mode scores "
              "batches of 4,096 users and writes each batch as its own Parquet part (Ray Data: the actor that "
@@ -136,7 +138,7 @@ def main() -> int:
               f"{r['users_per_second'] / base:.2f}x | "
               + (f"{r['users_per_second'] / one_actor:.2f}x" if r["mode"] != "one process" else "-")
               + f" | {r['parts']} | {'yes' if r['same_as_one_process'] else 'NO'} |" for r in rows]
-    publish("INFERENCE_SCALE", "inference-scale", {"command": command, "machine": machine, "rows": rows}, lines)
+    results.publish("INFERENCE_SCALE", "inference-scale", {"rows": rows}, lines, note=machine)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Beyond one machine, on paper: the epoch time of history-sampled training for 10^8
-interactions on 8 and 32 GPU workers, from what benchmarks/scale.py measured (issue 14).
+interactions on 8 and 32 GPU workers, from what benchmarks/scale/scale.py measured (issue 14).
 
-    python benchmarks/projection.py --interactions 100000000 --workers 8 32
+    python -m benchmarks.scale.projection --interactions 100000000 --workers 8 32
 
 Inputs, all read from benchmarks/results/scale.json (mode history, the largest size):
 - c: compute seconds per training interaction per worker = (s/step - sync s/step) / per-worker
@@ -18,25 +18,22 @@ Inputs, all read from benchmarks/results/scale.json (mode history, the largest s
 with global batch B (--batch), link bandwidth beta (25 GB/s: NVLink-class; 100 Gb/s = 12.5 GB/s:
 an InfiniBand/Ethernet NIC) and latency alpha (--latency) per all-gather round; the exchange is an
 all-gather of each worker's rows (ring: every worker receives the other W - 1 contributions).
-Writes benchmarks/results/projection.json and the PROJECTION section of RESULTS.md.
+Writes benchmarks/results/projection.json and the PROJECTION block of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import sys
 from typing import Any
 
-from quality import RESULTS, write_results_md
+from benchmarks.lib import results
 
 
 def inputs(scale: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in scale["runs"] if r["mode"] == "history" and r["exit_status"] == 0]
     if not rows:
-        raise SystemExit("benchmarks/results/scale.json has no history rows: run benchmarks/scale.py first")
+        raise SystemExit("results/scale.json has no history rows: run benchmarks.scale.scale first")
     users = max(r["users"] for r in rows)
     one = next((r for r in rows if r["users"] == users and r["workers"] == 1), None)
     two = next((r for r in rows if r["users"] == users and r["workers"] == 2), None)
@@ -71,25 +68,23 @@ def main() -> int:
     ap.add_argument("--bandwidths", type=float, nargs="+", default=[25e9, 12.5e9], help="bytes/s per link")
     ap.add_argument("--latency", type=float, default=50e-6, help="seconds per all-gather round")
     args = ap.parse_args()
-    scale = json.loads((RESULTS / "scale.json").read_text())
+    scale = results.read_results("scale")
     inp = inputs(scale)
     rows = [{"workers": w, "bandwidth_bytes_per_second": bw,
              **epoch_seconds(inp, args.interactions, w, args.batch, bw, args.latency)}
             for w in args.workers for bw in args.bandwidths]
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    doc = {"command": command, "scale_command": scale["command"], "inputs": inp, "interactions": args.interactions,
-           "batch_size": args.batch, "latency_seconds": args.latency, "rows": rows}
-    tmp = RESULTS / "projection.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / "projection.json")
+    command = results.this_command()
+    doc = {"scale_command": scale["command"], "scale_commit": scale.get("commit"), "inputs": inp,
+           "interactions": args.interactions, "batch_size": args.batch, "latency_seconds": args.latency, "rows": rows}
+    results.write_results("projection", doc, note="a projection from results/scale.json: nothing measured here")
     table = ["| workers | link | steps | compute s/step | exchange s/step | outside the steps s | epoch s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         link = f"{r['bandwidth_bytes_per_second'] / 1e9:g} GB/s"
         table.append(f"| {r['workers']} | {link} | {r['steps']:,.0f} | {r['compute_seconds_per_step']:.3f} | "
                      f"{r['exchange_seconds_per_step']:.4f} | {r['outside_seconds']:,.0f} | {r['epoch_seconds']:,.0f} |")
-    text = (f"## Projection: history sampling beyond one machine (issue 14)\n\nCommand: `{command}` (inputs from "
-            f"`{scale['command']}`)  \nFormula (benchmarks/projection.py): T_epoch = I/B x (c x B/W + (W-1) x r x B/W / beta "
+    text = (f"### Projection: history sampling beyond one machine (issue 14)\n\nCommand: `{command}` (inputs from "
+            f"`{scale['command']}`)  \nFormula (benchmarks/scale/projection.py): T_epoch = I/B x (c x B/W + (W-1) x r x B/W / beta "
             f"+ alpha log2 W) + f x I/W, with I = {args.interactions:,.0f} interactions, global batch B = {args.batch:,}, "
             f"alpha = {args.latency * 1e6:g} us.\n\nMeasured inputs at {inp['users']:,} users: c = "
             f"{inp['compute_seconds_per_interaction'] * 1e6:.1f} us of compute per interaction per worker (one CPU core; "
@@ -97,7 +92,7 @@ def main() -> int:
             f"bytes exchanged per interaction of a worker's batch (2-worker row-sparse exchange); f = "
             f"{inp['outside_seconds_per_interaction'] * 1e6:.2f} us per interaction outside the steps (memory refresh, "
             f"fusion, evaluation), divided by the workers.\n\n" + "\n".join(table) + "\n")
-    write_results_md("PROJECTION", text)
+    results.write_section("PROJECTION", text)
     print(text)
     return 0
 

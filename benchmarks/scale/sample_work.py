@@ -1,8 +1,8 @@
 """What a history-sampled batch touches, against graph size (issue 14's per-step target).
 
-    python benchmarks/sample_work.py --users 100000 1000000 --steps 7
+    python -m benchmarks.scale.sample_work --users 100000 1000000 --steps 7
 
-For each size, on the synthetic datasets benchmarks/scale.py writes (--data, `u<users>`
+For each size, on the synthetic datasets benchmarks.scale.scale writes (--data, `u<users>`
 folders), the epoch-1 graphs of `slifmr` (history sampling, no ridge head) and --steps BPR
 batches of --batch: per step, the distinct seed users and items, the sampled nodes per type
 and the sampled edges, and the wall seconds of `BatchSubgraphs.sample` (PyG's sampler
@@ -10,7 +10,7 @@ interface, our vectorised `_sample`, the subgraph's weights; one warm-up pass fi
 thread), for the whole sample and the sample cut to its seeds. Nanoseconds per sampled edge
 separate the two reasons a step grows with the graph: more distinct nodes in a batch of the
 same size (fewer repeats among a larger catalogue) and dearer memory access per edge.
-Writes benchmarks/results/sample-work.json and the SAMPLE_WORK section of RESULTS.md.
+Writes benchmarks/results/sample-work.json and the SAMPLE_WORK block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from quality import HERE, publish
+from benchmarks.lib import results
 
 
 def measure(data: Path, batch: int, steps: int) -> list[dict]:
@@ -75,7 +75,7 @@ def measure(data: Path, batch: int, steps: int) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", nargs="+", type=int, default=[100_000, 1_000_000])
-    ap.add_argument("--data", default=str(HERE / "runs" / "scale14" / "data"), help="folder of u<users> datasets")
+    ap.add_argument("--data", default=str(results.RUNS / "scale14" / "data"), help="folder of u<users> datasets")
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=7)
     args = ap.parse_args()
@@ -86,15 +86,15 @@ def main() -> int:
     for users in args.users:
         data = Path(args.data) / f"u{users}"
         if not data.exists():
-            print(f"{data} is missing: run benchmarks/scale.py at {users} users first", file=sys.stderr)
+            print(f"{data} is missing: run benchmarks.scale.scale at {users} users first", file=sys.stderr)
             return 2
         rows.extend(measure(data, args.batch, args.steps))
         print(f"{users:,} users done", flush=True)
     base = {r['history_grad']: r for r in reversed(rows)}  # each mode's first size
-    command = "python benchmarks/sample_work.py " + " ".join(sys.argv[1:])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running; 1 torch thread"
-    lines = ["## What a history-sampled batch touches (issue 14)", "", f"Command: `{command}`  ",
-             f"Machine: {machine}. Synthetic datasets of benchmarks/scale.py (items = users / 10); global batch "
+    lines = ["### What a history-sampled batch touches (issue 14)", "", f"Command: `{command}`  ",
+             f"Machine: {machine}. Synthetic datasets of benchmarks/scale/scale.py (items = users / 10); global batch "
              f"{args.batch:,}; means over {args.steps} batches of `BatchSubgraphs.sample` (the sampler, the "
              "subgraph's edge weights and indices: what a step's 'sampling' time holds before the propagator), "
              "for the whole sample (history_grad=sampled) and the sample cut to its seeds (history_grad=seeds, "
@@ -108,7 +108,7 @@ def main() -> int:
                      f"{r['seed_items']:,.0f} | {nodes} | {r['sampled_edges']:,.0f} | {r['kept_edges']:,.0f} | "
                      f"{r['sampler_seconds_per_step']:.4f} | {r['ns_per_sampled_edge']:.0f} | "
                      f"{r['sampler_seconds_per_step'] / base[r['history_grad']]['sampler_seconds_per_step']:.2f}x |")
-    publish("SAMPLE_WORK", "sample-work", {"command": command, "machine": machine, "rows": rows}, lines)
+    results.publish("SAMPLE_WORK", "sample-work", {"rows": rows}, lines, note=machine)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Cost against size: full-graph, two-hop neighbor-sampled, one-hop history-sampled and BPR-MF
 training on synthetic graphs of growing size, 1 and 2 Ray Train workers (issues 5, 14).
 
-    python benchmarks/scale.py --users 100000 300000 1000000 --steps 4 --threads 1 \
+    python -m benchmarks.scale.scale --users 100000 300000 1000000 --steps 4 --threads 1 \
         --set model.ridge_weight=0 --multi-worker-modes history mf --full-epoch 1000000
 
 Each size has users U, items U/10, about 12 U interactions, U/5 entities, U KG triples and one
@@ -22,8 +22,9 @@ at --grad-sync-sizes are also measured with a dense all-reduce. --rows reads row
 before instead of re-running them; --set passes config overrides to every run.
 
 Writes benchmarks/results/scale.json, scale.png (log-log cost and memory against training
-interactions) and the SCALE section of RESULTS.md, with the fitted exponent of sampled-mode
-epoch seconds against interactions.
+interactions) and the SCALE block of RESULTS.md, with the fitted exponent of sampled-mode
+epoch seconds against interactions. `dataset`, `run` and `measure` are what the other scale and
+speed benchmarks train with.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from typing import Any
 
 import numpy as np
 import psutil
-from quality import HERE, RESULTS, write_results_md
+
+from benchmarks.lib import results
 
 
 def dataset(users: int, root: Path) -> tuple[Path, int]:
@@ -67,10 +69,12 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 
 def run(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> tuple[int, float, int]:
-    """(exit status, wall seconds, peak RSS bytes of the process tree)."""
+    """(exit status, wall seconds, peak RSS bytes of the process tree). With a PYTHONPATH in `env`
+    (another checkout) the command runs in that folder: `python -m` puts its working folder first
+    on sys.path, so run from this checkout it would import this checkout's slifmr instead."""
     start, peak = time.time(), 0
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=(env or {}).get("PYTHONPATH"),
                                 env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
         ps = psutil.Process(proc.pid)
         done = threading.Event()
@@ -97,6 +101,7 @@ def measure(data: Path, n_train: int, mode: str, workers: int, grad_sync: str, s
     # mf: the floor, BPR-MF (variant mf: no propagation) with the same sparse row-wise updates;
     # history-sampled: history with train.history_grad=sampled (LTGNN: neighbours' rows too)
     sampling = "history" if mode in ("mf", "history-sampled") else mode
+    data, out = Path(data).resolve(), Path(out).resolve()  # the command may run in another folder (run)
     cmd = [sys.executable, "-m", "slifmr", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
            "--workers", str(workers), "--sampling", sampling, "--set", "model.knn=approx", "--set", "train.eval_users=2000",
            "--set", f"train.grad_sync={grad_sync}", "--set", "train.patience=100", "--set", f"train.batch_size={batch}",
@@ -175,7 +180,7 @@ def main() -> int:
     ap.add_argument("--rows", help="JSON lines this script printed before: those configurations are read, not re-run")
     ap.add_argument("--grad-sync-sizes", nargs="*", type=int, default=[10_000, 1_000_000],
                     help="sizes whose 2-worker sampled run is also measured with a dense all-reduce")
-    ap.add_argument("--runs", default=str(HERE / "runs" / "scale"))
+    ap.add_argument("--runs", default=str(results.RUNS / "scale"))
     args = ap.parse_args()
     runs_dir = Path(args.runs)
 
@@ -222,7 +227,7 @@ def main() -> int:
 
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epochs: list[dict[str, Any]]) -> str:
-    """scale.json, scale.png and the SCALE section of RESULTS.md from the rows so far."""
+    """scale.json, scale.png and the SCALE block of RESULTS.md from the rows so far."""
     fits = {}
     for mode in args.modes:
         for workers in args.workers:
@@ -232,17 +237,14 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], full_epochs: lis
                 x, y = np.log10([p[0] for p in pts]), np.log10([p[1] for p in pts])
                 fits[f"{mode}-w{workers}"] = float(np.polyfit(x, y, 1)[0])
 
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, local Ray, gloo"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"command": command, "machine": machine, "batch_size": args.batch, "steps_per_run": args.steps,
-           "runs": rows, "full_epoch": next((r for r in full_epochs if r["workers"] == 2), None),
-           "full_epochs": full_epochs, "fitted_exponent": fits}
-    tmp = RESULTS / "scale.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(RESULTS / "scale.json")
-    plot(rows, RESULTS / "scale.png")
-    write_results_md("SCALE", section(doc))
+    payload = {"batch_size": args.batch, "steps_per_run": args.steps,
+               "runs": rows, "full_epoch": next((r for r in full_epochs if r["workers"] == 2), None),
+               "full_epochs": full_epochs, "fitted_exponent": fits}
+    results.write_results("scale", payload, note=machine)
+    doc = {"command": results.this_command(), "machine": machine, **payload}
+    plot(rows)
+    results.write_section("SCALE", section(doc))
     return section(doc)
 
 
@@ -266,7 +268,7 @@ def section(doc: dict[str, Any]) -> str:
                      f"{r['epoch_seconds_estimated']:,.0f} | {r['fusion_seconds']:.1f} | {r.get('memory_seconds', 0.0):.1f} | "
                      f"{recall} | {r['grad_bytes_per_step'] / 1e6:.2f} | {r['comm_seconds_per_step']:.3f} | {r['peak_rss_gb']:.1f} |")
     fits = ", ".join(f"{k}: {v:.2f}" for k, v in doc["fitted_exponent"].items())
-    body = (f"## Scale: full-graph, two-hop sampled, one-hop history and BPR-MF training (issues 5, 14)\n\n"
+    body = (f"### Scale: full-graph, two-hop sampled, one-hop history and BPR-MF training (issues 5, 14)\n\n"
             f"Command: `{doc['command']}`  \n"
             f"Machine: {doc['machine']}. Synthetic graphs (users U, items U/10, ~12 U interactions, U KG triples, one "
             f"64-d modality); global batch {doc['batch_size']}, {doc['steps_per_run']} steps per epoch measured, epoch 2 "
@@ -296,12 +298,8 @@ def section(doc: dict[str, Any]) -> str:
     return body + "\n![scale](results/scale.png)\n"
 
 
-def plot(rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(rows: list[dict[str, Any]]) -> None:
+    plt = results.pyplot()
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
     series = sorted({(r["mode"], r["workers"]) for r in rows})
     for mode, workers in series:
@@ -321,10 +319,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)  # the plot is redrawn after every row
-    tmp.replace(out)
+    results.save_figure(fig, "scale")  # redrawn after every row
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 ml-100k run, each with the run's saved ranking (RUN/ranking, what training leaves) and without it
 (the best epoch's graphs rebuilt, as runs saved before it are served), side by side in one run.
 
-    python benchmarks/command_latency.py --repeats 5
+    python -m benchmarks.serving.command_latency --repeats 5
 
 Trains a 3-epoch slifmr run on the embedded ml-100k under --work first (reused when present).
-Writes benchmarks/results/command-latency.json and the COMMAND_LATENCY section of RESULTS.md.
+Writes benchmarks/results/command-latency.json and the COMMAND_LATENCY block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from quality import publish
+from benchmarks.lib import results
 
 BIN = Path(sys.executable).parent
 
@@ -76,9 +76,9 @@ def main() -> int:
         finally:
             if hidden.exists():
                 hidden.rename(ranking)
-    command = "python benchmarks/command_latency.py " + " ".join(sys.argv[1:])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, nothing else running"
-    lines = ["## Command latency (issue 30)", "", f"Command: `{command}`  ",
+    lines = ["### Command latency (issue 30)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. Each command a fresh process (`OMP_NUM_THREADS=1`), median of {args.repeats}; "
              "RUN is a 3-epoch slifmr run on the embedded ml-100k. 'saved ranking': RUN/ranking present (what "
              "training leaves since issue 30) or absent (the best epoch's graphs rebuilt and propagated, as for "
@@ -86,7 +86,7 @@ def main() -> int:
              "| command | saved ranking | median s | min s |", "|---|---|---|---|"]
     lines += [f"| `{r['command']}` | {'-' if r['saved_ranking'] is None else 'yes' if r['saved_ranking'] else 'no'} | "
               f"{r['median_seconds']:.2f} | {r['min_seconds']:.2f} |" for r in rows]
-    publish("COMMAND_LATENCY", "command-latency", {"command": command, "machine": machine, "rows": rows}, lines)
+    results.publish("COMMAND_LATENCY", "command-latency", {"rows": rows}, lines, note=machine)
     return 0
 
 

@@ -1,24 +1,23 @@
 """The servable scorer (slifmr/scorer.py, numpy + faiss): its lists against the model's, its
 users/s, and what fold-in of unseen users costs in accuracy.
 
-    python benchmarks/serving.py --items 100000 --users 50000
+    python -m benchmarks.serving.export_scorer --items 100000 --users 50000
 
 Part 1, ml-100k: a default slifmr run (seed 0, trained here unless --run names one) is exported;
 the scorer's top 20 is compared with `slifmr recommend`'s for every user, timed on one thread,
 and the test metrics of three ways to serve a user are evaluated under slifmr's protocol
 (`slifmr.evaluate_recs`): the trained embedding, the same user folded in from their training
 history as if unseen at training, and the popularity fallback.
-Part 2, a synthetic export (benchmarks/inference_scale.py: random 64-d embeddings, the ridge head
+Part 2, a synthetic export (benchmarks/scale/inference_scale.py: random 64-d embeddings, the ridge head
 over random 100-item neighbourhoods) with an HNSW index (exact_limit 0): recall of the scorer's
 two-stage top 20 against the exact fused top 20 (torch, every item scored) over 1,000 users,
 and users/s with HNSW and with an exact IndexFlatIP over the same items.
-Writes benchmarks/results/serving.json and the SERVING section of RESULTS.md.
+Writes benchmarks/results/serving.json, serving.png and the SERVING block of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -29,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from inference_scale import make_export
-from quality import publish
+
+from benchmarks.lib import results
+from benchmarks.scale.inference_scale import make_export
 
 K = 20
 
@@ -122,13 +122,9 @@ def synthetic(users: int, items: int, sample: int, work: Path) -> dict[str, Any]
             "flat_identical_lists": flat_same}
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]]) -> None:
     """Test metrics of the three ways to serve ml-100k users, and the two indexes' users/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = results.pyplot()
     small, large = rows
     ways = list(small["served_test_metrics"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -137,17 +133,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     b.bar(["HNSW", "exact (IndexFlatIP)"], [large["hnsw_users_per_second"], large["flat_users_per_second"]])
     b.set(ylabel="users / s, one thread", title=f"{large['items']:,} items: two-stage scorer")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, "serving")
 
 
 def publish_rows(rows: list[dict[str, Any]], command: str, machine: str) -> None:
-    """The SERVING section, results/serving.json and its PNG."""
-    from quality import RESULTS
-
+    """The SERVING block, results/serving.json and its PNG."""
     small, large = rows
     m = small["served_test_metrics"]
-    lines = ["## Serving from an export: numpy + faiss (issue 30, part 1)", "", f"Command: `{command}`  ",
+    lines = ["### Serving from an export: numpy + faiss (issue 30, part 1)", "", f"Command: `{command}`  ",
              f"Machine: {machine}.", "",
              f"ml-100k, a default slifmr run (seed 0) exported ({small['index']}): the scorer "
              f"(`slifmr_scorer.py` in the export) gave **{small['identical_lists']} of {small['users']}** top-{K} "
@@ -166,8 +159,8 @@ def publish_rows(rows: list[dict[str, Any]], command: str, machine: str) -> None
               f"| IndexFlatIP (exact) | {large['flat_identical_lists'] / large['sampled_users']:.4f} "
               f"(identical lists: {large['flat_identical_lists']}) | {large['flat_users_per_second']:,.0f} |"]
     lines += ["", "![serving](results/serving.png)"]
-    publish("SERVING", "serving", {"command": command, "machine": machine, "rows": rows}, lines)
-    plot(rows, RESULTS / "serving.png")
+    results.publish("SERVING", "serving", {"rows": rows}, lines, note=machine, command=command)
+    plot(rows)
 
 
 def main() -> int:
@@ -178,13 +171,12 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=1000)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slifmr-serving"))
     ap.add_argument("--replot", action="store_true",
-                    help="measure nothing: redraw the section and its PNG from results/serving.json")
+                    help="measure nothing: redraw the block and its PNG from results/serving.json")
     args = ap.parse_args()
     if args.replot:
-        from quality import RESULTS
-
-        saved = json.loads((RESULTS / "serving.json").read_text())
-        publish_rows(saved["rows"], saved["command"], saved["machine"])
+        saved = results.read_results("serving")
+        machine = saved["machine"] if isinstance(saved["machine"], str) else saved["machine"]["note"]
+        publish_rows(saved["rows"], saved["command"], machine)
         return 0
     import faiss
     import torch
@@ -197,7 +189,7 @@ def main() -> int:
         shutil.rmtree(work / old, ignore_errors=True)
     small = ml100k(args.run, work)
     large = synthetic(args.users, args.items, args.sample, work)
-    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, one thread (torch and faiss), nothing else running"
     publish_rows([{"mode": "ml-100k", **small}, {"mode": "synthetic", **large}], command, machine)
     return 0

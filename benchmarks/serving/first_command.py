@@ -1,7 +1,7 @@
 """The README's first command on a fresh clone, timed step by step, with and without the extras a
 first run does not need.
 
-    python benchmarks/first_command.py
+    python -m benchmarks.serving.first_command
 
 A fresh `git clone` of this checkout, then the README's set-up command split into its steps:
 a venv, `pip install torch==2.13.0`, `pip install -e '.[text]'`, and `slifmr train --out
@@ -10,8 +10,8 @@ the text embeddings, into an empty XDG_CACHE_HOME). pip runs with --no-cache-dir
 machine. The second row installs `.[text,zero,cluster]` instead (what the core dependencies held
 before: DeepSpeed and Ray's dashboard) in its own fresh venv; it trains nothing (training does not
 depend on the extras). Each row records the seconds of every step, the venv's size, and the
-largest packages it installed. Writes benchmarks/results/first-command.json and the
-FIRST_COMMAND section of RESULTS.md.
+largest packages it installed. Writes benchmarks/results/first-command.json, its PNG and the
+FIRST_COMMAND block of RESULTS.md. Needs the network (PyPI) and a few GB under /tmp.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality import publish
+from benchmarks.lib import results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = results.ROOT
 MB = 1 << 20
 
 
@@ -65,13 +65,9 @@ def first_command(work: Path, name: str, extras: str, train: bool) -> dict[str, 
     return row
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]]) -> None:
     """Seconds of each step of the first command, per install (stacked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     labels = [f".{r['extras']}" for r in rows]
     left = [0.0] * len(rows)
@@ -83,28 +79,27 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set(xlabel="seconds from a fresh clone", title="the README's first command, step by step")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, "first-command")
 
 
 def main() -> int:
     import argparse
-    import json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collect", action="store_true", help="measure nothing: redraw RESULTS.md from results/first-command.json")
     if ap.parse_args().collect:
-        saved = json.loads((Path(__file__).parent / "results" / "first-command.json").read_text())
-        rows, command, machine = saved["rows"], saved["command"], saved["machine"]
+        saved = results.read_results("first-command")
+        rows, command = saved["rows"], saved["command"]
+        machine = saved["machine"] if isinstance(saved["machine"], str) else saved["machine"]["note"]
     else:
         work = Path("/tmp/slifmr-first-command")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         rows = [first_command(work, "first command", "[text]", train=True),
                 first_command(work, "with zero and cluster", "[text,zero,cluster]", train=False)]
-        command = "python benchmarks/first_command.py"
+        command = results.this_command()
         machine = f"{platform.machine()}, {os.cpu_count()} cores; pip from PyPI with --no-cache-dir, nothing else running"
-    lines = ["## The README's first command on a fresh clone (issue 30, part 6)", "", f"Command: `{command}`  ",
+    lines = ["### The README's first command on a fresh clone (issue 30, part 6)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. A fresh `git clone`, then the set-up command's steps; `train` includes "
              "preparing the embedded dataset into an empty cache (recbole's data files, the text embeddings).", "",
              "| install | venv | torch | project | installed in | venv MB | train | first command |",
@@ -118,8 +113,8 @@ def main() -> int:
     lines += ["", "Largest packages of the first command's venv (MB): " + ", ".join(
         f"{n} {mb:,.0f}" for n, mb in rows[0]["largest_packages_mb"].items()) + ".", "",
               "![first command](results/first-command.png)"]
-    publish("FIRST_COMMAND", "first-command", {"command": command, "machine": machine, "rows": rows}, lines)
-    plot(rows, Path(__file__).parent / "results" / "first-command.png")
+    results.publish("FIRST_COMMAND", "first-command", {"rows": rows}, lines, note=machine, command=command)
+    plot(rows)
     return 0
 
 

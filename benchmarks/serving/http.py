@@ -1,7 +1,9 @@
 """`slifmr serve` over HTTP on ml-100k: latency and throughput of POST /recommend, and every
 variant's export against `slifmr recommend`.
 
-    python benchmarks/http_serving.py --run benchmarks/runs/head-choice2/slifmr-seed0
+    python -m benchmarks.serving.http --run benchmarks/runs/head-choice2/slifmr-seed0
+
+(as a module: run as a file, this file would shadow the standard library's `http`).
 
 Part 1: ease, cooc_ridge and pop are trained on ml-100k (closed forms: seconds), each exported,
 and the export's lists (the numpy scorer and the torch batch path of `recommend --all
@@ -11,7 +13,7 @@ replicas, each replica a process with one thread for faiss/BLAS (OMP_NUM_THREADS
 p50/p99 of one client sending requests one after another (keep-alive; k=20, users drawn at
 random), and users/s of 4 client threads at once for 10 s. The clients run on the same 2-core
 machine as the servers, so the 2-replica figure shares the cores with its clients.
-Writes benchmarks/results/http-serving.json and the HTTP SERVING section of RESULTS.md.
+Writes benchmarks/results/http-serving.json and the HTTP SERVING block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from quality import commit, publish
+
+from benchmarks.lib import results
 
 K = 20
 
@@ -127,7 +130,7 @@ def main() -> None:
     import slifmr
 
     torch.set_num_threads(2)
-    measured, started = commit(), time.time()
+    measured, started = results.commit(), time.time()
     work = Path(tempfile.mkdtemp(prefix="http-serving-"))
     rows: list[dict[str, Any]] = []
     run = slifmr.load_run(args.run)
@@ -150,12 +153,12 @@ def main() -> None:
                 proc.wait(10)
             rows.append(row)
             print(row, flush=True)
-    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-               "commit": measured, "wall_seconds": time.time() - started, "rows": rows}
-    lines = ["## Serving over HTTP and every variant's export (issue 41)", "",
-             f"Command (in {Path.cwd().name}/): `{payload['command']}`  ",
-             f"Machine: {payload['machine']}; commit {measured}.", "",
+    command = results.this_command()
+    machine = f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    payload = {"wall_seconds": time.time() - started, "rows": rows}
+    lines = ["### Serving over HTTP and every variant's export (issue 41)", "",
+             f"Command: `{command}`  ",
+             f"Machine: {machine}; commit {(measured['commit'] or '?')[:7]}{'+changes' if measured['dirty'] else ''}.", "",
              "Every variant's export against `slifmr recommend` (ml-100k, every user, top 20):", "",
              "| variant | users | numpy scorer lists differing | torch batch lists differing |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['users']} | {r['scorer_differs']} | {r['batch_differs']} |"
@@ -164,7 +167,7 @@ def main() -> None:
               "| export | replicas | p50 ms | p99 ms | users/s (4 clients) |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['replicas']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['users_per_s']:.0f} |"
               for r in rows if r["part"] == "http"]
-    publish("HTTP SERVING", "http-serving", payload, lines)
+    results.publish("HTTP SERVING", "http-serving", payload, lines, note=machine, measured=measured)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """The wheel, measured (issue 17, part 6): build it, install it in fresh venvs (torch first) with and
 without the heavy extras, and train on the embedded data from the plain install.
 
-    python benchmarks/wheel.py
+    python -m benchmarks.serving.wheel
 
 For each install: the seconds `pip install <wheel>[extras]` takes after torch==2.13.0 is in the
 venv, and the size that install adds to site-packages (torch excluded: every install has it).
 Then `slifmr train --epochs 1` runs from the plain install's venv. Writes
-benchmarks/results/wheel.json and the WHEEL section of RESULTS.md.
+benchmarks/results/wheel.json and the WHEEL block of RESULTS.md. Needs the network (the package
+index) and a few GB under /tmp.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -19,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from quality import publish
+from benchmarks.lib import results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = results.ROOT
 INSTALLS = {"plain": "", "deepspeed": "[deepspeed]", "faiss": "[faiss]", "text": "[text]", "all": "[all]"}
 
 
@@ -34,6 +36,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     work = Path("/tmp/slifmr-wheel")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -59,17 +62,17 @@ def main() -> int:
     trained = run([str(plain / "bin" / "slifmr"), "-q", "train", "--epochs", "1", "--out", str(work / "run")],
                   cwd=work, env={**os.environ, "PATH": f"{plain / 'bin'}:{os.environ['PATH']}"})
     ok = (work / "run" / "results.json").exists()
-    command = "python benchmarks/wheel.py"
+    command = results.this_command()
     machine = f"{platform.machine()}, {os.cpu_count()} cores; pip from this machine's package index"
     mb = 1 << 20
-    lines = ["## The wheel and its extras (issue 17)", "", f"Command: `{command}`  ",
+    lines = ["### The wheel and its extras (issue 17)", "", f"Command: `{command}`  ",
              f"Machine: {machine}. `python -m build --wheel`, then per install a fresh venv with torch==2.13.0 "
              "first; seconds and MB are what `pip install <wheel>[extras]` adds.", "",
              "| install | extras | seconds | MB added |", "|---|---|---|---|"]
     lines += [f"| {r['install']} | {r['extras']} | {r['seconds']:.0f} | {r['added_bytes'] / mb:,.0f} |" for r in rows]
     lines += ["", f"`slifmr train --epochs 1` from the plain install: {'ran, results.json written' if ok else 'FAILED'}"
               f" ({trained.stdout.count(chr(10))} lines of output)."]
-    publish("WHEEL", "wheel", {"command": command, "machine": machine, "rows": rows, "plain_install_trains": ok}, lines)
+    results.publish("WHEEL", "wheel", {"rows": rows, "plain_install_trains": ok}, lines, note=machine)
     return 0
 
 

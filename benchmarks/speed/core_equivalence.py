@@ -3,13 +3,15 @@
 Trains short runs of every code path the model core has (full graph, neighbor-sampled, every
 view and switch, one and two gloo workers, DDP and row-sparse exchange) on a small synthetic
 dataset and writes, per configuration, every epoch's losses and validation metrics, the test
-metrics and a checksum of the best model's parameters. Run it once on each version and compare:
+metrics and a checksum of the best model's parameters. Run it once on each version (it imports
+slifmr only, so the old checkout's slifmr is the one measured) and compare:
 
-    python benchmarks/core_equivalence.py --out /tmp/new.json
-    (cd /path/to/old/checkout && python /path/to/this/core_equivalence.py --out /tmp/old.json)
-    python benchmarks/core_equivalence.py --compare /tmp/old.json /tmp/new.json
+    python -m benchmarks.speed.core_equivalence --out /tmp/new.json
+    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--out', '/tmp/old.json']; runpy.run_path('/path/to/this/checkout/benchmarks/speed/core_equivalence.py', run_name='__main__')")
+    python -m benchmarks.speed.core_equivalence --compare /tmp/old.json /tmp/new.json
 
-The comparison prints the largest absolute difference of any number per configuration.
+The comparison prints the largest absolute difference of any number per configuration (exit 0:
+every number equal). Nothing goes to benchmarks/results: the comparison is the result.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SINGLE: dict[str, list[str]] = {
     "ease": ["variant=ease"],
     "cooc_ridge": ["variant=cooc_ridge"],
     "pop": ["variant=pop"],
+    "ials": ["variant=ials"],
+    "content_knn": ["variant=content_knn"],
 }
 GROUP: dict[str, list[str]] = {  # two gloo workers
     "ddp2": [],

@@ -3,30 +3,27 @@ configurations trained by this checkout ("new") and by another one ("old", e.g. 
 of the commit before a change), each configuration by both, one after the other.
 
     git worktree add /tmp/old <commit>
-    python benchmarks/core_speed.py --old-tree /tmp/old --users 10000 100000
+    python -m benchmarks.speed.core_speed --old-tree /tmp/old --users 10000 100000
 
 Configurations: ml-100k (slifmr, full graph, 1 and 2 Ray Train workers, DDP; 2 workers with
-DeepSpeed ZeRO-2), and each synthetic size of benchmarks/scale.py (full graph and neighbor
+DeepSpeed ZeRO-2), and each synthetic size of benchmarks/scale/scale.py (full graph and neighbor
 sampling, 1 and 2 workers; 2-worker sampled runs with both gradient syncs). Every run is a
-`slifmr train` subprocess (benchmarks/scale.py's `measure`), its last epoch measured: seconds per step,
-interactions per second and the epoch's time outside the steps. Writes
-benchmarks/results/core-speed.json and the CORE_SPEED section of RESULTS.md with new / old
-ratios (below 1.10 is the bar: no slowdown beyond 10%).
+`slifmr train` subprocess (benchmarks.scale.scale's `measure`), its last epoch measured: seconds
+per step, interactions per second and the epoch's time outside the steps. Writes
+benchmarks/results/core-speed[-TAG].json, its PNG and the CORE_SPEED[_TAG] block of RESULTS.md
+with new / old ratios (below 1.10 is the bar: no slowdown beyond 10%).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-from quality import HERE, RESULTS, write_results_md
-from scale import dataset, measure
-
-from slifmr.atomic import write_text
+from benchmarks.lib import results
+from benchmarks.scale.scale import dataset, measure
 
 CONFIGS = [  # (mode, workers, grad_sync, extra options)
     ("full", 1, "auto", ()),
@@ -47,7 +44,7 @@ ML100K_CONFIGS = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old-tree", required=True, help="checkout of the code to compare against")
-    ap.add_argument("--new-tree", default=str(HERE.parent), help="checkout of the new code (default: this one)")
+    ap.add_argument("--new-tree", default=str(results.ROOT), help="checkout of the new code (default: this one)")
     ap.add_argument("--users", nargs="*", type=int, default=[10_000, 100_000])
     ap.add_argument("--steps", type=int, default=6, help="optimiser steps per epoch of the synthetic sizes")
     ap.add_argument("--batch", type=int, default=8192)
@@ -55,12 +52,12 @@ def main() -> int:
     ap.add_argument("--configs", nargs="*", default=[],
                     help="only these configurations, as MODE:WORKERS:GRAD_SYNC:STRATEGY (e.g. full:2:auto:ddp)")
     ap.add_argument("--tag", default="", help="suffix of the output names: results/core-speed-TAG.json, its RESULTS.md section")
-    ap.add_argument("--runs", default=str(HERE / "runs" / "core_speed"))
+    ap.add_argument("--runs", default=str(results.RUNS / "core_speed"))
     ap.add_argument("--replot", action="store_true", help="train nothing: redraw the PNG of results/core-speed[-TAG].json")
     args = ap.parse_args()
     if args.replot:
         name = "core-speed" + (f"-{args.tag}" if args.tag else "")
-        plot(json.loads((RESULTS / f"{name}.json").read_text())["rows"], RESULTS / f"{name}.png")
+        plot(results.read_results(name)["rows"], name)
         return 0
     runs = Path(args.runs)
     trees = {"old": {"PYTHONPATH": str(Path(args.old_tree).resolve())}, "new": {"PYTHONPATH": str(Path(args.new_tree).resolve())}}
@@ -98,19 +95,17 @@ def main() -> int:
 
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    doc = {"command": "python benchmarks/core_speed.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = results.this_command()
     name = "core-speed" + (f"-{args.tag}" if args.tag else "")
-    write_text(RESULTS / f"{name}.json", json.dumps(doc, indent=2))
-    plot(rows, RESULTS / f"{name}.png")
+    results.write_results(name, {"rows": rows}, note="local Ray, gloo, one torch thread per worker")
+    plot(rows, name)
     lines = [
-        "## Training speed, old and new code side by side" + (f" ({args.tag})" if args.tag else ""), "",
-        f"Command: `{doc['command']}`  ",
+        "### Training speed, old and new code side by side" + (f" ({args.tag})" if args.tag else ""), "",
+        f"Command: `{command}`  ",
         "Machine: x86_64, 2 cores, local Ray, gloo, one torch thread per worker. Each configuration ran with the old "
         "code and then the new, one after the other; the last epoch measured (it includes a fusion). ml-100k: whole epochs, "
         f"global batch 2048, {args.ml100k_epochs} epochs; synthetic sizes: {args.steps} steps of global batch "
-        f"{args.batch}, as benchmarks/scale.py.", "",
+        f"{args.batch}, as benchmarks/scale/scale.py.", "",
         "| data | mode | workers | strategy | grad sync | old s/step | new s/step | new / old | old outside-steps s "
         "| new outside-steps s | new / old |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -122,18 +117,15 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f"| {r['old']['outside_steps_seconds']:.2f} | {r['new']['outside_steps_seconds']:.2f} "
             f"| {r['ratio_outside_steps']:.2f} |")
     lines += ["", f"![core speed](results/{name}.png)"]
-    write_results_md("CORE_SPEED" + (f"_{args.tag.upper()}" if args.tag else ""), "\n".join(lines))
+    results.write_section("CORE_SPEED" + (f"_{args.tag.upper()}" if args.tag else ""), "\n".join(lines))
 
 
-def plot(rows: list[dict[str, Any]], out: Path) -> None:
+def plot(rows: list[dict[str, Any]], name: str) -> None:
     """Bars of new / old per configuration (seconds per step, seconds outside the steps), with
-    the 1.10 bar (no slowdown beyond 10%)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    the 1.10 bar (no slowdown beyond 10%): results/NAME.png."""
     import numpy as np
 
+    plt = results.pyplot()
     labels = [f"{r['data']}\n{r['mode']} w{r['workers']} {r['grad_sync']}" + (" ZeRO" if r["strategy"] == "deepspeed" else "")
               for r in rows]
     x = np.arange(len(rows))
@@ -146,8 +138,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     ax.set_title("old and new code side by side, one run")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    results.save_figure(fig, name, dpi=110)
 
 
 if __name__ == "__main__":

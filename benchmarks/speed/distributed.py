@@ -2,9 +2,9 @@
 DeepSpeed ZeRO-2 on the first seed), and the sharded all-gather + kNN step against a plain
 matmul of the same size.
 
-    python benchmarks/distributed.py --epochs 30 --seeds 0 1 2 --strategies ddp deepspeed --knn-items 20000
+    python -m benchmarks.speed.distributed --epochs 30 --seeds 0 1 2 --strategies ddp deepspeed --knn-items 20000
 
-Writes benchmarks/results/distributed.json and the DISTRIBUTED section of RESULTS.md:
+Writes benchmarks/results/distributed.json and the DISTRIBUTED block of RESULTS.md:
 - per run (workers, strategy, seed): validation Recall@20 at the best epoch, training interactions per second,
   the share of epoch time in collectives and in fusion, and the per-epoch time outside the
   loop (checkpoint write + Ray report, from the gaps between epoch start times);
@@ -22,14 +22,14 @@ import os
 import platform
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from quality import HERE, RESULTS, write_results_md
+
+from benchmarks.lib import results
 
 
 def train_once(workers: int, epochs: int, seed: int, run_root: Path, strategy: str = "ddp") -> dict[str, Any]:
@@ -120,7 +120,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--strategies", nargs="+", default=["ddp"], help="deepspeed runs on >1 workers, first seed only")
     ap.add_argument("--knn-items", type=int, default=20000)
-    ap.add_argument("--runs", default=str(HERE / "runs" / "distributed"))
+    ap.add_argument("--runs", default=str(results.RUNS / "distributed"))
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -138,18 +138,17 @@ def main() -> int:
                             "valid_recall@20_std": statistics.stdev(vals) if len(vals) > 1 else 0.0})
     knn = knn_vs_matmul(args.knn_items, 64, 10, 3)
     print(json.dumps(knn), flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, one torch thread per worker, local Ray, gloo"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps({"command": command, "machine": machine, "training": runs,
-                                                           "equivalence": equivalence, "knn_vs_matmul": knn}, indent=2))
+    command = results.this_command()
+    note = "one torch thread per worker, local Ray, gloo"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {note}"
+    results.write_results("distributed", {"training": runs, "equivalence": equivalence, "knn_vs_matmul": knn}, note=note)
     lines = ["| workers | strategy | seed | valid Recall@20 (best epoch) | interactions/s | s/epoch | comm share | fusion share | outside loop s/epoch | start-up + teardown s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['workers']} | {r['strategy']} | {r['seed']} | {r['valid_recall@20']:.4f} ({r['best_epoch']}) | {r['interactions_per_second']:,.0f} | "
                      f"{r['seconds_per_epoch']:.2f} | {r['comm_share']:.1%} | {r['fusion_share']:.1%} | "
                      f"{r['outside_loop_seconds_per_epoch']:.2f} | {r['startup_and_teardown_seconds']:.1f} |")
-    body = (f"## Data-parallel training on Ray Train (issue 4)\n\nCommand: `{command}`  \nMachine: {machine}. "
+    body = (f"### Data-parallel training on Ray Train (issue 4)\n\nCommand: `{command}`  \nMachine: {machine}. "
             f"ml-100k, variant slifmr, {args.epochs} epochs each (no early stop), global batch "
             f"{_default_batch():,} split across "
             f"the workers; DeepSpeed runs ZeRO stage 2.\n\n" + "\n".join(lines)
@@ -161,7 +160,7 @@ def main() -> int:
             f"{knn['workers']} gloo processes, {knn['items']:,} items x {knn['dim']}): {knn['knn_seconds']:.3f} s, against "
             f"{knn['matmul_seconds']:.3f} s for one process's ({knn['items'] // 2:,} x {knn['dim']}) @ ({knn['dim']} x {knn['items']:,}) "
             f"matmul: ratio {knn['ratio']:.2f} (best of 3).\n")
-    write_results_md("DISTRIBUTED", body)
+    results.write_section("DISTRIBUTED", body)
     print(body)
     return 0
 

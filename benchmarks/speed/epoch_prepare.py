@@ -1,17 +1,18 @@
 """What a sampled-mode epoch costs before its first step: the epoch's graphs (`epoch_graphs`, with
 S(t) fused), the sampler's HeteroData (`to_hetero_data`) and its CSC (`BatchSubgraphs`, as
 `NeighborBatches.begin_epoch` builds them), on a real dataset folder, one torch thread. Run it
-in each checkout, then compare:
+in each checkout (the measuring part imports slifmr only, so the old checkout's slifmr is the one
+measured), then compare from this one:
 
-    python benchmarks/epoch_prepare.py --data DATA --out /tmp/prep-new.json
-    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--data', 'DATA', '--out', '/tmp/prep-old.json']; runpy.run_path('/path/to/epoch_prepare.py', run_name='__main__')")
-    python benchmarks/epoch_prepare.py --compare /tmp/prep-old.json /tmp/prep-new.json --old-label 'commit X'
+    python -m benchmarks.speed.epoch_prepare --data DATA --out /tmp/prep-new.json
+    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--data', 'DATA', '--out', '/tmp/prep-old.json']; runpy.run_path('/path/to/this/checkout/benchmarks/speed/epoch_prepare.py', run_name='__main__')")
+    python -m benchmarks.speed.epoch_prepare --compare /tmp/prep-old.json /tmp/prep-new.json --old-label 'commit X'
 
 S(t) is drawn at random (k_corr neighbours per item, seeded) and KG(t)'s attention weights are
 random: the work's size is a real epoch's, its values do not matter here. The graphs are built on
 the CPU (this machine has no GPU). Reports the median seconds of each part over --repeat epochs
 and a checksum of the CSC (which must be equal up to the order of sources within a destination).
-Writes results/epoch-prepare.json and the EPOCH_PREPARE section of RESULTS.md.
+--compare writes results/epoch-prepare.json and the EPOCH_PREPARE block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -76,11 +77,11 @@ def measure(data: str, repeat: int) -> dict:
 
 
 def compare(old: Path, new: Path, label: str) -> None:
-    from quality import publish
+    from benchmarks.lib import results  # the comparing checkout's library (never imported by --out)
 
     a, b = json.loads(old.read_text()), json.loads(new.read_text())
-    command = f"python benchmarks/epoch_prepare.py --compare {old} {new} --old-label '{label}'"
-    lines = ["## A sampled-mode epoch before its first step, this checkout against an earlier one", "",
+    command = results.this_command()
+    lines = ["### A sampled-mode epoch before its first step, this checkout against an earlier one", "",
              f"Command: `{command}` (each --out written by its own checkout with `--data DATA --repeat "
              f"{b['repeat']}`; DATA: `{b.get('data', '?')}`)  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, one torch thread, CPU. Old: {label}. "
@@ -93,15 +94,29 @@ def compare(old: Path, new: Path, label: str) -> None:
     lines += [f"| total | {a['total_seconds']:.2f} | {b['total_seconds']:.2f} | "
               f"{b['total_seconds'] / a['total_seconds']:.2f} |", "",
               f"The sampler's CSC holds the same sources per destination: {a['csc_checksum'] == b['csc_checksum']}."]
-    publish("EPOCH_PREPARE", "epoch-prepare", {"command": command, "old": label,
-                                               "rows": [a | {"code": "old"}, b | {"code": "new"}]}, lines)
+    results.publish("EPOCH_PREPARE", "epoch-prepare", {"old": label, "rows": [a | {"code": "old"}, b | {"code": "new"}]},
+                    lines, note="one torch thread, CPU")
 
 
-if __name__ == "__main__":
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a dataset folder (slifmr's format)")
     p.add_argument("--repeat", type=int, default=3)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
-    from quality import old_against_new
+    p.add_argument("--out", type=Path, help="write this checkout's measurement here")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two --out files")
+    p.add_argument("--old-label", default="an earlier checkout")
+    args = p.parse_args()
+    if args.compare:
+        compare(*args.compare, args.old_label)
+    elif args.out and args.data:
+        result = json.dumps(measure(args.data, args.repeat))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result)
+        print(result)
+    else:
+        p.error("give --data and --out (measure), or --compare OLD NEW")
+    return 0
 
-    old_against_new(p, lambda args: measure(args.data, args.repeat), compare)
+
+if __name__ == "__main__":
+    sys.exit(main())

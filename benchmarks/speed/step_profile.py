@@ -1,27 +1,27 @@
 """Where a full-graph training step's time goes: lightgcn against slifmr on ml-100k (issue 15's
 cost target), measured side by side in one process with torch's profiler.
 
-    python benchmarks/step_profile.py --steps 8 --threads 1
+    python -m benchmarks.speed.step_profile --steps 8 --threads 1
 
 For each variant: seconds per step (forward, backward and Adam over the epoch-1 graphs, at
-its own batch) and the operators with the most self CPU time. Writes
-benchmarks/results/step-profile.json and the STEP_PROFILE section of RESULTS.md.
+its own batch) and the operators with the most self CPU time (--data: another dataset folder).
+Writes benchmarks/results/step-profile.json and the STEP_PROFILE block of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import platform
 import sys
 import time
 
 import torch
-from quality import RESULTS, write_results_md
 
-from slifmr.atomic import write_text
+from benchmarks.lib import results
 
 
-def profile(variant: str, steps: int, top: int) -> dict:
+def profile(variant: str, steps: int, top: int, data: str | None = None) -> dict:
     from slifmr.config import load_config
     from slifmr.data.graphs import training_pairs
     from slifmr.model.graphs import epoch_graphs
@@ -30,7 +30,7 @@ def profile(variant: str, steps: int, top: int) -> dict:
     from slifmr.sampling.negative import BPRSampler
     from slifmr.training import build_model
 
-    cfg = load_config(variant=variant)
+    cfg = load_config(variant=variant, overrides=[f"data={data}"] if data else [])
     ds = resolve_dataset(cfg)
     model, static = build_model(cfg, ds)
     graphs = model.attend(epoch_graphs(static, None, cfg.model, torch.Generator().manual_seed(0)))
@@ -64,16 +64,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--data", help="a dataset folder (default: the embedded ml-100k)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [profile(v, args.steps, args.top) for v in args.variants]
-    command = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "step-profile.json", json.dumps({"command": command, "threads": args.threads, "rows": rows},
-                                                          indent=2))
+    rows = [profile(v, args.steps, args.top, args.data) for v in args.variants]
+    command = results.this_command()
+    results.write_results("step-profile", {"threads": args.threads, "rows": rows},
+                          note=f"{args.threads} torch thread(s), nothing else running")
     base = rows[0]["seconds_per_step"]
-    lines = ["## Where a training step's time goes (issue 15, cost)", "", f"Command: `{command}`  ",
-             f"Machine: x86_64, 2 cores, {args.threads} torch thread(s), nothing else running. ml-100k, full graph, "
+    lines = ["### Where a training step's time goes (issue 15, cost)", "", f"Command: `{command}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s), nothing else running. "
+             f"{'ml-100k' if not args.data else args.data}, full graph, "
              "each variant's own global batch, epoch-1 graphs; wall seconds per step without the profiler, then the operators' self "
              "CPU time per step under it (the profiler adds its own overhead).", ""]
     for r in rows:
@@ -82,7 +83,7 @@ def main() -> int:
         lines += ["", "| operator | self CPU s/step | calls/step |", "|---|---|---|"]
         lines += [f"| {o['op']} | {o['self_cpu_seconds_per_step']:.4f} | {o['calls_per_step']:.0f} |" for o in r["top_ops"]]
         lines.append("")
-    write_results_md("STEP_PROFILE", "\n".join(lines))
+    results.write_section("STEP_PROFILE", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -1,15 +1,16 @@
 """What one validation with the ridge head's blend grid costs at scale: the real code path
 (`Evaluator.evaluate_candidates` over `Representations.blends`, as `choose_blend` calls it) on a
-seeded synthetic catalogue, one torch thread. Run it in each checkout, then compare:
+seeded synthetic catalogue, one torch thread. Run it in each checkout (the measuring part imports
+slifmr only, so the old checkout's slifmr is the one measured), then compare from this one:
 
-    python benchmarks/validation_cost.py --out /tmp/val-new.json
-    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--out', '/tmp/val-old.json']; runpy.run_path('/path/to/validation_cost.py', run_name='__main__')")
-    python benchmarks/validation_cost.py --compare /tmp/val-old.json /tmp/val-new.json --old-label 'commit X'
+    python -m benchmarks.speed.validation_cost --out /tmp/val-new.json
+    (cd /path/to/old/checkout && python -c "import runpy, sys; sys.argv[1:] = ['--out', '/tmp/val-old.json']; runpy.run_path('/path/to/this/checkout/benchmarks/speed/validation_cost.py', run_name='__main__')")
+    python -m benchmarks.speed.validation_cost --compare /tmp/val-old.json /tmp/val-new.json --old-label 'commit X'
 
 Input: --users users (the validation sample) with 10 training and 1 validation item each,
 --items items, d = 64 embeddings, W^T with ridge_k = 100 random entries per item, the default
 blend grid (5 weights). Reports seconds per validation and the metrics (which must be equal).
-Writes results/validation-cost.json and the VALIDATION_COST section of RESULTS.md.
+--compare writes results/validation-cost.json and the VALIDATION_COST block of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def measure(users: int, items: int, repeat: int) -> dict:
 
 
 def compare(old: Path, new: Path, label: str) -> None:
-    from quality import publish
+    from benchmarks.lib import results  # the comparing checkout's library (never imported by --out)
 
     a, b = json.loads(old.read_text()), json.loads(new.read_text())
-    command = f"python benchmarks/validation_cost.py --compare {old} {new} --old-label '{label}'"
-    lines = ["## One validation with the blend grid, this checkout against an earlier one", "",
+    command = results.this_command()
+    lines = ["### One validation with the blend grid, this checkout against an earlier one", "",
              f"Command: `{command}` (each --out written by its own checkout with `--users {b['users']} --items "
              f"{b['items']} --repeat {len(b['runs_seconds'])}`)  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, one torch thread. Old: {label}. "
@@ -72,16 +73,30 @@ def compare(old: Path, new: Path, label: str) -> None:
              "| users | items | old s | new s | new / old | metrics equal |", "|---|---|---|---|---|---|",
              f"| {b['users']:,} | {b['items']:,} | {a['seconds']:.2f} | {b['seconds']:.2f} | "
              f"{b['seconds'] / a['seconds']:.2f} | {a['recall@20'] == b['recall@20'] and a['ndcg@20'] == b['ndcg@20']} |"]
-    publish("VALIDATION_COST", "validation-cost", {"command": command, "old": label, "rows": [a | {"code": "old"},
-                                                                                            b | {"code": "new"}]}, lines)
+    results.publish("VALIDATION_COST", "validation-cost", {"old": label, "rows": [a | {"code": "old"}, b | {"code": "new"}]},
+                    lines, note="one torch thread")
 
 
-if __name__ == "__main__":
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=4096)
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py, also when run from another checkout
-    from quality import old_against_new
+    p.add_argument("--out", type=Path, help="write this checkout's measurement here")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two --out files")
+    p.add_argument("--old-label", default="an earlier checkout")
+    args = p.parse_args()
+    if args.compare:
+        compare(*args.compare, args.old_label)
+    elif args.out:
+        result = json.dumps(measure(args.users, args.items, args.repeat))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result)
+        print(result)
+    else:
+        p.error("give --out (measure) or --compare OLD NEW")
+    return 0
 
-    old_against_new(p, lambda args: measure(args.users, args.items, args.repeat), compare)
+
+if __name__ == "__main__":
+    sys.exit(main())

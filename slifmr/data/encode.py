@@ -4,11 +4,11 @@
 column returns (the distinct ids in order of first appearance, each row's position among
 them). Arrow fills one hash table; with millions of distinct ids that table no longer fits in
 the CPU caches and each row costs a few cache misses (166-195 ns a row for 10^6 distinct user
-ids on the reference machine, against 25-28 ns for 10^5 item ids: benchmarks/encode_ids.py).
+ids on the reference machine, against 25-28 ns for 10^5 item ids: benchmarks/data/encode_ids.py).
 So with many distinct ids the rows are first spread over 2^b partitions by a hash of their
 bytes (equal ids always land in the same partition), each partition is dictionary-encoded on
 its own, small table by Arrow on the process's cores, and the partitions' ids are numbered
-again by the row of their first appearance. Measured in benchmarks/import_scale.py (RESULTS.md, IMPORT_SCALE)."""
+again by the row of their first appearance. Measured in benchmarks/data/import_scale.py (RESULTS.md, "Importing your own data")."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from slifmr.data.sort import available_cores
 # Partition when the first PROBE_ROWS rows hold more than PARTITION_FROM distinct ids: ids that
 # rarely repeat, so Arrow's one table would grow past the caches and hardly any row would find
 # its entry there. Skewed ids (item popularity) keep a hot set in cache: one table is as fast as
-# partitions on both cores (3x10^7 rows of 7x10^5 Zipf-popular items: benchmarks/encode_ids.py), at half the CPU.
+# partitions on both cores (3x10^7 rows of 7x10^5 Zipf-popular items: benchmarks/data/encode_ids.py), at half the CPU.
 PROBE_ROWS = 1 << 18
 PARTITION_FROM = 1 << 17
 PARTITION_ROWS = 1 << 17  # rows per partition aimed at

@@ -35,7 +35,7 @@ def approx_knn(x: Tensor, k: int, rows: Tensor | None = None, nprobe: int = 16) 
 
     Built in one k-means pass and searched over a few lists, it is several times cheaper than
     HNSW at the self-loop's k (about 100, for the ridge head) with a recall as high
-    (benchmarks/RESULTS.md, FUSION_SCALE); each search's recall is measured (`KnnSearch`)."""
+    (benchmarks/RESULTS.md, "Scale: sampled and history training"); each search's recall is measured (`KnnSearch`)."""
     xn = torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()
     n = xn.shape[0]
     rows = torch.arange(n) if rows is None else rows.cpu()

@@ -4,7 +4,7 @@ The same update as torch's SparseAdam (Adam on the rows a step touched, the othe
 their moments left as they are; Kingma and Ba, ICLR 2015, Algorithm 1 applied per row), with
 the moments read and written by row index: `index_select`, the Adam arithmetic on the touched
 rows, `index_copy_`. SparseAdam builds three sparse tensors and two `sparse_mask`s per table
-per step; this avoids them (benchmarks/RESULTS.md, SCALE notes, compares the two), with
+per step; this avoids them (benchmarks/RESULTS.md, "Scale: sampled and history training", compares the two), with
 updates equal to float32 rounding. TorchRec's fused
 row-wise optimizers work the same way. The state (`step`, `exp_avg`, `exp_avg_sq` per table)
 and hyper-parameters are SparseAdam's, so checkpoints load into either.

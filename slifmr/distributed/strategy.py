@@ -56,7 +56,7 @@ class DDPStrategy:
     wraps the model (`module`) and all-reduces in buckets during backward; its communication
     overlaps backward, so the epoch record's comm_seconds stays 0 (the bytes are counted). The
     hand-written exchange stays the default because it measured faster with 2 gloo workers on
-    CPU at 10^4 and 10^5 users (benchmarks/RESULTS.md, CORE_SPEED); try ddp on GPUs, where
+    CPU at 10^4 and 10^5 users (benchmarks/RESULTS.md, "Same numbers across code changes"); try ddp on GPUs, where
     NCCL overlaps communication with backward.
 
     `sparse_tables`: the `row_sparse` embedding tables get sparse gradients (neighbor-sampled

@@ -54,7 +54,7 @@ class Propagator(Protocol):
 class _SpmmWithTranspose(torch.autograd.Function):
     """adj @ x whose backward is adj^T @ grad with a transpose built once per graph. torch's own
     sparse backward transposes adj (a sort over its edges) on every call, which dominated a
-    full-graph LightGCN step (benchmarks/RESULTS.md, STEP_PROFILE)."""
+    full-graph LightGCN step (benchmarks/RESULTS.md, "What an epoch costs")."""
 
     @staticmethod
     def forward(ctx, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's ctx

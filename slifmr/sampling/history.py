@@ -2,7 +2,7 @@
 (train.sampling=history; architecture.md §4).
 
 Two-hop neighbour sampling puts hundreds of edges into each interaction's sample, and its
-cost grows with the graph (benchmarks/RESULTS.md, SCALE). Here a step samples one hop around
+cost grows with the graph (benchmarks/RESULTS.md, "Scale: sampled and history training"). Here a step samples one hop around
 its seeds only, and reads everything further away from a memory refreshed once per epoch:
 
 - `record_memory` runs the model's encode once over the whole epoch training graph, without

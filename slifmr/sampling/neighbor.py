@@ -254,7 +254,7 @@ class BatchSubgraphs:
     neighbour that is not a seed enters at its historical row and its edge carries nothing): the
     neighbours are drawn as usual and count in the rescaling, but only edges from seeds are kept
     and no other node is numbered, so the sample holds the seeds alone (same draws, same
-    weights on the kept edges; less sampler time, RESULTS.md SAMPLE_WORK).
+    weights on the kept edges; less sampler time, RESULTS.md, "Scale: sampled and history training").
 
     `device`: where the graph is kept, the sampling runs and the sample is returned (the
     trainer passes the model's device). The draws are a pure function of the seed on each

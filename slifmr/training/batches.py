@@ -157,7 +157,7 @@ def build_batch_source(t: TrainConfig, view_layers: dict[str, int], comm: Comm, 
         log.info(f"{t.sampling} sampling: backend {backend()}, fan-outs " + (
             f"{t.fanout} per hop" if t.sampling == "neighbor" else f"{t.fanout.split(',')[0]}: one hop per step"))
     # by default sampled where the model is: on a GPU the CPU's sampler would dominate a
-    # history step (RESULTS.md, GPU)
+    # history step (RESULTS.md, "GPU path")
     where = dict(fanouts=fanouts, seed=seed, rank=comm.rank,
                  sample_device=comm.device if t.sample_device == "model" else "cpu")
     if t.sampling == "neighbor":
