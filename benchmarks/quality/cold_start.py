@@ -1,6 +1,7 @@
 """Where content must win: the cold-start item protocol (docs/architecture.md §3; slifmr/data/cold.py).
 
     python -m benchmarks.quality.cold_start --datasets ml-100k ml-1m --seeds 0
+    python -m benchmarks.quality.cold_start --reuse --runs DIR   # finished runs under DIR are read, not retrained
 
 For each dataset a seeded 10% of the items is held out of training (`slifmr data hold-out`,
 share 0.1, seed 0: their interactions go to valid/test), then every variant is trained on it by
@@ -16,6 +17,7 @@ of epochs) and slifmr. Writes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -52,6 +54,8 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default=str(results.RUNS / "cold"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a run's results.json where RUNS/DATASET/VARIANT-seedS has finished, train the others")
     args = ap.parse_args()
     start, measured = time.time(), results.commit()  # the code the runs load: the commit at the start
     rows: list[dict[str, Any]] = []
@@ -60,9 +64,13 @@ def main() -> int:
             data = cold_dataset(name, Path(args.runs))
             for seed in args.seeds:
                 for v in VARIANTS[name]:
-                    r = pool.submit(run_one, v, seed, [], args.threads, str(Path(args.runs) / name), data).result()
+                    done = Path(args.runs) / name / f"{v}-seed{seed}" / "results.json"
+                    if args.reuse and done.exists():
+                        r = {**json.loads(done.read_text()), "variant": v}
+                    else:
+                        r = pool.submit(run_one, v, seed, [], args.threads, str(Path(args.runs) / name), data).result()
                     row = {k: r.get(k) for k in ("variant", "seed", "best_epoch", "epochs_run", "valid", "test",
-                                                 "cold", "cold_note", "seconds_per_epoch", "head")}
+                                                 "cold", "cold_note", "cold_placement", "seconds_per_epoch", "head")}
                     rows.append({**row, "dataset": name})
                     cold = r.get("cold")
                     print(f"{name} {v} seed {seed}: cold recall@20 "
