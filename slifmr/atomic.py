@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -72,3 +75,30 @@ def claim_new_folder(parent: str | os.PathLike, stem: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"{parent}: no free name {stem}-N")
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (or a notebook's Interrupt, which is the same SIGINT) during the body is raised when
+    it ends, so a write finishes first: a KeyboardInterrupt inside a tracker's database write would
+    leave MLflow's sqlite connection mid-transaction (every later tracked run in the process
+    failed on it), and one inside torch.save surfaced as a failed checkpoint write (exit 2 with
+    "Bad file descriptor" instead of 130 and the resume line). A second Ctrl-C is raised at once.
+    Only the main thread receives signals: elsewhere the body runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+
+    def defer(signum: int, frame: Any) -> None:
+        if pending:  # a second Ctrl-C does not wait (a tracker stuck in its server's retries)
+            raise KeyboardInterrupt
+        pending.append((signum, frame))
+
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            signal.raise_signal(signal.SIGINT)  # delivered again, to whatever handler was in place

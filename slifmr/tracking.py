@@ -39,8 +39,6 @@ import json
 import logging
 import netrc
 import os
-import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,7 +51,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from slifmr import log
-from slifmr.atomic import write_text
+from slifmr.atomic import interrupts_deferred, write_text
 from slifmr.config import Config, flatten_config
 from slifmr.errors import SlifmrError
 from slifmr.run_layout import RunLayout
@@ -425,31 +423,6 @@ def make_tracker(cfg: Config, run_dir: Path, resume: bool = False) -> Tracker | 
     return None
 
 
-@contextmanager
-def _interrupt_deferred() -> Iterator[None]:
-    """Ctrl-C (or a notebook's Interrupt, which is the same SIGINT) during the body is raised when
-    it ends: a KeyboardInterrupt inside a tracker's database write would leave MLflow's sqlite
-    connection mid-transaction, and every later tracked run in the process would fail on it. A
-    second Ctrl-C is raised at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[tuple[int, Any]] = []
-
-    def defer(signum: int, frame: Any) -> None:
-        if pending:  # a second Ctrl-C does not wait (a tracker stuck in its server's retries)
-            raise KeyboardInterrupt
-        pending.append((signum, frame))
-
-    previous = signal.signal(signal.SIGINT, defer)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending:
-            signal.raise_signal(signal.SIGINT)  # delivered again, to whatever handler was in place
-
-
 class _Uninterrupted:
     """A tracker whose calls each finish before a Ctrl-C that arrives during them is raised."""
 
@@ -457,15 +430,15 @@ class _Uninterrupted:
         self.tracker = tracker
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        with _interrupt_deferred():
+        with interrupts_deferred():
             self.tracker.log_epoch(record)
 
     def finish(self, results: dict[str, Any]) -> None:
-        with _interrupt_deferred():
+        with interrupts_deferred():
             self.tracker.finish(results)
 
     def close(self, status: str) -> None:
-        with _interrupt_deferred():
+        with interrupts_deferred():
             self.tracker.close(status)
 
 
@@ -474,8 +447,8 @@ def tracking(cfg: Config, run_dir: Path, resume: bool = False, enabled: bool = T
     """`make_tracker`'s tracker (None when not `enabled`, e.g. on ranks other than the main one)
     for the body, its run ended on every exit: FINISHED (after `finish`, or when the body returns
     without it), KILLED on KeyboardInterrupt, FAILED on any other exception. Each of its calls
-    completes before a Ctrl-C that arrives during it is raised (`_interrupt_deferred`)."""
-    with _interrupt_deferred():
+    completes before a Ctrl-C that arrives during it is raised (`interrupts_deferred`)."""
+    with interrupts_deferred():
         made = make_tracker(cfg, run_dir, resume) if enabled else None
     tracker = _Uninterrupted(made) if made is not None else None
     try:

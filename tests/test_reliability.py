@@ -327,3 +327,28 @@ def test_a_worker_group_that_cannot_start_ends_the_run_in_one_line() -> None:
     assert _first_cause(Failed("Training failed due to worker errors:\n...")) == \
         "rank 0: OSError: [Errno 30] Read-only file system"
     assert _first_cause(RuntimeError("Ray's own\nsecond line")) == "Ray's own"
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_an_interrupt_after_the_write(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Case 33's in-process flake: a Ctrl-C landing inside torch.save surfaced as "could not write
+    checkpoint ...: Bad file descriptor" (exit 2). The write now finishes, then the interrupt is
+    raised as itself (exit 130 and the resume line), and the checkpoint it names is whole."""
+    import signal
+
+    import torch
+
+    from slifmr.distributed import checkpoint
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, mid-write
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(2)}, {"epoch": 1})
+    monkeypatch.undo()
+    state, meta = checkpoint.load_checkpoint(tmp_path / "ckpt")
+    assert meta["epoch"] == 1 and torch.equal(state["w"], torch.ones(2))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from slifmr import log
-from slifmr.atomic import atomic_folder
+from slifmr.atomic import atomic_folder, interrupts_deferred
 from slifmr.errors import SlifmrError
 
 STATE, META = "state.pt", "meta.json"
@@ -53,8 +53,8 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], meta: dict
     bad = first_nonfinite(state)
     if bad is not None:
         raise CheckpointError(f"refusing to write checkpoint {folder}: {bad} is not finite; the previous one is kept")
-    try:
-        with atomic_folder(folder, previous=previous(folder)) as tmp:  # the last generation becomes .prev
+    try:  # a Ctrl-C meanwhile is raised once the generation is written: the resume line is then true
+        with interrupts_deferred(), atomic_folder(folder, previous=previous(folder)) as tmp:  # the last becomes .prev
             torch.save(state, tmp / STATE)
             (tmp / META).write_text(json.dumps(meta, indent=2))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
