@@ -47,15 +47,16 @@ class ContentKNN(nn.Module):
     def full_scores(self, users: Tensor) -> Tensor:
         """(B, N) scores of every item for the given users (B,)."""
         rows = torch.index_select(self.interactions, 0, users.to(self.features.device))  # (B, N) sparse
-        profile = torch.sparse.mm(rows, self.features)  # (B, D): the sum of the history's features
-        count = torch.sparse.sum(rows, 1).to_dense().clamp_min(1.0)[:, None]
-        return (profile / count) @ self.features.T
+        return self.profiles(rows) @ self.features.T
+
+    def profiles(self, rows: Tensor) -> Tensor:
+        """(B, D): the mean features of each user's training history, `rows` (B, N) sparse of X."""
+        profile = torch.sparse.mm(rows, self.features)  # the sum of the history's features
+        return profile / torch.sparse.sum(rows, 1).to_dense().clamp_min(1.0)[:, None]
 
     def export_scores(self) -> tuple[str, Any]:
         """What its export holds (slifmr/export.py): ("dot", u = the mean of the training
         history's features, v = the features)."""
         from slifmr.model.slifmr import Representations
 
-        x = self.interactions.to_sparse_csr()
-        count = torch.sparse.sum(self.interactions, 1).to_dense().clamp_min(1.0)[:, None]
-        return "dot", Representations(torch.sparse.mm(x, self.features) / count, self.features)
+        return "dot", Representations(self.profiles(self.interactions), self.features)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from slifmr import log
+from slifmr.closed_forms import CLOSED_FORMS
 from slifmr.config import Config
 from slifmr.data.cold import cold_items
 from slifmr.data.format import VALID, Dataset
@@ -64,9 +65,10 @@ class ColdPlaced:
 
 def applies(cfg: Config, ds: Dataset) -> bool:
     """Whether the run places cold items: a held-out dataset, model.place_cold_items on (or auto),
-    a variant that ranks through content and item features for the content score."""
+    a trained variant that ranks through content (a closed form scores its own way) and item
+    features for the content score."""
     return (cold_items(ds) is not None and cold_placement(cfg, ds) and places_cold_items(cfg, ds)
-            and bool(ds.features) and cfg.variant != "content_knn")
+            and bool(ds.features) and cfg.variant not in CLOSED_FORMS)
 
 
 def choose(base: Scorer, cfg: Config, ds: Dataset, comm: Comm) -> tuple[ColdPlaced, dict[str, Any]]:
